@@ -1,0 +1,97 @@
+//! The one error type of the engine.
+//!
+//! Expected refusals (sold out, limit reached, ...) and failures (journal down, overloaded)
+//! are both variants here, each with the stable `code` of api.md, so the HTTP edge maps the
+//! whole enum to statuses in one place and an embedding shop can match on it.
+
+use thiserror::Error;
+
+/// Everything the engine can answer instead of a result.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum Error {
+    /// A field is missing, malformed or out of range; `field` names it.
+    #[error("invalid {field}: {reason}")]
+    InvalidRequest { field: String, reason: String },
+    #[error("not found")]
+    NotFound,
+    #[error("a promotion with this id already exists")]
+    AlreadyExists,
+    #[error("sku {sku} is in promotion {other_promotion_id}, whose time window overlaps")]
+    SkuInOtherPromotion {
+        sku: String,
+        other_promotion_id: String,
+    },
+    #[error("the promotion has not started")]
+    NotStarted,
+    #[error("the promotion has ended")]
+    Ended,
+    #[error("sold out")]
+    SoldOut,
+    #[error("not enough stock left for this quantity")]
+    InsufficientStock,
+    #[error("the per-user limit for this item is reached")]
+    LimitExceeded,
+    #[error("no purchase tokens are left for this item")]
+    TokensExhausted,
+    #[error("this user is banned from the promotion")]
+    Banned,
+    #[error("the purchase token is missing, used, expired or not for this purchase")]
+    TokenInvalid,
+    #[error("the order is cancelled or expired and cannot be paid")]
+    NotPayable,
+    #[error("the order is already paid with another payment reference")]
+    AlreadyPaid,
+    #[error("the order is paid or expired and cannot be cancelled")]
+    NotCancellable,
+    /// A shard's mailbox is full: refused at once instead of queueing without bound.
+    #[error("the engine is overloaded, retry shortly")]
+    Overloaded,
+    /// The journal failed or the engine is shutting down: nothing was acknowledged.
+    #[error("the engine is unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl Error {
+    /// The api.md error code of this refusal.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::InvalidRequest { .. } => "invalid_request",
+            Error::NotFound => "not_found",
+            Error::AlreadyExists => "already_exists",
+            Error::SkuInOtherPromotion { .. } => "sku_in_other_promotion",
+            Error::NotStarted => "not_started",
+            Error::Ended => "ended",
+            Error::SoldOut => "sold_out",
+            Error::InsufficientStock => "insufficient_stock",
+            Error::LimitExceeded => "limit_exceeded",
+            Error::TokensExhausted => "tokens_exhausted",
+            Error::Banned => "banned",
+            Error::TokenInvalid => "token_invalid",
+            Error::NotPayable => "not_payable",
+            Error::AlreadyPaid => "already_paid",
+            Error::NotCancellable => "not_cancellable",
+            Error::Overloaded => "overloaded",
+            Error::Unavailable(_) => "unavailable",
+        }
+    }
+
+    /// True for answers caused by the request (4xx), false for the engine's own trouble (5xx).
+    pub fn is_refusal(&self) -> bool {
+        !matches!(self, Error::Overloaded | Error::Unavailable(_))
+    }
+
+    pub(crate) fn invalid(field: &str, reason: impl Into<String>) -> Self {
+        Error::InvalidRequest {
+            field: field.to_owned(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// The engine's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Why a journal could not make a batch durable.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("journal: {0}")]
+pub struct JournalError(pub String);

@@ -1,0 +1,102 @@
+//! The events a shard journals: the facts from which every state is rebuilt.
+//!
+//! Applying the same events in the same order always gives the same state: replay does not
+//! re-check any rule (the rules were checked when the event was decided), it only applies.
+//! Events live on disk for as long as a sale's log is kept, so the enum only ever grows; a
+//! change to an existing variant's meaning needs a new [`EVENT_VERSION`].
+
+use serde::{Deserialize, Serialize};
+
+use crate::item::ItemState;
+use crate::model::{Order, PromotionRecord};
+
+/// The version of the event and snapshot encoding this build writes and reads. A log or a
+/// snapshot stamped with a higher version was written by a newer build and must be refused.
+pub const EVENT_VERSION: u32 = 1;
+
+/// One fact in the log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Event {
+    /// A promotion and all its items came into being (one event, so creation is atomic).
+    PromotionCreated { promotion: PromotionRecord },
+    /// An operator forced the promotion live at `at_ms`.
+    PromotionStarted { promotion_id: String, at_ms: i64 },
+    /// An operator ended the promotion at `at_ms`.
+    PromotionStopped { promotion_id: String, at_ms: i64 },
+    /// A purchase token was handed to a user.
+    TokenIssued {
+        item_key: u64,
+        user_id: String,
+        token: String,
+        expires_at_ms: i64,
+    },
+    /// A purchase was accepted: stock moved from remaining to reserved.
+    OrderPlaced {
+        item_key: u64,
+        order_seq: u64,
+        order: Order,
+        /// The token the purchase consumed, if the promotion requires one.
+        token: Option<String>,
+    },
+    /// Payment confirmed: stock moved from reserved to sold. Carries the order as it now is.
+    OrderPaid {
+        item_key: u64,
+        order_seq: u64,
+        order: Order,
+    },
+    /// The shopper cancelled: stock moved from reserved back to remaining.
+    OrderCancelled {
+        item_key: u64,
+        order_seq: u64,
+        order: Order,
+    },
+    /// The payment deadline passed: stock moved from reserved back to remaining.
+    OrderExpired {
+        item_key: u64,
+        order_seq: u64,
+        order: Order,
+    },
+}
+
+impl Event {
+    /// The order this event creates or changes, as it is after the event.
+    pub fn order(&self) -> Option<&Order> {
+        match self {
+            Event::OrderPlaced { order, .. }
+            | Event::OrderPaid { order, .. }
+            | Event::OrderCancelled { order, .. }
+            | Event::OrderExpired { order, .. } => Some(order),
+            _ => None,
+        }
+    }
+
+    /// The item this event belongs to; `None` for promotion-level events.
+    pub fn item_key(&self) -> Option<u64> {
+        match self {
+            Event::TokenIssued { item_key, .. }
+            | Event::OrderPlaced { item_key, .. }
+            | Event::OrderPaid { item_key, .. }
+            | Event::OrderCancelled { item_key, .. }
+            | Event::OrderExpired { item_key, .. } => Some(*item_key),
+            _ => None,
+        }
+    }
+}
+
+/// A promotion's catalog entry inside a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PromotionImage {
+    pub record: PromotionRecord,
+    pub starts_at_ms: i64,
+    pub ends_at_ms: i64,
+}
+
+/// The whole engine's state at one point of the log: everything with a sequence number up to
+/// and including `through_seq` is in it, nothing after.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EngineImage {
+    pub version: u32,
+    pub through_seq: u64,
+    pub promotions: Vec<PromotionImage>,
+    pub items: Vec<ItemState>,
+}

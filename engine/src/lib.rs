@@ -1,0 +1,83 @@
+//! # seckill-engine
+//!
+//! The in-memory heart of seckill: it decides every purchase of a flash sale.
+//!
+//! Layout:
+//! - `ids`: identifier checks, the stable item key that routes an item to its shard, and
+//!   order ids that carry that key.
+//! - `model`: promotions, items, orders and the views callers get.
+//! - `validate`: the rules a promotion spec must meet.
+//! - `item`: one item's state and its rules, as pure `decide_*` functions returning events
+//!   and one `apply` that changes the state by an event. The only code that moves stock.
+//! - `event`: the facts the journal stores, and the snapshot image.
+//! - `ports`: the `Journal`, `Clock` and `OrderSink` traits through which the engine meets
+//!   the world (it does no I/O and reads no clock of its own), with in-memory versions.
+//! - `catalog`: what callers read without a round trip: windows, ban boards, sold-out gates.
+//! - `shard`: the single-owner loop: mailbox, batch, journal, reply.
+//! - `engine`: the public handle that routes calls to shards.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use seckill_engine::{Engine, EngineConfig, ItemSpec, MemoryJournal, NullSink, Ports,
+//!     PromotionSpec, PurchaseRequest, Recovery, SystemClock};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), seckill_engine::Error> {
+//! let ports = Ports {
+//!     journal: MemoryJournal::new(),
+//!     clock: Arc::new(SystemClock),
+//!     sink: Arc::new(NullSink),
+//! };
+//! let engine = Engine::start(EngineConfig::default(), ports, Recovery::empty())?;
+//! let now_ms = engine.now_ms();
+//! engine.create_promotion(PromotionSpec {
+//!     id: Some("double11".into()),
+//!     name: "Double 11".into(),
+//!     starts_at_ms: now_ms,
+//!     ends_at_ms: now_ms + 3_600_000,
+//!     payment_timeout_s: 900,
+//!     require_token: true,
+//!     token_multiplier: 5,
+//!     items: vec![ItemSpec { sku: "phone".into(), title: None, stock: 100,
+//!                            price_cents: 99_900, per_user_limit: 1 }],
+//! }).await?;
+//! let grant = engine.issue_token("double11", "phone", "alice").await?;
+//! let bought = engine.purchase("double11", "phone", "alice", PurchaseRequest {
+//!     request_id: "r1".into(), quantity: 1, token: Some(grant.token) }).await?;
+//! assert!(bought.created);
+//! engine.pay(&bought.order.order_id, "pay-1").await?;
+//! # engine.shutdown().await?;
+//! # Ok(()) }
+//! ```
+
+mod catalog;
+mod engine;
+mod error;
+mod event;
+mod ids;
+mod item;
+mod model;
+mod ports;
+mod shard;
+mod validate;
+
+pub use engine::{
+    Engine, EngineConfig, Ports, DEFAULT_BATCH_REQUESTS_MAX, DEFAULT_EXPIRY_TICK_MS,
+    DEFAULT_MAILBOX_CAPACITY, DEFAULT_SNAPSHOT_EVERY_EVENTS, DEFAULT_TOKEN_TTL_S,
+};
+pub use error::{Error, JournalError, Result};
+pub use event::{EngineImage, Event, PromotionImage, EVENT_VERSION};
+pub use ids::{format_order_id, is_valid_id, item_key, parse_order_id, ID_LENGTH_MAX};
+pub use item::{Buyer, ItemState, TokenRecord, STRIKES_TO_BAN};
+pub use model::{
+    ItemRecord, ItemSpec, ItemStats, Order, OrderStatus, PromotionRecord, PromotionSpec,
+    PromotionStats, PromotionStatus, PublicItem, PublicPromotion, PurchaseRequest, Purchased,
+    TokenGrant, DEFAULT_PAYMENT_TIMEOUT_S, DEFAULT_PER_USER_LIMIT, DEFAULT_TOKEN_MULTIPLIER,
+};
+pub use ports::{
+    Clock, Journal, ManualClock, MemoryJournal, NullSink, OrderSink, Recovery, SystemClock,
+};
+pub use validate::{
+    ITEMS_MAX, PAYMENT_TIMEOUT_S_MAX, PAYMENT_TIMEOUT_S_MIN, STOCK_MAX, TOKEN_MULTIPLIER_MAX,
+    TOKEN_MULTIPLIER_MIN,
+};

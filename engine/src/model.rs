@@ -1,0 +1,223 @@
+//! The domain's values: what a promotion is, what an order is, and what callers see.
+//!
+//! Times are unix milliseconds (`*_ms`), money is integer cents (`*_cents`). The edge turns
+//! them into RFC 3339 and JSON; the engine never formats a date.
+
+use serde::{Deserialize, Serialize};
+
+/// Default `payment_timeout_s` of api.md.
+pub const DEFAULT_PAYMENT_TIMEOUT_S: u32 = 900;
+/// Default `token_multiplier` of api.md.
+pub const DEFAULT_TOKEN_MULTIPLIER: u32 = 5;
+/// Default `per_user_limit` of api.md.
+pub const DEFAULT_PER_USER_LIMIT: u32 = 1;
+
+/// What an operator asks for when creating a promotion (already parsed, not yet validated).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PromotionSpec {
+    /// The promotion id; the engine makes one when absent.
+    pub id: Option<String>,
+    pub name: String,
+    pub starts_at_ms: i64,
+    pub ends_at_ms: i64,
+    pub payment_timeout_s: u32,
+    pub require_token: bool,
+    pub token_multiplier: u32,
+    pub items: Vec<ItemSpec>,
+}
+
+/// One item of a [`PromotionSpec`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ItemSpec {
+    pub sku: String,
+    /// The title shown to shoppers; the sku when absent.
+    pub title: Option<String>,
+    pub stock: u64,
+    pub price_cents: i64,
+    pub per_user_limit: u32,
+}
+
+/// A validated promotion as the log records it. Immutable once created: start and stop move
+/// the window through their own events.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PromotionRecord {
+    pub id: String,
+    pub name: String,
+    pub starts_at_ms: i64,
+    pub ends_at_ms: i64,
+    pub payment_timeout_s: u32,
+    pub require_token: bool,
+    pub token_multiplier: u32,
+    pub created_at_ms: i64,
+    pub items: Vec<ItemRecord>,
+}
+
+/// A validated item of a [`PromotionRecord`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ItemRecord {
+    pub sku: String,
+    pub title: String,
+    pub stock: u64,
+    pub price_cents: i64,
+    pub per_user_limit: u32,
+}
+
+/// Where a promotion stands at a given time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PromotionStatus {
+    Upcoming,
+    Live,
+    Ended,
+}
+
+impl PromotionStatus {
+    /// The status of the window `[starts_at_ms, ends_at_ms)` at `now_ms`.
+    pub fn at(starts_at_ms: i64, ends_at_ms: i64, now_ms: i64) -> Self {
+        if now_ms >= ends_at_ms {
+            PromotionStatus::Ended
+        } else if now_ms < starts_at_ms {
+            PromotionStatus::Upcoming
+        } else {
+            PromotionStatus::Live
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PromotionStatus::Upcoming => "upcoming",
+            PromotionStatus::Live => "live",
+            PromotionStatus::Ended => "ended",
+        }
+    }
+}
+
+/// The life of an order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OrderStatus {
+    PendingPayment,
+    Paid,
+    Cancelled,
+    Expired,
+}
+
+impl OrderStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OrderStatus::PendingPayment => "pending_payment",
+            OrderStatus::Paid => "paid",
+            OrderStatus::Cancelled => "cancelled",
+            OrderStatus::Expired => "expired",
+        }
+    }
+
+    /// Live orders hold stock and count against the per-user limit.
+    pub fn is_live(self) -> bool {
+        matches!(self, OrderStatus::PendingPayment | OrderStatus::Paid)
+    }
+
+    /// How far along the life an order is; an order's rank never decreases, which lets a
+    /// replica (the SQL table) refuse to move an order backwards.
+    pub fn rank(self) -> u8 {
+        match self {
+            OrderStatus::PendingPayment => 0,
+            OrderStatus::Paid | OrderStatus::Cancelled | OrderStatus::Expired => 1,
+        }
+    }
+}
+
+/// An order, as stored and as shown.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Order {
+    pub order_id: String,
+    pub promotion_id: String,
+    pub sku: String,
+    pub user_id: String,
+    pub request_id: String,
+    pub quantity: u32,
+    pub price_cents: i64,
+    pub amount_cents: i64,
+    pub status: OrderStatus,
+    pub created_at_ms: i64,
+    pub pay_before_ms: i64,
+    pub paid_at_ms: Option<i64>,
+    pub payment_ref: Option<String>,
+    pub closed_at_ms: Option<i64>,
+}
+
+/// A purchase as the shopper sends it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PurchaseRequest {
+    pub request_id: String,
+    pub quantity: u32,
+    pub token: Option<String>,
+}
+
+/// The answer to a purchase: the order, and whether this call created it (201) or found the
+/// order of an earlier call with the same request id (200).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Purchased {
+    pub order: Order,
+    pub created: bool,
+}
+
+/// A purchase token handed to one shopper for one item.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenGrant {
+    pub token: String,
+    pub expires_at_ms: i64,
+}
+
+/// Exact stock figures of one item, as operators see them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ItemStats {
+    pub sku: String,
+    pub title: String,
+    pub price_cents: i64,
+    pub per_user_limit: u32,
+    pub stock: u64,
+    pub remaining: u64,
+    pub reserved: u64,
+    pub sold: u64,
+    pub tokens_issued: u64,
+}
+
+/// A promotion with exact per-item stats (operator view).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PromotionStats {
+    pub id: String,
+    pub name: String,
+    pub status: PromotionStatus,
+    pub starts_at_ms: i64,
+    pub ends_at_ms: i64,
+    pub payment_timeout_s: u32,
+    pub require_token: bool,
+    pub token_multiplier: u32,
+    pub created_at_ms: i64,
+    pub items: Vec<ItemStats>,
+}
+
+/// One item in the shoppers' view; `remaining` may lag the shard by one batch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublicItem {
+    pub sku: String,
+    pub title: String,
+    pub price_cents: i64,
+    pub per_user_limit: u32,
+    pub remaining: u64,
+    pub sold_out: bool,
+}
+
+/// A promotion in the shoppers' view.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublicPromotion {
+    pub id: String,
+    pub name: String,
+    pub status: PromotionStatus,
+    pub starts_at_ms: i64,
+    pub ends_at_ms: i64,
+    pub server_time_ms: i64,
+    pub require_token: bool,
+    pub items: Vec<PublicItem>,
+}

@@ -1,0 +1,218 @@
+//! The three seams through which the engine meets the world: the journal (durability), the
+//! clock (time) and the order sink (whoever wants the events). The engine itself does no I/O
+//! and reads no clock; tests plug in [`MemoryJournal`], [`ManualClock`] and failures.
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::error::JournalError;
+use crate::event::{EngineImage, Event};
+
+/// Where batches of events become durable.
+///
+/// `append` is called from a shard's own thread, once per batch, and may block: the shard
+/// replies to nobody in the batch until it returns `Ok`. Concurrent calls from several shards
+/// are expected, which is what lets a log share one fsync among them (group commit).
+pub trait Journal: Send + Sync + 'static {
+    /// Makes `events` durable (as the journal's durability mode defines it) and returns the
+    /// sequence number given to this batch. Sequence numbers increase with every call.
+    fn append(&self, events: &[Event]) -> Result<u64, JournalError>;
+
+    /// The highest sequence number handed out so far (0 when none).
+    fn last_seq(&self) -> u64;
+
+    /// Stores a snapshot of the whole engine; the events up to `image.through_seq` are then
+    /// no longer needed for recovery. The default keeps no snapshots.
+    fn save_snapshot(&self, image: &EngineImage) -> Result<(), JournalError> {
+        let _ = image;
+        Ok(())
+    }
+}
+
+/// Time, as the engine sees it: unix milliseconds.
+pub trait Clock: Send + Sync + 'static {
+    fn now_ms(&self) -> i64;
+}
+
+/// Receives every batch of events after it is durable, in the order of the shard that made
+/// it. Called on the shard's thread: it must not block (hand the events to a queue).
+pub trait OrderSink: Send + Sync + 'static {
+    fn publish(&self, seq: u64, events: &[Event]);
+}
+
+/// What a journal hands back at start-up: the latest snapshot, if any, and every batch after
+/// it in sequence order.
+pub struct Recovery {
+    pub image: Option<EngineImage>,
+    pub batches: Box<dyn Iterator<Item = Result<(u64, Vec<Event>), JournalError>> + Send>,
+}
+
+impl Recovery {
+    /// Nothing to recover: a fresh engine.
+    pub fn empty() -> Self {
+        Recovery {
+            image: None,
+            batches: Box::new(std::iter::empty()),
+        }
+    }
+}
+
+impl fmt::Debug for Recovery {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Recovery")
+            .field("image_through_seq", &self.image.as_ref().map(|i| i.through_seq))
+            .finish_non_exhaustive()
+    }
+}
+
+/// The wall clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> i64 {
+        // A clock before 1970 is a broken machine; 0 keeps every window "upcoming" rather than
+        // panicking in the middle of a sale.
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+            .unwrap_or(0)
+    }
+}
+
+/// A clock that only moves when a test moves it.
+#[derive(Debug, Default)]
+pub struct ManualClock {
+    now_ms: AtomicI64,
+}
+
+impl ManualClock {
+    pub fn new(now_ms: i64) -> Arc<Self> {
+        Arc::new(ManualClock {
+            now_ms: AtomicI64::new(now_ms),
+        })
+    }
+
+    pub fn set_ms(&self, now_ms: i64) {
+        self.now_ms.store(now_ms, Ordering::SeqCst);
+    }
+
+    pub fn advance_ms(&self, delta_ms: i64) {
+        self.now_ms.fetch_add(delta_ms, Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_ms(&self) -> i64 {
+        self.now_ms.load(Ordering::SeqCst)
+    }
+}
+
+/// A journal in memory: keeps every batch (for tests that restart an engine from it), can be
+/// told to fail, and keeps snapshots.
+#[derive(Debug, Default)]
+pub struct MemoryJournal {
+    batches: Mutex<Vec<(u64, Vec<Event>)>>,
+    snapshot: Mutex<Option<EngineImage>>,
+    last_seq: AtomicU64,
+    failing: AtomicBool,
+    keep_events: bool,
+}
+
+impl MemoryJournal {
+    /// A journal that keeps every batch, so that [`MemoryJournal::recovery`] can rebuild.
+    pub fn new() -> Arc<Self> {
+        Arc::new(MemoryJournal {
+            keep_events: true,
+            ..MemoryJournal::default()
+        })
+    }
+
+    /// A journal that only counts: for benches, where keeping millions of events would
+    /// measure the allocator instead of the engine.
+    pub fn discarding() -> Arc<Self> {
+        Arc::new(MemoryJournal::default())
+    }
+
+    /// From now on every append fails (a disk that went away).
+    pub fn set_failing(&self, failing: bool) {
+        self.failing.store(failing, Ordering::SeqCst);
+    }
+
+    /// Every kept batch, in order.
+    pub fn batches(&self) -> Vec<(u64, Vec<Event>)> {
+        self.batches.lock().map(|b| b.clone()).unwrap_or_default()
+    }
+
+    /// What a restart would read: the last snapshot and the batches after it.
+    pub fn recovery(&self) -> Recovery {
+        let image = self.snapshot.lock().ok().and_then(|s| s.clone());
+        let through = image.as_ref().map_or(0, |i| i.through_seq);
+        let batches: Vec<_> = self
+            .batches()
+            .into_iter()
+            .filter(|(seq, _)| *seq > through)
+            .map(Ok)
+            .collect();
+        Recovery {
+            image,
+            batches: Box::new(batches.into_iter()),
+        }
+    }
+
+    /// Like [`MemoryJournal::recovery`] but ignoring the snapshot: the log alone.
+    pub fn recovery_from_log_only(&self) -> Recovery {
+        let batches: Vec<_> = self.batches().into_iter().map(Ok).collect();
+        Recovery {
+            image: None,
+            batches: Box::new(batches.into_iter()),
+        }
+    }
+
+    /// The snapshot saved last, if any.
+    pub fn snapshot(&self) -> Option<EngineImage> {
+        self.snapshot.lock().ok().and_then(|s| s.clone())
+    }
+}
+
+impl Journal for MemoryJournal {
+    fn append(&self, events: &[Event]) -> Result<u64, JournalError> {
+        if self.failing.load(Ordering::SeqCst) {
+            return Err(JournalError("memory journal told to fail".into()));
+        }
+        if !self.keep_events {
+            return Ok(self.last_seq.fetch_add(1, Ordering::SeqCst) + 1);
+        }
+        // Sequence and push under one lock so the kept order is the sequence order.
+        let mut batches = self
+            .batches
+            .lock()
+            .map_err(|_| JournalError("memory journal lock poisoned".into()))?;
+        let seq = self.last_seq.fetch_add(1, Ordering::SeqCst) + 1;
+        batches.push((seq, events.to_vec()));
+        Ok(seq)
+    }
+
+    fn last_seq(&self) -> u64 {
+        self.last_seq.load(Ordering::SeqCst)
+    }
+
+    fn save_snapshot(&self, image: &EngineImage) -> Result<(), JournalError> {
+        let mut slot = self
+            .snapshot
+            .lock()
+            .map_err(|_| JournalError("memory journal lock poisoned".into()))?;
+        *slot = Some(image.clone());
+        Ok(())
+    }
+}
+
+/// A sink that drops everything.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NullSink;
+
+impl OrderSink for NullSink {
+    fn publish(&self, _seq: u64, _events: &[Event]) {}
+}

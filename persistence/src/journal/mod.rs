@@ -1,0 +1,1 @@
+//! The RocksDB journal (being written).

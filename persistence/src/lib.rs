@@ -1,0 +1,12 @@
+//! # seckill-persistence
+//!
+//! Everything of seckill that touches a disk or a database; the engine knows neither.
+//!
+//! Layout:
+//! - `journal`: the engine's `Journal` on RocksDB: group-committed batches, snapshots, log
+//!   trimming, recovery, the data-directory lock and the on-disk version check.
+//! - `sql`: the flusher that keeps the SQL tables `orders`, `promotions` and
+//!   `promotion_items` in step with the journal (SQLite embedded, PostgreSQL in production).
+
+pub mod journal;
+pub mod sql;
