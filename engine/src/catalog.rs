@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use dashmap::{DashMap, DashSet};
+use rustc_hash::FxBuildHasher;
 
 use crate::item::{ItemState, STRIKES_TO_BAN};
 use crate::model::{
@@ -22,7 +23,7 @@ pub(crate) struct PromotionEntry {
     pub starts_at_ms: AtomicI64,
     pub ends_at_ms: AtomicI64,
     /// Cancelled + expired orders per user, over all items: the ban board.
-    pub strikes: DashMap<String, u32>,
+    pub strikes: DashMap<String, u32, FxBuildHasher>,
     /// One gate per item, in the record's order.
     pub gates: Vec<Arc<ItemGate>>,
 }
@@ -40,7 +41,7 @@ impl PromotionEntry {
             starts_at_ms: AtomicI64::new(record.starts_at_ms),
             ends_at_ms: AtomicI64::new(record.ends_at_ms),
             record,
-            strikes: DashMap::new(),
+            strikes: DashMap::with_hasher(FxBuildHasher),
             gates,
         })
     }
@@ -107,7 +108,7 @@ pub(crate) struct ItemGate {
     pub sold_out: AtomicBool,
     /// Users with an order on this item: they may hold a request id whose original order a
     /// retry must get back, so a fast refusal never applies to them.
-    pub buyers: DashSet<String>,
+    pub buyers: DashSet<String, FxBuildHasher>,
 }
 
 impl ItemGate {
@@ -117,7 +118,7 @@ impl ItemGate {
             item: item.clone(),
             remaining: AtomicU64::new(item.stock),
             sold_out: AtomicBool::new(item.stock == 0),
-            buyers: DashSet::new(),
+            buyers: DashSet::with_hasher(FxBuildHasher),
         }
     }
 

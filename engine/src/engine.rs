@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crossbeam_channel::{Sender, TrySendError};
 use dashmap::DashMap;
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxBuildHasher, FxHashMap};
 use tokio::sync::{oneshot, Mutex};
 
 use crate::catalog::{ItemGate, PromotionEntry};
@@ -83,8 +83,8 @@ pub struct Engine {
 #[derive(Debug)]
 struct Inner {
     mailboxes: Vec<Sender<Command>>,
-    promotions: DashMap<String, Arc<PromotionEntry>>,
-    gates: DashMap<u64, Arc<ItemGate>>,
+    promotions: DashMap<String, Arc<PromotionEntry>, FxBuildHasher>,
+    gates: DashMap<u64, Arc<ItemGate>, FxBuildHasher>,
     /// Serialises create / start / stop / snapshot: rare, and each must see the catalog whole.
     catalog_lock: Mutex<()>,
     clock: Arc<dyn Clock>,
@@ -144,8 +144,9 @@ impl Engine {
         }
         let token_ttl_ms = i64::from(config.token_ttl_s) * 1000;
         let mut states: Vec<ShardState> = (0..config.shards).map(|_| ShardState::default()).collect();
-        let promotions: DashMap<String, Arc<PromotionEntry>> = DashMap::new();
-        let gates: DashMap<u64, Arc<ItemGate>> = DashMap::new();
+        let promotions: DashMap<String, Arc<PromotionEntry>, FxBuildHasher> =
+            DashMap::with_hasher(FxBuildHasher);
+        let gates: DashMap<u64, Arc<ItemGate>, FxBuildHasher> = DashMap::with_hasher(FxBuildHasher);
         let shard_of = |key: u64| (key % config.shards as u64) as usize;
 
         let mut through_seq = 0;
@@ -330,16 +331,19 @@ impl Engine {
         if self.inner.promotions.contains_key(&record.id) {
             return Err(Error::AlreadyExists);
         }
+        let skus: rustc_hash::FxHashSet<&str> =
+            record.items.iter().map(|item| item.sku.as_str()).collect();
         for other in self.inner.promotions.iter() {
             let (starts_at_ms, ends_at_ms) = other.window();
             let overlaps = record.starts_at_ms < ends_at_ms && starts_at_ms < record.ends_at_ms;
             if !overlaps {
                 continue;
             }
-            if let Some(item) = record
+            if let Some(item) = other
+                .record
                 .items
                 .iter()
-                .find(|item| other.record.items.iter().any(|o| o.sku == item.sku))
+                .find(|item| skus.contains(item.sku.as_str()))
             {
                 return Err(Error::SkuInOtherPromotion {
                     sku: item.sku.clone(),
@@ -803,8 +807,8 @@ impl Engine {
 
 /// Adds a promotion and its gates to the catalog (recovery path).
 fn register(
-    promotions: &DashMap<String, Arc<PromotionEntry>>,
-    gates: &DashMap<u64, Arc<ItemGate>>,
+    promotions: &DashMap<String, Arc<PromotionEntry>, FxBuildHasher>,
+    gates: &DashMap<u64, Arc<ItemGate>, FxBuildHasher>,
     record: crate::model::PromotionRecord,
 ) -> Result<Arc<PromotionEntry>> {
     let keys: Vec<u64> = record
