@@ -50,6 +50,11 @@
 //! # Ok(()) }
 //! ```
 
+/// The README's embedding example, compiled and run as a doc test so it stays true.
+#[doc = include_str!("../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
+
 mod catalog;
 mod engine;
 mod error;
