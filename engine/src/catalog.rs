@@ -12,9 +12,7 @@ use dashmap::{DashMap, DashSet};
 use rustc_hash::FxBuildHasher;
 
 use crate::item::{ItemState, STRIKES_TO_BAN};
-use crate::model::{
-    ItemRecord, PromotionRecord, PromotionStatus, PublicItem, PublicPromotion,
-};
+use crate::model::{ItemRecord, PromotionRecord, PromotionStatus, PublicItem, PublicPromotion};
 
 /// A promotion as every thread sees it.
 #[derive(Debug)]

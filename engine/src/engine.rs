@@ -143,7 +143,8 @@ impl Engine {
             return Err(Error::invalid("mailbox_capacity", "must be at least 1"));
         }
         let token_ttl_ms = i64::from(config.token_ttl_s) * 1000;
-        let mut states: Vec<ShardState> = (0..config.shards).map(|_| ShardState::default()).collect();
+        let mut states: Vec<ShardState> =
+            (0..config.shards).map(|_| ShardState::default()).collect();
         let promotions: DashMap<String, Arc<PromotionEntry>, FxBuildHasher> =
             DashMap::with_hasher(FxBuildHasher);
         let gates: DashMap<u64, Arc<ItemGate>, FxBuildHasher> = DashMap::with_hasher(FxBuildHasher);
@@ -160,8 +161,12 @@ impl Engine {
             through_seq = image.through_seq;
             for promotion in image.promotions {
                 let entry = register(&promotions, &gates, promotion.record)?;
-                entry.starts_at_ms.store(promotion.starts_at_ms, Ordering::Release);
-                entry.ends_at_ms.store(promotion.ends_at_ms, Ordering::Release);
+                entry
+                    .starts_at_ms
+                    .store(promotion.starts_at_ms, Ordering::Release);
+                entry
+                    .ends_at_ms
+                    .store(promotion.ends_at_ms, Ordering::Release);
             }
             for item in image.items {
                 let entry = promotions
@@ -189,12 +194,18 @@ impl Engine {
                             states[shard_of(*key)].install(&entry, &[*key], token_ttl_ms);
                         }
                     }
-                    Event::PromotionStarted { promotion_id, at_ms } => {
+                    Event::PromotionStarted {
+                        promotion_id,
+                        at_ms,
+                    } => {
                         if let Some(entry) = promotions.get(promotion_id) {
                             entry.apply_start(*at_ms);
                         }
                     }
-                    Event::PromotionStopped { promotion_id, at_ms } => {
+                    Event::PromotionStopped {
+                        promotion_id,
+                        at_ms,
+                    } => {
                         if let Some(entry) = promotions.get(promotion_id) {
                             entry.apply_stop(*at_ms);
                         }
@@ -359,7 +370,10 @@ impl Engine {
         if keys.iter().any(|key| self.inner.gates.contains_key(key)) {
             // Two (promotion, sku) pairs with one 64-bit key: astronomically rare, and
             // refusing is the only way to keep order ids unique.
-            return Err(Error::invalid("id", "collides with another item key; choose another id"));
+            return Err(Error::invalid(
+                "id",
+                "collides with another item key; choose another id",
+            ));
         }
 
         let home = self.shard_of(promotion_key(&record.id));
@@ -471,7 +485,10 @@ impl Engine {
         let now_ms = self.now_ms();
         let mut by_shard: FxHashMap<usize, Vec<u64>> = FxHashMap::default();
         for gate in &entry.gates {
-            by_shard.entry(self.shard_of(gate.key)).or_default().push(gate.key);
+            by_shard
+                .entry(self.shard_of(gate.key))
+                .or_default()
+                .push(gate.key);
         }
         let mut found: FxHashMap<u64, ItemStats> = FxHashMap::default();
         let mut waits = Vec::new();
@@ -536,7 +553,12 @@ impl Engine {
     }
 
     /// The refusal that needs no shard, if any: banned, not live, sold out.
-    fn fast_refusal(entry: &PromotionEntry, gate: &ItemGate, user_id: &str, now_ms: i64) -> Option<Error> {
+    fn fast_refusal(
+        entry: &PromotionEntry,
+        gate: &ItemGate,
+        user_id: &str,
+        now_ms: i64,
+    ) -> Option<Error> {
         if entry.is_banned(user_id) {
             return Some(Error::Banned);
         }
@@ -552,7 +574,12 @@ impl Engine {
     }
 
     /// Hands a purchase token to `user_id` for one item.
-    pub async fn issue_token(&self, promotion_id: &str, sku: &str, user_id: &str) -> Result<TokenGrant> {
+    pub async fn issue_token(
+        &self,
+        promotion_id: &str,
+        sku: &str,
+        user_id: &str,
+    ) -> Result<TokenGrant> {
         check_id("user_id", user_id)?;
         let (entry, gate) = self.gate(promotion_id, sku)?;
         if let Some(refusal) = Self::fast_refusal(&entry, &gate, user_id, self.now_ms()) {
@@ -670,7 +697,8 @@ impl Engine {
         let mut waits = Vec::new();
         for shard in 0..self.inner.mailboxes.len() {
             let (tx, rx) = oneshot::channel();
-            self.send_control(shard, Command::Tick { reply: tx }).await?;
+            self.send_control(shard, Command::Tick { reply: tx })
+                .await?;
             waits.push(rx);
         }
         for rx in waits {
@@ -781,7 +809,11 @@ impl Engine {
         let mut waits = Vec::new();
         for shard in 0..self.inner.mailboxes.len() {
             let (tx, rx) = oneshot::channel();
-            if self.send_control(shard, Command::Shutdown { reply: tx }).await.is_ok() {
+            if self
+                .send_control(shard, Command::Shutdown { reply: tx })
+                .await
+                .is_ok()
+            {
                 waits.push(rx);
             }
         }

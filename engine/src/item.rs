@@ -40,10 +40,22 @@ pub struct Buyer {
     pub live_quantity: u32,
     /// This user's cancelled and expired orders on this item.
     pub strikes: u32,
-    /// request_id -> order sequence number: purchase idempotency.
-    pub requests: FxHashMap<String, u64>,
+    /// (request_id, order sequence number) of this user's orders: purchase idempotency.
+    /// A list, not a map: a user holds few orders per item (the limit plus fewer than
+    /// [`STRIKES_TO_BAN`] closed ones), and one small allocation per buyer is cheaper.
+    pub requests: Vec<(String, u64)>,
     /// The token handed out last to this user, used or not.
     pub token: Option<String>,
+}
+
+impl Buyer {
+    /// The order sequence number an earlier purchase with `request_id` created.
+    pub fn order_for_request(&self, request_id: &str) -> Option<u64> {
+        self.requests
+            .iter()
+            .find(|(id, _)| id == request_id)
+            .map(|(_, seq)| *seq)
+    }
 }
 
 /// A purchase token as the item remembers it.
@@ -105,7 +117,9 @@ impl ItemState {
 
     /// The cap on tokens for this item: `stock * token_multiplier`, saturating.
     pub fn tokens_max(&self) -> u64 {
-        self.item.stock.saturating_mul(u64::from(self.token_multiplier))
+        self.item
+            .stock
+            .saturating_mul(u64::from(self.token_multiplier))
     }
 
     pub fn stats(&self) -> ItemStats {
@@ -188,8 +202,8 @@ impl ItemState {
         token: Option<&str>,
     ) -> Result<Decision<Order>> {
         let buyer = self.buyers.get(user_id);
-        if let Some(seq) = buyer.and_then(|b| b.requests.get(request_id)) {
-            let order = self.order(*seq).ok_or(Error::NotFound)?;
+        if let Some(seq) = buyer.and_then(|b| b.order_for_request(request_id)) {
+            let order = self.order(seq).ok_or(Error::NotFound)?;
             return Ok(Decision::Existing(order.clone()));
         }
         Self::refuse_closed(ctx)?;
@@ -363,16 +377,21 @@ impl ItemState {
                 token,
             } => {
                 assert_eq!(*item_key, self.key, "order event for another item");
-                assert_eq!(*order_seq, self.orders.len() as u64 + 1, "order out of sequence");
+                assert_eq!(
+                    *order_seq,
+                    self.orders.len() as u64 + 1,
+                    "order out of sequence"
+                );
                 let quantity = u64::from(order.quantity);
-                assert!(self.remaining >= quantity, "oversell: {quantity} > remaining");
+                assert!(
+                    self.remaining >= quantity,
+                    "oversell: {quantity} > remaining"
+                );
                 self.remaining -= quantity;
                 self.reserved += quantity;
                 let buyer = self.buyers.entry(order.user_id.clone()).or_default();
                 buyer.live_quantity += order.quantity;
-                buyer
-                    .requests
-                    .insert(order.request_id.clone(), *order_seq);
+                buyer.requests.push((order.request_id.clone(), *order_seq));
                 if let Some(token) = token {
                     if let Some(record) = self.tokens.get_mut(token) {
                         record.used = true;
@@ -405,7 +424,10 @@ impl ItemState {
                 self.reserved -= quantity;
                 self.remaining += quantity;
                 let buyer = self.buyers.entry(order.user_id.clone()).or_default();
-                assert!(u64::from(buyer.live_quantity) >= quantity, "buyer quantity underflow");
+                assert!(
+                    u64::from(buyer.live_quantity) >= quantity,
+                    "buyer quantity underflow"
+                );
                 buyer.live_quantity -= order.quantity;
                 buyer.strikes += 1;
                 Some(order.user_id.clone())

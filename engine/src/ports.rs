@@ -62,7 +62,10 @@ impl Recovery {
 impl fmt::Debug for Recovery {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Recovery")
-            .field("image_through_seq", &self.image.as_ref().map(|i| i.through_seq))
+            .field(
+                "image_through_seq",
+                &self.image.as_ref().map(|i| i.through_seq),
+            )
             .finish_non_exhaustive()
     }
 }

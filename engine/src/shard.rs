@@ -186,7 +186,9 @@ impl ShardState {
                 break;
             }
             self.deadlines.pop();
-            let Some(slot) = self.items.get(&key) else { continue };
+            let Some(slot) = self.items.get(&key) else {
+                continue;
+            };
             if let Some(event) = slot.state.decide_expiry(now_ms, seq) {
                 self.apply(&event);
                 events.push(event);
@@ -202,7 +204,10 @@ enum Reply {
     Token(oneshot::Sender<Result<TokenGrant>>, Result<TokenGrant>),
     Purchase(oneshot::Sender<Result<Purchased>>, Result<Purchased>),
     Order(oneshot::Sender<Result<Order>>, Result<Order>),
-    Stats(oneshot::Sender<Result<Vec<ItemStats>>>, Result<Vec<ItemStats>>),
+    Stats(
+        oneshot::Sender<Result<Vec<ItemStats>>>,
+        Result<Vec<ItemStats>>,
+    ),
 }
 
 impl Reply {
@@ -305,9 +310,7 @@ impl Shard {
             if let Some(command) = first {
                 self.handle(command, now_ms);
             }
-            while self.replies.len() < self.settings.batch_requests_max
-                && self.stopping.is_none()
-            {
+            while self.replies.len() < self.settings.batch_requests_max && self.stopping.is_none() {
                 match self.mailbox.try_recv() {
                     Ok(command) => self.handle(command, now_ms),
                     Err(_) => break,
@@ -368,7 +371,10 @@ impl Shard {
 
     fn publish_gates(&mut self) {
         for event in &self.events {
-            if let Event::OrderPlaced { item_key, order, .. } = event {
+            if let Event::OrderPlaced {
+                item_key, order, ..
+            } = event
+            {
                 if let Some(slot) = self.state.items.get(item_key) {
                     slot.gate.buyers.insert(order.user_id.clone());
                 }

@@ -47,7 +47,10 @@ pub fn validate_promotion(
     let mut items = Vec::with_capacity(spec.items.len());
     for item in &spec.items {
         if !is_valid_id(&item.sku) {
-            return Err(Error::invalid("items.sku", "must match [A-Za-z0-9_.:-]{1,64}"));
+            return Err(Error::invalid(
+                "items.sku",
+                "must match [A-Za-z0-9_.:-]{1,64}",
+            ));
         }
         if !skus.insert(item.sku.as_str()) {
             return Err(Error::invalid(
@@ -138,19 +141,31 @@ mod tests {
 
         let mut s = spec();
         s.items[0].stock = STOCK_MAX + 1;
-        assert_eq!(field_of(validate_promotion(&s, "p1".into(), 0)), "items.stock");
+        assert_eq!(
+            field_of(validate_promotion(&s, "p1".into(), 0)),
+            "items.stock"
+        );
 
         let mut s = spec();
         s.items[0].price_cents = -1;
-        assert_eq!(field_of(validate_promotion(&s, "p1".into(), 0)), "items.price_cents");
+        assert_eq!(
+            field_of(validate_promotion(&s, "p1".into(), 0)),
+            "items.price_cents"
+        );
 
         let mut s = spec();
         s.items[0].per_user_limit = 0;
-        assert_eq!(field_of(validate_promotion(&s, "p1".into(), 0)), "items.per_user_limit");
+        assert_eq!(
+            field_of(validate_promotion(&s, "p1".into(), 0)),
+            "items.per_user_limit"
+        );
 
         let mut s = spec();
         s.items.push(s.items[0].clone());
-        assert_eq!(field_of(validate_promotion(&s, "p1".into(), 0)), "items.sku");
+        assert_eq!(
+            field_of(validate_promotion(&s, "p1".into(), 0)),
+            "items.sku"
+        );
 
         let mut s = spec();
         s.items.clear();
@@ -158,12 +173,21 @@ mod tests {
 
         let mut s = spec();
         s.payment_timeout_s = 9;
-        assert_eq!(field_of(validate_promotion(&s, "p1".into(), 0)), "payment_timeout_s");
+        assert_eq!(
+            field_of(validate_promotion(&s, "p1".into(), 0)),
+            "payment_timeout_s"
+        );
 
         let mut s = spec();
         s.token_multiplier = 101;
-        assert_eq!(field_of(validate_promotion(&s, "p1".into(), 0)), "token_multiplier");
+        assert_eq!(
+            field_of(validate_promotion(&s, "p1".into(), 0)),
+            "token_multiplier"
+        );
 
-        assert_eq!(field_of(validate_promotion(&spec(), "bad id".into(), 0)), "id");
+        assert_eq!(
+            field_of(validate_promotion(&spec(), "bad id".into(), 0)),
+            "id"
+        );
     }
 }

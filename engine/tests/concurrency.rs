@@ -25,7 +25,11 @@ fn engine(shards: usize) -> Engine {
     Engine::start(config, ports, Recovery::empty()).expect("engine starts")
 }
 
-fn live_spec(id: &str, items: &[(&str, u64, u32)], require_token: bool) -> seckill_engine::PromotionSpec {
+fn live_spec(
+    id: &str,
+    items: &[(&str, u64, u32)],
+    require_token: bool,
+) -> seckill_engine::PromotionSpec {
     let now_ms = seckill_engine::Clock::now_ms(&SystemClock);
     let mut s = spec(id, items, require_token);
     s.starts_at_ms = now_ms - 1_000;
@@ -94,7 +98,10 @@ async fn race(require_token: bool) {
     assert_eq!(stats.items[0].reserved, STOCK);
     assert_eq!(stats.items[0].remaining, 0);
     for order_id in &accepted {
-        engine.order(order_id, None).await.expect("every accepted order exists");
+        engine
+            .order(order_id, None)
+            .await
+            .expect("every accepted order exists");
     }
     engine.shutdown().await.expect("shutdown");
 }

@@ -22,11 +22,28 @@ const PAYMENT_TIMEOUT_MS: i64 = 30_000;
 
 #[derive(Debug, Clone)]
 enum Op {
-    Advance { ms: i64 },
-    Token { user: u8, item: usize },
-    Purchase { user: u8, item: usize, quantity: u32, request: u8, token: TokenChoice },
-    Cancel { pick: usize, as_owner: bool },
-    Pay { pick: usize, reference: u8 },
+    Advance {
+        ms: i64,
+    },
+    Token {
+        user: u8,
+        item: usize,
+    },
+    Purchase {
+        user: u8,
+        item: usize,
+        quantity: u32,
+        request: u8,
+        token: TokenChoice,
+    },
+    Cancel {
+        pick: usize,
+        as_owner: bool,
+    },
+    Pay {
+        pick: usize,
+        reference: u8,
+    },
     Stop,
 }
 
@@ -202,7 +219,10 @@ impl Model {
         token: Option<&str>,
     ) -> Result<Option<usize>, Error> {
         let state = &self.items[item];
-        if let Some(index) = state.requests.get(&(user.to_owned(), request_id.to_owned())) {
+        if let Some(index) = state
+            .requests
+            .get(&(user.to_owned(), request_id.to_owned()))
+        {
             return Ok(Some(*index));
         }
         if let Some(refusal) = self.closed(user) {
@@ -308,20 +328,34 @@ fn run(ops: Vec<Op>) {
                         (e, g) => panic!("token: model {:?} engine {g:?}", e.map(|_| ())),
                     }
                 }
-                Op::Purchase { user, item, quantity, request: r, token } => {
+                Op::Purchase {
+                    user,
+                    item,
+                    quantity,
+                    request: r,
+                    token,
+                } => {
                     let user = format!("u{user}");
                     let other = format!("u{}", (user.as_bytes()[1] - b'0' + 1) % 5);
                     let token = match token {
                         TokenChoice::Own => model.items[item].latest_token.get(&user).cloned(),
                         TokenChoice::None => None,
-                        TokenChoice::OtherUsers => model.items[item].latest_token.get(&other).cloned(),
+                        TokenChoice::OtherUsers => {
+                            model.items[item].latest_token.get(&other).cloned()
+                        }
                         TokenChoice::Garbage => Some("not-a-token".into()),
                     };
                     let request_id = format!("r{r}");
-                    let expected = model.purchase(item, &user, &request_id, quantity, token.as_deref());
+                    let expected =
+                        model.purchase(item, &user, &request_id, quantity, token.as_deref());
                     let got = h
                         .engine
-                        .purchase("p", ITEMS[item], &user, request(&request_id, quantity, token.clone()))
+                        .purchase(
+                            "p",
+                            ITEMS[item],
+                            &user,
+                            request(&request_id, quantity, token.clone()),
+                        )
                         .await;
                     match (expected, got) {
                         (Ok(Some(index)), Ok(bought)) => {
@@ -336,7 +370,9 @@ fn run(ops: Vec<Op>) {
                             }
                             state.remaining -= u64::from(quantity);
                             state.reserved += u64::from(quantity);
-                            state.requests.insert((user.clone(), request_id), model.orders.len());
+                            state
+                                .requests
+                                .insert((user.clone(), request_id), model.orders.len());
                             let order = MOrder {
                                 id: bought.order.order_id.clone(),
                                 item,

@@ -12,19 +12,37 @@ async fn a_promotion_sells_only_inside_its_window() {
     s.starts_at_ms = T0_MS + 60_000;
     h.engine.create_promotion(s).await.expect("created");
 
-    let early = h.engine.purchase("p", "a", "u1", request("r1", 1, None)).await;
+    let early = h
+        .engine
+        .purchase("p", "a", "u1", request("r1", 1, None))
+        .await;
     assert_eq!(early, Err(Error::NotStarted));
-    assert_eq!(h.engine.issue_token("p", "a", "u1").await, Err(Error::NotStarted));
-    assert_eq!(h.engine.public_promotion("p").expect("view").status, PromotionStatus::Upcoming);
+    assert_eq!(
+        h.engine.issue_token("p", "a", "u1").await,
+        Err(Error::NotStarted)
+    );
+    assert_eq!(
+        h.engine.public_promotion("p").expect("view").status,
+        PromotionStatus::Upcoming
+    );
 
     h.clock.advance_ms(60_000);
-    let bought = h.engine.purchase("p", "a", "u1", request("r1", 1, None)).await;
+    let bought = h
+        .engine
+        .purchase("p", "a", "u1", request("r1", 1, None))
+        .await;
     assert!(bought.expect("live now").created);
 
     h.clock.set_ms(T0_MS + WINDOW_MS);
-    let late = h.engine.purchase("p", "a", "u2", request("r2", 1, None)).await;
+    let late = h
+        .engine
+        .purchase("p", "a", "u2", request("r2", 1, None))
+        .await;
     assert_eq!(late, Err(Error::Ended));
-    assert!(h.engine.public_promotions().is_empty(), "ended promotions are not listed");
+    assert!(
+        h.engine.public_promotions().is_empty(),
+        "ended promotions are not listed"
+    );
 }
 
 #[tokio::test]
@@ -46,14 +64,20 @@ async fn start_and_stop_force_the_window() {
     let stopped = h.engine.stop_promotion("p").await.expect("stopped");
     assert_eq!(stopped.status, PromotionStatus::Ended);
     assert_eq!(
-        h.engine.purchase("p", "a", "u2", request("r2", 1, None)).await,
+        h.engine
+            .purchase("p", "a", "u2", request("r2", 1, None))
+            .await,
         Err(Error::Ended)
     );
     assert_eq!(h.engine.start_promotion("p").await, Err(Error::Ended));
     assert_eq!(h.engine.start_promotion("nope").await, Err(Error::NotFound));
     // Stopping again is harmless.
     assert_eq!(
-        h.engine.stop_promotion("p").await.expect("stop again").status,
+        h.engine
+            .stop_promotion("p")
+            .await
+            .expect("stop again")
+            .status,
         PromotionStatus::Ended
     );
 
@@ -78,7 +102,10 @@ async fn tokens_are_per_user_item_single_use_and_expire() {
     assert_eq!(first, again, "an unused token is handed out again");
     assert_eq!(first.expires_at_ms, T0_MS + 60_000);
 
-    let missing = h.engine.purchase("p", "a", "u1", request("r0", 1, None)).await;
+    let missing = h
+        .engine
+        .purchase("p", "a", "u1", request("r0", 1, None))
+        .await;
     assert_eq!(missing, Err(Error::TokenInvalid));
     let other_user = h
         .engine
@@ -101,15 +128,27 @@ async fn tokens_are_per_user_item_single_use_and_expire() {
         .await;
     assert_eq!(reuse, Err(Error::TokenInvalid), "a token buys once");
 
-    let second = h.engine.issue_token("p", "a", "u1").await.expect("new token");
+    let second = h
+        .engine
+        .issue_token("p", "a", "u1")
+        .await
+        .expect("new token");
     assert_ne!(second.token, first.token);
     h.clock.advance_ms(60_000);
     let expired = h
         .engine
         .purchase("p", "a", "u1", request("r5", 1, Some(second.token.clone())))
         .await;
-    assert_eq!(expired, Err(Error::TokenInvalid), "tokens expire after 60 s");
-    let third = h.engine.issue_token("p", "a", "u1").await.expect("fresh token");
+    assert_eq!(
+        expired,
+        Err(Error::TokenInvalid),
+        "tokens expire after 60 s"
+    );
+    let third = h
+        .engine
+        .issue_token("p", "a", "u1")
+        .await
+        .expect("fresh token");
     assert_ne!(third.token, second.token);
 }
 
@@ -140,8 +179,13 @@ async fn per_user_limit_counts_live_orders() {
         .create_promotion(spec("p", &[("a", 10, 2)], false))
         .await
         .expect("created");
-    let too_many = h.engine.purchase("p", "a", "u1", request("r0", 3, None)).await;
-    assert!(matches!(too_many, Err(Error::InvalidRequest { ref field, .. }) if field == "quantity"));
+    let too_many = h
+        .engine
+        .purchase("p", "a", "u1", request("r0", 3, None))
+        .await;
+    assert!(
+        matches!(too_many, Err(Error::InvalidRequest { ref field, .. }) if field == "quantity")
+    );
 
     let one = h
         .engine
@@ -153,7 +197,9 @@ async fn per_user_limit_counts_live_orders() {
         .await
         .expect("second");
     assert_eq!(
-        h.engine.purchase("p", "a", "u1", request("r3", 1, None)).await,
+        h.engine
+            .purchase("p", "a", "u1", request("r3", 1, None))
+            .await,
         Err(Error::LimitExceeded)
     );
     // A cancelled order frees its place under the limit.
@@ -179,7 +225,9 @@ async fn stock_refusals_sold_out_and_insufficient() {
         .await
         .expect("two units");
     assert_eq!(
-        h.engine.purchase("p", "a", "u2", request("r2", 2, None)).await,
+        h.engine
+            .purchase("p", "a", "u2", request("r2", 2, None))
+            .await,
         Err(Error::InsufficientStock)
     );
     h.engine
@@ -187,10 +235,15 @@ async fn stock_refusals_sold_out_and_insufficient() {
         .await
         .expect("the last unit");
     assert_eq!(
-        h.engine.purchase("p", "a", "u3", request("r4", 1, None)).await,
+        h.engine
+            .purchase("p", "a", "u3", request("r4", 1, None))
+            .await,
         Err(Error::SoldOut)
     );
-    assert_eq!(h.engine.issue_token("p", "a", "u3").await, Err(Error::SoldOut));
+    assert_eq!(
+        h.engine.issue_token("p", "a", "u3").await,
+        Err(Error::SoldOut)
+    );
     let view = h.engine.public_promotion("p").expect("view");
     assert!(view.items[0].sold_out);
     assert_eq!(view.items[0].remaining, 0);
@@ -226,7 +279,9 @@ async fn a_repeated_request_id_returns_the_original_order_whatever_changed() {
     assert_eq!(late_retry.order.order_id, first.order.order_id);
     // The same request id from another user is another request.
     assert_eq!(
-        h.engine.purchase("p", "a", "u2", request("r1", 1, None)).await,
+        h.engine
+            .purchase("p", "a", "u2", request("r1", 1, None))
+            .await,
         Err(Error::Ended)
     );
 }
@@ -248,7 +303,10 @@ async fn payment_is_idempotent_by_reference() {
     assert_eq!(paid.status, OrderStatus::Paid);
     assert_eq!(paid.payment_ref.as_deref(), Some("pay-1"));
     assert_eq!(paid.paid_at_ms, Some(T0_MS));
-    assert_eq!(h.engine.pay(&order.order_id, "pay-1").await, Ok(paid.clone()));
+    assert_eq!(
+        h.engine.pay(&order.order_id, "pay-1").await,
+        Ok(paid.clone())
+    );
     assert_eq!(
         h.engine.pay(&order.order_id, "pay-2").await,
         Err(Error::AlreadyPaid)
@@ -258,8 +316,18 @@ async fn payment_is_idempotent_by_reference() {
         Err(Error::NotCancellable)
     );
     let stats = h.engine.promotion_stats("p").await.expect("stats");
-    assert_eq!((stats.items[0].sold, stats.items[0].reserved, stats.items[0].remaining), (1, 0, 4));
-    assert_eq!(h.engine.pay("0000000000000000-1", "x").await, Err(Error::NotFound));
+    assert_eq!(
+        (
+            stats.items[0].sold,
+            stats.items[0].reserved,
+            stats.items[0].remaining
+        ),
+        (1, 0, 4)
+    );
+    assert_eq!(
+        h.engine.pay("0000000000000000-1", "x").await,
+        Err(Error::NotFound)
+    );
 }
 
 #[tokio::test]
@@ -330,7 +398,10 @@ async fn unpaid_orders_expire_and_free_their_stock() {
     let expired = h.engine.order(&order.order_id, None).await.expect("order");
     assert_eq!(expired.status, OrderStatus::Expired);
     assert_eq!(expired.closed_at_ms, Some(T0_MS + 30_000));
-    assert_eq!(h.engine.pay(&order.order_id, "late").await, Err(Error::NotPayable));
+    assert_eq!(
+        h.engine.pay(&order.order_id, "late").await,
+        Err(Error::NotPayable)
+    );
     assert_eq!(
         h.engine.cancel(&order.order_id, Some("u1")).await,
         Err(Error::NotCancellable)
@@ -399,15 +470,22 @@ async fn three_strikes_ban_a_user_from_the_whole_promotion() {
             .expect("cancelled");
     }
     assert_eq!(
-        h.engine.purchase("p", "a", "u1", request("r9", 1, None)).await,
+        h.engine
+            .purchase("p", "a", "u1", request("r9", 1, None))
+            .await,
         Err(Error::Banned)
     );
     assert_eq!(
-        h.engine.purchase("p", "b", "u1", request("r9", 1, None)).await,
+        h.engine
+            .purchase("p", "b", "u1", request("r9", 1, None))
+            .await,
         Err(Error::Banned),
         "the ban covers every item of the promotion"
     );
-    assert_eq!(h.engine.issue_token("p", "b", "u1").await, Err(Error::Banned));
+    assert_eq!(
+        h.engine.issue_token("p", "b", "u1").await,
+        Err(Error::Banned)
+    );
     h.engine
         .purchase("p", "a", "u2", request("r1", 1, None))
         .await
@@ -415,7 +493,9 @@ async fn three_strikes_ban_a_user_from_the_whole_promotion() {
 
     let h = h.restart().await;
     assert_eq!(
-        h.engine.purchase("p", "b", "u1", request("r10", 1, None)).await,
+        h.engine
+            .purchase("p", "b", "u1", request("r10", 1, None))
+            .await,
         Err(Error::Banned),
         "the ban survives a restart"
     );
@@ -458,11 +538,15 @@ async fn catalog_rules_ids_and_overlapping_skus() {
     let made = h.engine.create_promotion(anonymous).await.expect("created");
     assert!(seckill_engine::is_valid_id(&made.id));
     assert_eq!(
-        h.engine.purchase("nope", "a", "u1", request("r1", 1, None)).await,
+        h.engine
+            .purchase("nope", "a", "u1", request("r1", 1, None))
+            .await,
         Err(Error::NotFound)
     );
     assert_eq!(
-        h.engine.purchase("p1", "nope", "u1", request("r1", 1, None)).await,
+        h.engine
+            .purchase("p1", "nope", "u1", request("r1", 1, None))
+            .await,
         Err(Error::NotFound)
     );
     assert!(matches!(
@@ -480,10 +564,16 @@ async fn a_failed_journal_acknowledges_nothing_and_fences_the_shard() {
         .await
         .expect("created");
     h.journal.set_failing(true);
-    let refused = h.engine.purchase("p", "a", "u1", request("r1", 1, None)).await;
+    let refused = h
+        .engine
+        .purchase("p", "a", "u1", request("r1", 1, None))
+        .await;
     assert!(matches!(refused, Err(Error::Unavailable(_))));
     h.journal.set_failing(false);
-    let fenced = h.engine.purchase("p", "a", "u2", request("r2", 1, None)).await;
+    let fenced = h
+        .engine
+        .purchase("p", "a", "u2", request("r2", 1, None))
+        .await;
     assert!(
         matches!(fenced, Err(Error::Unavailable(_))),
         "memory is ahead of the log until a restart"
@@ -518,7 +608,11 @@ async fn a_restart_rebuilds_orders_tokens_and_stats() {
 
     let h = h.restart().await;
     assert_eq!(h.engine.promotion_stats("p").await.expect("stats"), before);
-    let again = h.engine.order(&order.order_id, Some("u1")).await.expect("order");
+    let again = h
+        .engine
+        .order(&order.order_id, Some("u1"))
+        .await
+        .expect("order");
     assert_eq!(again.status, OrderStatus::Paid);
     assert_eq!(
         h.engine.issue_token("p", "b", "u2").await.expect("token"),
