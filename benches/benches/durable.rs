@@ -14,7 +14,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use seckill_benches::{live_promotion, runtime, unique};
-use seckill_engine::{Engine, EngineConfig, NullSink, Ports, PurchaseRequest, Recovery, SystemClock};
+use seckill_engine::{
+    Engine, EngineConfig, NullSink, Ports, PurchaseRequest, Recovery, SystemClock,
+};
 use seckill_persistence::journal::{Durability, JournalOptions, RocksJournal};
 
 /// Concurrent callers: a storm keeps every shard's mailbox full, so batches (and fsyncs)
@@ -53,7 +55,9 @@ impl Drop for Scratch {
 
 fn dir_bytes(path: &Path) -> u64 {
     let mut total = 0;
-    let Ok(entries) = std::fs::read_dir(path) else { return 0 };
+    let Ok(entries) = std::fs::read_dir(path) else {
+        return 0;
+    };
     for entry in entries.flatten() {
         let Ok(meta) = entry.metadata() else { continue };
         total += if meta.is_dir() {
@@ -168,7 +172,13 @@ fn durable_purchases(rt: &tokio::runtime::Runtime, durability: Durability, secon
     let fsyncs = after.fsyncs_total - before.fsyncs_total;
     let appends = after.appends_total - before.appends_total;
     let events = after.events_total - before.events_total;
-    let per_fsync = |n: u64| if fsyncs == 0 { 0.0 } else { n as f64 / fsyncs as f64 };
+    let per_fsync = |n: u64| {
+        if fsyncs == 0 {
+            0.0
+        } else {
+            n as f64 / fsyncs as f64
+        }
+    };
     let fsync_us = if fsyncs == 0 {
         0.0
     } else {
@@ -231,7 +241,10 @@ fn recovery(rt: &tokio::runtime::Runtime, orders: u64) {
 
     let started = Instant::now();
     rt.block_on(engine.snapshot()).expect("snapshot");
-    println!("snapshot of {reserved} orders: {:.2} s", started.elapsed().as_secs_f64());
+    println!(
+        "snapshot of {reserved} orders: {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
     rt.block_on(engine.shutdown()).expect("shutdown");
     drop(engine);
     drop(journal);
@@ -241,7 +254,11 @@ fn recovery(rt: &tokio::runtime::Runtime, orders: u64) {
     let opened_s = started.elapsed().as_secs_f64();
     let engine = start(journal.clone(), recovery);
     let total_s = started.elapsed().as_secs_f64();
-    assert_eq!(count_reserved(rt, &engine), accepted, "snapshot lost orders");
+    assert_eq!(
+        count_reserved(rt, &engine),
+        accepted,
+        "snapshot lost orders"
+    );
     println!(
         "recovery from a snapshot: {total_s:.2} s for {accepted} orders (open and read {opened_s:.2} s, rebuild {:.2} s)",
         total_s - opened_s

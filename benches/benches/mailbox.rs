@@ -3,6 +3,7 @@
 //! - `thread+crossbeam`: an OS thread draining a bounded crossbeam channel (what shards use),
 //! - `task+tokio-mpsc`: a tokio task draining a bounded tokio mpsc,
 //! - `actix`: an actix actor on its own arbiter, `Addr::send`.
+//!
 //! Replies go back on a tokio oneshot (or actix's own). Run:
 //! `cargo bench -p seckill-benches --bench mailbox`.
 

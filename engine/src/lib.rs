@@ -80,7 +80,8 @@ pub use model::{
     TokenGrant, DEFAULT_PAYMENT_TIMEOUT_S, DEFAULT_PER_USER_LIMIT, DEFAULT_TOKEN_MULTIPLIER,
 };
 pub use ports::{
-    Clock, Journal, ManualClock, MemoryJournal, NullSink, OrderSink, Recovery, SystemClock,
+    BatchStream, Clock, Journal, ManualClock, MemoryJournal, NullSink, OrderSink, Recovery,
+    SystemClock,
 };
 pub use validate::{
     ITEMS_MAX, PAYMENT_TIMEOUT_S_MAX, PAYMENT_TIMEOUT_S_MIN, STOCK_MAX, TOKEN_MULTIPLIER_MAX,

@@ -42,11 +42,14 @@ pub trait OrderSink: Send + Sync + 'static {
     fn publish(&self, seq: u64, events: &[Event]);
 }
 
+/// The journaled batches a recovery replays, `(seq, events)` in sequence order.
+pub type BatchStream = Box<dyn Iterator<Item = Result<(u64, Vec<Event>), JournalError>> + Send>;
+
 /// What a journal hands back at start-up: the latest snapshot, if any, and every batch after
 /// it in sequence order.
 pub struct Recovery {
     pub image: Option<EngineImage>,
-    pub batches: Box<dyn Iterator<Item = Result<(u64, Vec<Event>), JournalError>> + Send>,
+    pub batches: BatchStream,
 }
 
 impl Recovery {
