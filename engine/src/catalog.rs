@@ -104,8 +104,10 @@ pub(crate) struct ItemGate {
     pub remaining: AtomicU64,
     /// `remaining == 0` as of the shard's last batch.
     pub sold_out: AtomicBool,
-    /// Users with an order on this item: they may hold a request id whose original order a
-    /// retry must get back, so a fast refusal never applies to them.
+    /// Users with an order on this item, filled only while the item is sold out (by the
+    /// shard, before it raises `sold_out`): such a user may be retrying a request id whose
+    /// original order they must get back, so the sold-out fast refusal skips them. Filling
+    /// it lazily keeps a set insert off every accepted purchase.
     pub buyers: DashSet<String, FxBuildHasher>,
 }
 
@@ -120,8 +122,16 @@ impl ItemGate {
         }
     }
 
-    /// Republishes the item's figures; called by the owning shard only.
-    pub fn publish(&self, state: &ItemState) {
+    /// Republishes the item's figures; called by the owning shard only. `buyers_published`
+    /// counts the orders whose users are already in `buyers`.
+    pub fn publish(&self, state: &ItemState, buyers_published: &mut usize) {
+        if state.remaining == 0 {
+            // The set must hold every buyer before the flag says "sold out" (Release below).
+            for order in state.orders.iter().skip(*buyers_published) {
+                self.buyers.insert(order.user_id.clone());
+            }
+            *buyers_published = state.orders.len();
+        }
         self.remaining.store(state.remaining, Ordering::Release);
         self.sold_out.store(state.remaining == 0, Ordering::Release);
     }

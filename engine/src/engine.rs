@@ -217,7 +217,7 @@ impl Engine {
                 }
             }
         }
-        for state in &states {
+        for state in &mut states {
             state.publish_all();
         }
 
@@ -573,6 +573,37 @@ impl Engine {
         None
     }
 
+    /// The purchase refusal that needs no shard, if any. A user with an order on the item
+    /// may be retrying a request id, which must answer the original order whatever changed
+    /// since, so only refusals that cannot hide an order are given here: not started (no
+    /// order exists yet), and sold out for users the gate knows hold no order here. Ended
+    /// and banned users go to the shard, which checks the request id first.
+    fn purchase_fast_refusal(
+        entry: &PromotionEntry,
+        gate: &ItemGate,
+        user_id: &str,
+        now_ms: i64,
+    ) -> Option<Error> {
+        match entry.status(now_ms) {
+            PromotionStatus::Ended => None,
+            PromotionStatus::Upcoming => Some(if entry.is_banned(user_id) {
+                Error::Banned
+            } else {
+                Error::NotStarted
+            }),
+            PromotionStatus::Live => {
+                if !gate.is_sold_out() || gate.buyers.contains(user_id) {
+                    return None;
+                }
+                Some(if entry.is_banned(user_id) {
+                    Error::Banned
+                } else {
+                    Error::SoldOut
+                })
+            }
+        }
+    }
+
     /// Hands a purchase token to `user_id` for one item.
     pub async fn issue_token(
         &self,
@@ -614,12 +645,8 @@ impl Engine {
             }
         }
         let (entry, gate) = self.gate(promotion_id, sku)?;
-        // A user with an order here may be retrying a request id: only the shard knows, so
-        // only users without one are refused at the gate.
-        if let Some(refusal) = Self::fast_refusal(&entry, &gate, user_id, self.now_ms()) {
-            if !gate.buyers.contains(user_id) {
-                return Err(refusal);
-            }
+        if let Some(refusal) = Self::purchase_fast_refusal(&entry, &gate, user_id, self.now_ms()) {
+            return Err(refusal);
         }
         if request.quantity == 0 {
             return Err(Error::invalid("quantity", "must be at least 1"));

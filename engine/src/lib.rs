@@ -73,7 +73,7 @@ pub use engine::{
 pub use error::{Error, JournalError, Result};
 pub use event::{EngineImage, Event, PromotionImage, EVENT_VERSION};
 pub use ids::{format_order_id, is_valid_id, item_key, parse_order_id, ID_LENGTH_MAX};
-pub use item::{Buyer, ItemState, TokenRecord, STRIKES_TO_BAN};
+pub use item::{Buyer, ItemState, OrderLog, TokenRecord, STRIKES_TO_BAN};
 pub use model::{
     ItemRecord, ItemSpec, ItemStats, Order, OrderStatus, PromotionRecord, PromotionSpec,
     PromotionStats, PromotionStatus, PublicItem, PublicPromotion, PurchaseRequest, Purchased,

@@ -90,6 +90,14 @@ pub(crate) struct Slot {
     pub state: ItemState,
     pub entry: Arc<PromotionEntry>,
     pub gate: Arc<ItemGate>,
+    /// How many of `state.orders` have their user in `gate.buyers`.
+    pub buyers_published: usize,
+}
+
+impl Slot {
+    fn publish(&mut self) {
+        self.gate.publish(&self.state, &mut self.buyers_published);
+    }
 }
 
 /// A shard's state without its thread: what recovery builds and the loop then owns.
@@ -129,7 +137,6 @@ impl ShardState {
             }
         }
         for (index, order) in state.orders.iter().enumerate() {
-            gate.buyers.insert(order.user_id.clone());
             if order.status == crate::model::OrderStatus::PendingPayment {
                 self.deadlines
                     .push(Reverse((order.pay_before_ms, state.key, index as u64 + 1)));
@@ -139,15 +146,14 @@ impl ShardState {
     }
 
     fn insert(&mut self, state: ItemState, entry: &Arc<PromotionEntry>, gate: &Arc<ItemGate>) {
-        gate.publish(&state);
-        let previous = self.items.insert(
-            state.key,
-            Slot {
-                state,
-                entry: Arc::clone(entry),
-                gate: Arc::clone(gate),
-            },
-        );
+        let mut slot = Slot {
+            state,
+            entry: Arc::clone(entry),
+            gate: Arc::clone(gate),
+            buyers_published: 0,
+        };
+        slot.publish();
+        let previous = self.items.insert(slot.state.key, slot);
         assert!(previous.is_none(), "item installed twice");
     }
 
@@ -169,13 +175,10 @@ impl ShardState {
         }
     }
 
-    /// Republishes every gate after recovery, and the buyers sets.
-    pub fn publish_all(&self) {
-        for slot in self.items.values() {
-            slot.gate.publish(&slot.state);
-            for order in &slot.state.orders {
-                slot.gate.buyers.insert(order.user_id.clone());
-            }
+    /// Republishes every gate after recovery.
+    pub fn publish_all(&mut self) {
+        for slot in self.items.values_mut() {
+            slot.publish();
         }
     }
 
@@ -370,21 +373,11 @@ impl Shard {
     }
 
     fn publish_gates(&mut self) {
-        for event in &self.events {
-            if let Event::OrderPlaced {
-                item_key, order, ..
-            } = event
-            {
-                if let Some(slot) = self.state.items.get(item_key) {
-                    slot.gate.buyers.insert(order.user_id.clone());
-                }
-            }
-        }
         self.touched.sort_unstable();
         self.touched.dedup();
         for key in &self.touched {
-            if let Some(slot) = self.state.items.get(key) {
-                slot.gate.publish(&slot.state);
+            if let Some(slot) = self.state.items.get_mut(key) {
+                slot.publish();
                 metrics::gauge!("seckill_item_remaining", "promotion" => slot.state.promotion_id.clone(), "sku" => slot.state.item.sku.clone())
                     .set(slot.state.remaining as f64);
             }

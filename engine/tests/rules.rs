@@ -682,3 +682,32 @@ async fn a_snapshot_plus_the_log_after_it_equals_the_log_alone() {
     assert_eq!(items_a, items_b);
     assert_eq!(image_a.promotions, image_b.promotions);
 }
+
+#[tokio::test]
+async fn a_retry_on_a_sold_out_item_gets_its_order_after_a_restart() {
+    let h = start(2);
+    h.engine
+        .create_promotion(spec("p", &[("a", 1, 1)], false))
+        .await
+        .expect("created");
+    let first = h
+        .engine
+        .purchase("p", "a", "u1", request("r1", 1, None))
+        .await
+        .expect("bought");
+    let h = h.restart().await;
+    assert_eq!(
+        h.engine
+            .purchase("p", "a", "u2", request("r1", 1, None))
+            .await,
+        Err(Error::SoldOut),
+        "the gate knows the item is sold out after recovery"
+    );
+    let retry = h
+        .engine
+        .purchase("p", "a", "u1", request("r1", 1, None))
+        .await
+        .expect("the buyer's retry passes the sold-out gate");
+    assert!(!retry.created);
+    assert_eq!(retry.order, first.order);
+}
