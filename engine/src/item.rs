@@ -7,6 +7,7 @@
 //! was journaled, rule for rule.
 
 use rustc_hash::FxHashMap;
+use serde::ser::SerializeSeq;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -128,7 +129,13 @@ impl Eq for OrderLog {}
 
 impl Serialize for OrderLog {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_seq(self.iter())
+        // The length up front: compact formats (postcard on disk) need it, and a flattened
+        // iterator does not report it exactly.
+        let mut seq = serializer.serialize_seq(Some(self.len))?;
+        for order in self.iter() {
+            seq.serialize_element(order)?;
+        }
+        seq.end()
     }
 }
 
