@@ -1,6 +1,9 @@
 //! Order rows per second that the SQL flusher writes into SQLite and PostgreSQL, and its lag
 //! behind a sale that accepts 10,000 orders per second.
 //!
+//! The sale runs twice: on a log in memory (the flusher alone) and on the RocksDB journal in
+//! sync mode (as a server runs).
+//!
 //! Run: `cargo bench -p seckill-benches --bench sql_flush`; the PostgreSQL half runs when
 //! `SECKILL_TEST_DATABASE_URL` is set (e.g. `postgres://postgres@127.0.0.1:5432/test`), in a
 //! schema of its own that it drops at the end. `SECKILL_BENCH_SQL_ROWS` (default 200,000)
@@ -18,6 +21,7 @@ use seckill_benches::{engine, live_promotion, runtime, unique};
 use seckill_engine::{
     Event, Journal, JournalError, MemoryJournal, Order, OrderStatus, PurchaseRequest,
 };
+use seckill_persistence::journal::{Durability, JournalOptions, RocksJournal};
 use seckill_persistence::sql::{
     drop_postgres_schema, EventSource, Flusher, FlusherHandle, FlusherOptions, SqlError,
 };
@@ -232,10 +236,37 @@ async fn throughput(target: &Target, rows: u64) {
     );
 }
 
+/// The log a sale runs on: in memory (the flusher alone), or the RocksDB journal with
+/// fsync'd appends (what a server runs).
+#[derive(Debug, Clone, Copy)]
+enum SaleLog {
+    Memory,
+    Rocks,
+}
+
 /// A sale paced at 10,000 orders/s on a real engine; prints the flusher's worst lag.
-async fn sale_lag(target: &Target, seconds: u64) {
-    let log = Arc::new(TeeLog::default());
-    let sale_engine = engine(log.clone());
+async fn sale_lag(target: &Target, seconds: u64, kind: SaleLog) {
+    let journal_dir = std::env::temp_dir().join(format!(
+        "seckill-bench-sql-journal-{}-{}",
+        std::process::id(),
+        unique()
+    ));
+    let (journal, source): (Arc<dyn Journal>, Arc<dyn EventSource>) = match kind {
+        SaleLog::Memory => {
+            let log = Arc::new(TeeLog::default());
+            (log.clone(), log)
+        }
+        SaleLog::Rocks => {
+            let options = JournalOptions {
+                data_dir: journal_dir.clone(),
+                durability: Durability::Sync,
+                ..JournalOptions::default()
+            };
+            let (log, _recovery) = RocksJournal::open(&options).expect("journal opens");
+            (log.clone(), log)
+        }
+    };
+    let sale_engine = engine(journal);
     let spec = live_promotion(SALE_ITEMS, 1_000_000_000);
     let promotion_id = spec.id.clone().expect("id");
     let skus: Vec<String> = spec.items.iter().map(|i| i.sku.clone()).collect();
@@ -243,7 +274,7 @@ async fn sale_lag(target: &Target, seconds: u64) {
         .create_promotion(spec)
         .await
         .expect("promotion created");
-    let flusher = Flusher::start(target.options(), log.clone(), sale_engine.clone())
+    let flusher = Flusher::start(target.options(), source.clone(), sale_engine.clone())
         .await
         .expect("flusher starts");
 
@@ -291,7 +322,10 @@ async fn sale_lag(target: &Target, seconds: u64) {
     }
     let sale_s = started.elapsed().as_secs_f64();
     let drain_started = Instant::now();
-    wait_caught_up(&flusher, &log).await;
+    let log_end = source.last_seq();
+    while flusher.status().cursor_seq < log_end {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
     let drain_s = drain_started.elapsed().as_secs_f64();
     let written = flusher.status().rows_written_total;
     flusher
@@ -299,8 +333,11 @@ async fn sale_lag(target: &Target, seconds: u64) {
         .await
         .expect("drained");
     sale_engine.shutdown().await.expect("engine stops");
+    drop(sale_engine);
+    drop(source);
+    let _ = std::fs::remove_dir_all(&journal_dir);
     println!(
-        "sql_flush {:<8} sale: {accepted} orders in {sale_s:.1} s = {:.0} orders/s; \
+        "sql_flush {:<8} sale on {kind:?} log: {accepted} orders in {sale_s:.1} s = {:.0} orders/s; \
          flusher lag max {:.2} s / {lag_events_max} events; caught up {drain_s:.2} s after \
          the sale; {written} rows written",
         target.name,
@@ -318,9 +355,11 @@ fn main() {
             throughput(&target, rows).await;
             target.cleanup().await;
         }
-        for target in targets("sale") {
-            sale_lag(&target, seconds).await;
-            target.cleanup().await;
+        for kind in [SaleLog::Memory, SaleLog::Rocks] {
+            for target in targets("sale") {
+                sale_lag(&target, seconds, kind).await;
+                target.cleanup().await;
+            }
         }
     });
 }

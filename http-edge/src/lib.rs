@@ -1,1 +1,37 @@
-//! The HTTP edge (being written).
+//! # seckill-http-edge
+//!
+//! The HTTP face of seckill (the contract is api.md) and the `seckill` binary. Only this
+//! crate knows HTTP and JSON; the engine decides, the persistence crate stores.
+//!
+//! Layout:
+//! - `config`: flags, `SECKILL_*` variables, the TOML file and defaults, in that order.
+//! - `state`: what handlers share: the engine (once recovered), credentials, limiters,
+//!   the metrics registry.
+//! - `auth`: admin bearer key (constant-time), HS256 JWT with `exp` and a pinned algorithm,
+//!   or the trusted `X-User-Id` header.
+//! - `error`: `AppError`, the one place where every failure gets its status and api.md code.
+//! - `extract`: JSON body and path extractors whose rejections are `AppError`s (64 KiB limit,
+//!   400 naming the field).
+//! - `limit`: per-shopper, per-route rate limits (governor).
+//! - `views`: api.md's JSON shapes and the RFC 3339 conversions.
+//! - `routes`: the router, its handlers, JSON 404/405, and the metrics/timeout/panic layers.
+//! - `storage`: the only module naming the persistence crate: RocksDB journal + SQL flusher,
+//!   or the development-only memory log.
+//! - `server`: start-up in order, `run(listener, app, shutdown)`, graceful shutdown.
+
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod extract;
+pub mod limit;
+pub mod routes;
+pub mod server;
+pub mod state;
+pub mod storage;
+pub mod views;
+
+pub use config::Config;
+pub use error::AppError;
+pub use routes::app;
+pub use server::{run, serve, StartError};
+pub use state::{AppState, Settings};

@@ -1,0 +1,211 @@
+//! Start-up and shutdown, in order.
+//!
+//! Start: check the data directory and take its lock, answer `/healthz` (and 503 on
+//! `/readyz`) while the engine recovers from the log, start the flusher (an unreachable
+//! database stops everything here), then mark ready. Stop: stop accepting and let in-flight
+//! requests finish (within the grace period), stop the shards after their current batch,
+//! sync the log, let the flusher drain.
+
+use std::future::Future;
+use std::io;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use seckill_engine::{Engine, EngineConfig, Ports, SystemClock};
+use thiserror::Error;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+use crate::config::{AuthMode, Config, Durability};
+use crate::limit::LIMITER_SWEEP_S;
+use crate::routes::app;
+use crate::state::{AppState, Settings};
+use crate::storage::Storage;
+
+/// Why the server did not start; each is one line for a person, and the binary exits 2.
+#[derive(Debug, Error)]
+pub enum StartError {
+    #[error("cannot write data directory {path}: {reason}")]
+    DataDirUnwritable { path: String, reason: String },
+    #[error(
+        "data directory {path} is in use by another running seckill server; stop it or choose \
+         another --data-dir"
+    )]
+    DataDirLocked { path: String },
+    #[error("cannot open the journal: {0}")]
+    Journal(String),
+    #[error(
+        "this build has no durable journal (built without the `persistence` feature); \
+         --unsafe-memory-journal runs without durability, for development only"
+    )]
+    NoDurableJournal,
+    /// The orders database refused or did not answer (the message says which).
+    #[error("orders database: {0}")]
+    Database(String),
+    #[error("recovery from the journal failed: {0}")]
+    Recovery(String),
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen { addr: String, reason: String },
+    #[error("the HTTP server failed: {0}")]
+    Serve(String),
+}
+
+/// Serves `app` on `listener` until `shutdown` completes, then stops accepting and waits for
+/// in-flight requests. `shutdown` is any future: Ctrl-C in the binary, a channel in tests.
+pub async fn run(
+    listener: TcpListener,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Runs `seckill serve` with `config` on `listener` until `shutdown` completes.
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
+    let listen_addr = listener
+        .local_addr()
+        .map_or_else(|_| config.listen.to_string(), |a| a.to_string());
+    // Opening RocksDB reads files: off the async workers.
+    let open_config = config.clone();
+    let mut storage = tokio::task::spawn_blocking(move || Storage::open(&open_config))
+        .await
+        .map_err(|e| StartError::Journal(e.to_string()))??;
+
+    let state = AppState::new(Settings::from_config(&config));
+    let (stop_http, stop_http_rx) = oneshot::channel::<()>();
+    let mut http = tokio::spawn(run(listener, app(state.clone()), async move {
+        let _ = stop_http_rx.await;
+    }));
+    let sweeper = spawn_limiter_sweeper(state.clone());
+
+    let started = Instant::now();
+    let engine = match start_engine(&config, &mut storage).await {
+        Ok(engine) => engine,
+        Err(error) => {
+            sweeper.abort();
+            let _ = stop_http.send(());
+            let _ = http.await;
+            return Err(error);
+        }
+    };
+    if let Err(error) = storage.start_flusher(&config, &engine).await {
+        sweeper.abort();
+        let _ = stop_http.send(());
+        let _ = http.await;
+        let _ = engine.shutdown().await;
+        storage.shutdown(Duration::ZERO).await;
+        return Err(error);
+    }
+    state.set_ready(engine.clone());
+    announce(&config, &listen_addr, &storage, &engine, started.elapsed());
+
+    // Either the signal, or the HTTP server dying on its own (which it should never do).
+    let served = tokio::select! {
+        () = shutdown => None,
+        result = &mut http => Some(result),
+    };
+    let grace = Duration::from_secs(config.shutdown_grace_s);
+    tracing::info!(
+        grace_s = config.shutdown_grace_s,
+        "seckill shutting down: no new connections, finishing in-flight requests"
+    );
+    let http_outcome = match served {
+        Some(result) => result,
+        None => {
+            let _ = stop_http.send(());
+            match tokio::time::timeout(grace, &mut http).await {
+                Ok(result) => result,
+                Err(_) => {
+                    tracing::warn!("in-flight requests did not finish within the grace period");
+                    http.abort();
+                    Ok(Ok(()))
+                }
+            }
+        }
+    };
+    sweeper.abort();
+    if let Err(error) = engine.shutdown().await {
+        tracing::warn!(%error, "engine shutdown");
+    }
+    storage.shutdown(grace).await;
+    tracing::info!("seckill stopped");
+    match http_outcome {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(error)) => Err(StartError::Serve(error.to_string())),
+        Err(error) => Err(StartError::Serve(error.to_string())),
+    }
+}
+
+/// Rebuilds the engine from the log (on a blocking thread: replay is CPU work).
+async fn start_engine(config: &Config, storage: &mut Storage) -> Result<Engine, StartError> {
+    let mut engine_config = EngineConfig::default();
+    if let Some(shards) = config.shards {
+        engine_config.shards = shards;
+    }
+    let ports = Ports {
+        journal: storage.journal(),
+        clock: std::sync::Arc::new(SystemClock),
+        sink: storage.sink(),
+    };
+    let recovery = storage.take_recovery();
+    tokio::task::spawn_blocking(move || Engine::start(engine_config, ports, recovery))
+        .await
+        .map_err(|e| StartError::Recovery(e.to_string()))?
+        .map_err(|e| StartError::Recovery(e.to_string()))
+}
+
+/// The start-up line, and the warnings the operator must see once.
+fn announce(
+    config: &Config,
+    listen_addr: &str,
+    storage: &Storage,
+    engine: &Engine,
+    recovery: Duration,
+) {
+    tracing::info!(
+        listen = %listen_addr,
+        data_dir = %config.data_dir.display(),
+        auth = config.auth.as_str(),
+        durability = config.durability.as_str(),
+        shards = engine.config().shards,
+        recovery_ms = u64::try_from(recovery.as_millis()).unwrap_or(u64::MAX),
+        "seckill ready"
+    );
+    if config.auth == AuthMode::Header {
+        tracing::warn!(
+            "--auth header: X-User-Id is trusted as is; run this server only behind a gateway \
+             that authenticates shoppers and sets that header"
+        );
+    }
+    if !storage.is_durable() {
+        tracing::warn!(
+            "--unsafe-memory-journal: the log is in memory; every promotion and order is lost \
+             when the process stops (development only)"
+        );
+    } else if config.durability == Durability::Async {
+        tracing::warn!(
+            sync_interval_ms = storage.async_loss_window_ms().unwrap_or(0),
+            "--durability async: writes are acknowledged before their fsync; a power loss or \
+             kernel crash loses what was acknowledged in the last sync interval; a crash of \
+             seckill alone loses nothing"
+        );
+    }
+}
+
+/// Drops idle shoppers from the rate limiters now and then, so they cannot grow forever.
+fn spawn_limiter_sweeper(state: AppState) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(LIMITER_SWEEP_S));
+        every.tick().await;
+        loop {
+            every.tick().await;
+            state.limits().sweep();
+        }
+    })
+}

@@ -1,0 +1,153 @@
+//! What every handler shares: the engine (once recovery has finished), the credentials, the
+//! rate limiters and the metrics registry.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use seckill_engine::Engine;
+
+use crate::auth::ShopperAuth;
+use crate::config::{AuthMode, Config, RateLimitConfig};
+use crate::error::AppError;
+use crate::limit::RateLimits;
+
+/// Histogram buckets for latencies, in seconds: 50 us to 10 s.
+const LATENCY_BUCKETS_S: &[f64] = &[
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0,
+];
+/// Histogram buckets for batch sizes and other counts.
+const COUNT_BUCKETS: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0,
+];
+
+/// The handlers' shared state. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    /// Set once recovery has finished and the flusher runs; until then every engine route
+    /// answers 503 and `/readyz` says not ready.
+    engine: OnceLock<Engine>,
+    admin_key: Vec<u8>,
+    shopper_auth: ShopperAuth,
+    limits: RateLimits,
+    metrics: PrometheusHandle,
+    request_timeout: Duration,
+}
+
+/// What [`AppState::new`] needs; [`Settings::from_config`] takes it from the resolved config.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub admin_key: String,
+    pub auth: AuthMode,
+    pub user_secret: Option<String>,
+    pub rate_limit: RateLimitConfig,
+    pub request_timeout_ms: u64,
+}
+
+impl Settings {
+    pub fn from_config(config: &Config) -> Self {
+        Settings {
+            admin_key: config.admin_key.clone(),
+            auth: config.auth,
+            user_secret: config.user_secret.clone(),
+            rate_limit: config.rate_limit,
+            request_timeout_ms: config.request_timeout_ms,
+        }
+    }
+}
+
+impl AppState {
+    pub fn new(settings: Settings) -> Self {
+        let shopper_auth = match (settings.auth, &settings.user_secret) {
+            (AuthMode::Jwt, Some(secret)) => ShopperAuth::jwt(secret.as_bytes()),
+            // Config::resolve refuses jwt without a secret; an empty-secret verifier here
+            // would accept tokens signed with "", so refuse every token instead.
+            (AuthMode::Jwt, None) => ShopperAuth::jwt(&rand::random::<[u8; 32]>()),
+            (AuthMode::Header, _) => ShopperAuth::Header,
+        };
+        AppState {
+            inner: Arc::new(Inner {
+                engine: OnceLock::new(),
+                admin_key: settings.admin_key.into_bytes(),
+                shopper_auth,
+                limits: RateLimits::new(&settings.rate_limit),
+                metrics: metrics_handle(),
+                request_timeout: Duration::from_millis(settings.request_timeout_ms.max(1)),
+            }),
+        }
+    }
+
+    /// Marks recovery finished: engine routes start answering and `/readyz` says 200.
+    pub fn set_ready(&self, engine: Engine) {
+        let _ = self.inner.engine.set(engine);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.inner.engine.get().is_some()
+    }
+
+    /// The engine, or 503 while recovery runs.
+    pub fn engine(&self) -> Result<&Engine, AppError> {
+        self.inner.engine.get().ok_or(AppError::NotReady)
+    }
+
+    pub fn admin_key(&self) -> &[u8] {
+        &self.inner.admin_key
+    }
+
+    pub fn shopper_auth(&self) -> &ShopperAuth {
+        &self.inner.shopper_auth
+    }
+
+    pub fn limits(&self) -> &RateLimits {
+        &self.inner.limits
+    }
+
+    pub fn metrics(&self) -> &PrometheusHandle {
+        &self.inner.metrics
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        self.inner.request_timeout
+    }
+}
+
+/// The process-wide Prometheus recorder, installed on first use. The engine and persistence
+/// crates record through the `metrics` facade, so they land here too. If another recorder
+/// was installed first (an embedding program), `/metrics` shows only this one's series.
+pub fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS_S)
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Suffix("_events".into()), COUNT_BUCKETS)
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Suffix("_requests".into()), COUNT_BUCKETS)
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Suffix("_appends".into()), COUNT_BUCKETS)
+                });
+            let builder = match builder {
+                Ok(builder) => builder,
+                Err(_) => PrometheusBuilder::new(),
+            };
+            let recorder = builder.build_recorder();
+            let handle = recorder.handle();
+            if metrics::set_global_recorder(recorder).is_err() {
+                tracing::warn!(
+                    "another metrics recorder is installed; /metrics shows only the edge's own"
+                );
+            }
+            handle
+        })
+        .clone()
+}

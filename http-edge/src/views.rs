@@ -1,0 +1,286 @@
+//! The JSON shapes of api.md, in and out, and the conversions from the engine's values.
+//!
+//! The engine speaks unix milliseconds; every time leaves here as RFC 3339 in UTC and comes
+//! in as RFC 3339 (any offset, converted to UTC).
+
+use serde::{Deserialize, Serialize};
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+use seckill_engine::{
+    ItemSpec, ItemStats, Order, PromotionSpec, PromotionStats, PublicItem, PublicPromotion,
+    TokenGrant, DEFAULT_PAYMENT_TIMEOUT_S, DEFAULT_PER_USER_LIMIT, DEFAULT_TOKEN_MULTIPLIER,
+};
+
+use crate::error::AppError;
+
+/// Unix milliseconds as RFC 3339 UTC (`2026-11-11T00:00:00.123Z`).
+pub fn rfc3339(ms: i64) -> String {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(&Rfc3339).ok())
+        // Outside year 0..=9999 RFC 3339 has no spelling; the engine never makes such times.
+        .unwrap_or_else(|| "1970-01-01T00:00:00Z".to_owned())
+}
+
+/// RFC 3339 (any offset) as unix milliseconds; the error names `field`.
+pub fn parse_rfc3339_ms(field: &str, value: &str) -> Result<i64, AppError> {
+    let time = OffsetDateTime::parse(value, &Rfc3339).map_err(|_| {
+        AppError::invalid(field, "must be an RFC 3339 time, e.g. 2026-11-11T00:00:00Z")
+    })?;
+    i64::try_from(time.unix_timestamp_nanos() / 1_000_000)
+        .map_err(|_| AppError::invalid(field, "out of range"))
+}
+
+/// `POST /admin/promotions` body.
+#[derive(Debug, Deserialize)]
+pub struct CreatePromotion {
+    pub id: Option<String>,
+    pub name: String,
+    pub starts_at: String,
+    pub ends_at: String,
+    pub payment_timeout_s: Option<u32>,
+    pub require_token: Option<bool>,
+    pub token_multiplier: Option<u32>,
+    pub items: Vec<CreateItem>,
+}
+
+/// One item of [`CreatePromotion`].
+#[derive(Debug, Deserialize)]
+pub struct CreateItem {
+    pub sku: String,
+    pub title: Option<String>,
+    pub stock: u64,
+    pub price_cents: i64,
+    pub per_user_limit: Option<u32>,
+}
+
+impl CreatePromotion {
+    /// The engine's spec, with api.md's defaults filled in; the engine validates the rest.
+    pub fn into_spec(self) -> Result<PromotionSpec, AppError> {
+        Ok(PromotionSpec {
+            id: self.id,
+            name: self.name,
+            starts_at_ms: parse_rfc3339_ms("starts_at", &self.starts_at)?,
+            ends_at_ms: parse_rfc3339_ms("ends_at", &self.ends_at)?,
+            payment_timeout_s: self.payment_timeout_s.unwrap_or(DEFAULT_PAYMENT_TIMEOUT_S),
+            require_token: self.require_token.unwrap_or(true),
+            token_multiplier: self.token_multiplier.unwrap_or(DEFAULT_TOKEN_MULTIPLIER),
+            items: self
+                .items
+                .into_iter()
+                .map(|item| ItemSpec {
+                    sku: item.sku,
+                    title: item.title,
+                    stock: item.stock,
+                    price_cents: item.price_cents,
+                    per_user_limit: item.per_user_limit.unwrap_or(DEFAULT_PER_USER_LIMIT),
+                })
+                .collect(),
+        })
+    }
+}
+
+/// `POST /promotions/{id}/items/{sku}/purchase` body.
+#[derive(Debug, Deserialize)]
+pub struct PurchaseBody {
+    pub request_id: String,
+    pub quantity: Option<u32>,
+    pub token: Option<String>,
+}
+
+/// `POST /admin/orders/{order_id}/pay` body.
+#[derive(Debug, Deserialize)]
+pub struct PayBody {
+    pub payment_ref: String,
+}
+
+/// An order as shoppers and operators see it.
+#[derive(Debug, Serialize)]
+pub struct OrderView {
+    pub order_id: String,
+    pub promotion_id: String,
+    pub sku: String,
+    pub user_id: String,
+    pub quantity: u32,
+    pub price_cents: i64,
+    pub amount_cents: i64,
+    pub status: &'static str,
+    pub created_at: String,
+    pub pay_before: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub paid_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payment_ref: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub closed_at: Option<String>,
+}
+
+impl From<Order> for OrderView {
+    fn from(order: Order) -> Self {
+        OrderView {
+            order_id: order.order_id,
+            promotion_id: order.promotion_id,
+            sku: order.sku,
+            user_id: order.user_id,
+            quantity: order.quantity,
+            price_cents: order.price_cents,
+            amount_cents: order.amount_cents,
+            status: order.status.as_str(),
+            created_at: rfc3339(order.created_at_ms),
+            pay_before: rfc3339(order.pay_before_ms),
+            paid_at: order.paid_at_ms.map(rfc3339),
+            payment_ref: order.payment_ref,
+            closed_at: order.closed_at_ms.map(rfc3339),
+        }
+    }
+}
+
+/// A promotion with per-item stats (operator view).
+#[derive(Debug, Serialize)]
+pub struct PromotionView {
+    pub id: String,
+    pub name: String,
+    pub status: &'static str,
+    pub starts_at: String,
+    pub ends_at: String,
+    pub payment_timeout_s: u32,
+    pub require_token: bool,
+    pub token_multiplier: u32,
+    pub created_at: String,
+    pub items: Vec<ItemStatsView>,
+}
+
+/// One item with stats: `remaining + reserved + sold == stock`.
+#[derive(Debug, Serialize)]
+pub struct ItemStatsView {
+    pub sku: String,
+    pub title: String,
+    pub price_cents: i64,
+    pub per_user_limit: u32,
+    pub stock: u64,
+    pub remaining: u64,
+    pub reserved: u64,
+    pub sold: u64,
+    pub tokens_issued: u64,
+}
+
+impl From<PromotionStats> for PromotionView {
+    fn from(stats: PromotionStats) -> Self {
+        PromotionView {
+            id: stats.id,
+            name: stats.name,
+            status: stats.status.as_str(),
+            starts_at: rfc3339(stats.starts_at_ms),
+            ends_at: rfc3339(stats.ends_at_ms),
+            payment_timeout_s: stats.payment_timeout_s,
+            require_token: stats.require_token,
+            token_multiplier: stats.token_multiplier,
+            created_at: rfc3339(stats.created_at_ms),
+            items: stats.items.into_iter().map(ItemStatsView::from).collect(),
+        }
+    }
+}
+
+impl From<ItemStats> for ItemStatsView {
+    fn from(item: ItemStats) -> Self {
+        ItemStatsView {
+            sku: item.sku,
+            title: item.title,
+            price_cents: item.price_cents,
+            per_user_limit: item.per_user_limit,
+            stock: item.stock,
+            remaining: item.remaining,
+            reserved: item.reserved,
+            sold: item.sold,
+            tokens_issued: item.tokens_issued,
+        }
+    }
+}
+
+/// The shoppers' view of a promotion.
+#[derive(Debug, Serialize)]
+pub struct PublicPromotionView {
+    pub id: String,
+    pub name: String,
+    pub status: &'static str,
+    pub starts_at: String,
+    pub ends_at: String,
+    pub server_time: String,
+    pub require_token: bool,
+    pub items: Vec<PublicItemView>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PublicItemView {
+    pub sku: String,
+    pub title: String,
+    pub price_cents: i64,
+    pub per_user_limit: u32,
+    pub remaining: u64,
+    pub sold_out: bool,
+}
+
+impl From<PublicPromotion> for PublicPromotionView {
+    fn from(view: PublicPromotion) -> Self {
+        PublicPromotionView {
+            id: view.id,
+            name: view.name,
+            status: view.status.as_str(),
+            starts_at: rfc3339(view.starts_at_ms),
+            ends_at: rfc3339(view.ends_at_ms),
+            server_time: rfc3339(view.server_time_ms),
+            require_token: view.require_token,
+            items: view.items.into_iter().map(PublicItemView::from).collect(),
+        }
+    }
+}
+
+impl From<PublicItem> for PublicItemView {
+    fn from(item: PublicItem) -> Self {
+        PublicItemView {
+            sku: item.sku,
+            title: item.title,
+            price_cents: item.price_cents,
+            per_user_limit: item.per_user_limit,
+            remaining: item.remaining,
+            sold_out: item.sold_out,
+        }
+    }
+}
+
+/// `{"promotions": [...]}`.
+#[derive(Debug, Serialize)]
+pub struct PromotionList<T> {
+    pub promotions: Vec<T>,
+}
+
+/// A purchase token.
+#[derive(Debug, Serialize)]
+pub struct TokenView {
+    pub token: String,
+    pub expires_at: String,
+}
+
+impl From<TokenGrant> for TokenView {
+    fn from(grant: TokenGrant) -> Self {
+        TokenView {
+            token: grant.token,
+            expires_at: rfc3339(grant.expires_at_ms),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_round_trip_in_utc() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        let ms = parse_rfc3339_ms("t", "2026-11-11T08:00:00+08:00").expect("valid");
+        assert_eq!(rfc3339(ms), "2026-11-11T00:00:00Z");
+        assert_eq!(rfc3339(ms + 123), "2026-11-11T00:00:00.123Z");
+        assert!(parse_rfc3339_ms("t", "yesterday").is_err());
+    }
+}

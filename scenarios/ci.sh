@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Plays a small version of every scenario against a seckill server that seckill-load starts
+# itself (temporary data directory, free port), and fails if any invariant check fails.
+# Each scenario takes seconds (pay-or-expire waits ~12 s for its 10 s payment timeout).
+#
+# Usage: scenarios/ci.sh            (called by .ci/run)
+#   SECKILL_CI_PROFILE=release      build and play release binaries instead of debug
+#   SECKILL_TEST_REDIS_URL=redis://127.0.0.1:6379   also smoke-test the Redis + Lua baseline
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=/dev/null
+source "$root/.ci/env"
+cd "$root"
+
+profile="${SECKILL_CI_PROFILE:-debug}"
+if [ "$profile" = release ]; then
+  cargo build --release -p seckill-http-edge -p seckill-scenarios
+else
+  cargo build -p seckill-http-edge -p seckill-scenarios
+fi
+bin="$CARGO_TARGET_DIR/$profile"
+load="$bin/seckill-load"
+seckill="$bin/seckill"
+scenarios="$root/scenarios/scenarios"
+out="${SECKILL_CI_OUT:-$(mktemp -d -t seckill-scenarios-XXXXXX)}"
+mkdir -p "$out"
+
+failed=()
+play() {
+  local name="$1"
+  shift
+  echo "=== $name $*"
+  if CI=1 "$load" run "$scenarios/$name.toml" --spawn "$seckill" --no-progress \
+      --json "$out/$name.json" --chart "$out/$name.svg" "$@"; then
+    :
+  else
+    failed+=("$name $*")
+  fi
+}
+
+play flash-100 --scale 0.01 --auth jwt
+play hot-sku --scale 0.02
+play many-skus --scale 0.02
+play pay-or-expire --scale 0.2
+play restart-mid-sale --scale 0.05
+# Async durability keeps every invariant while the server stays up.
+play flash-100 --scale 0.01 --durability async
+
+if [ -n "${SECKILL_TEST_REDIS_URL:-}" ]; then
+  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])' 2>/dev/null || echo 18095)
+  "$bin/seckill-baseline" --listen "127.0.0.1:$port" --admin-key ci-admin \
+    --redis-url "$SECKILL_TEST_REDIS_URL" >"$out/baseline.log" 2>&1 &
+  baseline_pid=$!
+  for _ in $(seq 50); do
+    curl -sf "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+  echo "=== baseline flash-100"
+  CI=1 "$load" run "$scenarios/flash-100.toml" --url "http://127.0.0.1:$port" \
+    --admin-key ci-admin --scale 0.01 --no-progress || failed+=("baseline flash-100")
+  kill -TERM "$baseline_pid" 2>/dev/null || true
+  wait "$baseline_pid" 2>/dev/null || true
+  # The baseline keeps its state in Redis under bl:<promotion id>:*; leave Redis as we found it.
+  if command -v redis-cli >/dev/null; then
+    redis-cli -u "$SECKILL_TEST_REDIS_URL" --scan --pattern 'bl:flash-100-*' |
+      xargs -r -n 500 redis-cli -u "$SECKILL_TEST_REDIS_URL" del >/dev/null || true
+  fi
+else
+  echo "skipped: baseline smoke test (SECKILL_TEST_REDIS_URL unset)"
+fi
+
+echo "reports in $out"
+if [ ${#failed[@]} -gt 0 ]; then
+  printf 'FAILED scenario: %s\n' "${failed[@]}"
+  exit 1
+fi
+echo "all scenarios passed"

@@ -1,0 +1,285 @@
+//! `seckill-load`: plays a scenario against a seckill server and checks the invariants;
+//! `compare` plays it against seckill and the Redis + Lua baseline side by side.
+//!
+//! Exit codes: 0 every check passed, 1 a check failed, 2 the run itself could not happen
+//! (bad scenario file, server would not start, ...).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use seckill_scenarios::client::{Api, Credentials};
+use seckill_scenarios::compare::{self, CompareOptions, Pairing};
+use seckill_scenarios::report::{chart_svg, Report};
+use seckill_scenarios::run::{run_scenario, RunOptions, Target};
+use seckill_scenarios::scenario::{AuthMode, Scenario};
+use seckill_scenarios::server::{Durability, ServerKind, ServerSpec, SpawnedServer};
+
+#[derive(Debug, Parser)]
+#[command(
+    version,
+    about = "Plays flash-sale scenarios against seckill and checks the invariants"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Play one scenario against a running server (--url) or one the runner starts (--spawn).
+    Run(RunArgs),
+    /// Play scenarios against seckill and the Redis + Lua baseline, side by side.
+    Compare(CompareArgs),
+}
+
+#[derive(Debug, Args)]
+struct Common {
+    /// Multiply every wave's shopper count (and open-loop rate) by this.
+    #[arg(long, default_value_t = 1.0)]
+    scale: f64,
+    /// Replace the scenario's seed (to replay a failing run, pass the seed it printed).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Operator key the server was (or will be) started with.
+    #[arg(
+        long,
+        env = "SECKILL_ADMIN_KEY",
+        default_value = "seckill-load-admin-key"
+    )]
+    admin_key: String,
+    /// HS256 secret for shopper JWTs (`--auth jwt`).
+    #[arg(
+        long,
+        env = "SECKILL_USER_SECRET",
+        default_value = "seckill-load-user-secret"
+    )]
+    user_secret: String,
+    /// Write the report as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write the throughput-over-time chart (SVG) here.
+    #[arg(long)]
+    chart: Option<PathBuf>,
+    /// Never draw a progress bar.
+    #[arg(long)]
+    no_progress: bool,
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    scenario: PathBuf,
+    /// A running server, e.g. http://127.0.0.1:8080.
+    #[arg(long, conflicts_with = "spawn")]
+    url: Option<String>,
+    /// Start this seckill binary in a temporary data directory on a free port.
+    #[arg(long)]
+    spawn: Option<PathBuf>,
+    /// Shopper auth; defaults to the scenario's `auth`.
+    #[arg(long, value_enum)]
+    auth: Option<AuthMode>,
+    /// `--durability` for a spawned server.
+    #[arg(long, value_enum, default_value = "sync")]
+    durability: Durability,
+    /// Extra argument for a spawned server (repeat), e.g. --server-arg=--shards --server-arg=2.
+    #[arg(long = "server-arg", allow_hyphen_values = true)]
+    server_args: Vec<String>,
+    /// The SQLite orders file to compare with the engine (found by itself with --spawn).
+    #[arg(long)]
+    sqlite: Option<PathBuf>,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Debug, Args)]
+struct CompareArgs {
+    /// Scenario files (flash-100 and hot-sku are the ones the baseline serves).
+    #[arg(required = true)]
+    scenarios: Vec<PathBuf>,
+    /// The seckill binary.
+    #[arg(long)]
+    seckill: PathBuf,
+    /// The seckill-baseline binary.
+    #[arg(long)]
+    baseline: PathBuf,
+    #[arg(
+        long,
+        env = "SECKILL_TEST_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379"
+    )]
+    redis_url: String,
+    /// Which pairings to play (default both).
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "durable,memory"
+    )]
+    pairings: Vec<Pairing>,
+    /// Requests redis-benchmark sends per pairing.
+    #[arg(long, default_value_t = compare::BENCH_REQUESTS)]
+    bench_requests: u64,
+    /// Extra argument for the seckill servers (repeat).
+    #[arg(long = "server-arg", allow_hyphen_values = true)]
+    server_args: Vec<String>,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let outcome = match cli.command {
+        Command::Run(args) => run(args).await,
+        Command::Compare(args) => run_compare(args).await,
+    };
+    match outcome {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(error) => {
+            eprintln!("seckill-load: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn load_scenario(path: &std::path::Path, common: &Common) -> Result<Scenario> {
+    let mut scenario = Scenario::load(path)?;
+    if let Some(seed) = common.seed {
+        scenario.seed = seed;
+    }
+    Ok(scenario.scaled(common.scale))
+}
+
+fn run_options(common: &Common) -> RunOptions {
+    RunOptions {
+        scale: common.scale,
+        progress: !common.no_progress && std::env::var_os("CI").is_none(),
+        quiet: false,
+    }
+}
+
+fn write_outputs(common: &Common, json: &impl serde::Serialize, svg: Option<String>) -> Result<()> {
+    if let Some(path) = &common.json {
+        let text = serde_json::to_string_pretty(json).context("serialising the report")?;
+        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let (Some(path), Some(svg)) = (&common.chart, svg) {
+        std::fs::write(path, svg).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+async fn run(args: RunArgs) -> Result<bool> {
+    let scenario = load_scenario(&args.scenario, &args.common)?;
+    let credentials = Credentials {
+        admin_key: args.common.admin_key.clone(),
+        auth: args.auth.unwrap_or(scenario.auth),
+        user_secret: args.common.user_secret.clone(),
+    };
+    let options = run_options(&args.common);
+    let mut target = match (&args.url, &args.spawn) {
+        (Some(url), _) => Target {
+            api: Api::new(url, credentials, 1024),
+            server: None,
+            label: url.clone(),
+            sqlite_path: args.sqlite.clone(),
+        },
+        (None, Some(binary)) => {
+            let spec = ServerSpec {
+                binary: binary.clone(),
+                kind: ServerKind::Seckill {
+                    durability: args.durability,
+                },
+                credentials: credentials.clone(),
+                extra_args: args.server_args.clone(),
+            };
+            let server = SpawnedServer::start(spec.clone()).await?;
+            eprintln!(
+                "started {} at {} (data {})",
+                spec.label(),
+                server.url(),
+                server.data_dir().display()
+            );
+            Target {
+                api: Api::new(&server.url(), credentials, 1024),
+                label: spec.label(),
+                sqlite_path: args.sqlite.clone().or_else(|| server.sqlite_path()),
+                server: Some(server),
+            }
+        }
+        (None, None) => anyhow::bail!("give --url of a running server or --spawn PATH_TO_SECKILL"),
+    };
+    let result = run_scenario(&scenario, &mut target, &options).await;
+    if let Some(server) = target.server.as_mut() {
+        let status = server.stop().await?;
+        let keep = !matches!(&result, Ok(report) if report.passed);
+        if keep {
+            eprintln!(
+                "server stopped ({status}); data and log kept in {}",
+                server.keep_files().display()
+            );
+        }
+    }
+    let report: Report =
+        result.with_context(|| format!("scenario {} (seed {})", scenario.name, scenario.seed))?;
+    print!("{}", report.to_text());
+    let svg = chart_svg(
+        &format!("{}: {}", report.scenario, report.target),
+        &[(report.target.as_str(), &report.measurements)],
+    );
+    write_outputs(&args.common, &report, Some(svg))?;
+    Ok(report.passed)
+}
+
+async fn run_compare(args: CompareArgs) -> Result<bool> {
+    let scenarios = args
+        .scenarios
+        .iter()
+        .map(|path| load_scenario(path, &args.common))
+        .collect::<Result<Vec<_>>>()?;
+    let options = CompareOptions {
+        scenarios,
+        seckill: args.seckill.clone(),
+        baseline: args.baseline.clone(),
+        redis_url: args.redis_url.clone(),
+        pairings: args.pairings.clone(),
+        run: run_options(&args.common),
+        credentials: Credentials {
+            admin_key: args.common.admin_key.clone(),
+            auth: AuthMode::Header,
+            user_secret: args.common.user_secret.clone(),
+        },
+        seckill_args: args.server_args.clone(),
+        bench_requests: args.bench_requests,
+    };
+    let comparison = compare::compare(&options).await?;
+    for row in &comparison.rows {
+        print!("{}", row.baseline.to_text());
+        print!("{}", row.seckill.to_text());
+    }
+    println!();
+    print!("{}", comparison.to_text());
+    // One chart per (scenario, pairing), named after --chart: out.svg -> out-hot-sku-durable.svg.
+    if let Some(chart) = &args.common.chart {
+        let stem = chart
+            .file_stem()
+            .map(|stem| stem.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "compare".into());
+        for row in &comparison.rows {
+            let pairing = format!("{:?}", row.pairing).to_lowercase();
+            let path = chart.with_file_name(format!("{stem}-{}-{pairing}.svg", row.scenario));
+            let svg = chart_svg(
+                &format!("{} ({pairing})", row.scenario),
+                &[
+                    ("seckill", &row.seckill.measurements),
+                    ("redis+lua", &row.baseline.measurements),
+                ],
+            );
+            std::fs::write(&path, svg).with_context(|| format!("writing {}", path.display()))?;
+        }
+    }
+    write_outputs(&args.common, &comparison, None)?;
+    Ok(comparison.all_passed())
+}
