@@ -14,11 +14,14 @@
 # the servers. 256 connections: a flash sale is many concurrent shoppers, and the durable
 # path's rate is (requests waiting per fsync) / (fsync latency), so it grows with them.
 #
-# Usage: http-edge/bench/wrk.sh   (env: DURATION=10s THREADS=2 CONNECTIONS=256)
+# Usage: http-edge/bench/wrk.sh   (env: DURATION=5s ROUNDS=3 THREADS=2 CONNECTIONS=256)
 # Needs wrk and nginx (Debian: apt-get install -y wrk nginx-light; done here when missing).
 set -euo pipefail
 
-DURATION="${DURATION:-10s}"
+DURATION="${DURATION:-5s}"
+# The machine is shared and its load drifts: the three scenarios run interleaved ROUNDS times
+# and the median of each is reported, so a busy moment does not land on one scenario alone.
+ROUNDS="${ROUNDS:-3}"
 THREADS="${THREADS:-2}"
 CONNECTIONS="${CONNECTIONS:-256}"
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -104,28 +107,36 @@ curl -sf -X POST "http://127.0.0.1:$seckill_port/admin/promotions" \
        "items": [{"sku": "gone", "stock": 0, "price_cents": 100},
                  {"sku": "plenty", "stock": 1000000000, "price_cents": 100}]}' >/dev/null
 
-# One new shopper per request: thread number + counter.
+# One new shopper per request: run tag (unique per wrk run) + thread number + counter. Without
+# the run tag a later round would replay earlier rounds' request ids and measure the
+# idempotent-retry path (200, no write) instead of new orders.
 cat > "$work/purchase.lua" <<'EOF'
 local threads = 0
 function setup(thread)
   threads = threads + 1
   thread:set("tid", threads)
 end
+local run = "0"
+function init(args)
+  run = args[1] or "0"
+end
 local counter = 0
 request = function()
   counter = counter + 1
-  local user = "u" .. tid .. "-" .. counter
+  local user = "u" .. run .. "-" .. tid .. "-" .. counter
   return wrk.format("POST", nil,
     {["X-User-Id"] = user, ["Content-Type"] = "application/json"},
     '{"request_id":"r' .. counter .. '"}')
 end
 EOF
 
+run_tag=0
 # Runs wrk; prints "req/s p99_ms non2xx" on stdout, the full report on stderr.
 measure() {
   local name="$1" url="$2"; shift 2
   local out
-  out="$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "$@" "$url")"
+  run_tag=$((run_tag + 1))
+  out="$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "$@" "$url" -- "$run_tag")"
   printf '%s\n--- %s ---\n%s\n' "" "$name" "$out" >&2
   local rps p99 non2xx
   rps="$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")"
@@ -134,12 +145,23 @@ measure() {
   echo "$rps ${p99:-?} ${non2xx:-0}"
 }
 
-read -r nginx_rps nginx_p99 _ < <(measure "nginx static 200" \
-  "http://127.0.0.1:$nginx_port/promotions/bench/items/gone/purchase" -s "$work/purchase.lua")
-read -r storm_rps storm_p99 storm_non2xx < <(measure "sold-out storm" \
-  "http://127.0.0.1:$seckill_port/promotions/bench/items/gone/purchase" -s "$work/purchase.lua")
-read -r accept_rps accept_p99 accept_non2xx < <(measure "durable accept path" \
-  "http://127.0.0.1:$seckill_port/promotions/bench/items/plenty/purchase" -s "$work/purchase.lua")
+median() { sort -g | awk '{v[NR]=$1} END { if (NR == 0) print "?"; else print v[int((NR + 1) / 2)] }'; }
+: > "$work/nginx.txt"; : > "$work/storm.txt"; : > "$work/accept.txt"
+for round in $(seq 1 "$ROUNDS"); do
+  echo "round $round of $ROUNDS" >&2
+  measure "nginx static 200" "http://127.0.0.1:$nginx_port/promotions/bench/items/gone/purchase" \
+    -s "$work/purchase.lua" >> "$work/nginx.txt"
+  measure "sold-out storm" "http://127.0.0.1:$seckill_port/promotions/bench/items/gone/purchase" \
+    -s "$work/purchase.lua" >> "$work/storm.txt"
+  measure "durable accept path" "http://127.0.0.1:$seckill_port/promotions/bench/items/plenty/purchase" \
+    -s "$work/purchase.lua" >> "$work/accept.txt"
+done
+column_median() { awk -v c="$2" '{print $c}' "$1" | median; }
+nginx_rps="$(column_median "$work/nginx.txt" 1)"; nginx_p99="$(column_median "$work/nginx.txt" 2)"
+storm_rps="$(column_median "$work/storm.txt" 1)"; storm_p99="$(column_median "$work/storm.txt" 2)"
+accept_rps="$(column_median "$work/accept.txt" 1)"; accept_p99="$(column_median "$work/accept.txt" 2)"
+storm_non2xx="$(awk '{s += $3} END {print s}' "$work/storm.txt")"
+accept_non2xx="$(awk '{s += $3} END {print s}' "$work/accept.txt")"
 
 fsync="$(curl -sf "http://127.0.0.1:$seckill_port/metrics" | awk '
   /^seckill_log_fsync_seconds_sum/ {s=$2} /^seckill_log_fsync_seconds_count/ {c=$2}
@@ -150,7 +172,7 @@ sold_or_reserved="$(python3 -c 'import json,sys; d=json.load(sys.stdin); i=[x fo
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 echo
-echo "seckill HTTP edge, wrk -t$THREADS -c$CONNECTIONS -d$DURATION, $(nproc) cores, same machine"
+echo "seckill HTTP edge, wrk -t$THREADS -c$CONNECTIONS -d$DURATION, median of $ROUNDS interleaved rounds, $(nproc) cores, same machine"
 printf '%-22s %12s %10s %s\n' "scenario" "req/s" "p99 ms" "notes"
 printf '%-22s %12s %10s %s\n' "nginx static 200" "$nginx_rps" "$nginx_p99" "ceiling"
 printf '%-22s %12s %10s %s\n' "sold-out storm" "$storm_rps" "$storm_p99" \

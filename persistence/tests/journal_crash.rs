@@ -346,9 +346,12 @@ async fn verify(
                     "{context}: acknowledged payment lost"
                 );
                 assert!(!acked.cancel_acked, "{context}: acknowledged cancel lost");
+                // The shards may expire it after `checked_at_ms` was read, so the engine's
+                // own stamp and the clock now are what bound it.
+                let closed_at_ms = order.closed_at_ms.unwrap_or(i64::MIN);
                 assert!(
-                    order.pay_before_ms <= checked_at_ms,
-                    "{context}: expired before its deadline"
+                    order.pay_before_ms <= closed_at_ms && closed_at_ms <= engine.now_ms(),
+                    "{context}: expired before its deadline: {order:?}"
                 );
             }
             OrderStatus::PendingPayment => {

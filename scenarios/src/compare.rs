@@ -63,15 +63,83 @@ pub struct CompareOptions {
     pub credentials: Credentials,
     pub seckill_args: Vec<String>,
     pub bench_requests: u64,
+    /// Runs of each system per (scenario, pairing), alternating which goes first; the table
+    /// shows medians. The machine is shared and noisy: one run proves little.
+    pub repeat: u32,
 }
 
-/// One scenario under one pairing, both systems.
+/// The headline figures of one run.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct RunFigures {
+    pub requests_per_s: f64,
+    pub orders_accepted_per_s: f64,
+    pub passed: bool,
+}
+
+impl RunFigures {
+    fn of(report: &Report) -> RunFigures {
+        RunFigures {
+            requests_per_s: report.measurements.requests_per_s,
+            orders_accepted_per_s: report.measurements.orders_accepted_per_s,
+            passed: report.passed,
+        }
+    }
+}
+
+/// One scenario under one pairing, both systems, over `--repeat` alternating runs.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CompareRow {
     pub scenario: String,
     pub pairing: Pairing,
+    /// The run with the median requests/s (its latencies are the ones shown).
     pub seckill: Report,
     pub baseline: Report,
+    pub seckill_runs: Vec<RunFigures>,
+    pub baseline_runs: Vec<RunFigures>,
+}
+
+/// The median of `values` (the mean of the middle two for an even count).
+pub fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(|a, b| a.total_cmp(b));
+    match sorted.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
+}
+
+/// The report whose requests/s is the median one.
+fn median_report(mut reports: Vec<Report>) -> Option<Report> {
+    reports.sort_by(|a, b| {
+        a.measurements
+            .requests_per_s
+            .total_cmp(&b.measurements.requests_per_s)
+    });
+    let middle = reports.len() / 2;
+    reports.into_iter().nth(middle)
+}
+
+impl CompareRow {
+    fn median_of(runs: &[RunFigures], pick: fn(&RunFigures) -> f64) -> f64 {
+        median(&runs.iter().map(pick).collect::<Vec<_>>())
+    }
+
+    /// Median (seckill, baseline) of a figure over the repetitions.
+    pub fn medians(&self, pick: fn(&RunFigures) -> f64) -> (f64, f64) {
+        (
+            Self::median_of(&self.seckill_runs, pick),
+            Self::median_of(&self.baseline_runs, pick),
+        )
+    }
+
+    pub fn seckill_passed(&self) -> bool {
+        self.seckill_runs.iter().all(|run| run.passed)
+    }
+
+    pub fn baseline_passed(&self) -> bool {
+        self.baseline_runs.iter().all(|run| run.passed)
+    }
 }
 
 /// The whole comparison.
@@ -315,15 +383,36 @@ async fn compare_inner(
                 credentials: credentials.clone(),
                 extra_args: options.seckill_args.clone(),
             };
-            eprintln!("  {}: redis+lua baseline...", scenario.name);
-            let baseline_report = play(baseline_spec, scenario, &options.run, Some(redis)).await?;
-            eprintln!("  {}: seckill...", scenario.name);
-            let seckill_report = play(seckill_spec, scenario, &options.run, None).await?;
+            let mut seckill_reports = Vec::new();
+            let mut baseline_reports = Vec::new();
+            for round in 0..options.repeat.max(1) {
+                let baseline_first = round % 2 == 0;
+                for system in 0..2 {
+                    if (system == 0) == baseline_first {
+                        eprintln!(
+                            "  {} run {}: redis+lua baseline...",
+                            scenario.name,
+                            round + 1
+                        );
+                        let spec = baseline_spec.clone();
+                        baseline_reports
+                            .push(play(spec, scenario, &options.run, Some(&mut *redis)).await?);
+                    } else {
+                        eprintln!("  {} run {}: seckill...", scenario.name, round + 1);
+                        let spec = seckill_spec.clone();
+                        seckill_reports.push(play(spec, scenario, &options.run, None).await?);
+                    }
+                }
+            }
+            let seckill_runs = seckill_reports.iter().map(RunFigures::of).collect();
+            let baseline_runs = baseline_reports.iter().map(RunFigures::of).collect();
             rows.push(CompareRow {
                 scenario: scenario.name.clone(),
                 pairing: *pairing,
-                seckill: seckill_report,
-                baseline: baseline_report,
+                seckill: median_report(seckill_reports).context("a seckill run")?,
+                baseline: median_report(baseline_reports).context("a baseline run")?,
+                seckill_runs,
+                baseline_runs,
             });
         }
     }
@@ -351,17 +440,15 @@ impl Comparison {
         );
         for row in &self.rows {
             let (ours, theirs) = (&row.seckill.measurements, &row.baseline.measurements);
+            let orders = row.medians(|run| run.orders_accepted_per_s);
+            let requests = row.medians(|run| run.requests_per_s);
             let pairing = match row.pairing {
                 Pairing::Durable => "durable (sync / appendfsync always)",
                 Pairing::Memory => "memory (async / no persistence)",
             };
             let figures = [
-                (
-                    "accepted orders/s",
-                    ours.orders_accepted_per_s,
-                    theirs.orders_accepted_per_s,
-                ),
-                ("requests/s", ours.requests_per_s, theirs.requests_per_s),
+                ("accepted orders/s", orders.0, orders.1),
+                ("requests/s", requests.0, requests.1),
             ];
             for (name, a, b) in figures {
                 let _ = writeln!(
@@ -389,8 +476,30 @@ impl Comparison {
                 "| {} | {} | invariants | {} | {} | |",
                 row.scenario,
                 pairing,
-                if row.seckill.passed { "pass" } else { "FAIL" },
-                if row.baseline.passed { "pass" } else { "FAIL" }
+                if row.seckill_passed() { "pass" } else { "FAIL" },
+                if row.baseline_passed() {
+                    "pass"
+                } else {
+                    "FAIL"
+                }
+            );
+        }
+        for row in &self.rows {
+            let list = |runs: &[RunFigures]| {
+                runs.iter()
+                    .map(|run| {
+                        format!("{:.0}/{:.0}", run.requests_per_s, run.orders_accepted_per_s)
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let _ = writeln!(
+                out,
+                "\nruns of {} ({:?}), requests/s / accepted orders/s: seckill [{}], redis+lua [{}]",
+                row.scenario,
+                row.pairing,
+                list(&row.seckill_runs),
+                list(&row.baseline_runs)
             );
         }
         for line in self.targets() {
@@ -437,17 +546,11 @@ impl Comparison {
             else {
                 continue;
             };
-            let pick = |m: &crate::report::Measurements| {
-                if orders {
-                    m.orders_accepted_per_s
-                } else {
-                    m.requests_per_s
-                }
+            let (ours, theirs) = if orders {
+                row.medians(|run| run.orders_accepted_per_s)
+            } else {
+                row.medians(|run| run.requests_per_s)
             };
-            let (ours, theirs) = (
-                pick(&row.seckill.measurements),
-                pick(&row.baseline.measurements),
-            );
             let achieved = if theirs > 0.0 { ours / theirs } else { 0.0 };
             lines.push(format!(
                 "target: {name} ({scenario}, {pairing:?}): seckill {ours:.0} vs redis+lua {theirs:.0} = {achieved:.2}x, goal >= {goal}x: {}",
@@ -461,13 +564,20 @@ impl Comparison {
     pub fn all_passed(&self) -> bool {
         self.rows
             .iter()
-            .all(|row| row.seckill.passed && row.baseline.passed)
+            .all(|row| row.seckill_passed() && row.baseline_passed())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn medians_of_odd_and_even_counts() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert_eq!(median(&[]), 0.0);
+    }
 
     #[test]
     fn bench_output_parses_in_quiet_and_progress_forms() {

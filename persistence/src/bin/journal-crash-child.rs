@@ -40,7 +40,10 @@ const ITEMS: [(&str, u64); 3] = [
     ("plenty-b", 1_000_000),
 ];
 const PER_USER_LIMIT: u32 = 2;
-const USERS: u32 = 3_000;
+/// Shoppers of every round: they meet their per-user limits and bans across restarts.
+const USERS_SHARED: u32 = 500;
+/// Shoppers new in each round, so that every round still has buyers who may buy.
+const USERS_PER_ROUND: u32 = 5_000;
 const WORKERS: usize = 16;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -205,7 +208,11 @@ async fn ensure_promotion(engine: &Engine) -> Result<(), BoxError> {
 async fn drive(engine: Engine, mut rng: StdRng, round: u64, worker: usize) -> Result<(), BoxError> {
     let mut mine: Vec<(String, String)> = Vec::new();
     for attempt in 0u64.. {
-        let user = format!("u{}", rng.random_range(0..USERS));
+        let user = if rng.random_bool(0.5) {
+            format!("u{}", rng.random_range(0..USERS_SHARED))
+        } else {
+            format!("u{round}-{}", rng.random_range(0..USERS_PER_ROUND))
+        };
         let (sku, _) = ITEMS[rng.random_range(0..ITEMS.len())];
         let quantity = rng.random_range(1..=PER_USER_LIMIT);
         let request_id = format!("r{round}-{worker}-{attempt}");

@@ -123,6 +123,9 @@ struct CompareArgs {
     /// Extra argument for the seckill servers (repeat).
     #[arg(long = "server-arg", allow_hyphen_values = true)]
     server_args: Vec<String>,
+    /// Runs of each system per scenario and pairing (alternating); the table shows medians.
+    #[arg(long, default_value_t = 1)]
+    repeat: u32,
     #[command(flatten)]
     common: Common,
 }
@@ -253,6 +256,7 @@ async fn run_compare(args: CompareArgs) -> Result<bool> {
         },
         seckill_args: args.server_args.clone(),
         bench_requests: args.bench_requests,
+        repeat: args.repeat,
     };
     let comparison = compare::compare(&options).await?;
     for row in &comparison.rows {
