@@ -14,7 +14,8 @@
 # the servers. 256 connections: a flash sale is many concurrent shoppers, and the durable
 # path's rate is (requests waiting per fsync) / (fsync latency), so it grows with them.
 #
-# Usage: http-edge/bench/wrk.sh   (env: DURATION=5s ROUNDS=3 THREADS=2 CONNECTIONS=256)
+# Usage: http-edge/bench/wrk.sh   (env: DURATION=5s ROUNDS=3 THREADS=2 CONNECTIONS=256
+#        SHARDS=N to pass --shards; default: the engine's, one per core)
 # Needs wrk and nginx (Debian: apt-get install -y wrk nginx-light; done here when missing).
 set -euo pipefail
 
@@ -88,7 +89,7 @@ burst = 0
 EOF
 RUST_LOG=warn "$seckill" serve --auth header --admin-key bench-admin-key \
   --data-dir "$work/data" --listen "127.0.0.1:$seckill_port" --config "$work/seckill.toml" \
-  --durability sync > "$work/seckill.out" 2> "$work/seckill.err" &
+  --durability sync ${SHARDS:+--shards "$SHARDS"} > "$work/seckill.out" 2> "$work/seckill.err" &
 pids+=("$!")
 
 for _ in $(seq 1 200); do
