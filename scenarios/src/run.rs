@@ -380,7 +380,7 @@ async fn play_wave(
     let workers = u64::from(wave.concurrency).min(wave.shoppers);
     let next_shopper = Arc::new(AtomicU64::new(0));
     let mut tasks = tokio::task::JoinSet::new();
-    for worker in 0..workers {
+    for _ in 0..workers {
         let context = Arc::clone(context);
         let wave = Arc::clone(&wave);
         let done = Arc::clone(&done);
@@ -427,7 +427,6 @@ async fn play_wave(
                 done.fetch_add(1, Ordering::Relaxed);
                 bar.inc(1);
             }
-            let _ = worker;
             (recorder, orders)
         });
     }
