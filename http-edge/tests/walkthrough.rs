@@ -1,4 +1,4 @@
-//! WALKTHROUGH.md (the README's five minutes), step by step against the built binary, so the
+//! The README's walk-through (five minutes with seckill), step by step against the built binary, so the
 //! walk-through stays true. Each step names the curl command it stands for.
 
 mod common;

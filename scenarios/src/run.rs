@@ -352,6 +352,8 @@ async fn play_wave(
     origin: Instant,
     options: &RunOptions,
 ) -> Result<(Recorder, Vec<ObservedOrder>)> {
+    let workers = u64::from(wave.concurrency).min(wave.shoppers);
+    context.api.warm(workers as usize).await;
     let bar = progress_bar(options, wave.shoppers, &wave.name);
     let done = Arc::new(AtomicU64::new(0));
     let finished = Arc::new(AtomicBool::new(false));
@@ -377,7 +379,6 @@ async fn play_wave(
         }
     };
 
-    let workers = u64::from(wave.concurrency).min(wave.shoppers);
     let next_shopper = Arc::new(AtomicU64::new(0));
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..workers {
