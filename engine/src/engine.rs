@@ -92,6 +92,9 @@ struct Inner {
     counters: Arc<ShardCounters>,
     config: EngineConfig,
     threads: std::sync::Mutex<Vec<JoinHandle<()>>>,
+    /// Set by `shutdown` under the catalog lock: no snapshot may pause shards after it, since
+    /// a stopped shard never reaches the snapshot's barrier.
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for dyn Clock {
@@ -258,6 +261,7 @@ impl Engine {
                 counters,
                 config,
                 threads: std::sync::Mutex::new(threads),
+                stopping: std::sync::atomic::AtomicBool::new(false),
             }),
         };
         if engine.inner.config.snapshot_every_events > 0 {
@@ -737,6 +741,9 @@ impl Engine {
     /// Takes a consistent image of the whole engine and hands it to the journal.
     pub async fn snapshot(&self) -> Result<EngineImage> {
         let _catalog = self.inner.catalog_lock.lock().await;
+        if self.inner.stopping.load(Ordering::Acquire) {
+            return Err(Error::Unavailable("the engine is shutting down".into()));
+        }
         let engine = self.clone();
         tokio::task::spawn_blocking(move || engine.take_and_save_image())
             .await
@@ -818,6 +825,9 @@ impl Engine {
                 }
                 let engine = Engine { inner };
                 let _catalog = engine.inner.catalog_lock.blocking_lock();
+                if engine.inner.stopping.load(Ordering::Acquire) {
+                    return;
+                }
                 if let Err(error) = engine.take_and_save_image() {
                     tracing::warn!(%error, "snapshot failed; the log is kept whole");
                     if matches!(error, Error::Unavailable(ref m) if m == "shard stopped") {
@@ -833,6 +843,11 @@ impl Engine {
     /// Stops every shard after its current batch is journaled and answered. Calls made after
     /// this answer "unavailable".
     pub async fn shutdown(&self) -> Result<()> {
+        {
+            // Under the catalog lock: no snapshot is pausing shards now, and none starts after.
+            let _catalog = self.inner.catalog_lock.lock().await;
+            self.inner.stopping.store(true, Ordering::Release);
+        }
         let mut waits = Vec::new();
         for shard in 0..self.inner.mailboxes.len() {
             let (tx, rx) = oneshot::channel();
