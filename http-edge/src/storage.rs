@@ -146,39 +146,14 @@ mod durable {
     use std::sync::Arc;
     use std::time::Duration;
 
-    use seckill_engine::Event;
     use seckill_engine::{Engine, Journal, Recovery};
     use seckill_persistence::journal::{
         Durability as JournalDurability, JournalOptions, PersistenceError, RocksJournal,
     };
-    use seckill_persistence::sql::{EventSource, Flusher, FlusherHandle, FlusherOptions, SqlError};
+    use seckill_persistence::sql::{EventSource, Flusher, FlusherHandle, FlusherOptions};
 
     use crate::config::{Config, Durability};
     use crate::server::StartError;
-
-    /// The journal as the flusher's event source. A local adapter, so this wiring does not
-    /// depend on which side of the persistence crate provides the glue.
-    struct JournalSource(Arc<RocksJournal>);
-
-    impl EventSource for JournalSource {
-        fn read_batches(
-            &self,
-            after_seq: u64,
-            batches_max: usize,
-        ) -> Result<Vec<(u64, Vec<Event>)>, SqlError> {
-            self.0
-                .read_batches(after_seq, batches_max)
-                .map_err(|e| SqlError::Source(e.to_string()))
-        }
-
-        fn last_seq(&self) -> u64 {
-            Journal::last_seq(self.0.as_ref())
-        }
-
-        fn set_retain_floor(&self, seq: u64) {
-            self.0.set_retain_floor(seq);
-        }
-    }
 
     pub struct Durable {
         journal: Arc<RocksJournal>,
@@ -221,7 +196,7 @@ mod durable {
                 database_url: config.database_url.clone(),
                 ..FlusherOptions::default()
             };
-            let source: Arc<dyn EventSource> = Arc::new(JournalSource(Arc::clone(&self.journal)));
+            let source: Arc<dyn EventSource> = Arc::clone(&self.journal) as Arc<dyn EventSource>;
             let handle = Flusher::start(options, source, engine.clone())
                 .await
                 .map_err(|e| StartError::Database(e.to_string()))?;

@@ -258,6 +258,10 @@ impl FlushLoop {
                 return self.drain(deadline).await;
             }
             let pause = match self.step(None).await {
+                // Caught up with what was read: let the next transaction gather a poll
+                // interval's worth of orders instead of committing (and fsyncing SQLite) once
+                // per journal batch, which under a storm cost the hot path CPU and disk.
+                Step::Wrote if self.pending.is_empty() => Some(self.options.poll_interval),
                 Step::Wrote => None,
                 Step::Idle => Some(self.options.poll_interval),
                 Step::Failed => Some(self.next_backoff()),
