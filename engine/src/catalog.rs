@@ -76,8 +76,8 @@ impl PromotionEntry {
             .is_some_and(|count| *count >= STRIKES_TO_BAN)
     }
 
-    pub fn add_strike(&self, user_id: String) {
-        *self.strikes.entry(user_id).or_insert(0) += 1;
+    pub fn add_strikes(&self, user_id: String, count: u32) {
+        *self.strikes.entry(user_id).or_insert(0) += count;
     }
 
     pub fn public_view(&self, now_ms: i64) -> PublicPromotion {

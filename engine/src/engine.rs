@@ -151,7 +151,6 @@ impl Engine {
         let promotions: DashMap<String, Arc<PromotionEntry>, FxBuildHasher> =
             DashMap::with_hasher(FxBuildHasher);
         let gates: DashMap<u64, Arc<ItemGate>, FxBuildHasher> = DashMap::with_hasher(FxBuildHasher);
-        let shard_of = |key: u64| (key % config.shards as u64) as usize;
 
         let mut through_seq = 0;
         if let Some(image) = recovery.image {
@@ -180,7 +179,7 @@ impl Engine {
                     .get(&item.key)
                     .map(|g| Arc::clone(g.value()))
                     .ok_or_else(|| Error::Unavailable("snapshot item without gate".into()))?;
-                states[shard_of(item.key)].restore(item, &entry, &gate);
+                states[shard_index(item.key, config.shards)].restore(item, &entry, &gate);
             }
         }
         for batch in recovery.batches {
@@ -192,9 +191,9 @@ impl Engine {
                 match event {
                     Event::PromotionCreated { promotion } => {
                         let entry = register(&promotions, &gates, promotion.clone())?;
-                        let keys: Vec<u64> = entry.gates.iter().map(|g| g.key).collect();
-                        for key in &keys {
-                            states[shard_of(*key)].install(&entry, &[*key], token_ttl_ms);
+                        let keys = entry.gates.iter().map(|g| g.key);
+                        for (shard, keys) in keys_by_shard(keys, config.shards) {
+                            states[shard].install(&entry, &keys, token_ttl_ms);
                         }
                     }
                     Event::PromotionStarted {
@@ -215,7 +214,7 @@ impl Engine {
                     }
                     other => {
                         let key = other.item_key().unwrap_or_default();
-                        states[shard_of(key)].apply(other);
+                        states[shard_index(key, config.shards)].apply(other);
                     }
                 }
             }
@@ -280,7 +279,7 @@ impl Engine {
     }
 
     fn shard_of(&self, key: u64) -> usize {
-        (key % self.inner.mailboxes.len() as u64) as usize
+        shard_index(key, self.inner.mailboxes.len())
     }
 
     /// Puts a command in a shard's mailbox without waiting: a full mailbox is "overloaded".
@@ -406,10 +405,7 @@ impl Engine {
     }
 
     async fn install(&self, entry: &Arc<PromotionEntry>, keys: &[u64]) -> Result<()> {
-        let mut by_shard: FxHashMap<usize, Vec<u64>> = FxHashMap::default();
-        for key in keys {
-            by_shard.entry(self.shard_of(*key)).or_default().push(*key);
-        }
+        let by_shard = keys_by_shard(keys.iter().copied(), self.inner.mailboxes.len());
         let mut waits = Vec::with_capacity(by_shard.len());
         for (shard, keys) in by_shard {
             let (tx, rx) = oneshot::channel();
@@ -487,13 +483,10 @@ impl Engine {
     pub async fn promotion_stats(&self, promotion_id: &str) -> Result<PromotionStats> {
         let entry = self.entry(promotion_id)?;
         let now_ms = self.now_ms();
-        let mut by_shard: FxHashMap<usize, Vec<u64>> = FxHashMap::default();
-        for gate in &entry.gates {
-            by_shard
-                .entry(self.shard_of(gate.key))
-                .or_default()
-                .push(gate.key);
-        }
+        let by_shard = keys_by_shard(
+            entry.gates.iter().map(|g| g.key),
+            self.inner.mailboxes.len(),
+        );
         let mut found: FxHashMap<u64, ItemStats> = FxHashMap::default();
         let mut waits = Vec::new();
         for (shard, keys) in by_shard {
@@ -877,6 +870,23 @@ impl Engine {
         .map_err(|e| Error::Unavailable(format!("join failed: {e}")))?;
         Ok(())
     }
+}
+
+/// The shard that owns the item with key `key` among `shards` shards.
+fn shard_index(key: u64, shards: usize) -> usize {
+    (key % shards as u64) as usize
+}
+
+/// Item keys grouped by owning shard, so that each shard gets one command for all of them.
+fn keys_by_shard(keys: impl Iterator<Item = u64>, shards: usize) -> FxHashMap<usize, Vec<u64>> {
+    let mut by_shard: FxHashMap<usize, Vec<u64>> = FxHashMap::default();
+    for key in keys {
+        by_shard
+            .entry(shard_index(key, shards))
+            .or_default()
+            .push(key);
+    }
+    by_shard
 }
 
 /// Adds a promotion and its gates to the catalog (recovery path).

@@ -21,7 +21,7 @@ use crate::catalog::{ItemGate, PromotionEntry};
 use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::item::{DecideContext, Decision, ItemState};
-use crate::model::{ItemStats, Order, PurchaseRequest, Purchased, TokenGrant};
+use crate::model::{ItemStats, Order, OrderStatus, PurchaseRequest, Purchased, TokenGrant};
 use crate::ports::{Clock, Journal, OrderSink};
 
 /// One request to a shard, with the channel its answer goes back on.
@@ -132,12 +132,12 @@ impl ShardState {
     /// Takes an item back from a snapshot.
     pub fn restore(&mut self, state: ItemState, entry: &Arc<PromotionEntry>, gate: &Arc<ItemGate>) {
         for (user_id, buyer) in &state.buyers {
-            for _ in 0..buyer.strikes {
-                entry.add_strike(user_id.clone());
+            if buyer.strikes > 0 {
+                entry.add_strikes(user_id.clone(), buyer.strikes);
             }
         }
         for (index, order) in state.orders.iter().enumerate() {
-            if order.status == crate::model::OrderStatus::PendingPayment {
+            if order.status == OrderStatus::PendingPayment {
                 self.deadlines
                     .push(Reverse((order.pay_before_ms, state.key, index as u64 + 1)));
             }
@@ -164,7 +164,7 @@ impl ShardState {
             panic!("event for an item this shard does not own: {key:016x}");
         };
         if let Some(user_id) = slot.state.apply(event) {
-            slot.entry.add_strike(user_id);
+            slot.entry.add_strikes(user_id, 1);
         }
         if let Event::OrderPlaced {
             order_seq, order, ..
