@@ -52,14 +52,73 @@ pub enum StartError {
 
 /// Serves `app` on `listener` until `shutdown` completes, then stops accepting and waits for
 /// in-flight requests. `shutdown` is any future: Ctrl-C in the binary, a channel in tests.
+///
+/// The connections are served by [`http_workers`] threads, each a single-threaded tokio
+/// runtime with its own epoll set on a clone of the listening socket, the way nginx runs one
+/// event loop per worker process. A connection stays on the worker that accepted it, so a
+/// request never needs a second thread to be woken: with a work-stealing pool on a 2-core
+/// machine the futex wake-ups and task hand-offs between workers cost more CPU than the
+/// requests themselves in a sold-out storm (see ARCHITECTURE.md, "Figures").
 pub async fn run(
     listener: TcpListener,
     app: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    run_workers(listener, app, shutdown, http_workers()).await
+}
+
+/// The number of HTTP worker threads: one per core the process may use.
+pub fn http_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+}
+
+/// [`run`] with `workers` worker threads.
+pub async fn run_workers(
+    listener: TcpListener,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    workers: usize,
+) -> io::Result<()> {
+    let listener = listener.into_std()?;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut finished = Vec::with_capacity(workers.max(1));
+    for index in 0..workers.max(1) {
+        let socket = listener.try_clone()?;
+        let app = app.clone();
+        let mut stopped = stopped.clone();
+        let (done, finished_rx) = oneshot::channel::<io::Result<()>>();
+        std::thread::Builder::new()
+            .name(format!("seckill-http-{index}"))
+            .spawn(move || {
+                let served = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .and_then(|runtime| {
+                        runtime.block_on(async move {
+                            let listener = TcpListener::from_std(socket)?;
+                            axum::serve(listener, app)
+                                .with_graceful_shutdown(async move {
+                                    let _ = stopped.wait_for(|stop| *stop).await;
+                                })
+                                .await
+                        })
+                    });
+                let _ = done.send(served);
+            })?;
+        finished.push(finished_rx);
+    }
+    drop(listener);
+    shutdown.await;
+    let _ = stop.send(true);
+    let mut outcome = Ok(());
+    for worker in finished {
+        match worker.await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => outcome = Err(error),
+            Err(_) => outcome = Err(io::Error::other("an HTTP worker thread died")),
+        }
+    }
+    outcome
 }
 
 /// Runs `seckill serve` with `config` on `listener` until `shutdown` completes.

@@ -45,10 +45,15 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         "seckill-baseline: listening on {} (redis {})",
         args.listen, args.redis_url
     );
-    axum::serve(listener, app(AppState::new(connection, &args.admin_key)))
-        .with_graceful_shutdown(shutdown())
-        .await
-        .context("serving")?;
+    // seckill's own serving loop (one single-threaded runtime per core), so that the only
+    // difference between the two servers is the stock engine behind the routes.
+    seckill_http_edge::run(
+        listener,
+        app(AppState::new(connection, &args.admin_key)),
+        shutdown(),
+    )
+    .await
+    .context("serving")?;
     Ok(())
 }
 
