@@ -43,7 +43,8 @@ pub struct EngineConfig {
     pub batch_requests_max: usize,
     pub token_ttl_s: u32,
     pub expiry_tick_ms: u64,
-    /// Take a snapshot after this many journaled events; 0 turns automatic snapshots off.
+    /// Take a snapshot after this many journaled events, or after as many as the last
+    /// snapshot held orders and tokens if that is more; 0 turns automatic snapshots off.
     pub snapshot_every_events: u64,
 }
 
@@ -787,6 +788,14 @@ impl Engine {
             .events_since_snapshot
             .store(0, Ordering::Relaxed);
         barrier.wait();
+        let records: usize = items
+            .iter()
+            .map(|item| item.orders.len() + item.tokens.len())
+            .sum();
+        self.inner
+            .counters
+            .records_in_last_snapshot
+            .store(records as u64, Ordering::Relaxed);
         let image = EngineImage {
             version: EVENT_VERSION,
             through_seq,
@@ -813,7 +822,18 @@ impl Engine {
                 if inner.mailboxes.is_empty() {
                     return;
                 }
-                if inner.counters.events_since_snapshot.load(Ordering::Relaxed) < every {
+                // A snapshot copies every order and token while the shards are paused, so
+                // its cost grows with the state. Waiting for at least as many new events as
+                // the last snapshot held records keeps that cost at a constant share of the
+                // work per event, and replay after a crash at most about as long as loading
+                // the snapshot (Redis rewrites its AOF by the same rule, at 100% growth).
+                let due = every.max(
+                    inner
+                        .counters
+                        .records_in_last_snapshot
+                        .load(Ordering::Relaxed),
+                );
+                if inner.counters.events_since_snapshot.load(Ordering::Relaxed) < due {
                     continue;
                 }
                 let engine = Engine { inner };

@@ -242,6 +242,8 @@ impl Reply {
 pub(crate) struct ShardCounters {
     /// Events journaled since the last snapshot.
     pub events_since_snapshot: AtomicU64,
+    /// Orders and tokens the last snapshot held: what the next one costs to take and write.
+    pub records_in_last_snapshot: AtomicU64,
 }
 
 /// The fixed settings of a shard's loop.
