@@ -17,7 +17,8 @@
 //! - `routes`: the router, its handlers, JSON 404/405, and the metrics/timeout/panic layers.
 //! - `storage`: the only module naming the persistence crate: RocksDB journal + SQL flusher,
 //!   or the development-only memory log.
-//! - `server`: start-up in order, `run(listener, app, shutdown)`, graceful shutdown.
+//! - `server`: start-up in order, `run(listener, app, shutdown)` (one single-threaded runtime
+//!   per core, each accepting on its own clone of the socket), graceful shutdown.
 
 pub mod auth;
 pub mod config;
