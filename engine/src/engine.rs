@@ -20,6 +20,7 @@ use crate::model::{
     PurchaseRequest, Purchased, TokenGrant,
 };
 use crate::ports::{Clock, Journal, OrderSink, Recovery};
+use crate::pump::Responder;
 use crate::shard::{Command, Shard, ShardCounters, ShardSettings, ShardState};
 use crate::validate::validate_promotion;
 
@@ -614,7 +615,7 @@ impl Engine {
         if let Some(refusal) = Self::fast_refusal(&entry, &gate, user_id, self.now_ms()) {
             return Err(refusal);
         }
-        let (tx, rx) = oneshot::channel();
+        let (tx, rx) = Responder::channel();
         self.send(
             self.shard_of(gate.key),
             Command::Token {
@@ -649,7 +650,7 @@ impl Engine {
         if request.quantity == 0 {
             return Err(Error::invalid("quantity", "must be at least 1"));
         }
-        let (tx, rx) = oneshot::channel();
+        let (tx, rx) = Responder::channel();
         self.send(
             self.shard_of(gate.key),
             Command::Purchase {
@@ -670,7 +671,7 @@ impl Engine {
     /// None: an operator.
     pub async fn order(&self, order_id: &str, user_id: Option<&str>) -> Result<Order> {
         let (key, seq) = self.route_order(order_id)?;
-        let (tx, rx) = oneshot::channel();
+        let (tx, rx) = Responder::channel();
         self.send(
             self.shard_of(key),
             Command::ReadOrder {
@@ -686,7 +687,7 @@ impl Engine {
     /// Cancels a pending order; cancelling a cancelled one answers it unchanged.
     pub async fn cancel(&self, order_id: &str, user_id: Option<&str>) -> Result<Order> {
         let (key, seq) = self.route_order(order_id)?;
-        let (tx, rx) = oneshot::channel();
+        let (tx, rx) = Responder::channel();
         self.send(
             self.shard_of(key),
             Command::Cancel {
@@ -703,7 +704,7 @@ impl Engine {
     pub async fn pay(&self, order_id: &str, payment_ref: &str) -> Result<Order> {
         check_id("payment_ref", payment_ref)?;
         let (key, seq) = self.route_order(order_id)?;
-        let (tx, rx) = oneshot::channel();
+        let (tx, rx) = Responder::channel();
         self.send(
             self.shard_of(key),
             Command::Pay {

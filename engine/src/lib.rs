@@ -63,6 +63,7 @@ mod ids;
 mod item;
 mod model;
 mod ports;
+mod pump;
 mod shard;
 mod validate;
 
@@ -83,6 +84,7 @@ pub use ports::{
     BatchStream, Clock, Journal, ManualClock, MemoryJournal, NullSink, OrderSink, Recovery,
     SystemClock,
 };
+pub use pump::ReplyPump;
 pub use validate::{
     ITEMS_MAX, PAYMENT_TIMEOUT_S_MAX, PAYMENT_TIMEOUT_S_MIN, STOCK_MAX, TOKEN_MULTIPLIER_MAX,
     TOKEN_MULTIPLIER_MIN,

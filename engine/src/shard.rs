@@ -23,6 +23,7 @@ use crate::event::Event;
 use crate::item::{DecideContext, Decision, ItemState};
 use crate::model::{ItemStats, Order, OrderStatus, PurchaseRequest, Purchased, TokenGrant};
 use crate::ports::{Clock, Journal, OrderSink};
+use crate::pump::{PumpBatch, Responder};
 
 /// One request to a shard, with the channel its answer goes back on.
 #[derive(Debug)]
@@ -42,31 +43,31 @@ pub(crate) enum Command {
     Token {
         key: u64,
         user_id: String,
-        reply: oneshot::Sender<Result<TokenGrant>>,
+        reply: Responder<TokenGrant>,
     },
     Purchase {
         key: u64,
         user_id: String,
         request: PurchaseRequest,
-        reply: oneshot::Sender<Result<Purchased>>,
+        reply: Responder<Purchased>,
     },
     ReadOrder {
         key: u64,
         seq: u64,
         user_id: Option<String>,
-        reply: oneshot::Sender<Result<Order>>,
+        reply: Responder<Order>,
     },
     Cancel {
         key: u64,
         seq: u64,
         user_id: Option<String>,
-        reply: oneshot::Sender<Result<Order>>,
+        reply: Responder<Order>,
     },
     Pay {
         key: u64,
         seq: u64,
         payment_ref: String,
-        reply: oneshot::Sender<Result<Order>>,
+        reply: Responder<Order>,
     },
     Stats {
         keys: Vec<u64>,
@@ -204,9 +205,9 @@ impl ShardState {
 /// An answer waiting for the batch's journal write.
 enum Reply {
     Unit(oneshot::Sender<Result<()>>, Result<()>),
-    Token(oneshot::Sender<Result<TokenGrant>>, Result<TokenGrant>),
-    Purchase(oneshot::Sender<Result<Purchased>>, Result<Purchased>),
-    Order(oneshot::Sender<Result<Order>>, Result<Order>),
+    Token(Responder<TokenGrant>, Result<TokenGrant>),
+    Purchase(Responder<Purchased>, Result<Purchased>),
+    Order(Responder<Order>, Result<Order>),
     Stats(
         oneshot::Sender<Result<Vec<ItemStats>>>,
         Result<Vec<ItemStats>>,
@@ -220,7 +221,7 @@ impl Reply {
 
     /// Sends the answer; `failure` replaces every answer when the batch was not made durable.
     /// A caller that stopped waiting is no error: its answer is simply dropped.
-    fn send(self, failure: Option<&Error>) {
+    fn send(self, failure: Option<&Error>, pumps: &mut PumpBatch) {
         fn pick<T>(result: Result<T>, failure: Option<&Error>) -> Result<T> {
             match failure {
                 Some(error) => Err(error.clone()),
@@ -229,9 +230,9 @@ impl Reply {
         }
         match self {
             Reply::Unit(tx, r) => drop(tx.send(pick(r, failure))),
-            Reply::Token(tx, r) => drop(tx.send(pick(r, failure))),
-            Reply::Purchase(tx, r) => drop(tx.send(pick(r, failure))),
-            Reply::Order(tx, r) => drop(tx.send(pick(r, failure))),
+            Reply::Token(tx, r) => tx.respond(pick(r, failure), pumps),
+            Reply::Purchase(tx, r) => tx.respond(pick(r, failure), pumps),
+            Reply::Order(tx, r) => tx.respond(pick(r, failure), pumps),
             Reply::Stats(tx, r) => drop(tx.send(pick(r, failure))),
         }
     }
@@ -266,6 +267,8 @@ pub(crate) struct Shard {
     counters: Arc<ShardCounters>,
     events: Vec<Event>,
     replies: Vec<Reply>,
+    /// The batch's answers for callers on threads with a [`crate::ReplyPump`].
+    pumps: PumpBatch,
     touched: Vec<u64>,
     /// Set once a journal write failed: every later command is refused.
     fenced: Option<Error>,
@@ -293,6 +296,7 @@ impl Shard {
             counters,
             events: Vec::new(),
             replies: Vec::new(),
+            pumps: PumpBatch::default(),
             touched: Vec::new(),
             fenced: None,
             stopping: None,
@@ -368,8 +372,9 @@ impl Shard {
             }
         }
         for reply in self.replies.drain(..) {
-            reply.send(failure.as_ref());
+            reply.send(failure.as_ref(), &mut self.pumps);
         }
+        self.pumps.flush();
         self.events.clear();
         self.touched.clear();
     }

@@ -95,6 +95,9 @@ pub async fn run_workers(
                     .build()
                     .and_then(|runtime| {
                         runtime.block_on(async move {
+                            // Shards answer this thread's requests in one hand-over per
+                            // batch instead of one cross-thread wake-up per request.
+                            seckill_engine::ReplyPump::install_on_this_thread();
                             let listener = TcpListener::from_std(socket)?;
                             axum::serve(listener, app)
                                 .with_graceful_shutdown(async move {
