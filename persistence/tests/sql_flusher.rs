@@ -69,13 +69,7 @@ async fn after_a_sale_the_tables_equal_the_engine() {
 async fn replaying_the_whole_log_changes_nothing() {
     for db in databases("replaying_the_whole_log_changes_nothing").await {
         let test = TestEngine::fresh();
-        let flusher = Flusher::start(
-            options(db.flusher_url()),
-            test.journal.clone(),
-            test.engine.clone(),
-        )
-        .await
-        .expect("flusher starts");
+        let flusher = test.flusher(&db).await.expect("flusher starts");
         let ids = sale(&test).await;
         flusher.shutdown(GRACE).await.expect("drained");
         let before = db.orders().await;
@@ -84,13 +78,7 @@ async fn replaying_the_whole_log_changes_nothing() {
         // each order's pending_payment event after its paid/cancelled/expired one.
         db.execute("UPDATE flusher_cursor SET seq = 0 WHERE id = 1")
             .await;
-        let flusher = Flusher::start(
-            options(db.flusher_url()),
-            test.journal.clone(),
-            test.engine.clone(),
-        )
-        .await
-        .expect("flusher starts again");
+        let flusher = test.flusher(&db).await.expect("flusher starts again");
         flusher.shutdown(GRACE).await.expect("drained again");
 
         assert_eq!(
@@ -109,13 +97,7 @@ async fn replaying_the_whole_log_changes_nothing() {
 async fn a_database_with_a_newer_schema_is_refused() {
     for db in databases("a_database_with_a_newer_schema_is_refused").await {
         let test = TestEngine::fresh();
-        let flusher = Flusher::start(
-            options(db.flusher_url()),
-            test.journal.clone(),
-            test.engine.clone(),
-        )
-        .await
-        .expect("flusher starts");
+        let flusher = test.flusher(&db).await.expect("flusher starts");
         flusher.shutdown(GRACE).await.expect("nothing to drain");
         // A migration that a later build applied.
         let checksum = match db.kind() {
@@ -128,12 +110,7 @@ async fn a_database_with_a_newer_schema_is_refused() {
         ))
         .await;
 
-        let refused = Flusher::start(
-            options(db.flusher_url()),
-            test.journal.clone(),
-            test.engine.clone(),
-        )
-        .await;
+        let refused = test.flusher(&db).await;
         match refused {
             Err(error @ SqlError::NewerSchema { found, .. }) => {
                 assert_eq!(found, 99_990_101_000_000);
@@ -168,13 +145,7 @@ async fn an_unreachable_or_bad_database_is_an_error_at_start() {
 async fn the_sqlite_file_is_created_in_wal_mode() {
     let db = TestDb::sqlite();
     let test = TestEngine::fresh();
-    let flusher = Flusher::start(
-        options(db.flusher_url()),
-        test.journal.clone(),
-        test.engine.clone(),
-    )
-    .await
-    .expect("flusher starts");
+    let flusher = test.flusher(&db).await.expect("flusher starts");
     flusher.shutdown(GRACE).await.expect("nothing to drain");
     let path = db.flusher_url().trim_start_matches("sqlite://").to_owned();
     assert!(std::path::Path::new(&path).exists(), "{path} created");

@@ -32,13 +32,7 @@ async fn wait_for_visible_outage(flusher: &FlusherHandle, db: &TestDb) {
 
 async fn outage_mid_sale(mut db: TestDb) {
     let first = TestEngine::fresh();
-    let flusher = Flusher::start(
-        options(db.flusher_url()),
-        first.journal.clone(),
-        first.engine.clone(),
-    )
-    .await
-    .expect("flusher starts");
+    let flusher = first.flusher(&db).await.expect("flusher starts");
     create_promotion(&first.engine).await;
     let mut ids = sell(&first.engine, 0, 1_000).await;
 
@@ -69,13 +63,10 @@ async fn outage_mid_sale(mut db: TestDb) {
     ids.extend(sell(&second.engine, 2_000, 1_000).await);
 
     db.end_outage().await;
-    let flusher = Flusher::start(
-        options(db.flusher_url()),
-        second.journal.clone(),
-        second.engine.clone(),
-    )
-    .await
-    .expect("flusher starts once the database is back");
+    let flusher = second
+        .flusher(&db)
+        .await
+        .expect("flusher starts once the database is back");
     ids.extend(sell(&second.engine, 3_000, 500).await);
     flusher
         .shutdown(GRACE)
@@ -123,13 +114,7 @@ async fn postgres_away_at_start_is_an_error() {
         .expect_err("database away");
     assert!(matches!(error, SqlError::Connect(_)), "{error:?}");
     db.end_outage().await;
-    let flusher = Flusher::start(
-        options(db.flusher_url()),
-        test.journal.clone(),
-        test.engine.clone(),
-    )
-    .await
-    .expect("database back");
+    let flusher = test.flusher(&db).await.expect("database back");
     flusher.shutdown(GRACE).await.expect("nothing to drain");
     test.engine.shutdown().await.expect("engine stops");
     db.cleanup().await;

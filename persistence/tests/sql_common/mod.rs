@@ -15,7 +15,9 @@ use seckill_engine::{
     Engine, EngineConfig, ItemSpec, ManualClock, MemoryJournal, NullSink, Order, Ports,
     PromotionSpec, PurchaseRequest, Recovery,
 };
-use seckill_persistence::sql::{ms_from_rfc3339, order_updated_at_ms, FlusherOptions};
+use seckill_persistence::sql::{
+    ms_from_rfc3339, order_updated_at_ms, Flusher, FlusherHandle, FlusherOptions, SqlError,
+};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
 use sqlx::{Connection, Row};
@@ -499,6 +501,16 @@ impl TestEngine {
 
     pub fn fresh() -> TestEngine {
         TestEngine::start(MemoryJournal::new(), ManualClock::new(START_MS))
+    }
+
+    /// A flusher from this engine's journal into `db`, with the tests' [`options`].
+    pub async fn flusher(&self, db: &TestDb) -> Result<FlusherHandle, SqlError> {
+        Flusher::start(
+            options(db.flusher_url()),
+            self.journal.clone(),
+            self.engine.clone(),
+        )
+        .await
     }
 }
 
