@@ -13,10 +13,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use seckill_benches::{live_promotion, runtime, unique};
-use seckill_engine::{
-    Engine, EngineConfig, NullSink, Ports, PurchaseRequest, Recovery, SystemClock,
-};
+use seckill_benches::{engine_recovered, live_promotion, runtime, unique};
+use seckill_engine::{Engine, PurchaseRequest, Recovery};
 use seckill_persistence::journal::{Durability, JournalOptions, RocksJournal};
 
 /// Concurrent callers: a storm keeps every shard's mailbox full, so batches (and fsyncs)
@@ -67,19 +65,6 @@ fn dir_bytes(path: &Path) -> u64 {
         };
     }
     total
-}
-
-fn start(journal: Arc<RocksJournal>, recovery: Recovery) -> Engine {
-    let ports = Ports {
-        journal,
-        clock: Arc::new(SystemClock),
-        sink: Arc::new(NullSink),
-    };
-    let config = EngineConfig {
-        snapshot_every_events: 0,
-        ..EngineConfig::default()
-    };
-    Engine::start(config, ports, recovery).expect("engine starts")
 }
 
 fn open(dir: &Path, durability: Durability) -> (Arc<RocksJournal>, Recovery) {
@@ -157,7 +142,7 @@ async fn storm(engine: &Engine, callers: u64, quota: u64, run_for: Option<Durati
 fn durable_purchases(rt: &tokio::runtime::Runtime, durability: Durability, seconds: u64) {
     let scratch = Scratch::new("purchases");
     let (journal, recovery) = open(&scratch.0, durability);
-    let engine = start(journal.clone(), recovery);
+    let engine = engine_recovered(journal.clone(), recovery);
     let before = journal.stats();
     let started = Instant::now();
     let accepted = rt.block_on(storm(
@@ -201,7 +186,7 @@ fn recovery(rt: &tokio::runtime::Runtime, orders: u64) {
     let scratch = Scratch::new("recovery");
     // Writing the log is not what is measured: async durability fills it fastest.
     let (journal, recovery) = open(&scratch.0, Durability::Async);
-    let engine = start(journal.clone(), recovery);
+    let engine = engine_recovered(journal.clone(), recovery);
     let started = Instant::now();
     let accepted = rt.block_on(storm(&engine, 512, orders, None));
     let batches = journal.stats().last_seq;
@@ -230,7 +215,7 @@ fn recovery(rt: &tokio::runtime::Runtime, orders: u64) {
     let started = Instant::now();
     let (journal, recovery) = open(&scratch.0, Durability::Sync);
     let opened_s = started.elapsed().as_secs_f64();
-    let engine = start(journal.clone(), recovery);
+    let engine = engine_recovered(journal.clone(), recovery);
     let total_s = started.elapsed().as_secs_f64();
     let reserved = count_reserved(rt, &engine);
     assert_eq!(reserved, accepted, "recovery lost orders");
@@ -255,7 +240,7 @@ fn recovery(rt: &tokio::runtime::Runtime, orders: u64) {
     let started = Instant::now();
     let (journal, recovery) = open(&scratch.0, Durability::Sync);
     let opened_s = started.elapsed().as_secs_f64();
-    let engine = start(journal.clone(), recovery);
+    let engine = engine_recovered(journal.clone(), recovery);
     let total_s = started.elapsed().as_secs_f64();
     assert_eq!(
         count_reserved(rt, &engine),

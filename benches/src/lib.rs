@@ -18,6 +18,11 @@ pub fn runtime() -> tokio::runtime::Runtime {
 
 /// An engine with the default shard count on `journal`.
 pub fn engine(journal: Arc<dyn Journal>) -> Engine {
+    engine_recovered(journal, Recovery::empty())
+}
+
+/// An engine with the default shard count on `journal`, rebuilt from `recovery`.
+pub fn engine_recovered(journal: Arc<dyn Journal>, recovery: Recovery) -> Engine {
     let ports = Ports {
         journal,
         clock: Arc::new(SystemClock),
@@ -27,7 +32,7 @@ pub fn engine(journal: Arc<dyn Journal>) -> Engine {
         snapshot_every_events: 0,
         ..EngineConfig::default()
     };
-    Engine::start(config, ports, Recovery::empty()).expect("engine starts")
+    Engine::start(config, ports, recovery).expect("engine starts")
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(0);

@@ -18,21 +18,9 @@ pub const READY_TIMEOUT_S: u64 = 120;
 /// How long a server may take to exit after SIGTERM before it gets SIGKILL.
 const STOP_GRACE_S: u64 = 15;
 
-/// `--durability` of `seckill serve`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Durability {
-    Sync,
-    Async,
-}
-
-impl Durability {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Durability::Sync => "sync",
-            Durability::Async => "async",
-        }
-    }
-}
+/// `--durability` of `seckill serve`: the server's own setting, so the runner's flag takes
+/// exactly the values the server does.
+pub use seckill_http_edge::config::Durability;
 
 /// Which server to start, and how.
 #[derive(Debug, Clone)]
