@@ -10,7 +10,7 @@ async fn a_promotion_sells_only_inside_its_window() {
     let h = start(2);
     let mut s = spec("p", &[("a", 10, 1)], false);
     s.starts_at_ms = T0_MS + 60_000;
-    h.engine.create_promotion(s).await.expect("created");
+    h.create(s).await;
 
     let early = h
         .engine
@@ -51,7 +51,7 @@ async fn start_and_stop_force_the_window() {
     let mut s = spec("p", &[("a", 10, 1)], false);
     s.starts_at_ms = T0_MS + 3_600_000;
     s.ends_at_ms = T0_MS + 7_200_000;
-    h.engine.create_promotion(s).await.expect("created");
+    h.create(s).await;
 
     let started = h.engine.start_promotion("p").await.expect("started");
     assert_eq!(started.status, PromotionStatus::Live);
@@ -92,10 +92,8 @@ async fn start_and_stop_force_the_window() {
 #[tokio::test]
 async fn tokens_are_per_user_item_single_use_and_expire() {
     let h = start(2);
-    h.engine
-        .create_promotion(spec("p", &[("a", 10, 2), ("b", 10, 1)], true))
-        .await
-        .expect("created");
+    h.create(spec("p", &[("a", 10, 2), ("b", 10, 1)], true))
+        .await;
 
     let first = h.engine.issue_token("p", "a", "u1").await.expect("token");
     let again = h.engine.issue_token("p", "a", "u1").await.expect("token");
@@ -157,7 +155,7 @@ async fn the_gate_issues_at_most_stock_times_multiplier_tokens() {
     let h = start(2);
     let mut s = spec("p", &[("a", 2, 1)], true);
     s.token_multiplier = 3;
-    h.engine.create_promotion(s).await.expect("created");
+    h.create(s).await;
     for user in 0..6 {
         h.engine
             .issue_token("p", "a", &format!("u{user}"))
@@ -175,10 +173,7 @@ async fn the_gate_issues_at_most_stock_times_multiplier_tokens() {
 #[tokio::test]
 async fn per_user_limit_counts_live_orders() {
     let h = start(2);
-    h.engine
-        .create_promotion(spec("p", &[("a", 10, 2)], false))
-        .await
-        .expect("created");
+    h.create(spec("p", &[("a", 10, 2)], false)).await;
     let too_many = h
         .engine
         .purchase("p", "a", "u1", request("r0", 3, None))
@@ -216,10 +211,7 @@ async fn per_user_limit_counts_live_orders() {
 #[tokio::test]
 async fn stock_refusals_sold_out_and_insufficient() {
     let h = start(2);
-    h.engine
-        .create_promotion(spec("p", &[("a", 3, 2)], false))
-        .await
-        .expect("created");
+    h.create(spec("p", &[("a", 3, 2)], false)).await;
     h.engine
         .purchase("p", "a", "u1", request("r1", 2, None))
         .await
@@ -252,10 +244,7 @@ async fn stock_refusals_sold_out_and_insufficient() {
 #[tokio::test]
 async fn a_repeated_request_id_returns_the_original_order_whatever_changed() {
     let h = start(2);
-    h.engine
-        .create_promotion(spec("p", &[("a", 1, 1)], false))
-        .await
-        .expect("created");
+    h.create(spec("p", &[("a", 1, 1)], false)).await;
     let first = h
         .engine
         .purchase("p", "a", "u1", request("r1", 1, None))
@@ -289,16 +278,8 @@ async fn a_repeated_request_id_returns_the_original_order_whatever_changed() {
 #[tokio::test]
 async fn payment_is_idempotent_by_reference() {
     let h = start(2);
-    h.engine
-        .create_promotion(spec("p", &[("a", 5, 1)], false))
-        .await
-        .expect("created");
-    let order = h
-        .engine
-        .purchase("p", "a", "u1", request("r1", 1, None))
-        .await
-        .expect("bought")
-        .order;
+    h.create(spec("p", &[("a", 5, 1)], false)).await;
+    let order = h.buy("p", "a", "u1", "r1").await;
     let paid = h.engine.pay(&order.order_id, "pay-1").await.expect("paid");
     assert_eq!(paid.status, OrderStatus::Paid);
     assert_eq!(paid.payment_ref.as_deref(), Some("pay-1"));
@@ -333,16 +314,8 @@ async fn payment_is_idempotent_by_reference() {
 #[tokio::test]
 async fn cancel_returns_stock_and_hides_other_users_orders() {
     let h = start(2);
-    h.engine
-        .create_promotion(spec("p", &[("a", 1, 1)], false))
-        .await
-        .expect("created");
-    let order = h
-        .engine
-        .purchase("p", "a", "u1", request("r1", 1, None))
-        .await
-        .expect("bought")
-        .order;
+    h.create(spec("p", &[("a", 1, 1)], false)).await;
+    let order = h.buy("p", "a", "u1", "r1").await;
     assert_eq!(
         h.engine.order(&order.order_id, Some("u2")).await,
         Err(Error::NotFound),
@@ -379,13 +352,8 @@ async fn unpaid_orders_expire_and_free_their_stock() {
     let h = start(2);
     let mut s = spec("p", &[("a", 1, 1)], false);
     s.payment_timeout_s = 30;
-    h.engine.create_promotion(s).await.expect("created");
-    let order = h
-        .engine
-        .purchase("p", "a", "u1", request("r1", 1, None))
-        .await
-        .expect("bought")
-        .order;
+    h.create(s).await;
+    let order = h.buy("p", "a", "u1", "r1").await;
     assert_eq!(order.pay_before_ms, T0_MS + 30_000);
 
     h.clock.advance_ms(29_999);
@@ -453,17 +421,10 @@ async fn expiry_happens_without_any_request_on_the_real_tick() {
 #[tokio::test]
 async fn three_strikes_ban_a_user_from_the_whole_promotion() {
     let h = start(3);
-    h.engine
-        .create_promotion(spec("p", &[("a", 10, 1), ("b", 10, 1)], false))
-        .await
-        .expect("created");
+    h.create(spec("p", &[("a", 10, 1), ("b", 10, 1)], false))
+        .await;
     for round in 0..3 {
-        let order = h
-            .engine
-            .purchase("p", "a", "u1", request(&format!("r{round}"), 1, None))
-            .await
-            .expect("bought")
-            .order;
+        let order = h.buy("p", "a", "u1", &format!("r{round}")).await;
         h.engine
             .cancel(&order.order_id, Some("u1"))
             .await
@@ -504,10 +465,7 @@ async fn three_strikes_ban_a_user_from_the_whole_promotion() {
 #[tokio::test]
 async fn catalog_rules_ids_and_overlapping_skus() {
     let h = start(2);
-    h.engine
-        .create_promotion(spec("p1", &[("a", 1, 1)], false))
-        .await
-        .expect("created");
+    h.create(spec("p1", &[("a", 1, 1)], false)).await;
     assert_eq!(
         h.engine
             .create_promotion(spec("p1", &[("z", 1, 1)], false))
@@ -535,7 +493,7 @@ async fn catalog_rules_ids_and_overlapping_skus() {
 
     let mut anonymous = spec("ignored", &[("c", 1, 1)], false);
     anonymous.id = None;
-    let made = h.engine.create_promotion(anonymous).await.expect("created");
+    let made = h.create(anonymous).await;
     assert!(seckill_engine::is_valid_id(&made.id));
     assert_eq!(
         h.engine
@@ -559,10 +517,7 @@ async fn catalog_rules_ids_and_overlapping_skus() {
 #[tokio::test]
 async fn a_failed_journal_acknowledges_nothing_and_fences_the_shard() {
     let h = start(1);
-    h.engine
-        .create_promotion(spec("p", &[("a", 5, 1)], false))
-        .await
-        .expect("created");
+    h.create(spec("p", &[("a", 5, 1)], false)).await;
     h.journal.set_failing(true);
     let refused = h
         .engine
@@ -591,10 +546,8 @@ async fn a_failed_journal_acknowledges_nothing_and_fences_the_shard() {
 #[tokio::test]
 async fn a_restart_rebuilds_orders_tokens_and_stats() {
     let h = start(2);
-    h.engine
-        .create_promotion(spec("p", &[("a", 10, 1), ("b", 10, 2)], true))
-        .await
-        .expect("created");
+    h.create(spec("p", &[("a", 10, 1), ("b", 10, 2)], true))
+        .await;
     let token = h.engine.issue_token("p", "a", "u1").await.expect("token");
     let unused = h.engine.issue_token("p", "b", "u2").await.expect("token");
     let order = h
@@ -630,10 +583,8 @@ async fn a_restart_rebuilds_orders_tokens_and_stats() {
 #[tokio::test]
 async fn a_snapshot_plus_the_log_after_it_equals_the_log_alone() {
     let h = start(3);
-    h.engine
-        .create_promotion(spec("p", &[("a", 50, 2), ("b", 50, 1), ("c", 5, 1)], false))
-        .await
-        .expect("created");
+    h.create(spec("p", &[("a", 50, 2), ("b", 50, 1), ("c", 5, 1)], false))
+        .await;
     for user in 0..20 {
         let sku = ["a", "b", "c"][user % 3];
         let _ = h
@@ -686,10 +637,7 @@ async fn a_snapshot_plus_the_log_after_it_equals_the_log_alone() {
 #[tokio::test]
 async fn a_retry_on_a_sold_out_item_gets_its_order_after_a_restart() {
     let h = start(2);
-    h.engine
-        .create_promotion(spec("p", &[("a", 1, 1)], false))
-        .await
-        .expect("created");
+    h.create(spec("p", &[("a", 1, 1)], false)).await;
     let first = h
         .engine
         .purchase("p", "a", "u1", request("r1", 1, None))

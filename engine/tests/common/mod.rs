@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use seckill_engine::{
-    Engine, EngineConfig, ItemSpec, ManualClock, MemoryJournal, NullSink, Ports, PromotionSpec,
-    PurchaseRequest, Recovery,
+    Engine, EngineConfig, ItemSpec, ManualClock, MemoryJournal, NullSink, Order, Ports,
+    PromotionSpec, PromotionStats, PurchaseRequest, Recovery,
 };
 
 /// Test time zero: 2027-01-15, a round number far from any real edge.
@@ -64,6 +64,25 @@ impl Harness {
         )
         .expect("engine restarts");
         Harness { engine, ..self }
+    }
+
+    pub async fn create(&self, spec: PromotionSpec) -> PromotionStats {
+        self.engine.create_promotion(spec).await.expect("created")
+    }
+
+    /// One unit of `sku`, bought by `user_id` without a token: the new order.
+    pub async fn buy(
+        &self,
+        promotion_id: &str,
+        sku: &str,
+        user_id: &str,
+        request_id: &str,
+    ) -> Order {
+        self.engine
+            .purchase(promotion_id, sku, user_id, request(request_id, 1, None))
+            .await
+            .expect("bought")
+            .order
     }
 }
 
