@@ -79,10 +79,11 @@ pub async fn run_workers(
     shutdown: impl Future<Output = ()> + Send + 'static,
     workers: usize,
 ) -> io::Result<()> {
+    let workers = workers.max(1);
     let listener = listener.into_std()?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let mut finished = Vec::with_capacity(workers.max(1));
-    for index in 0..workers.max(1) {
+    let mut finished = Vec::with_capacity(workers);
+    for index in 0..workers {
         let socket = listener.try_clone()?;
         let app = app.clone();
         let mut stopped = stopped.clone();
