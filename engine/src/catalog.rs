@@ -9,10 +9,124 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use dashmap::{DashMap, DashSet};
-use rustc_hash::FxBuildHasher;
+use rustc_hash::{FxBuildHasher, FxHashSet};
 
+use crate::error::{Error, Result};
+use crate::ids::item_key;
 use crate::item::{ItemState, STRIKES_TO_BAN};
-use crate::model::{ItemRecord, PromotionRecord, PromotionStatus, PublicItem, PublicPromotion};
+use crate::model::{
+    ItemRecord, ItemStats, PromotionRecord, PromotionStats, PromotionStatus, PublicItem,
+    PublicPromotion,
+};
+
+/// Every promotion and item gate, by id and by item key.
+#[derive(Debug, Default)]
+pub(crate) struct Catalog {
+    promotions: DashMap<String, Arc<PromotionEntry>, FxBuildHasher>,
+    gates: DashMap<u64, Arc<ItemGate>, FxBuildHasher>,
+}
+
+impl Catalog {
+    pub fn entry(&self, promotion_id: &str) -> Result<Arc<PromotionEntry>> {
+        self.promotions
+            .get(promotion_id)
+            .map(|e| Arc::clone(e.value()))
+            .ok_or(Error::NotFound)
+    }
+
+    /// The promotion and the gate of one of its items.
+    pub fn gate(
+        &self,
+        promotion_id: &str,
+        sku: &str,
+    ) -> Result<(Arc<PromotionEntry>, Arc<ItemGate>)> {
+        let entry = self.entry(promotion_id)?;
+        let gate = self
+            .gates
+            .get(&item_key(promotion_id, sku))
+            .map(|g| Arc::clone(g.value()))
+            .ok_or(Error::NotFound)?;
+        debug_assert_eq!(gate.item.sku, sku);
+        Ok((entry, gate))
+    }
+
+    pub fn gate_by_key(&self, key: u64) -> Option<Arc<ItemGate>> {
+        self.gates.get(&key).map(|g| Arc::clone(g.value()))
+    }
+
+    /// Every promotion, in no particular order.
+    pub fn entries(&self) -> Vec<Arc<PromotionEntry>> {
+        self.promotions
+            .iter()
+            .map(|e| Arc::clone(e.value()))
+            .collect()
+    }
+
+    /// Adds a promotion made from `record`; refuses one whose id is taken (the caller
+    /// decides whether that is a retry).
+    pub fn insert(&self, record: PromotionRecord) -> Result<Arc<PromotionEntry>> {
+        let keys = item_keys(&record);
+        self.insert_entry(PromotionEntry::new(record, &keys))
+    }
+
+    /// [`Catalog::insert`] for an entry made already.
+    pub fn insert_entry(&self, entry: Arc<PromotionEntry>) -> Result<Arc<PromotionEntry>> {
+        match self.promotions.entry(entry.record.id.clone()) {
+            dashmap::Entry::Occupied(_) => return Err(Error::AlreadyExists),
+            dashmap::Entry::Vacant(slot) => {
+                slot.insert(Arc::clone(&entry));
+            }
+        }
+        for gate in &entry.gates {
+            self.gates.insert(gate.key, Arc::clone(gate));
+        }
+        Ok(entry)
+    }
+
+    /// Why `record` may not join the catalog, if it may not: a SKU in another promotion
+    /// whose window overlaps, or an item key that another item already has.
+    pub fn conflict(&self, record: &PromotionRecord) -> Option<Error> {
+        let skus: FxHashSet<&str> = record.items.iter().map(|item| item.sku.as_str()).collect();
+        for other in self.promotions.iter() {
+            let (starts_at_ms, ends_at_ms) = other.window();
+            if record.starts_at_ms >= ends_at_ms || starts_at_ms >= record.ends_at_ms {
+                continue;
+            }
+            if let Some(item) = other
+                .record
+                .items
+                .iter()
+                .find(|i| skus.contains(i.sku.as_str()))
+            {
+                return Some(Error::SkuInOtherPromotion {
+                    sku: item.sku.clone(),
+                    other_promotion_id: other.record.id.clone(),
+                });
+            }
+        }
+        if item_keys(record)
+            .iter()
+            .any(|key| self.gates.contains_key(key))
+        {
+            // Two (promotion, sku) pairs with one 64-bit key: astronomically rare, and
+            // refusing is the only way to keep order ids unique.
+            return Some(Error::invalid(
+                "id",
+                "collides with another item key; choose another id",
+            ));
+        }
+        None
+    }
+}
+
+/// The item keys of a promotion's items, in the record's order.
+pub(crate) fn item_keys(record: &PromotionRecord) -> Vec<u64> {
+    record
+        .items
+        .iter()
+        .map(|item| item_key(&record.id, &item.sku))
+        .collect()
+}
 
 /// A promotion as every thread sees it.
 #[derive(Debug)]
@@ -54,6 +168,46 @@ impl PromotionEntry {
     pub fn status(&self, now_ms: i64) -> PromotionStatus {
         let (starts_at_ms, ends_at_ms) = self.window();
         PromotionStatus::at(starts_at_ms, ends_at_ms, now_ms)
+    }
+
+    /// Sets the window as a snapshot recorded it.
+    pub fn set_window(&self, starts_at_ms: i64, ends_at_ms: i64) {
+        self.starts_at_ms.store(starts_at_ms, Ordering::Release);
+        self.ends_at_ms.store(ends_at_ms, Ordering::Release);
+    }
+
+    /// The operator view of this promotion with its items as they were created (all stock
+    /// remaining); the engine replaces each item's figures by the shard's exact ones.
+    pub fn fresh_stats(&self, now_ms: i64) -> PromotionStats {
+        let (starts_at_ms, ends_at_ms) = self.window();
+        let record = &self.record;
+        PromotionStats {
+            id: record.id.clone(),
+            name: record.name.clone(),
+            status: PromotionStatus::at(starts_at_ms, ends_at_ms, now_ms),
+            starts_at_ms,
+            ends_at_ms,
+            payment_timeout_s: record.payment_timeout_s,
+            require_token: record.require_token,
+            token_multiplier: record.token_multiplier,
+            created_at_ms: record.created_at_ms,
+            items: record
+                .items
+                .iter()
+                .map(|item| ItemStats {
+                    sku: item.sku.clone(),
+                    title: item.title.clone(),
+                    price_cents: item.price_cents,
+                    per_user_limit: item.per_user_limit,
+                    stock: item.stock,
+                    remaining: item.stock,
+                    reserved: 0,
+                    sold: 0,
+                    tokens_issued: 0,
+                    tokens_outstanding: 0,
+                })
+                .collect(),
+        }
     }
 
     /// Forces the promotion live from `at_ms` (the event was journaled).
@@ -105,10 +259,12 @@ pub(crate) struct ItemGate {
     /// `remaining == 0` as of the shard's last batch.
     pub sold_out: AtomicBool,
     /// Users with an order on this item, filled only while the item is sold out (by the
-    /// shard, before it raises `sold_out`): such a user may be retrying a request id whose
-    /// original order they must get back, so the sold-out fast refusal skips them. Filling
-    /// it lazily keeps a set insert off every accepted purchase.
+    /// shard, before it raises `sold_out`) or its promotion has ended: such a user may be
+    /// retrying a request id whose original order they must get back, so the fast refusals
+    /// skip them. Filling it lazily keeps a set insert off every accepted purchase.
     pub buyers: DashSet<String, FxBuildHasher>,
+    /// `buyers` holds every user with an order here (set, with Release, after filling it).
+    pub buyers_complete: AtomicBool,
 }
 
 impl ItemGate {
@@ -119,21 +275,36 @@ impl ItemGate {
             remaining: AtomicU64::new(item.stock),
             sold_out: AtomicBool::new(item.stock == 0),
             buyers: DashSet::with_hasher(FxBuildHasher),
+            buyers_complete: AtomicBool::new(item.stock == 0),
         }
     }
 
     /// Republishes the item's figures; called by the owning shard only. `buyers_published`
-    /// counts the orders whose users are already in `buyers`.
-    pub fn publish(&self, state: &ItemState, buyers_published: &mut usize) {
-        if state.remaining == 0 {
-            // The set must hold every buyer before the flag says "sold out" (Release below).
+    /// counts the orders whose users are already in `buyers`; `ended` says the promotion
+    /// has ended, which makes the shard keep the buyers set whole from then on too.
+    pub fn publish(&self, state: &ItemState, buyers_published: &mut usize, ended: bool) {
+        let complete = state.remaining == 0 || ended;
+        if complete {
+            // The set must hold every buyer before a flag says so (Release below).
             for order in state.orders.iter().skip(*buyers_published) {
                 self.buyers.insert(order.user_id.clone());
             }
             *buyers_published = state.orders.len();
         }
         self.remaining.store(state.remaining, Ordering::Release);
+        self.buyers_complete.store(complete, Ordering::Release);
         self.sold_out.store(state.remaining == 0, Ordering::Release);
+    }
+
+    /// Empties the buyers set of an archived item (its buyers are in the archive now).
+    pub fn forget_buyers(&self) {
+        self.buyers_complete.store(false, Ordering::Release);
+        self.buyers.clear();
+        self.buyers.shrink_to_fit();
+    }
+
+    pub fn buyers_complete(&self) -> bool {
+        self.buyers_complete.load(Ordering::Acquire)
     }
 
     pub fn is_sold_out(&self) -> bool {

@@ -43,12 +43,24 @@ pub enum Error {
     AlreadyPaid,
     #[error("the order is paid or expired and cannot be cancelled")]
     NotCancellable,
+    /// The pay body's `amount_cents` differs from the order's: nothing changed.
+    #[error("the payment amount differs from the order's amount")]
+    AmountMismatch,
     /// A shard's mailbox is full: refused at once instead of queueing without bound.
     #[error("the engine is overloaded, retry shortly")]
     Overloaded,
     /// The journal failed or the engine is shutting down: nothing was acknowledged.
     #[error("the engine is unavailable: {0}")]
     Unavailable(String),
+    /// The shard that owns the item has stopped (its thread died, or the engine is shutting
+    /// down): the request was not handed to it, nothing was done.
+    #[error("shard {0} is down")]
+    ShardDown(usize),
+    /// The write was handed to its shard but no answer came (the shard died while deciding
+    /// it): it may or may not have been journaled. Repeating the call tells (a purchase with
+    /// the same request id, a cancel or pay of the same order, a create with the same body).
+    #[error("the outcome of this write is unknown; repeat it to learn it")]
+    OutcomeUnknown,
 }
 
 impl Error {
@@ -70,14 +82,19 @@ impl Error {
             Error::NotPayable => "not_payable",
             Error::AlreadyPaid => "already_paid",
             Error::NotCancellable => "not_cancellable",
+            Error::AmountMismatch => "amount_mismatch",
             Error::Overloaded => "overloaded",
-            Error::Unavailable(_) => "unavailable",
+            Error::Unavailable(_) | Error::ShardDown(_) => "unavailable",
+            Error::OutcomeUnknown => "outcome_unknown",
         }
     }
 
     /// True for answers caused by the request (4xx), false for the engine's own trouble (5xx).
     pub fn is_refusal(&self) -> bool {
-        !matches!(self, Error::Overloaded | Error::Unavailable(_))
+        !matches!(
+            self,
+            Error::Overloaded | Error::Unavailable(_) | Error::ShardDown(_) | Error::OutcomeUnknown
+        )
     }
 
     pub(crate) fn invalid(field: &str, reason: impl Into<String>) -> Self {

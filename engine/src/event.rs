@@ -7,12 +7,14 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::item::ItemState;
 use crate::model::{Order, PromotionRecord};
 
 /// The version of the event and snapshot encoding this build writes and reads. A log or a
 /// snapshot stamped with a higher version was written by a newer build and must be refused.
-pub const EVENT_VERSION: u32 = 1;
+///
+/// Version 2 added [`Event::ItemArchived`] (at the end, so version 1 logs read unchanged)
+/// and order ids that carry the engine start's epoch.
+pub const EVENT_VERSION: u32 = 2;
 
 /// One fact in the log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,6 +58,9 @@ pub enum Event {
         order_seq: u64,
         order: Order,
     },
+    /// The item of an ended promotion left memory: its stats and orders are in the journal's
+    /// archive (written, durably, before this event), and they are read from there.
+    ItemArchived { item_key: u64 },
 }
 
 impl Event {
@@ -77,26 +82,9 @@ impl Event {
             | Event::OrderPlaced { item_key, .. }
             | Event::OrderPaid { item_key, .. }
             | Event::OrderCancelled { item_key, .. }
-            | Event::OrderExpired { item_key, .. } => Some(*item_key),
+            | Event::OrderExpired { item_key, .. }
+            | Event::ItemArchived { item_key } => Some(*item_key),
             _ => None,
         }
     }
-}
-
-/// A promotion's catalog entry inside a snapshot.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PromotionImage {
-    pub record: PromotionRecord,
-    pub starts_at_ms: i64,
-    pub ends_at_ms: i64,
-}
-
-/// The whole engine's state at one point of the log: everything with a sequence number up to
-/// and including `through_seq` is in it, nothing after.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EngineImage {
-    pub version: u32,
-    pub through_seq: u64,
-    pub promotions: Vec<PromotionImage>,
-    pub items: Vec<ItemState>,
 }

@@ -44,26 +44,54 @@ pub fn promotion_key(promotion_id: &str) -> u64 {
     xxh3_64(promotion_id.as_bytes())
 }
 
-/// Formats an order id: the item key in hex, then the item's order sequence number.
+/// Formats an order id: the item key in hex, the epoch of the engine start that made it,
+/// then the item's order sequence number: `<16 hex>-<epoch>-<seq>`.
 ///
 /// The item key inside the id lets any caller route `GET /orders/{id}` straight to the owning
-/// shard, whatever the number of shards, with no global index.
-pub fn format_order_id(item_key: u64, order_seq: u64) -> String {
-    format!("{item_key:016x}-{order_seq}")
+/// shard, whatever the number of shards, with no global index. The epoch (a counter the
+/// journal makes durable before the engine starts) keeps an id from being handed out twice
+/// when an `async` crash took back the last acknowledged orders and their sequence numbers
+/// are given again. Epoch 0 formats the version 1 ids, `<16 hex>-<seq>`, that older logs hold.
+pub fn format_order_id(item_key: u64, epoch: u64, order_seq: u64) -> String {
+    if epoch == 0 {
+        format!("{item_key:016x}-{order_seq}")
+    } else {
+        format!("{item_key:016x}-{epoch}-{order_seq}")
+    }
+}
+
+/// The parts of an order id made by [`format_order_id`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OrderRef {
+    pub item_key: u64,
+    pub epoch: u64,
+    pub order_seq: u64,
 }
 
 /// Parses an order id made by [`format_order_id`]; `None` for anything else.
-pub fn parse_order_id(order_id: &str) -> Option<(u64, u64)> {
-    let (key_hex, seq) = order_id.split_once('-')?;
-    if key_hex.len() != 16 {
+pub fn parse_order_id(order_id: &str) -> Option<OrderRef> {
+    let (key_hex, rest) = order_id.split_once('-')?;
+    if key_hex.len() != 16 || !key_hex.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
-    let key = u64::from_str_radix(key_hex, 16).ok()?;
-    if seq.is_empty() || seq.starts_with('0') || !seq.bytes().all(|b| b.is_ascii_digit()) {
+    let item_key = u64::from_str_radix(key_hex, 16).ok()?;
+    let (epoch, seq) = match rest.split_once('-') {
+        Some((epoch, seq)) => (parse_counter(epoch)?, seq),
+        None => (0, rest),
+    };
+    Some(OrderRef {
+        item_key,
+        epoch,
+        order_seq: parse_counter(seq)?,
+    })
+}
+
+/// A decimal counter of at least 1 with no leading zero (so each value has one spelling).
+fn parse_counter(digits: &str) -> Option<u64> {
+    if digits.is_empty() || digits.starts_with('0') || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    let seq: u64 = seq.parse().ok()?;
-    Some((key, seq))
+    digits.parse().ok()
 }
 
 #[cfg(test)]
@@ -104,9 +132,23 @@ mod tests {
 
     #[test]
     fn order_ids_round_trip_and_reject_garbage() {
-        let id = format_order_id(0xdead_beef, 42);
+        let id = format_order_id(0xdead_beef, 3, 42);
         assert!(is_valid_id(&id));
-        assert_eq!(parse_order_id(&id), Some((0xdead_beef, 42)));
+        let parsed = OrderRef {
+            item_key: 0xdead_beef,
+            epoch: 3,
+            order_seq: 42,
+        };
+        assert_eq!(parse_order_id(&id), Some(parsed));
+        let legacy = format_order_id(0xdead_beef, 0, 42);
+        assert_eq!(legacy, "00000000deadbeef-42");
+        assert_eq!(
+            parse_order_id(&legacy),
+            Some(OrderRef { epoch: 0, ..parsed })
+        );
+        assert_ne!(format_order_id(7, 1, 5), format_order_id(7, 2, 5));
+        assert_eq!(parse_order_id("00000000deadbeef-0-1"), None);
+        assert_eq!(parse_order_id("00000000deadbeef-1-2-3"), None);
         assert_eq!(parse_order_id("nope"), None);
         assert_eq!(parse_order_id("00000000deadbeef-"), None);
         assert_eq!(parse_order_id("00000000deadbeef-042"), None);

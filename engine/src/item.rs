@@ -7,34 +7,29 @@
 //! was journaled, rule for rule.
 
 use rustc_hash::FxHashMap;
-use serde::ser::SerializeSeq;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::ids::format_order_id;
-use crate::model::{ItemRecord, ItemStats, Order, OrderStatus, PromotionStatus, TokenGrant};
+use crate::model::{ItemRecord, ItemStats, Order, OrderStatus, TokenGrant};
+use crate::order_log::OrderLog;
+use crate::rules::refuse_closed;
+pub use crate::rules::DecideContext;
+use crate::tokens::{TokenBook, TokenRecord};
 
 /// A shopper is banned from a promotion after this many cancelled or expired orders in it.
 pub const STRIKES_TO_BAN: u32 = 3;
 
-/// What a decision found: the answer of an earlier request, or a new fact to journal.
+/// What a decision found: the answer of an earlier request, or a new fact to journal with
+/// the answer it gives.
 // Transient (decided, then applied at once): boxing the event would put an allocation on
 // the purchase path to save stack bytes nobody keeps.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision<T> {
     Existing(T),
-    New(Event),
-}
-
-/// The facts of the moment that a decision needs beyond the item itself.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DecideContext {
-    pub now_ms: i64,
-    pub status: PromotionStatus,
-    /// The user has [`STRIKES_TO_BAN`] or more strikes in the promotion.
-    pub banned: bool,
+    New { event: Event, answer: T },
 }
 
 /// One shopper's standing on one item.
@@ -53,6 +48,14 @@ pub struct Buyer {
 }
 
 impl Buyer {
+    /// Holds nothing worth keeping: no order, no strike, no token.
+    fn is_empty(&self) -> bool {
+        self.live_quantity == 0
+            && self.strikes == 0
+            && self.requests.is_empty()
+            && self.token.is_none()
+    }
+
     /// The order sequence number an earlier purchase with `request_id` created.
     pub fn order_for_request(&self, request_id: &str) -> Option<u64> {
         self.requests
@@ -62,100 +65,12 @@ impl Buyer {
     }
 }
 
-/// Orders in one chunk of an [`OrderLog`].
-const ORDER_CHUNK_LEN: usize = 4096;
-
-/// One item's orders by position (sequence number - 1), kept in fixed-size chunks.
-///
-/// A sale of a million orders on one item must never copy the whole list to grow it: a
-/// doubling `Vec` did, touching twice the memory and spending a third of the accept path's
-/// time in page faults. Chunks are allocated once and never move.
-#[derive(Debug, Clone, Default)]
-pub struct OrderLog {
-    chunks: Vec<Vec<Order>>,
-    len: usize,
-}
-
-impl OrderLog {
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    pub fn get(&self, index: usize) -> Option<&Order> {
-        self.chunks
-            .get(index / ORDER_CHUNK_LEN)?
-            .get(index % ORDER_CHUNK_LEN)
-    }
-
-    pub fn get_mut(&mut self, index: usize) -> Option<&mut Order> {
-        self.chunks
-            .get_mut(index / ORDER_CHUNK_LEN)?
-            .get_mut(index % ORDER_CHUNK_LEN)
-    }
-
-    pub fn push(&mut self, order: Order) {
-        if self.len % ORDER_CHUNK_LEN == 0 {
-            // The first chunk grows as a Vec does (most items sell few orders); later ones
-            // are allocated whole.
-            let capacity = if self.chunks.is_empty() {
-                0
-            } else {
-                ORDER_CHUNK_LEN
-            };
-            self.chunks.push(Vec::with_capacity(capacity));
-        }
-        if let Some(chunk) = self.chunks.last_mut() {
-            chunk.push(order);
-            self.len += 1;
-        }
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = &Order> {
-        self.chunks.iter().flatten()
-    }
-}
-
-impl PartialEq for OrderLog {
-    fn eq(&self, other: &Self) -> bool {
-        self.len == other.len && self.iter().eq(other.iter())
-    }
-}
-
-impl Eq for OrderLog {}
-
-impl Serialize for OrderLog {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        // The length up front: compact formats (postcard on disk) need it, and a flattened
-        // iterator does not report it exactly.
-        let mut seq = serializer.serialize_seq(Some(self.len))?;
-        for order in self.iter() {
-            seq.serialize_element(order)?;
-        }
-        seq.end()
-    }
-}
-
-impl<'de> Deserialize<'de> for OrderLog {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let orders = Vec::<Order>::deserialize(deserializer)?;
-        let mut log = OrderLog::default();
-        for order in orders {
-            log.push(order);
-        }
-        Ok(log)
-    }
-}
-
-/// A purchase token as the item remembers it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TokenRecord {
-    pub user_id: String,
-    pub expires_at_ms: i64,
-    pub used: bool,
+/// A payment confirmation as the operator sends it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Payment<'a> {
+    pub payment_ref: &'a str,
+    /// When present, must equal the order's amount.
+    pub amount_cents: Option<i64>,
 }
 
 /// Everything the engine knows about one item of one promotion.
@@ -175,7 +90,7 @@ pub struct ItemState {
     /// Orders by sequence number: `orders.get(seq - 1)`.
     pub orders: OrderLog,
     pub buyers: FxHashMap<String, Buyer>,
-    pub tokens: FxHashMap<String, TokenRecord>,
+    pub tokens: TokenBook,
 }
 
 impl ItemState {
@@ -203,15 +118,32 @@ impl ItemState {
             tokens_issued: 0,
             orders: OrderLog::default(),
             buyers: FxHashMap::default(),
-            tokens: FxHashMap::default(),
+            tokens: TokenBook::default(),
         }
     }
 
-    /// The cap on tokens for this item: `stock * token_multiplier`, saturating.
-    pub fn tokens_max(&self) -> u64 {
-        self.item
-            .stock
+    /// The cap on outstanding tokens now: `remaining * token_multiplier`, saturating
+    /// (api.md's amended rule: stock that comes back can always be bought again).
+    pub fn tokens_cap(&self) -> u64 {
+        self.remaining
             .saturating_mul(u64::from(self.token_multiplier))
+    }
+
+    /// Forgets the tokens expired by `now_ms`, and the buyers that only held such a token.
+    /// Not an event: it changes no decision (see `tokens.rs`), only what memory holds.
+    pub fn forget_expired_tokens(&mut self, now_ms: i64) {
+        let buyers = &mut self.buyers;
+        self.tokens.forget_expired(now_ms, |user_id, token| {
+            let Some(buyer) = buyers.get_mut(user_id) else {
+                return;
+            };
+            if buyer.token.as_deref() == Some(token) {
+                buyer.token = None;
+            }
+            if buyer.is_empty() {
+                buyers.remove(user_id);
+            }
+        });
     }
 
     pub fn stats(&self) -> ItemStats {
@@ -225,6 +157,7 @@ impl ItemState {
             reserved: self.reserved,
             sold: self.sold,
             tokens_issued: self.tokens_issued,
+            tokens_outstanding: self.tokens.outstanding(),
         }
     }
 
@@ -234,17 +167,6 @@ impl ItemState {
         self.orders.get(index)
     }
 
-    fn refuse_closed(ctx: &DecideContext) -> Result<()> {
-        if ctx.banned {
-            return Err(Error::Banned);
-        }
-        match ctx.status {
-            PromotionStatus::Upcoming => Err(Error::NotStarted),
-            PromotionStatus::Ended => Err(Error::Ended),
-            PromotionStatus::Live => Ok(()),
-        }
-    }
-
     /// Hands a purchase token to `user_id`, or the one they already hold unused.
     pub fn decide_token(
         &self,
@@ -252,7 +174,7 @@ impl ItemState {
         user_id: &str,
         new_token: impl FnOnce() -> String,
     ) -> Result<Decision<TokenGrant>> {
-        Self::refuse_closed(ctx)?;
+        refuse_closed(ctx.banned, ctx.status)?;
         if self.remaining == 0 {
             return Err(Error::SoldOut);
         }
@@ -272,15 +194,22 @@ impl ItemState {
                 }
             }
         }
-        if self.tokens_issued >= self.tokens_max() {
+        if self.tokens.outstanding() >= self.tokens_cap() {
             return Err(Error::TokensExhausted);
         }
-        Ok(Decision::New(Event::TokenIssued {
-            item_key: self.key,
-            user_id: user_id.to_owned(),
+        let grant = TokenGrant {
             token: new_token(),
             expires_at_ms: ctx.now_ms.saturating_add(self.token_ttl_ms),
-        }))
+        };
+        Ok(Decision::New {
+            event: Event::TokenIssued {
+                item_key: self.key,
+                user_id: user_id.to_owned(),
+                token: grant.token.clone(),
+                expires_at_ms: grant.expires_at_ms,
+            },
+            answer: grant,
+        })
     }
 
     /// Decides a purchase. The checks run in the order of api.md's table, with one rule first:
@@ -298,7 +227,7 @@ impl ItemState {
             let order = self.order(seq).ok_or(Error::NotFound)?;
             return Ok(Decision::Existing(order.clone()));
         }
-        Self::refuse_closed(ctx)?;
+        refuse_closed(ctx.banned, ctx.status)?;
         if quantity == 0 || quantity > self.item.per_user_limit {
             return Err(Error::invalid(
                 "quantity",
@@ -332,7 +261,7 @@ impl ItemState {
             .checked_mul(i64::from(quantity))
             .ok_or_else(|| Error::invalid("quantity", "amount overflows"))?;
         let order = Order {
-            order_id: format_order_id(self.key, order_seq),
+            order_id: format_order_id(self.key, ctx.epoch, order_seq),
             promotion_id: self.promotion_id.clone(),
             sku: self.item.sku.clone(),
             user_id: user_id.to_owned(),
@@ -349,64 +278,41 @@ impl ItemState {
             payment_ref: None,
             closed_at_ms: None,
         };
-        Ok(Decision::New(Event::OrderPlaced {
-            item_key: self.key,
-            order_seq,
-            order,
-            token: used_token,
-        }))
+        Ok(Decision::New {
+            answer: order.clone(),
+            event: Event::OrderPlaced {
+                item_key: self.key,
+                order_seq,
+                order,
+                token: used_token,
+            },
+        })
     }
 
     /// Decides a shopper's cancel. `user_id` None means an operator (any order).
     pub fn decide_cancel(
         &self,
         now_ms: i64,
+        order_id: &str,
         order_seq: u64,
         user_id: Option<&str>,
     ) -> Result<Decision<Order>> {
-        let order = self.owned_order(order_seq, user_id)?;
-        match order.status {
-            OrderStatus::Cancelled => Ok(Decision::Existing(order.clone())),
-            OrderStatus::Paid | OrderStatus::Expired => Err(Error::NotCancellable),
-            OrderStatus::PendingPayment => {
-                let mut order = order.clone();
-                order.status = OrderStatus::Cancelled;
-                order.closed_at_ms = Some(now_ms);
-                Ok(Decision::New(Event::OrderCancelled {
-                    item_key: self.key,
-                    order_seq,
-                    order,
-                }))
-            }
-        }
+        let order = self.owned_order(order_id, order_seq, user_id)?;
+        cancel_decision(order, self.key, order_seq, now_ms)
     }
 
-    /// Decides a payment confirmation; idempotent by `payment_ref`.
+    /// Decides a payment confirmation; idempotent by `payment_ref`. An `amount_cents` that
+    /// differs from the order's is refused before anything else (api.md: payment notices are
+    /// checked against the order's amount).
     pub fn decide_pay(
         &self,
         now_ms: i64,
+        order_id: &str,
         order_seq: u64,
-        payment_ref: &str,
+        payment: &Payment<'_>,
     ) -> Result<Decision<Order>> {
-        let order = self.order(order_seq).ok_or(Error::NotFound)?;
-        match order.status {
-            OrderStatus::Paid if order.payment_ref.as_deref() == Some(payment_ref) => {
-                Ok(Decision::Existing(order.clone()))
-            }
-            OrderStatus::Paid => Err(Error::AlreadyPaid),
-            OrderStatus::Cancelled | OrderStatus::Expired => Err(Error::NotPayable),
-            OrderStatus::PendingPayment => {
-                let mut order = order.clone();
-                order.status = OrderStatus::Paid;
-                order.paid_at_ms = Some(now_ms);
-                order.payment_ref = Some(payment_ref.to_owned());
-                Ok(Decision::New(Event::OrderPaid {
-                    item_key: self.key,
-                    order_seq,
-                    order,
-                }))
-            }
-        }
+        let order = self.owned_order(order_id, order_seq, None)?;
+        pay_decision(order, self.key, order_seq, payment, now_ms)
     }
 
     /// The expiry of order `order_seq` if it is still pending and its deadline has passed.
@@ -425,10 +331,20 @@ impl ItemState {
         })
     }
 
-    /// The order `order_seq` if `user_id` may see it (operators, `None`, see every order).
-    /// Another shopper's order is `NotFound`, not forbidden: no existence leak.
-    pub fn owned_order(&self, order_seq: u64, user_id: Option<&str>) -> Result<&Order> {
+    /// The order `order_id` (whose sequence number is `order_seq`) if `user_id` may see it
+    /// (operators, `None`, see every order). Another shopper's order is `NotFound`, not
+    /// forbidden: no existence leak. So is an id of another epoch whose sequence number was
+    /// given again after a crash took the first order back.
+    pub fn owned_order(
+        &self,
+        order_id: &str,
+        order_seq: u64,
+        user_id: Option<&str>,
+    ) -> Result<&Order> {
         let order = self.order(order_seq).ok_or(Error::NotFound)?;
+        if order.order_id != order_id {
+            return Err(Error::NotFound);
+        }
         match user_id {
             Some(user) if order.user_id != user => Err(Error::NotFound),
             _ => Ok(order),
@@ -450,7 +366,7 @@ impl ItemState {
                 expires_at_ms,
             } => {
                 assert_eq!(*item_key, self.key, "token event for another item");
-                self.tokens.insert(
+                self.tokens.issue(
                     token.clone(),
                     TokenRecord {
                         user_id: user_id.clone(),
@@ -485,9 +401,7 @@ impl ItemState {
                 buyer.live_quantity += order.quantity;
                 buyer.requests.push((order.request_id.clone(), *order_seq));
                 if let Some(token) = token {
-                    if let Some(record) = self.tokens.get_mut(token) {
-                        record.used = true;
-                    }
+                    self.tokens.consume(token);
                 }
                 self.orders.push(order.clone());
                 None
@@ -524,9 +438,11 @@ impl ItemState {
                 buyer.strikes += 1;
                 Some(order.user_id.clone())
             }
+            // Promotion events go to the catalog, archiving to the shard that drops the item.
             Event::PromotionCreated { .. }
             | Event::PromotionStarted { .. }
-            | Event::PromotionStopped { .. } => None,
+            | Event::PromotionStopped { .. }
+            | Event::ItemArchived { .. } => None,
         };
         assert_eq!(
             self.remaining + self.reserved + self.sold,
@@ -557,5 +473,70 @@ impl ItemState {
         assert!(self.reserved >= quantity, "reserved underflow");
         *stored = order.clone();
         quantity
+    }
+}
+
+/// The cancel of `order` (order `order_seq` of item `item_key`): pure, so archived orders are
+/// decided by the same rule.
+pub fn cancel_decision(
+    order: &Order,
+    item_key: u64,
+    order_seq: u64,
+    now_ms: i64,
+) -> Result<Decision<Order>> {
+    match order.status {
+        OrderStatus::Cancelled => Ok(Decision::Existing(order.clone())),
+        OrderStatus::Paid | OrderStatus::Expired => Err(Error::NotCancellable),
+        OrderStatus::PendingPayment => {
+            let mut order = order.clone();
+            order.status = OrderStatus::Cancelled;
+            order.closed_at_ms = Some(now_ms);
+            Ok(Decision::New {
+                answer: order.clone(),
+                event: Event::OrderCancelled {
+                    item_key,
+                    order_seq,
+                    order,
+                },
+            })
+        }
+    }
+}
+
+/// The payment of `order`: pure, like [`cancel_decision`].
+pub fn pay_decision(
+    order: &Order,
+    item_key: u64,
+    order_seq: u64,
+    payment: &Payment<'_>,
+    now_ms: i64,
+) -> Result<Decision<Order>> {
+    if payment
+        .amount_cents
+        .is_some_and(|amount| amount != order.amount_cents)
+    {
+        return Err(Error::AmountMismatch);
+    }
+    let payment_ref = payment.payment_ref;
+    match order.status {
+        OrderStatus::Paid if order.payment_ref.as_deref() == Some(payment_ref) => {
+            Ok(Decision::Existing(order.clone()))
+        }
+        OrderStatus::Paid => Err(Error::AlreadyPaid),
+        OrderStatus::Cancelled | OrderStatus::Expired => Err(Error::NotPayable),
+        OrderStatus::PendingPayment => {
+            let mut order = order.clone();
+            order.status = OrderStatus::Paid;
+            order.paid_at_ms = Some(now_ms);
+            order.payment_ref = Some(payment_ref.to_owned());
+            Ok(Decision::New {
+                answer: order.clone(),
+                event: Event::OrderPaid {
+                    item_key,
+                    order_seq,
+                    order,
+                },
+            })
+        }
     }
 }

@@ -2,19 +2,35 @@
 //!
 //! The in-memory heart of seckill: it decides every purchase of a flash sale.
 //!
-//! Layout:
+//! Layout (each file one job):
 //! - `ids`: identifier checks, the stable item key that routes an item to its shard, and
-//!   order ids that carry that key.
+//!   order ids that carry that key and the engine start's epoch.
 //! - `model`: promotions, items, orders and the views callers get.
 //! - `validate`: the rules a promotion spec must meet.
+//! - `rules`: the refusal rules that need no item state, shared by the shard's decisions and
+//!   the gate's fast refusals.
 //! - `item`: one item's state and its rules, as pure `decide_*` functions returning events
 //!   and one `apply` that changes the state by an event. The only code that moves stock.
-//! - `event`: the facts the journal stores, and the snapshot image.
+//! - `order_log`: an item's orders by sequence number, in chunks that never move.
+//! - `tokens`: an item's live purchase tokens and when each expires.
+//! - `event`: the facts the journal stores; `image`: the snapshot image.
+//! - `archive`: items of ended promotions out of memory, answered from the journal's archive.
 //! - `ports`: the `Journal`, `Clock` and `OrderSink` traits through which the engine meets
 //!   the world (it does no I/O and reads no clock of its own), with in-memory versions.
+//! - `config`: how an engine runs, and the defaults.
 //! - `catalog`: what callers read without a round trip: windows, ban boards, sold-out gates.
+//! - `command`: what a shard is asked, and how its answers wait for the journal.
+//! - `shard_state`: a shard's items, their replay and expiries, without the thread.
 //! - `shard`: the single-owner loop: mailbox, batch, journal, reply.
+//! - `shards`: the shard threads as the engine sees them: mailboxes, deaths, shutdown.
+//! - `pump`: replies delivered on the caller's thread, one wake-up per batch.
+//! - `recovery`: rebuilding the state from a snapshot and the log.
+//! - `snapshot`: taking a consistent image, and when.
+//! - `control`: the thread that runs catalog changes and snapshots, where no caller can
+//!   cancel them.
+//! - `core`: what the handle and the control thread share.
 //! - `engine`: the public handle that routes calls to shards.
+//! - `error`: the one `Error` enum, whose `code()` is api.md's error code.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -45,7 +61,7 @@
 //! let bought = engine.purchase("double11", "phone", "alice", PurchaseRequest {
 //!     request_id: "r1".into(), quantity: 1, token: Some(grant.token) }).await?;
 //! assert!(bought.created);
-//! engine.pay(&bought.order.order_id, "pay-1").await?;
+//! engine.pay(&bought.order.order_id, "pay-1", None).await?;
 //! # engine.shutdown().await?;
 //! # Ok(()) }
 //! ```
@@ -55,36 +71,54 @@
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
 
+mod archive;
 mod catalog;
+mod command;
+mod config;
+mod control;
+mod core;
 mod engine;
 mod error;
 mod event;
 mod ids;
+mod image;
 mod item;
 mod model;
+mod order_log;
 mod ports;
 mod pump;
+mod recovery;
+mod rules;
 mod shard;
+mod shard_state;
+mod shards;
+mod snapshot;
+mod tokens;
 mod validate;
 
-pub use engine::{
-    Engine, EngineConfig, Ports, DEFAULT_BATCH_REQUESTS_MAX, DEFAULT_EXPIRY_TICK_MS,
-    DEFAULT_MAILBOX_CAPACITY, DEFAULT_SNAPSHOT_EVERY_EVENTS, DEFAULT_TOKEN_TTL_S,
+pub use archive::ArchivedItem;
+pub use config::{
+    EngineConfig, DEFAULT_BATCH_REQUESTS_MAX, DEFAULT_EXPIRY_TICK_MS, DEFAULT_MAILBOX_CAPACITY,
+    DEFAULT_RETAIN_ENDED_S, DEFAULT_SNAPSHOT_EVERY_EVENTS, DEFAULT_TOKEN_TTL_S,
 };
+pub use engine::Engine;
 pub use error::{Error, JournalError, Result};
-pub use event::{EngineImage, Event, PromotionImage, EVENT_VERSION};
-pub use ids::{format_order_id, is_valid_id, item_key, parse_order_id, ID_LENGTH_MAX};
-pub use item::{Buyer, ItemState, OrderLog, TokenRecord, STRIKES_TO_BAN};
+pub use event::{Event, EVENT_VERSION};
+pub use ids::{format_order_id, is_valid_id, item_key, parse_order_id, OrderRef, ID_LENGTH_MAX};
+pub use image::{EngineImage, PromotionImage};
+pub use item::{Buyer, ItemState, STRIKES_TO_BAN};
 pub use model::{
-    ItemRecord, ItemSpec, ItemStats, Order, OrderStatus, PromotionRecord, PromotionSpec,
+    Creation, ItemRecord, ItemSpec, ItemStats, Order, OrderStatus, PromotionRecord, PromotionSpec,
     PromotionStats, PromotionStatus, PublicItem, PublicPromotion, PurchaseRequest, Purchased,
     TokenGrant, DEFAULT_PAYMENT_TIMEOUT_S, DEFAULT_PER_USER_LIMIT, DEFAULT_TOKEN_MULTIPLIER,
 };
+pub use order_log::OrderLog;
 pub use ports::{
-    BatchStream, Clock, Journal, ManualClock, MemoryJournal, NullSink, OrderSink, Recovery,
+    BatchStream, Clock, Journal, ManualClock, MemoryJournal, NullSink, OrderSink, Ports, Recovery,
     SystemClock,
 };
 pub use pump::ReplyPump;
+pub use tokens::{TokenBook, TokenRecord};
 pub use validate::{
     ITEMS_MAX, PAYMENT_TIMEOUT_S_MAX, PAYMENT_TIMEOUT_S_MIN, STOCK_MAX, TOKEN_MULTIPLIER_MAX,
     TOKEN_MULTIPLIER_MIN,

@@ -52,6 +52,17 @@ pub struct PromotionRecord {
     pub items: Vec<ItemRecord>,
 }
 
+impl PromotionRecord {
+    /// True when `other` was made from the same body: everything but the creation time is
+    /// equal. A create repeated with the same body is a retry (api.md: 200, not 409).
+    pub fn same_body(&self, other: &PromotionRecord) -> bool {
+        PromotionRecord {
+            created_at_ms: other.created_at_ms,
+            ..self.clone()
+        } == *other
+    }
+}
+
 /// A validated item of a [`PromotionRecord`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ItemRecord {
@@ -162,6 +173,14 @@ pub struct Purchased {
     pub created: bool,
 }
 
+/// The answer to a promotion create: the promotion, and whether this call created it (201)
+/// or found it made by an earlier call with the same body (200).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Creation {
+    pub promotion: PromotionStats,
+    pub created: bool,
+}
+
 /// A purchase token handed to one shopper for one item.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TokenGrant {
@@ -180,7 +199,10 @@ pub struct ItemStats {
     pub remaining: u64,
     pub reserved: u64,
     pub sold: u64,
+    /// Every token ever handed out.
     pub tokens_issued: u64,
+    /// Tokens unexpired and unused now: what the token cap bounds.
+    pub tokens_outstanding: u64,
 }
 
 /// A promotion with exact per-item stats (operator view).

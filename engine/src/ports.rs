@@ -4,11 +4,48 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use rustc_hash::FxHashMap;
+
+use crate::archive::ArchivedItem;
 use crate::error::JournalError;
-use crate::event::{EngineImage, Event};
+use crate::event::Event;
+use crate::image::EngineImage;
+use crate::model::Order;
+
+/// The ports an engine runs on.
+#[derive(Clone)]
+pub struct Ports {
+    pub journal: Arc<dyn Journal>,
+    pub clock: Arc<dyn Clock>,
+    pub sink: Arc<dyn OrderSink>,
+}
+
+impl fmt::Debug for Ports {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Ports").finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for dyn Clock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Clock")
+    }
+}
+
+impl fmt::Debug for dyn Journal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Journal")
+    }
+}
+
+impl fmt::Debug for dyn OrderSink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("OrderSink")
+    }
+}
 
 /// Where batches of events become durable.
 ///
@@ -29,6 +66,44 @@ pub trait Journal: Send + Sync + 'static {
         let _ = image;
         Ok(())
     }
+
+    /// True when this journal keeps an archive (`archive_item` and the reads below work).
+    fn keeps_archive(&self) -> bool {
+        false
+    }
+
+    /// Stores an ended item's final stats and all its orders, durably, before the engine
+    /// journals that it archived them and drops them from memory (see `archive.rs`). Trimming
+    /// and snapshots never remove the archive. The default has no archive: items stay in
+    /// memory.
+    fn archive_item(&self, item: &ArchivedItem, orders: &[Order]) -> Result<(), JournalError> {
+        let _ = (item, orders);
+        Err(JournalError("this journal keeps no archive".into()))
+    }
+
+    /// The archived item with key `item_key`, if any.
+    fn archived_item(&self, item_key: u64) -> Result<Option<ArchivedItem>, JournalError> {
+        let _ = item_key;
+        Ok(None)
+    }
+
+    /// Order `order_seq` of an archived item, if any.
+    fn archived_order(&self, item_key: u64, order_seq: u64) -> Result<Option<Order>, JournalError> {
+        let _ = (item_key, order_seq);
+        Ok(None)
+    }
+
+    /// The sequence number of the order that `user_id`'s purchase `request_id` placed on an
+    /// archived item, if any.
+    fn archived_request(
+        &self,
+        item_key: u64,
+        user_id: &str,
+        request_id: &str,
+    ) -> Result<Option<u64>, JournalError> {
+        let _ = (item_key, user_id, request_id);
+        Ok(None)
+    }
 }
 
 /// Time, as the engine sees it: unix milliseconds.
@@ -45,19 +120,25 @@ pub trait OrderSink: Send + Sync + 'static {
 /// The journaled batches a recovery replays, `(seq, events)` in sequence order.
 pub type BatchStream = Box<dyn Iterator<Item = Result<(u64, Vec<Event>), JournalError>> + Send>;
 
-/// What a journal hands back at start-up: the latest snapshot, if any, and every batch after
-/// it in sequence order.
+/// What a journal hands back at start-up: the latest snapshot, if any, every batch after
+/// it in sequence order, and the epoch of this start.
 pub struct Recovery {
     pub image: Option<EngineImage>,
     pub batches: BatchStream,
+    /// The number of this start of the deployment, made durable by the journal before it
+    /// hands the recovery over and greater than every earlier start's, even one whose last
+    /// writes a crash took back. Every order id the engine makes carries it, so no id is
+    /// ever given to two orders.
+    pub epoch: u64,
 }
 
 impl Recovery {
-    /// Nothing to recover: a fresh engine.
+    /// Nothing to recover: a fresh engine, epoch 1.
     pub fn empty() -> Self {
         Recovery {
             image: None,
             batches: Box::new(std::iter::empty()),
+            epoch: 1,
         }
     }
 }
@@ -69,6 +150,7 @@ impl fmt::Debug for Recovery {
                 "image_through_seq",
                 &self.image.as_ref().map(|i| i.through_seq),
             )
+            .field("epoch", &self.epoch)
             .finish_non_exhaustive()
     }
 }
@@ -117,7 +199,7 @@ impl Clock for ManualClock {
 }
 
 /// A journal in memory: keeps every batch (for tests that restart an engine from it), can be
-/// told to fail, and keeps snapshots.
+/// told to fail, to stall, or to lose its tail as a power cut would, and keeps snapshots.
 #[derive(Debug, Default)]
 pub struct MemoryJournal {
     batches: Mutex<Vec<(u64, Vec<Event>)>>,
@@ -125,6 +207,13 @@ pub struct MemoryJournal {
     last_seq: AtomicU64,
     failing: AtomicBool,
     keep_events: bool,
+    /// The epoch of the latest start on this journal (the first start, with
+    /// `Recovery::empty()`, is epoch 1); survives `lose_after`, as a synced counter would.
+    epoch: AtomicU64,
+    /// While true, appends wait (a disk or a replica that does not answer).
+    stalled: Mutex<bool>,
+    unstalled: Condvar,
+    archive: Mutex<FxHashMap<u64, (ArchivedItem, Vec<Order>)>>,
 }
 
 impl MemoryJournal {
@@ -132,6 +221,8 @@ impl MemoryJournal {
     pub fn new() -> Arc<Self> {
         Arc::new(MemoryJournal {
             keep_events: true,
+            // A fresh engine on a new journal starts with `Recovery::empty()`, epoch 1.
+            epoch: AtomicU64::new(1),
             ..MemoryJournal::default()
         })
     }
@@ -145,6 +236,32 @@ impl MemoryJournal {
     /// From now on every append fails (a disk that went away).
     pub fn set_failing(&self, failing: bool) {
         self.failing.store(failing, Ordering::SeqCst);
+    }
+
+    /// While `stalled`, every append waits; setting it back releases them.
+    pub fn set_stalled(&self, stalled: bool) {
+        *self.stalled.lock().unwrap_or_else(PoisonError::into_inner) = stalled;
+        self.unstalled.notify_all();
+    }
+
+    /// Forgets every batch after `seq`, as a power cut forgets writes that `async` mode had
+    /// acknowledged but not yet synced. The epoch counter is kept (it is synced first).
+    pub fn lose_after(&self, seq: u64) {
+        let mut batches = self.batches.lock().unwrap_or_else(PoisonError::into_inner);
+        batches.retain(|(s, _)| *s <= seq);
+        self.last_seq.store(seq, Ordering::SeqCst);
+    }
+
+    fn next_epoch(&self) -> u64 {
+        self.epoch.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    fn wait_while_stalled(&self) {
+        let stalled = self.stalled.lock().unwrap_or_else(PoisonError::into_inner);
+        let _released = self
+            .unstalled
+            .wait_while(stalled, |stalled| *stalled)
+            .unwrap_or_else(PoisonError::into_inner);
     }
 
     /// Every kept batch, in order.
@@ -165,6 +282,7 @@ impl MemoryJournal {
         Recovery {
             image,
             batches: Box::new(batches.into_iter()),
+            epoch: self.next_epoch(),
         }
     }
 
@@ -174,6 +292,7 @@ impl MemoryJournal {
         Recovery {
             image: None,
             batches: Box::new(batches.into_iter()),
+            epoch: self.next_epoch(),
         }
     }
 
@@ -185,6 +304,7 @@ impl MemoryJournal {
 
 impl Journal for MemoryJournal {
     fn append(&self, events: &[Event]) -> Result<u64, JournalError> {
+        self.wait_while_stalled();
         if self.failing.load(Ordering::SeqCst) {
             return Err(JournalError("memory journal told to fail".into()));
         }
@@ -212,6 +332,47 @@ impl Journal for MemoryJournal {
             .map_err(|_| JournalError("memory journal lock poisoned".into()))?;
         *slot = Some(image.clone());
         Ok(())
+    }
+
+    fn keeps_archive(&self) -> bool {
+        true
+    }
+
+    fn archive_item(&self, item: &ArchivedItem, orders: &[Order]) -> Result<(), JournalError> {
+        if self.failing.load(Ordering::SeqCst) {
+            return Err(JournalError("memory journal told to fail".into()));
+        }
+        let mut archive = self.archive.lock().unwrap_or_else(PoisonError::into_inner);
+        archive.insert(item.key, (item.clone(), orders.to_vec()));
+        Ok(())
+    }
+
+    fn archived_item(&self, item_key: u64) -> Result<Option<ArchivedItem>, JournalError> {
+        let archive = self.archive.lock().unwrap_or_else(PoisonError::into_inner);
+        Ok(archive.get(&item_key).map(|(item, _)| item.clone()))
+    }
+
+    fn archived_order(&self, item_key: u64, order_seq: u64) -> Result<Option<Order>, JournalError> {
+        let archive = self.archive.lock().unwrap_or_else(PoisonError::into_inner);
+        let index = usize::try_from(order_seq.saturating_sub(1)).unwrap_or(usize::MAX);
+        Ok(archive
+            .get(&item_key)
+            .and_then(|(_, orders)| orders.get(index).cloned()))
+    }
+
+    fn archived_request(
+        &self,
+        item_key: u64,
+        user_id: &str,
+        request_id: &str,
+    ) -> Result<Option<u64>, JournalError> {
+        let archive = self.archive.lock().unwrap_or_else(PoisonError::into_inner);
+        Ok(archive.get(&item_key).and_then(|(_, orders)| {
+            orders
+                .iter()
+                .position(|o| o.user_id == user_id && o.request_id == request_id)
+                .map(|index| index as u64 + 1)
+        }))
     }
 }
 

@@ -7,236 +7,21 @@
 //! failure answers the whole batch "unavailable" and fences the shard: its memory is ahead of
 //! the disk, so it must not say yes to anything again until a restart rebuilds it from the log.
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Barrier};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use rustc_hash::FxHashMap;
-use tokio::sync::oneshot;
+use crossbeam_channel::{Receiver, RecvTimeoutError};
 
-use crate::catalog::{ItemGate, PromotionEntry};
+use crate::archive::{self, ArchivedItem};
+use crate::command::{Command, OrderAddress, Reply};
 use crate::error::{Error, Result};
 use crate::event::Event;
-use crate::item::{DecideContext, Decision, ItemState};
-use crate::model::{ItemStats, Order, OrderStatus, PurchaseRequest, Purchased, TokenGrant};
+use crate::item::{DecideContext, Decision, ItemState, Payment};
+use crate::model::{ItemStats, Order, PurchaseRequest, Purchased, TokenGrant};
 use crate::ports::{Clock, Journal, OrderSink};
-use crate::pump::{PumpBatch, Responder};
-
-/// One request to a shard, with the channel its answer goes back on.
-#[derive(Debug)]
-pub(crate) enum Command {
-    /// Journal a promotion-level event (created, started, stopped) on the promotion's home
-    /// shard. The shard does not interpret it: the engine applies it to the catalog after.
-    JournalCatalog {
-        event: Event,
-        reply: oneshot::Sender<Result<()>>,
-    },
-    /// Take ownership of this promotion's items that route to this shard.
-    Install {
-        entry: Arc<PromotionEntry>,
-        keys: Vec<u64>,
-        reply: oneshot::Sender<Result<()>>,
-    },
-    Token {
-        key: u64,
-        user_id: String,
-        reply: Responder<TokenGrant>,
-    },
-    Purchase {
-        key: u64,
-        user_id: String,
-        request: PurchaseRequest,
-        reply: Responder<Purchased>,
-    },
-    ReadOrder {
-        key: u64,
-        seq: u64,
-        user_id: Option<String>,
-        reply: Responder<Order>,
-    },
-    Cancel {
-        key: u64,
-        seq: u64,
-        user_id: Option<String>,
-        reply: Responder<Order>,
-    },
-    Pay {
-        key: u64,
-        seq: u64,
-        payment_ref: String,
-        reply: Responder<Order>,
-    },
-    Stats {
-        keys: Vec<u64>,
-        reply: oneshot::Sender<Result<Vec<ItemStats>>>,
-    },
-    /// Finish the batch, hand over a copy of every item, then wait at the barrier until the
-    /// snapshot taker has the whole engine's copy (a consistent cut of the log).
-    Pause {
-        images: Sender<Vec<ItemState>>,
-        barrier: Arc<Barrier>,
-    },
-    /// Run the expiry pass now (tests with a manual clock use it instead of waiting).
-    Tick { reply: oneshot::Sender<Result<()>> },
-    /// Finish the batch and stop the thread.
-    Shutdown { reply: oneshot::Sender<Result<()>> },
-}
-
-/// An item owned by this shard, with the shared views it republishes into.
-#[derive(Debug)]
-pub(crate) struct Slot {
-    pub state: ItemState,
-    pub entry: Arc<PromotionEntry>,
-    pub gate: Arc<ItemGate>,
-    /// How many of `state.orders` have their user in `gate.buyers`.
-    pub buyers_published: usize,
-}
-
-impl Slot {
-    fn publish(&mut self) {
-        self.gate.publish(&self.state, &mut self.buyers_published);
-    }
-}
-
-/// A shard's state without its thread: what recovery builds and the loop then owns.
-#[derive(Debug, Default)]
-pub(crate) struct ShardState {
-    pub items: FxHashMap<u64, Slot>,
-    /// (pay_before_ms, item key, order seq) of every order placed; stale entries (orders
-    /// since paid or cancelled) are skipped when they come up.
-    deadlines: BinaryHeap<Reverse<(i64, u64, u64)>>,
-}
-
-impl ShardState {
-    /// Creates fresh items for the `keys` of `entry` (those routed here).
-    pub fn install(&mut self, entry: &Arc<PromotionEntry>, keys: &[u64], token_ttl_ms: i64) {
-        for (gate, item) in entry.gates.iter().zip(&entry.record.items) {
-            if !keys.contains(&gate.key) {
-                continue;
-            }
-            let state = ItemState::new(
-                gate.key,
-                &entry.record.id,
-                item.clone(),
-                entry.record.payment_timeout_s,
-                entry.record.require_token,
-                entry.record.token_multiplier,
-                token_ttl_ms,
-            );
-            self.insert(state, entry, gate);
-        }
-    }
-
-    /// Takes an item back from a snapshot.
-    pub fn restore(&mut self, state: ItemState, entry: &Arc<PromotionEntry>, gate: &Arc<ItemGate>) {
-        for (user_id, buyer) in &state.buyers {
-            if buyer.strikes > 0 {
-                entry.add_strikes(user_id.clone(), buyer.strikes);
-            }
-        }
-        for (index, order) in state.orders.iter().enumerate() {
-            if order.status == OrderStatus::PendingPayment {
-                self.deadlines
-                    .push(Reverse((order.pay_before_ms, state.key, index as u64 + 1)));
-            }
-        }
-        self.insert(state, entry, gate);
-    }
-
-    fn insert(&mut self, state: ItemState, entry: &Arc<PromotionEntry>, gate: &Arc<ItemGate>) {
-        let mut slot = Slot {
-            state,
-            entry: Arc::clone(entry),
-            gate: Arc::clone(gate),
-            buyers_published: 0,
-        };
-        slot.publish();
-        let previous = self.items.insert(slot.state.key, slot);
-        assert!(previous.is_none(), "item installed twice");
-    }
-
-    /// Applies one item event (live or replayed) to its item and the shared boards.
-    pub fn apply(&mut self, event: &Event) {
-        let Some(key) = event.item_key() else { return };
-        let Some(slot) = self.items.get_mut(&key) else {
-            panic!("event for an item this shard does not own: {key:016x}");
-        };
-        if let Some(user_id) = slot.state.apply(event) {
-            slot.entry.add_strikes(user_id, 1);
-        }
-        if let Event::OrderPlaced {
-            order_seq, order, ..
-        } = event
-        {
-            self.deadlines
-                .push(Reverse((order.pay_before_ms, key, *order_seq)));
-        }
-    }
-
-    /// Republishes every gate after recovery.
-    pub fn publish_all(&mut self) {
-        for slot in self.items.values_mut() {
-            slot.publish();
-        }
-    }
-
-    /// Decides and applies the expiry of every order whose deadline has passed.
-    fn expire_due(&mut self, now_ms: i64, events: &mut Vec<Event>, touched: &mut Vec<u64>) {
-        while let Some(Reverse((deadline_ms, key, seq))) = self.deadlines.peek().copied() {
-            if deadline_ms > now_ms {
-                break;
-            }
-            self.deadlines.pop();
-            let Some(slot) = self.items.get(&key) else {
-                continue;
-            };
-            if let Some(event) = slot.state.decide_expiry(now_ms, seq) {
-                self.apply(&event);
-                events.push(event);
-                touched.push(key);
-            }
-        }
-    }
-}
-
-/// An answer waiting for the batch's journal write.
-enum Reply {
-    Unit(oneshot::Sender<Result<()>>, Result<()>),
-    Token(Responder<TokenGrant>, Result<TokenGrant>),
-    Purchase(Responder<Purchased>, Result<Purchased>),
-    Order(Responder<Order>, Result<Order>),
-    Stats(
-        oneshot::Sender<Result<Vec<ItemStats>>>,
-        Result<Vec<ItemStats>>,
-    ),
-}
-
-impl Reply {
-    fn is_accepted_purchase(&self) -> bool {
-        matches!(self, Reply::Purchase(_, Ok(p)) if p.created)
-    }
-
-    /// Sends the answer; `failure` replaces every answer when the batch was not made durable.
-    /// A caller that stopped waiting is no error: its answer is simply dropped.
-    fn send(self, failure: Option<&Error>, pumps: &mut PumpBatch) {
-        fn pick<T>(result: Result<T>, failure: Option<&Error>) -> Result<T> {
-            match failure {
-                Some(error) => Err(error.clone()),
-                None => result,
-            }
-        }
-        match self {
-            Reply::Unit(tx, r) => drop(tx.send(pick(r, failure))),
-            Reply::Token(tx, r) => tx.respond(pick(r, failure), pumps),
-            Reply::Purchase(tx, r) => tx.respond(pick(r, failure), pumps),
-            Reply::Order(tx, r) => tx.respond(pick(r, failure), pumps),
-            Reply::Stats(tx, r) => drop(tx.send(pick(r, failure))),
-        }
-    }
-}
+use crate::pump::PumpBatch;
+use crate::shard_state::{ShardState, Slot};
 
 /// Counters shared by the shards and the snapshot taker.
 #[derive(Debug, Default)]
@@ -254,6 +39,19 @@ pub(crate) struct ShardSettings {
     pub batch_requests_max: usize,
     pub expiry_tick: Duration,
     pub token_ttl_ms: i64,
+    /// This engine start's epoch, part of every order id.
+    pub epoch: u64,
+    /// How long after its promotion's end an item stays in memory.
+    pub retain_ended_ms: i64,
+}
+
+/// The ports a shard writes through.
+#[derive(Clone)]
+pub(crate) struct ShardPorts {
+    pub journal: Arc<dyn Journal>,
+    pub clock: Arc<dyn Clock>,
+    pub sink: Arc<dyn OrderSink>,
+    pub counters: Arc<ShardCounters>,
 }
 
 /// The running shard: its state, its mailbox and the ports it writes through.
@@ -261,10 +59,7 @@ pub(crate) struct Shard {
     settings: ShardSettings,
     state: ShardState,
     mailbox: Receiver<Command>,
-    journal: Arc<dyn Journal>,
-    clock: Arc<dyn Clock>,
-    sink: Arc<dyn OrderSink>,
-    counters: Arc<ShardCounters>,
+    ports: ShardPorts,
     events: Vec<Event>,
     replies: Vec<Reply>,
     /// The batch's answers for callers on threads with a [`crate::ReplyPump`].
@@ -272,34 +67,40 @@ pub(crate) struct Shard {
     touched: Vec<u64>,
     /// Set once a journal write failed: every later command is refused.
     fenced: Option<Error>,
-    stopping: Option<oneshot::Sender<Result<()>>>,
+    stopping: Option<tokio::sync::oneshot::Sender<Result<()>>>,
+    /// This batch paused for a snapshot.
+    paused: bool,
+    last_housekeeping: Instant,
+}
+
+impl std::fmt::Debug for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shard")
+            .field("index", &self.settings.index)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Shard {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         settings: ShardSettings,
         state: ShardState,
         mailbox: Receiver<Command>,
-        journal: Arc<dyn Journal>,
-        clock: Arc<dyn Clock>,
-        sink: Arc<dyn OrderSink>,
-        counters: Arc<ShardCounters>,
+        ports: ShardPorts,
     ) -> Self {
         Shard {
             settings,
             state,
             mailbox,
-            journal,
-            clock,
-            sink,
-            counters,
+            ports,
             events: Vec::new(),
             replies: Vec::new(),
             pumps: PumpBatch::default(),
             touched: Vec::new(),
             fenced: None,
             stopping: None,
+            paused: false,
+            last_housekeeping: Instant::now(),
         }
     }
 
@@ -311,20 +112,22 @@ impl Shard {
                 Err(RecvTimeoutError::Timeout) => None,
                 Err(RecvTimeoutError::Disconnected) => break,
             };
-            let now_ms = self.clock.now_ms();
-            if self.fenced.is_none() {
-                self.state
-                    .expire_due(now_ms, &mut self.events, &mut self.touched);
-            }
+            let now_ms = self.ports.clock.now_ms();
+            self.upkeep(now_ms);
             if let Some(command) = first {
                 self.handle(command, now_ms);
             }
-            while self.replies.len() < self.settings.batch_requests_max && self.stopping.is_none() {
+            // A pause (snapshot) ends the batch: the time read at its start is stale after it.
+            while self.replies.len() < self.settings.batch_requests_max
+                && self.stopping.is_none()
+                && !self.paused
+            {
                 match self.mailbox.try_recv() {
                     Ok(command) => self.handle(command, now_ms),
                     Err(_) => break,
                 }
             }
+            self.paused = false;
             self.commit();
             if let Some(reply) = self.stopping.take() {
                 let _ = reply.send(Ok(()));
@@ -334,32 +137,74 @@ impl Shard {
         self.commit();
     }
 
-    /// Journals the batch, republishes what it changed, then answers everybody.
-    fn commit(&mut self) {
-        let mut failure = None;
-        if !self.events.is_empty() {
-            let started = Instant::now();
-            match self.journal.append(&self.events) {
-                Ok(seq) => {
-                    metrics::histogram!("seckill_journal_append_seconds")
-                        .record(started.elapsed().as_secs_f64());
-                    metrics::histogram!("seckill_journal_batch_events")
-                        .record(self.events.len() as f64);
-                    self.counters
-                        .events_since_snapshot
-                        .fetch_add(self.events.len() as u64, Ordering::Relaxed);
-                    self.publish_gates();
-                    self.sink.publish(seq, &self.events);
-                }
-                Err(error) => {
-                    tracing::error!(shard = self.settings.index, %error, "journal append failed; shard fenced until restart");
-                    metrics::counter!("seckill_journal_errors_total").increment(1);
-                    let error = Error::Unavailable(error.to_string());
-                    self.fenced = Some(error.clone());
-                    failure = Some(error);
-                }
+    /// Expiries on every pass; the item scan of housekeeping once per tick.
+    fn upkeep(&mut self, now_ms: i64) {
+        if self.fenced.is_some() {
+            return;
+        }
+        self.state
+            .expire_due(now_ms, &mut self.events, &mut self.touched);
+        if self.last_housekeeping.elapsed() >= self.settings.expiry_tick {
+            self.last_housekeeping = Instant::now();
+            self.housekeep(now_ms);
+        }
+    }
+
+    fn housekeep(&mut self, now_ms: i64) {
+        self.state.housekeep(now_ms);
+        if self.ports.journal.keeps_archive() {
+            for key in self.state.archivable(now_ms, self.settings.retain_ended_ms) {
+                self.archive_item(key);
             }
         }
+    }
+
+    /// Writes an ended item to the journal's archive, then drops it from memory with an
+    /// `ItemArchived` event (journaled with this batch, after the archive is durable).
+    fn archive_item(&mut self, key: u64) {
+        let Some(slot) = self.state.items.get_mut(&key) else {
+            return;
+        };
+        let item = ArchivedItem {
+            key,
+            promotion_id: slot.state.promotion_id.clone(),
+            stats: slot.state.stats(),
+            orders: slot.state.orders.len() as u64,
+        };
+        let orders: Vec<Order> = slot.state.orders.iter().cloned().collect();
+        match self.ports.journal.archive_item(&item, &orders) {
+            Ok(()) => {
+                let event = Event::ItemArchived { item_key: key };
+                self.state.apply(&event);
+                self.events.push(event);
+                metrics::counter!("seckill_items_archived_total").increment(1);
+            }
+            Err(error) => {
+                tracing::warn!(%error, item = key, "archiving an ended item failed; it stays in memory and is tried again");
+            }
+        }
+    }
+
+    /// The archived item `key` and its promotion, or `NotFound`.
+    fn archived(
+        &self,
+        key: u64,
+    ) -> Result<(
+        ArchivedItem,
+        &std::sync::Arc<crate::catalog::PromotionEntry>,
+    )> {
+        let entry = self.state.archived.get(&key).ok_or(Error::NotFound)?;
+        let item = archive::item(&*self.ports.journal, key)?.ok_or(Error::NotFound)?;
+        Ok((item, entry))
+    }
+
+    /// Journals the batch, republishes what it changed, then answers everybody.
+    fn commit(&mut self) {
+        let failure = if self.events.is_empty() {
+            None
+        } else {
+            self.journal_batch().err()
+        };
         if !self.replies.is_empty() {
             metrics::histogram!("seckill_shard_batch_requests").record(self.replies.len() as f64);
             let accepted = self
@@ -379,12 +224,40 @@ impl Shard {
         self.touched.clear();
     }
 
+    /// Appends the batch's events; on failure fences the shard.
+    fn journal_batch(&mut self) -> Result<()> {
+        let started = Instant::now();
+        match self.ports.journal.append(&self.events) {
+            Ok(seq) => {
+                metrics::histogram!("seckill_journal_append_seconds")
+                    .record(started.elapsed().as_secs_f64());
+                metrics::histogram!("seckill_journal_batch_events")
+                    .record(self.events.len() as f64);
+                self.ports
+                    .counters
+                    .events_since_snapshot
+                    .fetch_add(self.events.len() as u64, Ordering::Relaxed);
+                self.publish_gates();
+                self.ports.sink.publish(seq, &self.events);
+                Ok(())
+            }
+            Err(error) => {
+                tracing::error!(shard = self.settings.index, %error, "journal append failed; shard fenced until restart");
+                metrics::counter!("seckill_journal_errors_total").increment(1);
+                let error = Error::Unavailable(error.to_string());
+                self.fenced = Some(error.clone());
+                Err(error)
+            }
+        }
+    }
+
     fn publish_gates(&mut self) {
         self.touched.sort_unstable();
         self.touched.dedup();
+        let now_ms = self.ports.clock.now_ms();
         for key in &self.touched {
             if let Some(slot) = self.state.items.get_mut(key) {
-                slot.publish();
+                slot.publish(now_ms);
                 metrics::gauge!("seckill_item_remaining", "promotion" => slot.state.promotion_id.clone(), "sku" => slot.state.item.sku.clone())
                     .set(slot.state.remaining as f64);
             }
@@ -392,11 +265,17 @@ impl Shard {
     }
 
     fn handle(&mut self, command: Command, now_ms: i64) {
-        if let Some(error) = &self.fenced {
-            let error = error.clone();
-            self.refuse(command, error);
-            return;
+        match command {
+            Command::Fault => panic!("fault injected into shard {}", self.settings.index),
+            Command::Shutdown { reply } => self.stopping = Some(reply),
+            command => match self.fenced.clone() {
+                Some(error) => command.refuse(error, &mut self.replies),
+                None => self.run_command(command, now_ms),
+            },
         }
+    }
+
+    fn run_command(&mut self, command: Command, now_ms: i64) {
         match command {
             Command::JournalCatalog { event, reply } => {
                 self.events.push(event);
@@ -405,6 +284,7 @@ impl Shard {
             Command::Install { entry, keys, reply } => {
                 self.state
                     .install(&entry, &keys, self.settings.token_ttl_ms);
+                self.state.publish_all(now_ms);
                 self.replies.push(Reply::Unit(reply, Ok(())));
             }
             Command::Token {
@@ -425,127 +305,108 @@ impl Shard {
                 self.replies.push(Reply::Purchase(reply, result));
             }
             Command::ReadOrder {
-                key,
-                seq,
+                order,
                 user_id,
                 reply,
             } => {
-                let result = self
-                    .state
-                    .items
-                    .get(&key)
-                    .ok_or(Error::NotFound)
-                    .and_then(|slot| slot.state.owned_order(seq, user_id.as_deref()).cloned());
+                let result = self.read_order(&order, user_id.as_deref());
                 self.replies.push(Reply::Order(reply, result));
             }
             Command::Cancel {
-                key,
-                seq,
+                order,
                 user_id,
                 reply,
             } => {
-                let result = self.decide_and_apply(key, |item| {
-                    item.decide_cancel(now_ms, seq, user_id.as_deref())
-                });
+                let result = self.cancel(&order, user_id.as_deref(), now_ms);
                 self.replies.push(Reply::Order(reply, result));
             }
             Command::Pay {
-                key,
-                seq,
+                order,
                 payment_ref,
+                amount_cents,
                 reply,
             } => {
-                let result =
-                    self.decide_and_apply(key, |item| item.decide_pay(now_ms, seq, &payment_ref));
+                let payment = Payment {
+                    payment_ref: &payment_ref,
+                    amount_cents,
+                };
+                let result = self.pay(&order, &payment, now_ms);
                 self.replies.push(Reply::Order(reply, result));
             }
             Command::Stats { keys, reply } => {
-                let result = keys
-                    .iter()
-                    .map(|key| {
-                        self.state
-                            .items
-                            .get(key)
-                            .map(|slot| slot.state.stats())
-                            .ok_or(Error::NotFound)
-                    })
-                    .collect();
+                let result = self.stats(&keys, now_ms);
                 self.replies.push(Reply::Stats(reply, result));
             }
-            Command::Pause { images, barrier } => {
-                // Everything decided so far must be journaled before the copy is taken, or the
-                // snapshot would hold events the log does not.
-                self.commit();
-                let copy = self
-                    .state
-                    .items
-                    .values()
-                    .map(|slot| slot.state.clone())
-                    .collect();
-                let _ = images.send(copy);
-                barrier.wait();
-            }
+            Command::Pause { image, resume } => self.pause(image, &resume, now_ms),
             Command::Tick { reply } => {
                 self.state
                     .expire_due(now_ms, &mut self.events, &mut self.touched);
+                self.housekeep(now_ms);
                 self.replies.push(Reply::Unit(reply, Ok(())));
             }
-            Command::Shutdown { reply } => {
-                self.stopping = Some(reply);
+            Command::Shutdown { .. } | Command::Fault => {
+                unreachable!("handled before run_command")
             }
         }
     }
 
-    fn refuse(&mut self, command: Command, error: Error) {
-        match command {
-            Command::JournalCatalog { reply, .. }
-            | Command::Install { reply, .. }
-            | Command::Tick { reply } => self.replies.push(Reply::Unit(reply, Err(error))),
-            Command::Token { reply, .. } => self.replies.push(Reply::Token(reply, Err(error))),
-            Command::Purchase { reply, .. } => {
-                self.replies.push(Reply::Purchase(reply, Err(error)))
-            }
-            Command::ReadOrder { reply, .. }
-            | Command::Cancel { reply, .. }
-            | Command::Pay { reply, .. } => self.replies.push(Reply::Order(reply, Err(error))),
-            Command::Stats { reply, .. } => self.replies.push(Reply::Stats(reply, Err(error))),
-            Command::Pause { images, barrier } => {
-                let _ = images.send(Vec::new());
-                barrier.wait();
-            }
-            Command::Shutdown { reply } => self.stopping = Some(reply),
+    /// Hands the snapshot taker a copy of every item, then waits for it to finish.
+    fn pause(
+        &mut self,
+        image: tokio::sync::oneshot::Sender<Result<Vec<ItemState>>>,
+        resume: &Receiver<()>,
+        now_ms: i64,
+    ) {
+        // Everything decided so far must be journaled before the copy is taken, or the
+        // snapshot would hold events the log does not. A failed write fences the shard, and
+        // a fenced shard's memory is ahead of its log: it has no image to give.
+        self.commit();
+        if let Some(error) = &self.fenced {
+            let _ = image.send(Err(error.clone()));
+            return;
+        }
+        let copy = self
+            .state
+            .items
+            .values_mut()
+            .map(|slot| {
+                slot.state.forget_expired_tokens(now_ms);
+                slot.state.clone()
+            })
+            .collect();
+        self.paused = true;
+        if image.send(Ok(copy)).is_ok() {
+            // Returns when the taker closes the channel (or, never, sends on it).
+            let _ = resume.recv();
         }
     }
 
-    fn context(slot: &Slot, user_id: &str, now_ms: i64) -> DecideContext {
+    fn context(&self, slot: &Slot, user_id: &str, now_ms: i64) -> DecideContext {
         DecideContext {
             now_ms,
             status: slot.entry.status(now_ms),
             banned: slot.entry.is_banned(user_id),
+            epoch: self.settings.epoch,
         }
     }
 
     fn token(&mut self, key: u64, user_id: &str, now_ms: i64) -> Result<TokenGrant> {
-        let slot = self.state.items.get(&key).ok_or(Error::NotFound)?;
-        let ctx = Self::context(slot, user_id, now_ms);
-        match slot.state.decide_token(&ctx, user_id, new_token)? {
-            Decision::Existing(grant) => Ok(grant),
-            Decision::New(event) => {
-                let grant = match &event {
-                    Event::TokenIssued {
-                        token,
-                        expires_at_ms,
-                        ..
-                    } => TokenGrant {
-                        token: token.clone(),
-                        expires_at_ms: *expires_at_ms,
-                    },
-                    _ => unreachable!("decide_token only issues tokens"),
-                };
-                self.record(key, event);
-                Ok(grant)
-            }
+        if !self.state.items.contains_key(&key) {
+            let (_, entry) = self.archived(key)?;
+            return Err(crate::rules::refuse_closed(
+                entry.is_banned(user_id),
+                entry.status(now_ms),
+            )
+            .err()
+            .unwrap_or(Error::Ended));
         }
+        let slot = self.state.items.get_mut(&key).ok_or(Error::NotFound)?;
+        // Exact count of outstanding tokens: expired ones no longer hold a place.
+        slot.state.forget_expired_tokens(now_ms);
+        let slot = self.state.items.get(&key).ok_or(Error::NotFound)?;
+        let ctx = self.context(slot, user_id, now_ms);
+        let decision = slot.state.decide_token(&ctx, user_id, new_token)?;
+        Ok(self.settle(key, decision))
     }
 
     fn purchase(
@@ -555,8 +416,17 @@ impl Shard {
         request: &PurchaseRequest,
         now_ms: i64,
     ) -> Result<Purchased> {
-        let slot = self.state.items.get(&key).ok_or(Error::NotFound)?;
-        let ctx = Self::context(slot, user_id, now_ms);
+        let Some(slot) = self.state.items.get(&key) else {
+            let (_, entry) = self.archived(key)?;
+            let banned = entry.is_banned(user_id);
+            let journal = &*self.ports.journal;
+            let order = archive::purchase(journal, key, user_id, &request.request_id, banned)?;
+            return Ok(Purchased {
+                order,
+                created: false,
+            });
+        };
+        let ctx = self.context(slot, user_id, now_ms);
         let decision = slot.state.decide_purchase(
             &ctx,
             user_id,
@@ -564,21 +434,62 @@ impl Shard {
             request.quantity,
             request.token.as_deref(),
         )?;
-        match decision {
-            Decision::Existing(order) => Ok(Purchased {
-                order,
-                created: false,
-            }),
-            Decision::New(event) => {
-                let order = event.order().cloned();
-                self.record(key, event);
-                let order = order.ok_or_else(|| Error::Unavailable("no order in event".into()))?;
-                Ok(Purchased {
-                    order,
-                    created: true,
-                })
-            }
+        let created = matches!(decision, Decision::New { .. });
+        let order = self.settle(key, decision);
+        Ok(Purchased { order, created })
+    }
+
+    fn read_order(&self, order: &OrderAddress, user_id: Option<&str>) -> Result<Order> {
+        match self.state.items.get(&order.key) {
+            Some(slot) => slot
+                .state
+                .owned_order(&order.order_id, order.seq, user_id)
+                .cloned(),
+            None => self.archived_order(order, user_id),
         }
+    }
+
+    fn archived_order(&self, order: &OrderAddress, user_id: Option<&str>) -> Result<Order> {
+        self.archived(order.key)?;
+        let journal = &*self.ports.journal;
+        archive::order(journal, order.key, &order.order_id, order.seq, user_id)
+    }
+
+    fn cancel(
+        &mut self,
+        order: &OrderAddress,
+        user_id: Option<&str>,
+        now_ms: i64,
+    ) -> Result<Order> {
+        if !self.state.items.contains_key(&order.key) {
+            let archived = self.archived_order(order, user_id)?;
+            return archive::cancel(&archived, order.key, order.seq, now_ms);
+        }
+        self.decide_and_apply(order.key, |item| {
+            item.decide_cancel(now_ms, &order.order_id, order.seq, user_id)
+        })
+    }
+
+    fn pay(&mut self, order: &OrderAddress, payment: &Payment<'_>, now_ms: i64) -> Result<Order> {
+        if !self.state.items.contains_key(&order.key) {
+            let archived = self.archived_order(order, None)?;
+            return archive::pay(&archived, order.key, order.seq, payment, now_ms);
+        }
+        self.decide_and_apply(order.key, |item| {
+            item.decide_pay(now_ms, &order.order_id, order.seq, payment)
+        })
+    }
+
+    fn stats(&mut self, keys: &[u64], now_ms: i64) -> Result<Vec<ItemStats>> {
+        keys.iter()
+            .map(|key| match self.state.items.get_mut(key) {
+                Some(slot) => {
+                    slot.state.forget_expired_tokens(now_ms);
+                    Ok(slot.state.stats())
+                }
+                None => self.archived(*key).map(|(item, _)| item.stats),
+            })
+            .collect()
     }
 
     fn decide_and_apply(
@@ -587,21 +498,22 @@ impl Shard {
         decide: impl FnOnce(&ItemState) -> Result<Decision<Order>>,
     ) -> Result<Order> {
         let slot = self.state.items.get(&key).ok_or(Error::NotFound)?;
-        match decide(&slot.state)? {
-            Decision::Existing(order) => Ok(order),
-            Decision::New(event) => {
-                let order = event.order().cloned();
-                self.record(key, event);
-                order.ok_or_else(|| Error::Unavailable("no order in event".into()))
-            }
-        }
+        let decision = decide(&slot.state)?;
+        Ok(self.settle(key, decision))
     }
 
-    /// Applies a decided event and queues it for the batch's journal write.
-    fn record(&mut self, key: u64, event: Event) {
-        self.state.apply(&event);
-        self.events.push(event);
-        self.touched.push(key);
+    /// The answer of a decision; a new fact is applied and queued for the batch's journal
+    /// write first.
+    fn settle<T>(&mut self, key: u64, decision: Decision<T>) -> T {
+        match decision {
+            Decision::Existing(answer) => answer,
+            Decision::New { event, answer } => {
+                self.state.apply(&event);
+                self.events.push(event);
+                self.touched.push(key);
+                answer
+            }
+        }
     }
 }
 

@@ -33,6 +33,7 @@ async fn an_encoded_image_restarts_the_same_engine() {
         Recovery {
             image: Some(decoded),
             batches: Box::new(std::iter::empty()),
+            epoch: 2,
         },
     )
     .expect("restart from the decoded image");

@@ -105,6 +105,16 @@ struct MItem {
     requests: HashMap<(String, String), usize>,
 }
 
+impl MItem {
+    /// Tokens unused and unexpired at `now_ms`.
+    fn tokens_outstanding(&self, now_ms: i64) -> u64 {
+        self.tokens
+            .values()
+            .filter(|t| !t.used && t.expires_at_ms > now_ms)
+            .count() as u64
+    }
+}
+
 /// The model: the rules of api.md written as plainly as possible.
 struct Model {
     now_ms: i64,
@@ -189,7 +199,8 @@ impl Model {
                 return Ok(MTokenAnswer::Existing(token.clone()));
             }
         }
-        if state.tokens_issued >= STOCK * 5 {
+        // api.md's amended rule: at most remaining * multiplier tokens outstanding.
+        if state.tokens_outstanding(self.now_ms) >= state.remaining * 5 {
             return Err(Error::TokensExhausted);
         }
         Ok(MTokenAnswer::New)
@@ -411,7 +422,10 @@ fn run(ops: Vec<Op>) {
                     let index = pick % model.orders.len();
                     let reference = format!("pay-{reference}");
                     let expected = model.pay(index, &reference);
-                    let got = h.engine.pay(&model.orders[index].id, &reference).await;
+                    let got = h
+                        .engine
+                        .pay(&model.orders[index].id, &reference, None)
+                        .await;
                     match (expected, got) {
                         (Ok(()), Ok(order)) => same_order(&order, &model.orders[index]),
                         (Err(e), Err(g)) => assert_eq!(g, e),
@@ -433,6 +447,12 @@ fn run(ops: Vec<Op>) {
                     (item.remaining, item.reserved, item.sold, item.tokens_issued),
                     (m.remaining, m.reserved, m.sold, m.tokens_issued),
                     "stats of {}",
+                    item.sku
+                );
+                assert_eq!(
+                    item.tokens_outstanding,
+                    m.tokens_outstanding(model.now_ms),
+                    "outstanding tokens of {}",
                     item.sku
                 );
                 for user in 0..5 {

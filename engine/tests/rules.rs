@@ -280,16 +280,20 @@ async fn payment_is_idempotent_by_reference() {
     let h = start(2);
     h.create(spec("p", &[("a", 5, 1)], false)).await;
     let order = h.buy("p", "a", "u1", "r1").await;
-    let paid = h.engine.pay(&order.order_id, "pay-1").await.expect("paid");
+    let paid = h
+        .engine
+        .pay(&order.order_id, "pay-1", None)
+        .await
+        .expect("paid");
     assert_eq!(paid.status, OrderStatus::Paid);
     assert_eq!(paid.payment_ref.as_deref(), Some("pay-1"));
     assert_eq!(paid.paid_at_ms, Some(T0_MS));
     assert_eq!(
-        h.engine.pay(&order.order_id, "pay-1").await,
+        h.engine.pay(&order.order_id, "pay-1", None).await,
         Ok(paid.clone())
     );
     assert_eq!(
-        h.engine.pay(&order.order_id, "pay-2").await,
+        h.engine.pay(&order.order_id, "pay-2", None).await,
         Err(Error::AlreadyPaid)
     );
     assert_eq!(
@@ -306,7 +310,7 @@ async fn payment_is_idempotent_by_reference() {
         (1, 0, 4)
     );
     assert_eq!(
-        h.engine.pay("0000000000000000-1", "x").await,
+        h.engine.pay("0000000000000000-1", "x", None).await,
         Err(Error::NotFound)
     );
 }
@@ -338,7 +342,7 @@ async fn cancel_returns_stock_and_hides_other_users_orders() {
         "cancelling again answers the order unchanged"
     );
     assert_eq!(
-        h.engine.pay(&order.order_id, "pay-1").await,
+        h.engine.pay(&order.order_id, "pay-1", None).await,
         Err(Error::NotPayable)
     );
     h.engine
@@ -367,7 +371,7 @@ async fn unpaid_orders_expire_and_free_their_stock() {
     assert_eq!(expired.status, OrderStatus::Expired);
     assert_eq!(expired.closed_at_ms, Some(T0_MS + 30_000));
     assert_eq!(
-        h.engine.pay(&order.order_id, "late").await,
+        h.engine.pay(&order.order_id, "late", None).await,
         Err(Error::NotPayable)
     );
     assert_eq!(
@@ -556,7 +560,10 @@ async fn a_restart_rebuilds_orders_tokens_and_stats() {
         .await
         .expect("bought")
         .order;
-    h.engine.pay(&order.order_id, "pay-1").await.expect("paid");
+    h.engine
+        .pay(&order.order_id, "pay-1", None)
+        .await
+        .expect("paid");
     let before = h.engine.promotion_stats("p").await.expect("stats");
 
     let h = h.restart().await;

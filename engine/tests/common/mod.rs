@@ -67,7 +67,9 @@ impl Harness {
     }
 
     pub async fn create(&self, spec: PromotionSpec) -> PromotionStats {
-        self.engine.create_promotion(spec).await.expect("created")
+        let creation = self.engine.create_promotion(spec).await.expect("created");
+        assert!(creation.created, "a new promotion");
+        creation.promotion
     }
 
     /// One unit of `sku`, bought by `user_id` without a token: the new order.

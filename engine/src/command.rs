@@ -1,0 +1,139 @@
+//! What a shard is asked ([`Command`]) and how its answers wait for the journal ([`Reply`]).
+
+use std::sync::Arc;
+
+use crossbeam_channel::Receiver;
+use tokio::sync::oneshot;
+
+use crate::catalog::PromotionEntry;
+use crate::error::{Error, Result};
+use crate::event::Event;
+use crate::item::ItemState;
+use crate::model::{ItemStats, Order, PurchaseRequest, Purchased, TokenGrant};
+use crate::pump::{PumpBatch, Responder};
+
+/// Which order a command is about: its id as the caller gave it, and the parts that route it.
+#[derive(Debug, Clone)]
+pub(crate) struct OrderAddress {
+    pub key: u64,
+    pub seq: u64,
+    pub order_id: String,
+}
+
+/// One request to a shard, with the channel its answer goes back on.
+#[derive(Debug)]
+pub(crate) enum Command {
+    /// Journal a promotion-level event (created, started, stopped) on the promotion's home
+    /// shard. The shard does not interpret it: the engine applies it to the catalog after.
+    JournalCatalog {
+        event: Event,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    /// Take ownership of this promotion's items that route to this shard.
+    Install {
+        entry: Arc<PromotionEntry>,
+        keys: Vec<u64>,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    Token {
+        key: u64,
+        user_id: String,
+        reply: Responder<TokenGrant>,
+    },
+    Purchase {
+        key: u64,
+        user_id: String,
+        request: PurchaseRequest,
+        reply: Responder<Purchased>,
+    },
+    ReadOrder {
+        order: OrderAddress,
+        user_id: Option<String>,
+        reply: Responder<Order>,
+    },
+    Cancel {
+        order: OrderAddress,
+        user_id: Option<String>,
+        reply: Responder<Order>,
+    },
+    Pay {
+        order: OrderAddress,
+        payment_ref: String,
+        amount_cents: Option<i64>,
+        reply: Responder<Order>,
+    },
+    Stats {
+        keys: Vec<u64>,
+        reply: oneshot::Sender<Result<Vec<ItemStats>>>,
+    },
+    /// Finish the batch, hand over a copy of every item (or why it cannot: a fenced shard's
+    /// memory is ahead of its log), then wait until `resume` is closed: the snapshot taker
+    /// holds every shard still until it has the whole engine's copy, a consistent cut of the
+    /// log. Closing rather than sending means a taker that fails or dies releases everyone.
+    Pause {
+        image: oneshot::Sender<Result<Vec<ItemState>>>,
+        resume: Receiver<()>,
+    },
+    /// Run the expiry pass now (tests with a manual clock use it instead of waiting).
+    Tick { reply: oneshot::Sender<Result<()>> },
+    /// Finish the batch and stop the thread.
+    Shutdown { reply: oneshot::Sender<Result<()>> },
+    /// Fault injection for tests: the shard panics, as a broken invariant would make it.
+    Fault,
+}
+
+impl Command {
+    /// Answers the command with `error` instead of running it (a fenced shard).
+    pub fn refuse(self, error: Error, replies: &mut Vec<Reply>) {
+        match self {
+            Command::JournalCatalog { reply, .. }
+            | Command::Install { reply, .. }
+            | Command::Tick { reply } => replies.push(Reply::Unit(reply, Err(error))),
+            Command::Token { reply, .. } => replies.push(Reply::Token(reply, Err(error))),
+            Command::Purchase { reply, .. } => replies.push(Reply::Purchase(reply, Err(error))),
+            Command::ReadOrder { reply, .. }
+            | Command::Cancel { reply, .. }
+            | Command::Pay { reply, .. } => replies.push(Reply::Order(reply, Err(error))),
+            Command::Stats { reply, .. } => replies.push(Reply::Stats(reply, Err(error))),
+            Command::Pause { image, .. } => drop(image.send(Err(error))),
+            // Handled by the loop before refusing: stopping and faults are never refused.
+            Command::Shutdown { .. } | Command::Fault => {}
+        }
+    }
+}
+
+/// An answer waiting for the batch's journal write.
+pub(crate) enum Reply {
+    Unit(oneshot::Sender<Result<()>>, Result<()>),
+    Token(Responder<TokenGrant>, Result<TokenGrant>),
+    Purchase(Responder<Purchased>, Result<Purchased>),
+    Order(Responder<Order>, Result<Order>),
+    Stats(
+        oneshot::Sender<Result<Vec<ItemStats>>>,
+        Result<Vec<ItemStats>>,
+    ),
+}
+
+impl Reply {
+    pub fn is_accepted_purchase(&self) -> bool {
+        matches!(self, Reply::Purchase(_, Ok(p)) if p.created)
+    }
+
+    /// Sends the answer; `failure` replaces every answer when the batch was not made durable.
+    /// A caller that stopped waiting is no error: its answer is simply dropped.
+    pub fn send(self, failure: Option<&Error>, pumps: &mut PumpBatch) {
+        fn pick<T>(result: Result<T>, failure: Option<&Error>) -> Result<T> {
+            match failure {
+                Some(error) => Err(error.clone()),
+                None => result,
+            }
+        }
+        match self {
+            Reply::Unit(tx, r) => drop(tx.send(pick(r, failure))),
+            Reply::Token(tx, r) => tx.respond(pick(r, failure), pumps),
+            Reply::Purchase(tx, r) => tx.respond(pick(r, failure), pumps),
+            Reply::Order(tx, r) => tx.respond(pick(r, failure), pumps),
+            Reply::Stats(tx, r) => drop(tx.send(pick(r, failure))),
+        }
+    }
+}

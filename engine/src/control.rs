@@ -1,0 +1,254 @@
+//! The control thread: every catalog change (create, start, stop) and every snapshot runs
+//! here, one at a time, where no caller can cancel it.
+//!
+//! A catalog change is several steps (journal the event, install the items on their shards,
+//! publish the promotion). Run inside the caller's future, a dropped future (a request
+//! timeout, a client that hung up, shutdown aborting the HTTP tasks) could stop it between
+//! two steps: journaled but never installed, and a retry journaling it twice. Here the
+//! caller only hands the operation over and waits for the answer; whether it waits or not,
+//! the operation runs to its end. Being one thread also serialises the changes, which each
+//! must see the catalog whole, and keeps snapshots from overlapping them.
+
+use std::sync::{Arc, Weak};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use tokio::sync::oneshot;
+
+use crate::catalog::{item_keys, PromotionEntry};
+use crate::command::Command;
+use crate::core::Core;
+use crate::error::{Error, Result};
+use crate::event::Event;
+use crate::ids::promotion_key;
+use crate::image::EngineImage;
+use crate::model::{PromotionRecord, PromotionStatus};
+use crate::shards::keys_by_shard;
+use crate::snapshot;
+
+/// How often the control thread looks whether a snapshot is due.
+const SNAPSHOT_CHECK_MS: u64 = 500;
+/// Operations waiting for the control thread, at most; more answer "overloaded".
+const CONTROL_QUEUE_MAX: usize = 1024;
+
+/// What a create found.
+#[derive(Debug)]
+pub(crate) enum CreateOutcome {
+    Created(Arc<PromotionEntry>),
+    /// A promotion with this id and the same body exists: the call was a retry.
+    Existing,
+}
+
+/// One operation for the control thread, with where its answer goes.
+#[derive(Debug)]
+pub(crate) enum ControlOp {
+    Create {
+        record: PromotionRecord,
+        reply: oneshot::Sender<Result<CreateOutcome>>,
+    },
+    Start {
+        promotion_id: String,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    Stop {
+        promotion_id: String,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    Snapshot {
+        reply: oneshot::Sender<Result<EngineImage>>,
+    },
+    /// Finish the operation under way and stop; no snapshot is taken after this.
+    Shutdown { reply: oneshot::Sender<()> },
+}
+
+/// The sending side of the control thread.
+#[derive(Debug)]
+pub(crate) struct Control {
+    ops: Sender<ControlOp>,
+}
+
+impl Control {
+    /// Starts the control thread over `core`. It holds the core only while it works, so an
+    /// engine dropped without `shutdown` still stops its threads.
+    pub fn spawn(core: Weak<Core>) -> Result<(Control, JoinHandle<()>)> {
+        let (ops, inbox) = crossbeam_channel::bounded(CONTROL_QUEUE_MAX);
+        let thread = std::thread::Builder::new()
+            .name("seckill-control".into())
+            .spawn(move || run(&core, &inbox))
+            .map_err(|e| Error::Unavailable(format!("cannot start the control thread: {e}")))?;
+        Ok((Control { ops }, thread))
+    }
+
+    /// Hands `op` over; from here on it runs whatever the caller does.
+    pub fn submit(&self, op: ControlOp) -> Result<()> {
+        self.ops.try_send(op).map_err(|e| match e {
+            crossbeam_channel::TrySendError::Full(_) => Error::Overloaded,
+            crossbeam_channel::TrySendError::Disconnected(_) => {
+                Error::Unavailable("the engine is shutting down".into())
+            }
+        })
+    }
+}
+
+/// Waits for an operation's answer. A dropped reply means the control thread stopped while
+/// running it, so the outcome is unknown.
+pub(crate) async fn answer<T>(reply: oneshot::Receiver<Result<T>>) -> Result<T> {
+    reply.await.unwrap_or(Err(Error::OutcomeUnknown))
+}
+
+fn run(core: &Weak<Core>, inbox: &Receiver<ControlOp>) {
+    let mut warned_down = false;
+    loop {
+        let next = inbox.recv_timeout(Duration::from_millis(SNAPSHOT_CHECK_MS));
+        let Some(core) = core.upgrade() else { return };
+        match next {
+            Ok(ControlOp::Shutdown { reply }) => {
+                let _ = reply.send(());
+                return;
+            }
+            Ok(op) => handle(&core, op),
+            Err(RecvTimeoutError::Timeout) => snapshot_if_due(&core, &mut warned_down),
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+    }
+}
+
+fn handle(core: &Core, op: ControlOp) {
+    match op {
+        ControlOp::Create { record, reply } => drop(reply.send(create(core, record))),
+        ControlOp::Start {
+            promotion_id,
+            reply,
+        } => drop(reply.send(start(core, &promotion_id))),
+        ControlOp::Stop {
+            promotion_id,
+            reply,
+        } => drop(reply.send(stop(core, &promotion_id))),
+        ControlOp::Snapshot { reply } => drop(reply.send(snapshot::take_and_save(core))),
+        ControlOp::Shutdown { reply } => drop(reply.send(())),
+    }
+}
+
+fn snapshot_if_due(core: &Core, warned_down: &mut bool) {
+    if !snapshot::is_due(core) {
+        return;
+    }
+    let down = core.shards.down();
+    if !down.is_empty() {
+        // The log is kept whole until a restart brings the shard back.
+        if !*warned_down {
+            tracing::warn!(?down, "snapshots skipped while a shard is down");
+            *warned_down = true;
+        }
+        metrics::counter!("seckill_snapshots_skipped_total").increment(1);
+        return;
+    }
+    if let Err(error) = snapshot::take_and_save(core) {
+        metrics::counter!("seckill_snapshot_failures_total").increment(1);
+        tracing::warn!(%error, "snapshot aborted; the log is kept whole");
+    }
+}
+
+/// Creates a promotion: refuses conflicts, journals it, installs its items, publishes it.
+/// The same id with the same body is a retry and changes nothing.
+fn create(core: &Core, record: PromotionRecord) -> Result<CreateOutcome> {
+    if let Ok(existing) = core.catalog.entry(&record.id) {
+        return if existing.record.same_body(&record) {
+            Ok(CreateOutcome::Existing)
+        } else {
+            Err(Error::AlreadyExists)
+        };
+    }
+    if let Some(conflict) = core.catalog.conflict(&record) {
+        return Err(conflict);
+    }
+    let by_shard = keys_by_shard(item_keys(&record).into_iter(), core.shards.count());
+    if let Some(&down) = by_shard.keys().find(|&&shard| core.shards.is_down(shard)) {
+        return Err(Error::ShardDown(down));
+    }
+    journal_catalog(
+        core,
+        &record.id,
+        Event::PromotionCreated {
+            promotion: record.clone(),
+        },
+    )?;
+    // Journaled: from here on the promotion exists, whatever fails below.
+    let entry = PromotionEntry::new(record.clone(), &item_keys(&record));
+    let installed = install(core, &entry, by_shard);
+    let entry = core.catalog.insert_entry(entry)?;
+    installed.map(|()| CreateOutcome::Created(entry))
+}
+
+fn install(
+    core: &Core,
+    entry: &Arc<PromotionEntry>,
+    by_shard: std::collections::BTreeMap<usize, Vec<u64>>,
+) -> Result<()> {
+    let mut waits = Vec::with_capacity(by_shard.len());
+    for (shard, keys) in by_shard {
+        let (reply, installed) = oneshot::channel();
+        let command = Command::Install {
+            entry: Arc::clone(entry),
+            keys,
+            reply,
+        };
+        core.shards.send_blocking(shard, command)?;
+        waits.push((shard, installed));
+    }
+    for (shard, installed) in waits {
+        installed
+            .blocking_recv()
+            .unwrap_or(Err(Error::ShardDown(shard)))?;
+    }
+    Ok(())
+}
+
+/// Forces a promotion live from now. Starting a live one changes nothing; an ended one
+/// cannot start again.
+fn start(core: &Core, promotion_id: &str) -> Result<()> {
+    let entry = core.catalog.entry(promotion_id)?;
+    let now_ms = core.clock.now_ms();
+    match entry.status(now_ms) {
+        PromotionStatus::Ended => Err(Error::Ended),
+        PromotionStatus::Live => Ok(()),
+        PromotionStatus::Upcoming => {
+            let event = Event::PromotionStarted {
+                promotion_id: promotion_id.to_owned(),
+                at_ms: now_ms,
+            };
+            journal_catalog(core, promotion_id, event)?;
+            entry.apply_start(now_ms);
+            Ok(())
+        }
+    }
+}
+
+/// Ends a promotion from now. Stopping an ended one changes nothing.
+fn stop(core: &Core, promotion_id: &str) -> Result<()> {
+    let entry = core.catalog.entry(promotion_id)?;
+    let now_ms = core.clock.now_ms();
+    if entry.status(now_ms) == PromotionStatus::Ended {
+        return Ok(());
+    }
+    let event = Event::PromotionStopped {
+        promotion_id: promotion_id.to_owned(),
+        at_ms: now_ms,
+    };
+    journal_catalog(core, promotion_id, event)?;
+    entry.apply_stop(now_ms);
+    Ok(())
+}
+
+/// Journals a promotion-level event through the promotion's home shard. A reply that never
+/// comes (the shard died with it) leaves the outcome unknown.
+fn journal_catalog(core: &Core, promotion_id: &str, event: Event) -> Result<()> {
+    let home = core.shards.of(promotion_key(promotion_id));
+    let (reply, journaled) = oneshot::channel();
+    core.shards
+        .send_blocking(home, Command::JournalCatalog { event, reply })?;
+    journaled
+        .blocking_recv()
+        .unwrap_or(Err(Error::OutcomeUnknown))
+}

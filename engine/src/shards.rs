@@ -1,0 +1,161 @@
+//! The shard threads as the rest of the engine sees them: their mailboxes, which of them
+//! died, and how to stop them.
+//!
+//! A shard that panics (a broken invariant, a bug) dies alone: its thread catches the
+//! unwinding, marks the shard down, logs and counts it. Its mailbox closes with it, so every
+//! later command for its items answers `ShardDown` at once, while the other shards keep
+//! selling. Nobody ever waits on a dead shard: replies come through oneshots that close when
+//! it dies, and snapshots release the shards they paused when one of them fails.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::{Sender, TrySendError};
+
+use crate::command::Command;
+use crate::error::{Error, Result};
+use crate::shard::Shard;
+
+/// How long a control command (catalog change, snapshot, tick, shutdown) waits for room in
+/// a full mailbox, a millisecond at a time, before the engine answers "overloaded".
+const CONTROL_SEND_ATTEMPTS: u32 = 10_000;
+
+/// The running shards.
+#[derive(Debug)]
+pub(crate) struct Shards {
+    mailboxes: Vec<Sender<Command>>,
+    down: Arc<Vec<AtomicBool>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Shards {
+    /// Starts one named thread per shard, each with a mailbox of `mailbox_capacity`.
+    pub fn spawn(shards: Vec<(Shard, Sender<Command>)>) -> Result<Shards> {
+        let down: Arc<Vec<AtomicBool>> =
+            Arc::new((0..shards.len()).map(|_| AtomicBool::new(false)).collect());
+        let mut mailboxes = Vec::with_capacity(shards.len());
+        let mut threads = Vec::with_capacity(shards.len());
+        for (index, (shard, mailbox)) in shards.into_iter().enumerate() {
+            let down = Arc::clone(&down);
+            let thread = std::thread::Builder::new()
+                .name(format!("seckill-shard-{index}"))
+                .spawn(move || run_contained(index, shard, &down))
+                .map_err(|e| Error::Unavailable(format!("cannot start shard thread: {e}")))?;
+            mailboxes.push(mailbox);
+            threads.push(thread);
+        }
+        Ok(Shards {
+            mailboxes,
+            down,
+            threads: Mutex::new(threads),
+        })
+    }
+
+    pub fn count(&self) -> usize {
+        self.mailboxes.len()
+    }
+
+    /// The shard that owns the item with key `key`.
+    pub fn of(&self, key: u64) -> usize {
+        shard_index(key, self.count())
+    }
+
+    /// Shards whose thread died.
+    pub fn down(&self) -> Vec<usize> {
+        (0..self.count()).filter(|&i| self.is_down(i)).collect()
+    }
+
+    pub fn is_down(&self, shard: usize) -> bool {
+        self.down[shard].load(Ordering::Acquire)
+    }
+
+    /// Puts a command in a shard's mailbox without waiting: a full mailbox is "overloaded".
+    pub fn send(&self, shard: usize, command: Command) -> Result<()> {
+        match self.mailboxes[shard].try_send(command) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => {
+                metrics::counter!("seckill_shard_overloaded_total").increment(1);
+                Err(Error::Overloaded)
+            }
+            Err(TrySendError::Disconnected(_)) => Err(Error::ShardDown(shard)),
+        }
+    }
+
+    /// Control commands must not be lost to a full mailbox: they wait for room, for at most
+    /// about 10 s, on a thread that may block (the control thread).
+    pub fn send_blocking(&self, shard: usize, command: Command) -> Result<()> {
+        let mut command = command;
+        for _ in 0..CONTROL_SEND_ATTEMPTS {
+            match self.mailboxes[shard].try_send(command) {
+                Ok(()) => return Ok(()),
+                Err(TrySendError::Full(back)) => {
+                    command = back;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(TrySendError::Disconnected(_)) => return Err(Error::ShardDown(shard)),
+            }
+        }
+        Err(Error::Overloaded)
+    }
+
+    /// [`Shards::send_blocking`] for async callers: waits without blocking the runtime.
+    pub async fn send_waiting(&self, shard: usize, command: Command) -> Result<()> {
+        let mut command = command;
+        for _ in 0..CONTROL_SEND_ATTEMPTS {
+            match self.mailboxes[shard].try_send(command) {
+                Ok(()) => return Ok(()),
+                Err(TrySendError::Full(back)) => {
+                    command = back;
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                Err(TrySendError::Disconnected(_)) => return Err(Error::ShardDown(shard)),
+            }
+        }
+        Err(Error::Overloaded)
+    }
+
+    /// Takes the thread handles, once, for the caller to join.
+    pub fn take_threads(&self) -> Vec<JoinHandle<()>> {
+        let mut threads = self.threads.lock().unwrap_or_else(PoisonError::into_inner);
+        threads.drain(..).collect()
+    }
+}
+
+/// Runs a shard's loop; a panic marks it down instead of unwinding further.
+fn run_contained(index: usize, shard: Shard, down: &[AtomicBool]) {
+    let outcome = std::panic::catch_unwind(AssertUnwindSafe(move || shard.run()));
+    if outcome.is_err() {
+        down[index].store(true, Ordering::Release);
+        metrics::counter!("seckill_shard_panics_total").increment(1);
+        let count = down.iter().filter(|d| d.load(Ordering::Acquire)).count();
+        metrics::gauge!("seckill_shards_down").set(count as f64);
+        tracing::error!(
+            shard = index,
+            "shard thread panicked: its items answer 503 until a restart; the other shards go on"
+        );
+    }
+}
+
+/// The shard that owns the item with key `key` among `shards` shards.
+pub(crate) fn shard_index(key: u64, shards: usize) -> usize {
+    (key % shards as u64) as usize
+}
+
+/// Item keys grouped by owning shard, so that each shard gets one command for all of them,
+/// in shard order.
+pub(crate) fn keys_by_shard(
+    keys: impl Iterator<Item = u64>,
+    shards: usize,
+) -> std::collections::BTreeMap<usize, Vec<u64>> {
+    let mut by_shard = std::collections::BTreeMap::<usize, Vec<u64>>::new();
+    for key in keys {
+        by_shard
+            .entry(shard_index(key, shards))
+            .or_default()
+            .push(key);
+    }
+    by_shard
+}
