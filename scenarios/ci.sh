@@ -2,6 +2,8 @@
 # Plays a small version of every scenario against a seckill server that seckill-load starts
 # itself (temporary data directory, free port), and fails if any invariant check fails.
 # Each scenario takes seconds (pay-or-expire waits ~12 s for its 10 s payment timeout).
+# Then a short bounded-memory soak (100,000 shoppers per phase instead of 2,000,000): fails
+# if the server's RSS grows more than 64 MiB while it refuses them.
 #
 # Usage: scenarios/ci.sh            (called by .ci/run)
 #   SECKILL_CI_PROFILE=release      build and play release binaries instead of debug
@@ -13,10 +15,11 @@ source "$root/.ci/env"
 cd "$root"
 
 profile="${SECKILL_CI_PROFILE:-debug}"
+packages=(-p seckill-http-edge -p seckill-scenarios -p seckill-baseline)
 if [ "$profile" = release ]; then
-  cargo build --release -p seckill-http-edge -p seckill-scenarios
+  cargo build --release "${packages[@]}"
 else
-  cargo build -p seckill-http-edge -p seckill-scenarios
+  cargo build "${packages[@]}"
 fi
 bin="$CARGO_TARGET_DIR/$profile"
 load="$bin/seckill-load"
@@ -45,6 +48,14 @@ play pay-or-expire --scale 0.2
 play restart-mid-sale --scale 0.05
 # Async durability keeps every invariant while the server stays up.
 play flash-100 --scale 0.01 --durability async
+
+echo "=== soak --shoppers 100000"
+if CI=1 "$load" soak --spawn "$seckill" --shoppers 100000 --max-duration-s 900 \
+    --json "$out/soak.json"; then
+  :
+else
+  failed+=("soak --shoppers 100000")
+fi
 
 if [ -n "${SECKILL_TEST_REDIS_URL:-}" ]; then
   port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])' 2>/dev/null || echo 18095)

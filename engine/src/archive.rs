@@ -10,24 +10,11 @@
 //!
 //! A journal without an archive (the trait's default) keeps every item in memory.
 
-use serde::{Deserialize, Serialize};
-
 use crate::error::{Error, Result};
 use crate::item::{cancel_decision, pay_decision, Decision, Payment};
-use crate::model::{ItemStats, Order, PromotionStatus};
+use crate::model::{ArchivedItem, Order, PromotionStatus};
 use crate::ports::Journal;
 use crate::rules::refuse_closed;
-
-/// What stays of an archived item besides its orders.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ArchivedItem {
-    pub key: u64,
-    pub promotion_id: String,
-    /// The item's final figures (nothing reserved: every order was closed).
-    pub stats: ItemStats,
-    /// Orders the item holds, sequence numbers 1..=orders.
-    pub orders: u64,
-}
 
 /// Reads the archive for the item `key`, if it was archived.
 pub(crate) fn item(journal: &dyn Journal, key: u64) -> Result<Option<ArchivedItem>> {

@@ -366,16 +366,7 @@ impl ItemState {
                 expires_at_ms,
             } => {
                 assert_eq!(*item_key, self.key, "token event for another item");
-                self.tokens.issue(
-                    token.clone(),
-                    TokenRecord {
-                        user_id: user_id.clone(),
-                        expires_at_ms: *expires_at_ms,
-                        used: false,
-                    },
-                );
-                self.buyers.entry(user_id.clone()).or_default().token = Some(token.clone());
-                self.tokens_issued += 1;
+                self.apply_token(user_id, token, *expires_at_ms);
                 None
             }
             Event::OrderPlaced {
@@ -385,25 +376,7 @@ impl ItemState {
                 token,
             } => {
                 assert_eq!(*item_key, self.key, "order event for another item");
-                assert_eq!(
-                    *order_seq,
-                    self.orders.len() as u64 + 1,
-                    "order out of sequence"
-                );
-                let quantity = u64::from(order.quantity);
-                assert!(
-                    self.remaining >= quantity,
-                    "oversell: {quantity} > remaining"
-                );
-                self.remaining -= quantity;
-                self.reserved += quantity;
-                let buyer = self.buyers.entry(order.user_id.clone()).or_default();
-                buyer.live_quantity += order.quantity;
-                buyer.requests.push((order.request_id.clone(), *order_seq));
-                if let Some(token) = token {
-                    self.tokens.consume(token);
-                }
-                self.orders.push(order.clone());
+                self.apply_placed(*order_seq, order, token.as_deref());
                 None
             }
             Event::OrderPaid {
@@ -427,16 +400,7 @@ impl ItemState {
                 order,
             } => {
                 let quantity = self.replace_pending(*item_key, *order_seq, order);
-                self.reserved -= quantity;
-                self.remaining += quantity;
-                let buyer = self.buyers.entry(order.user_id.clone()).or_default();
-                assert!(
-                    u64::from(buyer.live_quantity) >= quantity,
-                    "buyer quantity underflow"
-                );
-                buyer.live_quantity -= order.quantity;
-                buyer.strikes += 1;
-                Some(order.user_id.clone())
+                Some(self.apply_closed(quantity, order))
             }
             // Promotion events go to the catalog, archiving to the shard that drops the item.
             Event::PromotionCreated { .. }
@@ -450,6 +414,54 @@ impl ItemState {
             "stock conservation broken"
         );
         struck
+    }
+
+    fn apply_token(&mut self, user_id: &str, token: &str, expires_at_ms: i64) {
+        let record = TokenRecord {
+            user_id: user_id.to_owned(),
+            expires_at_ms,
+            used: false,
+        };
+        self.tokens.issue(token.to_owned(), record);
+        self.buyers.entry(user_id.to_owned()).or_default().token = Some(token.to_owned());
+        self.tokens_issued += 1;
+    }
+
+    fn apply_placed(&mut self, order_seq: u64, order: &Order, token: Option<&str>) {
+        assert_eq!(
+            order_seq,
+            self.orders.len() as u64 + 1,
+            "order out of sequence"
+        );
+        let quantity = u64::from(order.quantity);
+        assert!(
+            self.remaining >= quantity,
+            "oversell: {quantity} > remaining"
+        );
+        self.remaining -= quantity;
+        self.reserved += quantity;
+        let buyer = self.buyers.entry(order.user_id.clone()).or_default();
+        buyer.live_quantity += order.quantity;
+        buyer.requests.push((order.request_id.clone(), order_seq));
+        if let Some(token) = token {
+            self.tokens.consume(token);
+        }
+        self.orders.push(order.clone());
+    }
+
+    /// A pending order of `quantity` units was cancelled or expired: its stock comes back
+    /// and its user takes a strike. Returns that user.
+    fn apply_closed(&mut self, quantity: u64, order: &Order) -> String {
+        self.reserved -= quantity;
+        self.remaining += quantity;
+        let buyer = self.buyers.entry(order.user_id.clone()).or_default();
+        assert!(
+            u64::from(buyer.live_quantity) >= quantity,
+            "buyer quantity underflow"
+        );
+        buyer.live_quantity -= order.quantity;
+        buyer.strikes += 1;
+        order.user_id.clone()
     }
 
     /// Replaces a pending order by its closed version; returns its quantity.

@@ -96,7 +96,6 @@ mod snapshot;
 mod tokens;
 mod validate;
 
-pub use archive::ArchivedItem;
 pub use config::{
     EngineConfig, DEFAULT_BATCH_REQUESTS_MAX, DEFAULT_EXPIRY_TICK_MS, DEFAULT_MAILBOX_CAPACITY,
     DEFAULT_RETAIN_ENDED_S, DEFAULT_SNAPSHOT_EVERY_EVENTS, DEFAULT_TOKEN_TTL_S,
@@ -108,9 +107,10 @@ pub use ids::{format_order_id, is_valid_id, item_key, parse_order_id, OrderRef, 
 pub use image::{EngineImage, PromotionImage};
 pub use item::{Buyer, ItemState, STRIKES_TO_BAN};
 pub use model::{
-    Creation, ItemRecord, ItemSpec, ItemStats, Order, OrderStatus, PromotionRecord, PromotionSpec,
-    PromotionStats, PromotionStatus, PublicItem, PublicPromotion, PurchaseRequest, Purchased,
-    TokenGrant, DEFAULT_PAYMENT_TIMEOUT_S, DEFAULT_PER_USER_LIMIT, DEFAULT_TOKEN_MULTIPLIER,
+    ArchivedItem, Creation, ItemRecord, ItemSpec, ItemStats, Order, OrderStatus, PromotionRecord,
+    PromotionSpec, PromotionStats, PromotionStatus, PublicItem, PublicPromotion, PurchaseRequest,
+    Purchased, TokenGrant, DEFAULT_PAYMENT_TIMEOUT_S, DEFAULT_PER_USER_LIMIT,
+    DEFAULT_TOKEN_MULTIPLIER,
 };
 pub use order_log::OrderLog;
 pub use ports::{

@@ -243,3 +243,14 @@ pub struct PublicPromotion {
     pub require_token: bool,
     pub items: Vec<PublicItem>,
 }
+
+/// What stays of an archived item besides its orders.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArchivedItem {
+    pub key: u64,
+    pub promotion_id: String,
+    /// The item's final figures (nothing reserved: every order was closed).
+    pub stats: ItemStats,
+    /// Orders the item holds, sequence numbers 1..=orders.
+    pub orders: u64,
+}

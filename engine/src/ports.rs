@@ -9,10 +9,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use rustc_hash::FxHashMap;
 
-use crate::archive::ArchivedItem;
 use crate::error::JournalError;
 use crate::event::Event;
 use crate::image::EngineImage;
+use crate::model::ArchivedItem;
 use crate::model::Order;
 
 /// The ports an engine runs on.

@@ -13,11 +13,12 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
-use crate::archive::{self, ArchivedItem};
+use crate::archive;
 use crate::command::{Command, OrderAddress, Reply};
 use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::item::{DecideContext, Decision, ItemState, Payment};
+use crate::model::ArchivedItem;
 use crate::model::{ItemStats, Order, PurchaseRequest, Purchased, TokenGrant};
 use crate::ports::{Clock, Journal, OrderSink};
 use crate::pump::PumpBatch;

@@ -29,6 +29,10 @@ pub const DEFAULT_ORDERS_PER_S: u32 = 20;
 pub const DEFAULT_ORDERS_BURST: u32 = 40;
 /// Most shards accepted (the engine refuses more).
 pub const SHARDS_MAX: u16 = 1024;
+/// Default time an ended promotion stays in memory (its orders and stats stay readable after).
+pub const DEFAULT_RETAIN_ENDED_S: u64 = 86_400;
+/// Longest `retain_ended_s` accepted: ten years.
+pub const RETAIN_ENDED_S_MAX: u64 = 10 * 365 * 86_400;
 
 /// The command line.
 #[derive(Debug, Parser)]
@@ -129,6 +133,17 @@ pub struct ServeArgs {
     #[arg(long, env = "SECKILL_SHARDS", value_name = "N",
           value_parser = clap::value_parser!(u16).range(1..=i64::from(SHARDS_MAX)))]
     pub shards: Option<u16>,
+    /// The `aud` shoppers' JWTs must name (a string, or a list containing it); without this
+    /// flag a token that carries `aud` is refused
+    #[arg(long, env = "SECKILL_JWT_AUDIENCE", value_name = "AUD")]
+    pub jwt_audience: Option<String>,
+    /// The `iss` shoppers' JWTs must carry; without this flag `iss` is not checked
+    #[arg(long, env = "SECKILL_JWT_ISSUER", value_name = "ISS")]
+    pub jwt_issuer: Option<String>,
+    /// Seconds after its end an ended promotion stops costing memory; its orders and stats
+    /// stay readable [default: 86400]
+    #[arg(long, env = "SECKILL_RETAIN_ENDED_S", value_name = "SECONDS")]
+    pub retain_ended_s: Option<u64>,
     /// TOML file with the same keys (and `[rate_limit]`, `request_timeout_ms`)
     #[arg(long, env = "SECKILL_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -185,9 +200,12 @@ pub struct FileConfig {
     pub admin_key: Option<String>,
     pub user_secret: Option<String>,
     pub auth: Option<AuthMode>,
+    pub jwt_audience: Option<String>,
+    pub jwt_issuer: Option<String>,
     pub database_url: Option<String>,
     pub durability: Option<Durability>,
     pub shards: Option<u16>,
+    pub retain_ended_s: Option<u64>,
     pub request_timeout_ms: Option<u64>,
     pub shutdown_grace_s: Option<u64>,
     pub rate_limit: Option<RateLimitConfig>,
@@ -203,10 +221,16 @@ pub struct Config {
     pub admin_key_generated: bool,
     pub user_secret: Option<String>,
     pub auth: AuthMode,
+    /// The `aud` shoppers' JWTs must name; None: a token carrying `aud` is refused.
+    pub jwt_audience: Option<String>,
+    /// The `iss` shoppers' JWTs must carry; None: not checked.
+    pub jwt_issuer: Option<String>,
     pub database_url: String,
     pub durability: Durability,
     /// None: the engine's default (number of cores).
     pub shards: Option<usize>,
+    /// Seconds after its end an ended promotion stops costing memory.
+    pub retain_ended_s: u64,
     pub request_timeout_ms: u64,
     pub shutdown_grace_s: u64,
     pub rate_limit: RateLimitConfig,
@@ -220,8 +244,11 @@ impl std::fmt::Debug for Config {
             .field("listen", &self.listen)
             .field("data_dir", &self.data_dir)
             .field("auth", &self.auth)
+            .field("jwt_audience", &self.jwt_audience)
+            .field("jwt_issuer", &self.jwt_issuer)
             .field("durability", &self.durability)
             .field("shards", &self.shards)
+            .field("retain_ended_s", &self.retain_ended_s)
             .field("request_timeout_ms", &self.request_timeout_ms)
             .field("rate_limit", &self.rate_limit)
             .finish_non_exhaustive()
@@ -269,67 +296,14 @@ impl Config {
             .or(file.data_dir)
             .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
         let auth = args.auth.or(file.auth).unwrap_or(AuthMode::Jwt);
-        let user_secret = args.user_secret.or(file.user_secret);
-        if auth == AuthMode::Jwt {
-            match &user_secret {
-                None => return Err(ConfigError::MissingUserSecret),
-                Some(s) if s.is_empty() => {
-                    return Err(ConfigError::Empty {
-                        field: "user_secret",
-                    })
-                }
-                Some(_) => {}
-            }
-        }
-        let (admin_key, admin_key_generated) = match args.admin_key.or(file.admin_key) {
-            Some(key) if key.is_empty() => return Err(ConfigError::Empty { field: "admin_key" }),
-            Some(key) => (key, false),
-            None => (generate_admin_key(), true),
-        };
-        let database_url = match args.database_url.or(file.database_url) {
-            Some(url) if url.is_empty() => {
-                return Err(ConfigError::Empty {
-                    field: "database_url",
-                })
-            }
-            Some(url) => url,
-            None => format!("sqlite://{}", data_dir.join("orders.db").display()),
-        };
-        let shards = match args.shards.or(file.shards) {
-            Some(n) if n == 0 || n > SHARDS_MAX => {
-                return Err(ConfigError::OutOfRange {
-                    field: "shards",
-                    reason: format!("must be 1..={SHARDS_MAX}"),
-                })
-            }
-            other => other.map(usize::from),
-        };
-        let request_timeout_ms = file
-            .request_timeout_ms
-            .unwrap_or(DEFAULT_REQUEST_TIMEOUT_MS);
-        if request_timeout_ms == 0 {
-            return Err(ConfigError::OutOfRange {
-                field: "request_timeout_ms",
-                reason: "must be at least 1".into(),
-            });
-        }
-        let rate_limit = file.rate_limit.unwrap_or_default();
-        for (name, limit) in [
-            ("rate_limit.token", rate_limit.token),
-            ("rate_limit.purchase", rate_limit.purchase),
-            ("rate_limit.orders", rate_limit.orders),
-        ] {
-            if limit.per_s > 0 && limit.burst == 0 {
-                return Err(ConfigError::OutOfRange {
-                    field: match name {
-                        "rate_limit.token" => "rate_limit.token.burst",
-                        "rate_limit.purchase" => "rate_limit.purchase.burst",
-                        _ => "rate_limit.orders.burst",
-                    },
-                    reason: "must be at least 1 when per_s > 0".into(),
-                });
-            }
-        }
+        let user_secret = resolve_user_secret(auth, args.user_secret.or(file.user_secret))?;
+        let (admin_key, admin_key_generated) =
+            resolve_admin_key(args.admin_key.or(file.admin_key))?;
+        let database_url = args.database_url.or(file.database_url);
+        let database_url = resolve_database_url(database_url, &data_dir)?;
+        let shards = resolve_shards(args.shards.or(file.shards))?;
+        let request_timeout_ms = resolve_request_timeout_ms(file.request_timeout_ms)?;
+        let rate_limit = resolve_rate_limit(file.rate_limit)?;
         Ok(Config {
             listen: args
                 .listen
@@ -340,18 +314,107 @@ impl Config {
             admin_key_generated,
             user_secret,
             auth,
+            jwt_audience: non_empty("jwt_audience", args.jwt_audience.or(file.jwt_audience))?,
+            jwt_issuer: non_empty("jwt_issuer", args.jwt_issuer.or(file.jwt_issuer))?,
             database_url,
             durability: args
                 .durability
                 .or(file.durability)
                 .unwrap_or(Durability::Sync),
             shards,
+            retain_ended_s: resolve_retain_ended_s(args.retain_ended_s.or(file.retain_ended_s))?,
             request_timeout_ms,
             shutdown_grace_s: file.shutdown_grace_s.unwrap_or(DEFAULT_SHUTDOWN_GRACE_S),
             rate_limit,
             unsafe_memory_journal: args.unsafe_memory_journal,
         })
     }
+}
+
+/// `value`, refused when it is given but empty.
+fn non_empty(field: &'static str, value: Option<String>) -> Result<Option<String>, ConfigError> {
+    match value {
+        Some(text) if text.is_empty() => Err(ConfigError::Empty { field }),
+        other => Ok(other),
+    }
+}
+
+/// The user secret: required (and not empty) with `--auth jwt`.
+fn resolve_user_secret(
+    auth: AuthMode,
+    secret: Option<String>,
+) -> Result<Option<String>, ConfigError> {
+    if auth == AuthMode::Header {
+        return Ok(secret);
+    }
+    match non_empty("user_secret", secret)? {
+        None => Err(ConfigError::MissingUserSecret),
+        secret => Ok(secret),
+    }
+}
+
+/// The operator key, or a generated one (and `true`) when none was given.
+fn resolve_admin_key(key: Option<String>) -> Result<(String, bool), ConfigError> {
+    match non_empty("admin_key", key)? {
+        Some(key) => Ok((key, false)),
+        None => Ok((generate_admin_key(), true)),
+    }
+}
+
+/// The orders database; the embedded SQLite file in the data directory by default.
+fn resolve_database_url(url: Option<String>, data_dir: &Path) -> Result<String, ConfigError> {
+    match non_empty("database_url", url)? {
+        Some(url) => Ok(url),
+        None => Ok(format!("sqlite://{}", data_dir.join("orders.db").display())),
+    }
+}
+
+fn resolve_shards(shards: Option<u16>) -> Result<Option<usize>, ConfigError> {
+    match shards {
+        Some(n) if n == 0 || n > SHARDS_MAX => Err(ConfigError::OutOfRange {
+            field: "shards",
+            reason: format!("must be 1..={SHARDS_MAX}"),
+        }),
+        other => Ok(other.map(usize::from)),
+    }
+}
+
+fn resolve_request_timeout_ms(timeout_ms: Option<u64>) -> Result<u64, ConfigError> {
+    match timeout_ms.unwrap_or(DEFAULT_REQUEST_TIMEOUT_MS) {
+        0 => Err(ConfigError::OutOfRange {
+            field: "request_timeout_ms",
+            reason: "must be at least 1".into(),
+        }),
+        timeout_ms => Ok(timeout_ms),
+    }
+}
+
+fn resolve_retain_ended_s(retain_s: Option<u64>) -> Result<u64, ConfigError> {
+    match retain_s.unwrap_or(DEFAULT_RETAIN_ENDED_S) {
+        retain_s if retain_s > RETAIN_ENDED_S_MAX => Err(ConfigError::OutOfRange {
+            field: "retain_ended_s",
+            reason: format!("must be 0..={RETAIN_ENDED_S_MAX}"),
+        }),
+        retain_s => Ok(retain_s),
+    }
+}
+
+/// `[rate_limit]`: a limit that is on (`per_s > 0`) needs a burst of at least 1.
+fn resolve_rate_limit(limits: Option<RateLimitConfig>) -> Result<RateLimitConfig, ConfigError> {
+    let limits = limits.unwrap_or_default();
+    for (field, limit) in [
+        ("rate_limit.token.burst", limits.token),
+        ("rate_limit.purchase.burst", limits.purchase),
+        ("rate_limit.orders.burst", limits.orders),
+    ] {
+        if limit.per_s > 0 && limit.burst == 0 {
+            return Err(ConfigError::OutOfRange {
+                field,
+                reason: "must be at least 1 when per_s > 0".into(),
+            });
+        }
+    }
+    Ok(limits)
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
@@ -428,6 +491,35 @@ mod tests {
         assert_eq!(config.auth, AuthMode::Header);
         assert_eq!(config.rate_limit.token, RouteLimit { per_s: 1, burst: 2 });
         assert_eq!(config.rate_limit.purchase.per_s, DEFAULT_PURCHASE_PER_S);
+    }
+
+    #[test]
+    fn jwt_rules_and_retention_come_from_flags_then_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("seckill.toml");
+        std::fs::write(
+            &file,
+            "auth = \"header\"\njwt_audience = \"aud-file\"\njwt_issuer = \"iss-file\"\n\
+             retain_ended_s = 60\n",
+        )
+        .expect("write");
+        let file = file.to_string_lossy().into_owned();
+        let config = parse(&["--config", &file, "--jwt-audience", "aud-flag"]).expect("valid");
+        assert_eq!(config.jwt_audience.as_deref(), Some("aud-flag"));
+        assert_eq!(config.jwt_issuer.as_deref(), Some("iss-file"));
+        assert_eq!(config.retain_ended_s, 60);
+
+        let config = parse(&["--auth", "header", "--retain-ended-s", "5"]).expect("valid");
+        assert_eq!(config.retain_ended_s, 5);
+        assert_eq!(config.jwt_audience, None);
+        assert_eq!(config.jwt_issuer, None);
+        let config = parse(&["--auth", "header"]).expect("valid");
+        assert_eq!(config.retain_ended_s, DEFAULT_RETAIN_ENDED_S);
+
+        let error = parse(&["--auth", "header", "--jwt-audience", ""]).expect_err("empty");
+        assert!(error.contains("jwt_audience"), "{error}");
+        let error = parse(&["--auth", "header", "--retain-ended-s", "-1"]).expect_err("negative");
+        assert!(!error.contains('\n'), "{error}");
     }
 
     #[test]

@@ -31,13 +31,24 @@ pub enum AppError {
     PayloadTooLarge,
     #[error("too many requests from this shopper on this route; retry after {retry_after_s} s")]
     RateLimited { retry_after_s: u64 },
-    /// The request did not finish within the request timeout. A write may still complete:
-    /// retrying with the same `request_id` returns it.
+    /// The request did not finish within the request timeout before it could reach the
+    /// engine (a read, or a write whose body was still arriving): nothing was done.
     #[error("the request did not finish within {timeout_ms} ms")]
     Timeout { timeout_ms: u64 },
+    /// A write did not finish within the request timeout after it was handed on: it may still
+    /// take effect. Repeating it (the same `request_id`, the same pay, cancel or create)
+    /// answers its outcome.
+    #[error(
+        "the write did not finish within {timeout_ms} ms and may still take effect; repeat it \
+         (same request_id, or the same call) to learn its outcome"
+    )]
+    OutcomeUnknown { timeout_ms: u64 },
     /// Recovery from the log has not finished.
     #[error("the server is starting: recovery has not finished")]
     NotReady,
+    /// Some engine shards are down (their threads died); the message names them.
+    #[error("{0}")]
+    ShardsDown(String),
     /// A handler panicked; the panic is logged, the client gets JSON.
     #[error("internal error")]
     Internal,
@@ -51,6 +62,13 @@ impl AppError {
         }
     }
 
+    /// `/readyz`'s answer while `shards` (not empty) are down: "shard 1 is down".
+    pub fn shards_down(shards: &[usize]) -> Self {
+        let names: Vec<String> = shards.iter().map(|s| format!("shard {s}")).collect();
+        let verb = if names.len() == 1 { "is" } else { "are" };
+        AppError::ShardsDown(format!("{} {verb} down", names.join(", ")))
+    }
+
     /// The status and api.md code of this answer.
     pub fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
@@ -61,9 +79,10 @@ impl AppError {
             AppError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             AppError::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             AppError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
-            AppError::Timeout { .. } | AppError::NotReady => {
+            AppError::Timeout { .. } | AppError::NotReady | AppError::ShardsDown(_) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
             }
+            AppError::OutcomeUnknown { .. } => (StatusCode::SERVICE_UNAVAILABLE, "outcome_unknown"),
             AppError::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -85,8 +104,12 @@ fn engine_status(error: &EngineError) -> StatusCode {
         | EngineError::TokensExhausted
         | EngineError::NotPayable
         | EngineError::AlreadyPaid
-        | EngineError::NotCancellable => StatusCode::CONFLICT,
-        EngineError::Overloaded | EngineError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        | EngineError::NotCancellable
+        | EngineError::AmountMismatch => StatusCode::CONFLICT,
+        EngineError::Overloaded
+        | EngineError::Unavailable(_)
+        | EngineError::OutcomeUnknown
+        | EngineError::ShardDown(_) => StatusCode::SERVICE_UNAVAILABLE,
     }
 }
 
@@ -134,7 +157,10 @@ impl IntoResponse for AppError {
         );
         let retry_after_s = match &self {
             AppError::RateLimited { retry_after_s } => Some(*retry_after_s),
-            AppError::Engine(EngineError::Overloaded) | AppError::NotReady => Some(1),
+            // Outcome unknown: the caller learns it by repeating the call, soon.
+            AppError::Engine(EngineError::Overloaded | EngineError::OutcomeUnknown)
+            | AppError::OutcomeUnknown { .. }
+            | AppError::NotReady => Some(1),
             _ => None,
         };
         if let Some(seconds) = retry_after_s {
@@ -172,8 +198,11 @@ mod tests {
             (EngineError::NotPayable, 409),
             (EngineError::AlreadyPaid, 409),
             (EngineError::NotCancellable, 409),
+            (EngineError::AmountMismatch, 409),
             (EngineError::Overloaded, 503),
             (EngineError::Unavailable("x".into()), 503),
+            (EngineError::OutcomeUnknown, 503),
+            (EngineError::ShardDown(1), 503),
         ];
         for (error, status) in cases {
             let code = error.code();
@@ -181,5 +210,53 @@ mod tests {
             assert_eq!(got.as_u16(), status, "{code}");
             assert_eq!(got_code, code);
         }
+        for (error, code) in [
+            (EngineError::OutcomeUnknown, "outcome_unknown"),
+            (EngineError::AmountMismatch, "amount_mismatch"),
+            (EngineError::ShardDown(0), "unavailable"),
+        ] {
+            assert_eq!(AppError::Engine(error).status_and_code().1, code);
+        }
+    }
+
+    fn retry_after(error: AppError) -> Option<String> {
+        let response = error.into_response();
+        response
+            .headers()
+            .get(header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    }
+
+    #[test]
+    fn an_unknown_outcome_says_when_to_ask_again() {
+        assert_eq!(
+            retry_after(AppError::Engine(EngineError::OutcomeUnknown)).as_deref(),
+            Some("1")
+        );
+        let timed_out_write = AppError::OutcomeUnknown { timeout_ms: 10 };
+        assert_eq!(
+            timed_out_write.status_and_code(),
+            (StatusCode::SERVICE_UNAVAILABLE, "outcome_unknown")
+        );
+        assert_eq!(retry_after(timed_out_write).as_deref(), Some("1"));
+        let timed_out_read = AppError::Timeout { timeout_ms: 10 };
+        assert_eq!(
+            timed_out_read.status_and_code(),
+            (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+        );
+    }
+
+    #[test]
+    fn shards_down_names_them() {
+        assert_eq!(AppError::shards_down(&[1]).to_string(), "shard 1 is down");
+        assert_eq!(
+            AppError::shards_down(&[0, 2]).to_string(),
+            "shard 0, shard 2 are down"
+        );
+        assert_eq!(
+            AppError::shards_down(&[1]).status_and_code(),
+            (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+        );
     }
 }

@@ -1,6 +1,9 @@
 //! Extractors whose every rejection is an [`AppError`]: axum's own rejections answer in plain
 //! text, which would break the contract's error body.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
 use axum::body::{Body, Bytes};
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::{header, request::Parts};
@@ -15,6 +18,23 @@ pub const BODY_BYTES_MAX: usize = 64 * 1024;
 /// our 413 instead of a connection reset while it is still sending. Past it, we stop reading.
 pub const BODY_DRAIN_BYTES_MAX: usize = 4 * 1024 * 1024;
 
+/// Whether a write's body is still arriving. The request-timeout layer puts one in the
+/// extensions of every write and [`JsonBody`] sets it while it reads: a write that times out
+/// while its body is still arriving never reached the engine (503 `unavailable`, "not done"),
+/// one that times out later may have (503 `outcome_unknown`).
+#[derive(Debug, Clone, Default)]
+pub struct BodyPending(Arc<AtomicBool>);
+
+impl BodyPending {
+    pub fn set(&self, pending: bool) {
+        self.0.store(pending, Ordering::Release);
+    }
+
+    pub fn is_pending(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
 /// A JSON body: at most [`BODY_BYTES_MAX`], and every parse failure is a 400 naming the field.
 #[derive(Debug)]
 pub struct JsonBody<T>(pub T);
@@ -26,7 +46,7 @@ where
 {
     type Rejection = AppError;
 
-    async fn from_request(request: Request, _state: &S) -> Result<Self, AppError> {
+    async fn from_request(mut request: Request, _state: &S) -> Result<Self, AppError> {
         let declared = request
             .headers()
             .get(header::CONTENT_LENGTH)
@@ -35,8 +55,15 @@ where
         if declared.is_some_and(|n| n > BODY_DRAIN_BYTES_MAX as u64) {
             return Err(AppError::PayloadTooLarge);
         }
-        let bytes = read_limited(request.into_body()).await?;
-        parse_json(&bytes).map(JsonBody)
+        let pending = request.extensions_mut().remove::<BodyPending>();
+        if let Some(pending) = &pending {
+            pending.set(true);
+        }
+        let bytes = read_limited(request.into_body()).await;
+        if let Some(pending) = &pending {
+            pending.set(false);
+        }
+        parse_json(&bytes?).map(JsonBody)
     }
 }
 

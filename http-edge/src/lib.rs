@@ -3,22 +3,25 @@
 //! The HTTP face of seckill (the contract is api.md) and the `seckill` binary. Only this
 //! crate knows HTTP and JSON; the engine decides, the persistence crate stores.
 //!
-//! Layout:
+//! Layout (each module one job; no two modules import each other):
 //! - `config`: flags, `SECKILL_*` variables, the TOML file and defaults, in that order.
 //! - `state`: what handlers share: the engine (once recovered), credentials, limiters,
 //!   the metrics registry.
-//! - `auth`: admin bearer key (constant-time), HS256 JWT with `exp` and a pinned algorithm,
-//!   or the trusted `X-User-Id` header.
+//! - `auth`: admin bearer key (constant-time), HS256 JWT (`exp`, `nbf`, optional `aud` /
+//!   `iss`, a pinned algorithm), or the trusted `X-User-Id` header. Its extractors read the
+//!   credentials through the `AuthSource` trait, which `state` implements.
 //! - `error`: `AppError`, the one place where every failure gets its status and api.md code.
 //! - `extract`: JSON body and path extractors whose rejections are `AppError`s (64 KiB limit,
 //!   400 naming the field).
-//! - `limit`: per-shopper, per-route rate limits (governor).
+//! - `limit`: per-shopper, per-route rate limits (governor), with a bounded keyspace.
 //! - `views`: api.md's JSON shapes and the RFC 3339 conversions.
 //! - `routes`: the router, its handlers, JSON 404/405, and the metrics/timeout/panic layers.
 //! - `storage`: the only module naming the persistence crate: RocksDB journal + SQL flusher,
 //!   or the development-only memory log.
+//! - `start_error`: `StartError`, why the server did not start (exit 2).
 //! - `server`: start-up in order, `run(listener, app, shutdown)` (one single-threaded runtime
-//!   per core, each accepting on its own clone of the socket), graceful shutdown.
+//!   per core, each accepting on its own clone of the socket), graceful shutdown;
+//!   `serve_with_hook` hands in-process tests the engine once ready.
 
 pub mod auth;
 pub mod config;
@@ -27,6 +30,7 @@ pub mod extract;
 pub mod limit;
 pub mod routes;
 pub mod server;
+pub mod start_error;
 pub mod state;
 pub mod storage;
 pub mod views;
@@ -34,5 +38,6 @@ pub mod views;
 pub use config::Config;
 pub use error::AppError;
 pub use routes::app;
-pub use server::{run, serve, StartError};
+pub use server::{run, serve, serve_with_hook};
+pub use start_error::StartError;
 pub use state::{AppState, Settings};

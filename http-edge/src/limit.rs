@@ -1,19 +1,38 @@
 //! Per-shopper, per-route rate limits (governor's GCRA, one keyed limiter per route).
 //!
 //! A refused request never reaches a shard: the check is a hash-map lookup and an atomic
-//! compare-and-swap. Memory stays bounded because idle shoppers' entries are dropped every
-//! [`LIMITER_SWEEP_S`] seconds by [`RateLimits::sweep`].
+//! compare-and-swap.
+//!
+//! Memory is bounded (api.md, "Bounded memory"): each route's limiter holds at most
+//! [`LIMITER_KEYS_MAX`] shoppers. An entry is dropped as soon as its shopper is back at full
+//! burst, by [`RateLimits::sweep`] every [`LIMITER_SWEEP_S`] seconds and, while a limiter is
+//! full, by a sweep at most every [`LIMITER_FULL_SWEEP_MS`] on the request path. When it is
+//! still full, a shopper it does not hold is not added: all such shoppers share one overflow
+//! allowance of the route's per-shopper quota. That is the conservative choice: a storm of
+//! distinct shopper ids costs no memory and is mostly refused 429 (retry later), while the
+//! shoppers already held keep their own limits. The cap is only met when more than
+//! [`LIMITER_KEYS_MAX`] shoppers were active on one route within about one burst's time.
 
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
 
 use governor::clock::{Clock, DefaultClock};
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use governor::nanos::Nanos;
+use governor::state::keyed::{DashMapStateStore, ShrinkableKeyedStateStore};
+use governor::state::{InMemoryState, NotKeyed, StateStore};
+use governor::{Quota, RateLimiter};
 
 use crate::config::{RateLimitConfig, RouteLimit};
 use crate::error::AppError;
 
 /// How often idle entries are swept out of the limiters.
 pub const LIMITER_SWEEP_S: u64 = 30;
+/// Most shoppers one route's limiter holds (about 100 bytes each).
+pub const LIMITER_KEYS_MAX: usize = 100_000;
+/// While a limiter is full, it is swept at most this often, on the request path.
+pub const LIMITER_FULL_SWEEP_MS: u64 = 1_000;
 
 /// The routes with a per-shopper limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,9 +44,11 @@ pub enum LimitedRoute {
 
 /// One limiter per limited route; `None` where the limit is turned off (`per_s = 0`).
 pub struct RateLimits {
-    token: Option<DefaultKeyedRateLimiter<String>>,
-    purchase: Option<DefaultKeyedRateLimiter<String>>,
-    orders: Option<DefaultKeyedRateLimiter<String>>,
+    token: Option<RouteLimiter>,
+    purchase: Option<RouteLimiter>,
+    orders: Option<RouteLimiter>,
+    /// The zero of [`RouteLimiter::next_full_sweep_ms`].
+    started: Instant,
 }
 
 impl std::fmt::Debug for RateLimits {
@@ -40,34 +61,153 @@ impl std::fmt::Debug for RateLimits {
     }
 }
 
-fn limiter(limit: RouteLimit) -> Option<DefaultKeyedRateLimiter<String>> {
-    let per_s = NonZeroU32::new(limit.per_s)?;
-    // A burst below the rate would refuse traffic the rate allows.
-    let burst = NonZeroU32::new(limit.burst.max(limit.per_s)).unwrap_or(per_s);
-    Some(RateLimiter::keyed(
-        Quota::per_second(per_s).allow_burst(burst),
-    ))
+/// A keyed state store that holds at most `keys_max` shoppers; see the module docs.
+struct BoundedStore {
+    keys: DashMapStateStore<String>,
+    keys_max: usize,
+    /// Shoppers admitted since the last sweep counted them: never less than `keys.len()`
+    /// (a count is taken before the entry is made), so `keys` never outgrows `keys_max`
+    /// by more than the requests racing a sweep's recount.
+    admitted: Arc<AtomicUsize>,
+    /// The shared state of the shoppers not admitted while the store is full.
+    overflow: InMemoryState,
+}
+
+impl StateStore for BoundedStore {
+    type Key = String;
+
+    fn measure_and_replace<T, F, E>(&self, key: &Self::Key, f: F) -> Result<T, E>
+    where
+        F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
+    {
+        // The read guard is released before a new entry is made (which locks its shard).
+        if let Some(state) = self.keys.get(key) {
+            return state.measure_and_replace(&NotKeyed::NonKey, f);
+        }
+        if admit(&self.admitted, self.keys_max) {
+            self.keys.measure_and_replace(key, f)
+        } else {
+            self.overflow.measure_and_replace(&NotKeyed::NonKey, f)
+        }
+    }
+}
+
+/// Takes one of the `keys_max` places counted by `admitted`; false when all are taken.
+fn admit(admitted: &AtomicUsize, keys_max: usize) -> bool {
+    let take_one = |n: usize| (n < keys_max).then_some(n + 1);
+    admitted
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, take_one)
+        .is_ok()
+}
+
+impl ShrinkableKeyedStateStore<String> for BoundedStore {
+    fn retain_recent(&self, drop_below: Nanos) {
+        ShrinkableKeyedStateStore::retain_recent(&self.keys, drop_below);
+        self.admitted.store(self.keys.len(), Ordering::Release);
+    }
+
+    fn shrink_to_fit(&self) {
+        self.keys.shrink_to_fit();
+    }
+
+    fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+}
+
+/// One route's limiter, and what it takes to sweep it when it is full.
+struct RouteLimiter {
+    limiter: RateLimiter<String, BoundedStore, DefaultClock>,
+    keys_max: usize,
+    /// The store's count of admitted shoppers, read to see whether it is full.
+    admitted: Arc<AtomicUsize>,
+    /// When a full limiter may be swept next, in ms since [`RateLimits::started`].
+    next_full_sweep_ms: AtomicU64,
+}
+
+impl RouteLimiter {
+    fn new(limit: RouteLimit, keys_max: usize) -> Option<RouteLimiter> {
+        let per_s = NonZeroU32::new(limit.per_s)?;
+        // A burst below the rate would refuse traffic the rate allows.
+        let burst = NonZeroU32::new(limit.burst.max(limit.per_s)).unwrap_or(per_s);
+        let admitted = Arc::new(AtomicUsize::new(0));
+        let store = BoundedStore {
+            keys: DashMapStateStore::default(),
+            keys_max,
+            admitted: Arc::clone(&admitted),
+            overflow: InMemoryState::default(),
+        };
+        let quota = Quota::per_second(per_s).allow_burst(burst);
+        Some(RouteLimiter {
+            limiter: RateLimiter::new(quota, store, DefaultClock::default()),
+            keys_max,
+            admitted,
+            next_full_sweep_ms: AtomicU64::new(0),
+        })
+    }
+
+    /// Drops the entries of shoppers back at full burst; `shrink` also gives back memory.
+    fn sweep(&self, shrink: bool) {
+        self.limiter.retain_recent();
+        if shrink {
+            self.limiter.shrink_to_fit();
+        }
+    }
+
+    /// A full limiter is swept now unless it was less than [`LIMITER_FULL_SWEEP_MS`] ago;
+    /// of racing requests only one sweeps.
+    fn sweep_if_full(&self, now_ms: u64) {
+        if self.admitted.load(Ordering::Acquire) < self.keys_max {
+            return;
+        }
+        let next = &self.next_full_sweep_ms;
+        let next_ms = next.load(Ordering::Acquire);
+        if now_ms < next_ms {
+            return;
+        }
+        let until_ms = now_ms.saturating_add(LIMITER_FULL_SWEEP_MS);
+        let claimed = next.compare_exchange(next_ms, until_ms, Ordering::AcqRel, Ordering::Acquire);
+        if claimed.is_ok() {
+            self.sweep(false);
+        }
+    }
 }
 
 impl RateLimits {
     pub fn new(config: &RateLimitConfig) -> Self {
+        RateLimits::with_keys_max(config, LIMITER_KEYS_MAX)
+    }
+
+    /// [`RateLimits::new`] holding at most `keys_max` shoppers per route.
+    pub fn with_keys_max(config: &RateLimitConfig, keys_max: usize) -> Self {
         RateLimits {
-            token: limiter(config.token),
-            purchase: limiter(config.purchase),
-            orders: limiter(config.orders),
+            token: RouteLimiter::new(config.token, keys_max),
+            purchase: RouteLimiter::new(config.purchase, keys_max),
+            orders: RouteLimiter::new(config.orders, keys_max),
+            started: Instant::now(),
+        }
+    }
+
+    fn route(&self, route: LimitedRoute) -> Option<&RouteLimiter> {
+        match route {
+            LimitedRoute::Token => self.token.as_ref(),
+            LimitedRoute::Purchase => self.purchase.as_ref(),
+            LimitedRoute::Orders => self.orders.as_ref(),
         }
     }
 
     /// Ok when `user_id` may make one more request on `route` now; else 429 with the wait.
     pub fn check(&self, route: LimitedRoute, user_id: &String) -> Result<(), AppError> {
-        let limiter = match route {
-            LimitedRoute::Token => &self.token,
-            LimitedRoute::Purchase => &self.purchase,
-            LimitedRoute::Orders => &self.orders,
-        };
-        let Some(limiter) = limiter else {
+        let Some(route) = self.route(route) else {
             return Ok(());
         };
+        let now_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        route.sweep_if_full(now_ms);
+        let limiter = &route.limiter;
         limiter.check_key(user_id).map_err(|not_until| {
             let wait = not_until.wait_time_from(DefaultClock::default().now());
             // Retry-After is whole seconds; rounding down would invite a retry that fails.
@@ -78,14 +218,18 @@ impl RateLimits {
         })
     }
 
+    /// The number of shoppers `route`'s limiter holds now (0 when the limit is off).
+    pub fn keys(&self, route: LimitedRoute) -> usize {
+        self.route(route).map_or(0, |route| route.limiter.len())
+    }
+
     /// Drops the entries of shoppers who have been idle long enough to be back at full burst.
     pub fn sweep(&self) {
-        for limiter in [&self.token, &self.purchase, &self.orders]
+        for route in [&self.token, &self.purchase, &self.orders]
             .into_iter()
             .flatten()
         {
-            limiter.retain_recent();
-            limiter.shrink_to_fit();
+            route.sweep(true);
         }
     }
 }
@@ -114,5 +258,45 @@ mod tests {
         for _ in 0..100 {
             assert!(limits.check(LimitedRoute::Purchase, &alice).is_ok());
         }
+    }
+
+    #[test]
+    fn a_storm_of_distinct_shoppers_stays_within_the_cap() {
+        const KEYS_MAX: usize = 100;
+        let config = RateLimitConfig {
+            token: RouteLimit { per_s: 1, burst: 3 },
+            purchase: RouteLimit { per_s: 1, burst: 3 },
+            orders: RouteLimit { per_s: 0, burst: 0 },
+        };
+        let limits = RateLimits::with_keys_max(&config, KEYS_MAX);
+        let held: Vec<String> = (0..KEYS_MAX).map(|i| format!("held-{i}")).collect();
+        for user in &held {
+            assert!(limits.check(LimitedRoute::Token, user).is_ok(), "{user}");
+        }
+        assert_eq!(limits.keys(LimitedRoute::Token), KEYS_MAX);
+
+        // 100 times the cap of new shoppers: none is added, and together they get one
+        // shopper's allowance (a burst of 3, plus one a second if the loop is slow).
+        let storm_started = Instant::now();
+        let mut allowed = 0;
+        for i in 0..KEYS_MAX * 100 {
+            let user = format!("storm-{i}");
+            if limits.check(LimitedRoute::Token, &user).is_ok() {
+                allowed += 1;
+            }
+            assert!(limits.keys(LimitedRoute::Token) <= KEYS_MAX, "{i}");
+        }
+        assert!(allowed >= 3, "{allowed}");
+        if storm_started.elapsed() < std::time::Duration::from_secs(1) {
+            assert_eq!(allowed, 3, "one allowance shared beyond the cap");
+        }
+
+        // A shopper held keeps its own bucket (2 of 3 left), untouched by the storm.
+        assert!(limits.check(LimitedRoute::Token, &held[0]).is_ok());
+        assert!(limits.check(LimitedRoute::Token, &held[0]).is_ok());
+        assert!(limits.check(LimitedRoute::Purchase, &held[0]).is_ok());
+        limits.sweep();
+        assert!(limits.keys(LimitedRoute::Token) <= KEYS_MAX);
+        assert_eq!(limits.keys(LimitedRoute::Orders), 0);
     }
 }

@@ -12,43 +12,16 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use seckill_engine::{Engine, EngineConfig, Ports, SystemClock};
-use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
+use tokio::task::{JoinError, JoinHandle};
 
 use crate::config::{AuthMode, Config, Durability};
 use crate::limit::LIMITER_SWEEP_S;
 use crate::routes::app;
+use crate::start_error::StartError;
 use crate::state::{AppState, Settings};
 use crate::storage::Storage;
-
-/// Why the server did not start; each is one line for a person, and the binary exits 2.
-#[derive(Debug, Error)]
-pub enum StartError {
-    #[error("cannot write data directory {path}: {reason}")]
-    DataDirUnwritable { path: String, reason: String },
-    #[error(
-        "data directory {path} is in use by another running seckill server; stop it or choose \
-         another --data-dir"
-    )]
-    DataDirLocked { path: String },
-    #[error("cannot open the journal: {0}")]
-    Journal(String),
-    #[error(
-        "this build has no durable journal (built without the `persistence` feature); \
-         --unsafe-memory-journal runs without durability, for development only"
-    )]
-    NoDurableJournal,
-    /// The orders database refused or did not answer (the message says which).
-    #[error("orders database: {0}")]
-    Database(String),
-    #[error("recovery from the journal failed: {0}")]
-    Recovery(String),
-    #[error("cannot listen on {addr}: {reason}")]
-    Listen { addr: String, reason: String },
-    #[error("the HTTP server failed: {0}")]
-    Serve(String),
-}
 
 /// Serves `app` on `listener` until `shutdown` completes, then stops accepting and waits for
 /// in-flight requests. `shutdown` is any future: Ctrl-C in the binary, a channel in tests.
@@ -131,6 +104,18 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
+    serve_with_hook(config, listener, shutdown, |_engine| {}).await
+}
+
+/// [`serve`], handing `on_ready` the engine once the server is ready (`/readyz` answers
+/// 200 from then on). For in-process tests that need the engine itself, e.g. to inject a
+/// fault; the binary uses [`serve`].
+pub async fn serve_with_hook(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    on_ready: impl FnOnce(Engine) + Send + 'static,
+) -> Result<(), StartError> {
     let listen_addr = listener
         .local_addr()
         .map_or_else(|_| config.listen.to_string(), |a| a.to_string());
@@ -141,58 +126,28 @@ pub async fn serve(
         .map_err(|e| StartError::Journal(e.to_string()))??;
 
     let state = AppState::new(Settings::from_config(&config));
-    let (stop_http, stop_http_rx) = oneshot::channel::<()>();
-    let mut http = tokio::spawn(run(listener, app(state.clone()), async move {
-        let _ = stop_http_rx.await;
-    }));
-    let sweeper = spawn_limiter_sweeper(state.clone());
+    let serving = Serving::start(listener, &state);
 
     let started = Instant::now();
     let engine = match start_engine(&config, &mut storage).await {
         Ok(engine) => engine,
         Err(error) => {
-            sweeper.abort();
-            let _ = stop_http.send(());
-            let _ = http.await;
+            serving.abort().await;
             return Err(error);
         }
     };
     if let Err(error) = storage.start_flusher(&config, &engine).await {
-        sweeper.abort();
-        let _ = stop_http.send(());
-        let _ = http.await;
+        serving.abort().await;
         let _ = engine.shutdown().await;
         storage.shutdown(Duration::ZERO).await;
         return Err(error);
     }
     state.set_ready(engine.clone());
     announce(&config, &listen_addr, &storage, &engine, started.elapsed());
+    on_ready(engine.clone());
 
-    // Either the signal, or the HTTP server dying on its own (which it should never do).
-    let served = tokio::select! {
-        () = shutdown => None,
-        result = &mut http => Some(result),
-    };
     let grace = Duration::from_secs(config.shutdown_grace_s);
-    tracing::info!(
-        grace_s = config.shutdown_grace_s,
-        "seckill shutting down: no new connections, finishing in-flight requests"
-    );
-    let http_outcome = match served {
-        Some(result) => result,
-        None => {
-            let _ = stop_http.send(());
-            match tokio::time::timeout(grace, &mut http).await {
-                Ok(result) => result,
-                Err(_) => {
-                    tracing::warn!("in-flight requests did not finish within the grace period");
-                    http.abort();
-                    Ok(Ok(()))
-                }
-            }
-        }
-    };
-    sweeper.abort();
+    let http_outcome = serving.until_shutdown(shutdown, grace).await;
     if let Err(error) = engine.shutdown().await {
         tracing::warn!(%error, "engine shutdown");
     }
@@ -205,9 +160,87 @@ pub async fn serve(
     }
 }
 
+/// The HTTP workers and the limiter sweeper: they answer (`/healthz`, and 503 on the rest)
+/// while the engine recovers, and serve once it is ready.
+struct Serving {
+    http: JoinHandle<io::Result<()>>,
+    stop_http: oneshot::Sender<()>,
+    sweeper: JoinHandle<()>,
+}
+
+impl Serving {
+    fn start(listener: TcpListener, state: &AppState) -> Serving {
+        let (stop_http, stop_http_rx) = oneshot::channel::<()>();
+        let http = tokio::spawn(run(listener, app(state.clone()), async move {
+            let _ = stop_http_rx.await;
+        }));
+        Serving {
+            http,
+            stop_http,
+            sweeper: spawn_limiter_sweeper(state.clone()),
+        }
+    }
+
+    /// Start-up failed: stop answering.
+    async fn abort(self) {
+        self.sweeper.abort();
+        let _ = self.stop_http.send(());
+        let _ = self.http.await;
+    }
+
+    /// Serves until `shutdown` completes (or the HTTP server dies on its own, which it should
+    /// never do), then stops accepting and gives in-flight requests `grace` to finish.
+    async fn until_shutdown(
+        self,
+        shutdown: impl Future<Output = ()>,
+        grace: Duration,
+    ) -> Result<io::Result<()>, JoinError> {
+        let Serving {
+            mut http,
+            stop_http,
+            sweeper,
+        } = self;
+        let served = tokio::select! {
+            () = shutdown => None,
+            result = &mut http => Some(result),
+        };
+        tracing::info!(
+            grace_s = grace.as_secs(),
+            "seckill shutting down: no new connections, finishing in-flight requests"
+        );
+        let outcome = match served {
+            Some(result) => result,
+            None => {
+                let _ = stop_http.send(());
+                drain(http, grace).await
+            }
+        };
+        sweeper.abort();
+        outcome
+    }
+}
+
+/// Waits at most `grace` for the HTTP workers to finish their in-flight requests.
+async fn drain(
+    mut http: JoinHandle<io::Result<()>>,
+    grace: Duration,
+) -> Result<io::Result<()>, JoinError> {
+    match tokio::time::timeout(grace, &mut http).await {
+        Ok(result) => result,
+        Err(_) => {
+            tracing::warn!("in-flight requests did not finish within the grace period");
+            http.abort();
+            Ok(Ok(()))
+        }
+    }
+}
+
 /// Rebuilds the engine from the log (on a blocking thread: replay is CPU work).
 async fn start_engine(config: &Config, storage: &mut Storage) -> Result<Engine, StartError> {
-    let mut engine_config = EngineConfig::default();
+    let mut engine_config = EngineConfig {
+        retain_ended_s: config.retain_ended_s,
+        ..EngineConfig::default()
+    };
     if let Some(shards) = config.shards {
         engine_config.shards = shards;
     }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use seckill_engine::Engine;
 
-use crate::auth::ShopperAuth;
+use crate::auth::{AuthSource, JwtClaimRules, ShopperAuth};
 use crate::config::{AuthMode, Config, RateLimitConfig};
 use crate::error::AppError;
 use crate::limit::RateLimits;
@@ -46,6 +46,10 @@ pub struct Settings {
     pub admin_key: String,
     pub auth: AuthMode,
     pub user_secret: Option<String>,
+    /// `--jwt-audience`: the `aud` shoppers' tokens must name (None: no `aud` allowed).
+    pub jwt_audience: Option<String>,
+    /// `--jwt-issuer`: the `iss` shoppers' tokens must carry (None: not checked).
+    pub jwt_issuer: Option<String>,
     pub rate_limit: RateLimitConfig,
     pub request_timeout_ms: u64,
 }
@@ -56,6 +60,8 @@ impl Settings {
             admin_key: config.admin_key.clone(),
             auth: config.auth,
             user_secret: config.user_secret.clone(),
+            jwt_audience: config.jwt_audience.clone(),
+            jwt_issuer: config.jwt_issuer.clone(),
             rate_limit: config.rate_limit,
             request_timeout_ms: config.request_timeout_ms,
         }
@@ -64,11 +70,15 @@ impl Settings {
 
 impl AppState {
     pub fn new(settings: Settings) -> Self {
+        let rules = JwtClaimRules {
+            audience: settings.jwt_audience,
+            issuer: settings.jwt_issuer,
+        };
         let shopper_auth = match (settings.auth, &settings.user_secret) {
-            (AuthMode::Jwt, Some(secret)) => ShopperAuth::jwt(secret.as_bytes()),
+            (AuthMode::Jwt, Some(secret)) => ShopperAuth::jwt(secret.as_bytes(), rules),
             // Config::resolve refuses jwt without a secret; an empty-secret verifier here
             // would accept tokens signed with "", so refuse every token instead.
-            (AuthMode::Jwt, None) => ShopperAuth::jwt(&rand::random::<[u8; 32]>()),
+            (AuthMode::Jwt, None) => ShopperAuth::jwt(&rand::random::<[u8; 32]>(), rules),
             (AuthMode::Header, _) => ShopperAuth::Header,
         };
         AppState {
@@ -97,14 +107,6 @@ impl AppState {
         self.inner.engine.get().ok_or(AppError::NotReady)
     }
 
-    pub fn admin_key(&self) -> &[u8] {
-        &self.inner.admin_key
-    }
-
-    pub fn shopper_auth(&self) -> &ShopperAuth {
-        &self.inner.shopper_auth
-    }
-
     pub fn limits(&self) -> &RateLimits {
         &self.inner.limits
     }
@@ -115,6 +117,16 @@ impl AppState {
 
     pub fn request_timeout(&self) -> Duration {
         self.inner.request_timeout
+    }
+}
+
+impl AuthSource for AppState {
+    fn admin_key(&self) -> &[u8] {
+        &self.inner.admin_key
+    }
+
+    fn shopper_auth(&self) -> &ShopperAuth {
+        &self.inner.shopper_auth
     }
 }
 

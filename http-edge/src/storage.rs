@@ -16,7 +16,7 @@ use std::time::Duration;
 use seckill_engine::{Engine, Journal, MemoryJournal, NullSink, OrderSink, Recovery};
 
 use crate::config::Config;
-use crate::server::StartError;
+use crate::start_error::StartError;
 
 /// The opened log, the recovery it handed back, and (once started) the flusher.
 pub struct Storage {
@@ -153,7 +153,7 @@ mod durable {
     use seckill_persistence::sql::{EventSource, Flusher, FlusherHandle, FlusherOptions};
 
     use crate::config::{Config, Durability};
-    use crate::server::StartError;
+    use crate::start_error::StartError;
 
     pub struct Durable {
         journal: Arc<RocksJournal>,

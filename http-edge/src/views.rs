@@ -93,6 +93,20 @@ pub struct PurchaseBody {
 #[derive(Debug, Deserialize)]
 pub struct PayBody {
     pub payment_ref: String,
+    /// The amount the payment notice says was paid: when present, it must be the order's
+    /// `amount_cents` (else 409 `amount_mismatch`, and nothing changes).
+    pub amount_cents: Option<i64>,
+}
+
+impl PayBody {
+    /// `amount_cents`, checked: an integer >= 0 (JSON's integers beyond i64 and fractions
+    /// are refused by the parser already, naming the field).
+    pub fn amount_cents(&self) -> Result<Option<i64>, AppError> {
+        match self.amount_cents {
+            Some(cents) if cents < 0 => Err(AppError::invalid("amount_cents", "must be >= 0")),
+            other => Ok(other),
+        }
+    }
 }
 
 /// An order as shoppers and operators see it.
@@ -162,7 +176,10 @@ pub struct ItemStatsView {
     pub remaining: u64,
     pub reserved: u64,
     pub sold: u64,
+    /// Every token ever handed out.
     pub tokens_issued: u64,
+    /// Tokens unexpired and unused now.
+    pub tokens_outstanding: u64,
 }
 
 impl From<PromotionStats> for PromotionView {
@@ -194,6 +211,7 @@ impl From<ItemStats> for ItemStatsView {
             reserved: item.reserved,
             sold: item.sold,
             tokens_issued: item.tokens_issued,
+            tokens_outstanding: item.tokens_outstanding,
         }
     }
 }
@@ -282,5 +300,29 @@ mod tests {
         assert_eq!(rfc3339(ms), "2026-11-11T00:00:00Z");
         assert_eq!(rfc3339(ms + 123), "2026-11-11T00:00:00.123Z");
         assert!(parse_rfc3339_ms("t", "yesterday").is_err());
+    }
+
+    #[test]
+    fn a_pay_amount_must_be_a_non_negative_integer() {
+        let parse = |json: &str| crate::extract::parse_json::<PayBody>(json.as_bytes());
+        let body = parse(r#"{"payment_ref": "p"}"#).expect("valid");
+        assert_eq!(body.amount_cents().expect("absent is fine"), None);
+        let body = parse(r#"{"payment_ref": "p", "amount_cents": 1999}"#).expect("valid");
+        assert_eq!(body.amount_cents().expect("valid"), Some(1999));
+        let body = parse(r#"{"payment_ref": "p", "amount_cents": -1}"#).expect("parses");
+        match body.amount_cents() {
+            Err(AppError::Invalid { field, .. }) => assert_eq!(field, "amount_cents"),
+            other => panic!("expected invalid amount_cents, got {other:?}"),
+        }
+        for bad in [
+            r#"{"payment_ref": "p", "amount_cents": 1.5}"#,
+            r#"{"payment_ref": "p", "amount_cents": "1999"}"#,
+            r#"{"payment_ref": "p", "amount_cents": 100000000000000000000}"#,
+        ] {
+            match parse(bad) {
+                Err(AppError::Invalid { field, .. }) => assert_eq!(field, "amount_cents", "{bad}"),
+                other => panic!("expected invalid amount_cents for {bad}, got {other:?}"),
+            }
+        }
     }
 }

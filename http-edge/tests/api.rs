@@ -47,15 +47,14 @@ async fn operator_routes(server: &TestServer) {
     assert_error(&answer, 401, "unauthorized");
 
     // 201 with defaults filled in.
-    let created = server
-        .create_promotion(json!({
-            "id": "op-1",
-            "name": "Operator test",
-            "starts_at": common::at(3600),
-            "ends_at": common::at(7200),
-            "items": [{"sku": "op-sku", "stock": 10, "price_cents": 500}]
-        }))
-        .await;
+    let op_1 = json!({
+        "id": "op-1",
+        "name": "Operator test",
+        "starts_at": common::at(3600),
+        "ends_at": common::at(7200),
+        "items": [{"sku": "op-sku", "stock": 10, "price_cents": 500}]
+    });
+    let created = server.create_promotion(op_1.clone()).await;
     assert_eq!(created["id"], "op-1");
     assert_eq!(created["status"], "upcoming");
     assert_eq!(created["payment_timeout_s"], 900);
@@ -70,9 +69,16 @@ async fn operator_routes(server: &TestServer) {
         ("reserved", 0),
         ("sold", 0),
         ("tokens_issued", 0),
+        ("tokens_outstanding", 0),
     ] {
         assert_eq!(item[field], value, "{field}");
     }
+    // The same create again (same id, identical body) is a retry: 200 with the promotion.
+    let retry = server.admin(Method::POST, "/admin/promotions").json(&op_1);
+    let (status, again) = send(retry).await;
+    assert_eq!(status, StatusCode::OK, "{again}");
+    assert_eq!(again["id"], "op-1");
+    assert_eq!(again["items"][0]["stock"], 10);
     assert!(created["starts_at"]
         .as_str()
         .is_some_and(|s| s.ends_with('Z')));
@@ -215,6 +221,11 @@ async fn token_refusals(server: &TestServer) {
     assert!(grant["expires_at"]
         .as_str()
         .is_some_and(|s| s.ends_with('Z')));
+    // The operator's stats show it outstanding while it is unused.
+    let (_, stats) = send(server.admin(Method::GET, "/admin/promotions/tok-1")).await;
+    let item = &stats["items"][0];
+    assert_eq!(item["sku"], "tok-a", "{stats}");
+    assert_eq!(item["tokens_outstanding"], 1, "{stats}");
 
     // 401 without credentials.
     let answer = send(
@@ -272,6 +283,9 @@ async fn token_refusals(server: &TestServer) {
     )
     .await;
     assert_eq!(status, StatusCode::CREATED, "{order}");
+    // The used token is no longer outstanding.
+    let (_, stats) = send(server.admin(Method::GET, "/admin/promotions/tok-1")).await;
+    assert_eq!(stats["items"][0]["tokens_outstanding"], 0, "{stats}");
     // Stock is now 0 for everyone else: sold_out; alice herself is at her limit.
     let answer = send(server.shopper(
         "t-alice",
@@ -499,6 +513,17 @@ async fn orders_and_payment(server: &TestServer) {
 
     // Pay: 200 paid, same ref again 200, another ref 409 already_paid, unknown 404.
     let pay_path = format!("/admin/orders/{order_id}/pay");
+    // A payment notice for another amount than the order's: 409, and nothing changes.
+    let answer = send(
+        server
+            .admin(Method::POST, &pay_path)
+            .json(&json!({"payment_ref": "pay-1", "amount_cents": 1})),
+    )
+    .await;
+    assert_error(&answer, 409, "amount_mismatch");
+    let (_, seen) = send(server.shopper("o-alice", Method::GET, &order_path)).await;
+    assert_eq!(seen["status"], "pending_payment");
+    assert!(seen.get("payment_ref").is_none(), "{seen}");
     let (status, paid) = send(
         server
             .admin(Method::POST, &pay_path)
@@ -509,6 +534,14 @@ async fn orders_and_payment(server: &TestServer) {
     assert_eq!(paid["status"], "paid");
     assert_eq!(paid["payment_ref"], "pay-1");
     assert!(paid["paid_at"].is_string());
+    // With the order's own amount, the same payment is the same (idempotent) answer.
+    let (status, _) = send(
+        server
+            .admin(Method::POST, &pay_path)
+            .json(&json!({"payment_ref": "pay-1", "amount_cents": 1999})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
     let (status, _) = send(
         server
             .admin(Method::POST, &pay_path)

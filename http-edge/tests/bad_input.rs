@@ -548,6 +548,30 @@ fn cases() -> Vec<Case> {
             "invalid_request",
             Some("payment_ref"),
         ),
+        case(
+            "pay: amount_cents negative",
+            Route::Pay,
+            Body::Json(json!({"payment_ref": "p", "amount_cents": -1})),
+            400,
+            "invalid_request",
+            Some("amount_cents"),
+        ),
+        case(
+            "pay: amount_cents fractional",
+            Route::Pay,
+            Body::Json(json!({"payment_ref": "p", "amount_cents": 1.5})),
+            400,
+            "invalid_request",
+            Some("amount_cents"),
+        ),
+        case(
+            "pay: amount_cents as text",
+            Route::Pay,
+            Body::Json(json!({"payment_ref": "p", "amount_cents": "1999"})),
+            400,
+            "invalid_request",
+            Some("amount_cents"),
+        ),
     ];
     // --- 1 MiB to every route that takes a body
     for (name, route) in [

@@ -416,7 +416,7 @@ async fn verify(
     assert!(bought.created);
     let payment_ref = format!("pay-verify-{round}");
     let paid = engine
-        .pay(&bought.order.order_id, &payment_ref)
+        .pay(&bought.order.order_id, &payment_ref, None)
         .await
         .expect("pay after restart");
     assert_eq!(paid.status, OrderStatus::Paid);

@@ -1,5 +1,6 @@
 //! seckill-scenarios: named flash-sale scenarios, a runner that plays them against a
-//! server and checks the invariants afterwards, and the Redis + Lua baseline server.
+//! server and checks the invariants afterwards, the side-by-side comparison with the Redis +
+//! Lua baseline (crate `seckill-baseline`), and the bounded-memory soak.
 //!
 //! Layout:
 //! - `scenario`: the TOML scenario file (promotion + waves of shoppers), parsed and validated.
@@ -11,10 +12,10 @@
 //!   exist, stock balance, SQL equals engine).
 //! - `sql`: reads the SQLite `orders` table read-only.
 //! - `report`: latency histograms, refusals, timeline; text, JSON and SVG.
-//! - `baseline`: the classic design, an axum server whose purchase runs a Redis Lua script.
 //! - `compare`: plays the same scenario against seckill and the baseline, side by side.
+//! - `soak`: millions of distinct shoppers refused (sold out, ended, rate limited) while the
+//!   server's resident memory is sampled; fails when it grows past a bound.
 
-pub mod baseline;
 pub mod check;
 pub mod client;
 pub mod compare;
@@ -22,4 +23,5 @@ pub mod report;
 pub mod run;
 pub mod scenario;
 pub mod server;
+pub mod soak;
 pub mod sql;

@@ -241,10 +241,60 @@ pub struct Report {
     pub passed: bool,
 }
 
+/// `key:count` pairs, space separated (`sold_out:12 ended:3`).
+pub fn counts_text(counts: &BTreeMap<String, u64>) -> String {
+    counts
+        .iter()
+        .map(|(key, count)| format!("{key}:{count}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// One line per route: requests, rate, latency percentiles and HTTP statuses.
+pub fn write_route_table(out: &mut String, routes: &BTreeMap<String, RouteReport>) {
+    let _ = writeln!(
+        out,
+        "  {:<10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}  statuses",
+        "route", "requests", "req/s", "p50 ms", "p99 ms", "p99.9 ms", "max ms"
+    );
+    for (route, stats) in routes {
+        let _ = writeln!(
+            out,
+            "  {:<10} {:>9} {:>9.0} {:>9.2} {:>9.2} {:>9.2} {:>9.2}  {}",
+            route,
+            stats.requests,
+            stats.requests_per_s,
+            stats.p50_ms,
+            stats.p99_ms,
+            stats.p999_ms,
+            stats.max_ms,
+            counts_text(&stats.statuses)
+        );
+    }
+}
+
+/// The refusals by api.md code and the requests that got no answer, where there are any.
+pub fn write_refusals(out: &mut String, m: &Measurements) {
+    if !m.refusals.is_empty() {
+        let _ = writeln!(out, "  refusals: {}", counts_text(&m.refusals));
+    }
+    if !m.transport_errors.is_empty() {
+        let _ = writeln!(out, "  no answer: {}", counts_text(&m.transport_errors));
+    }
+}
+
 impl Report {
     /// The terminal rendering.
     pub fn to_text(&self) -> String {
         let mut out = String::new();
+        self.write_summary(&mut out);
+        write_route_table(&mut out, &self.measurements.routes);
+        write_refusals(&mut out, &self.measurements);
+        self.write_verdicts(&mut out);
+        out
+    }
+
+    fn write_summary(&self, out: &mut String) {
         let m = &self.measurements;
         let _ = writeln!(
             out,
@@ -265,46 +315,9 @@ impl Report {
                 String::new()
             }
         );
-        let _ = writeln!(
-            out,
-            "  {:<10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}  statuses",
-            "route", "requests", "req/s", "p50 ms", "p99 ms", "p99.9 ms", "max ms"
-        );
-        for (route, stats) in &m.routes {
-            let statuses: Vec<String> = stats
-                .statuses
-                .iter()
-                .map(|(status, count)| format!("{status}:{count}"))
-                .collect();
-            let _ = writeln!(
-                out,
-                "  {:<10} {:>9} {:>9.0} {:>9.2} {:>9.2} {:>9.2} {:>9.2}  {}",
-                route,
-                stats.requests,
-                stats.requests_per_s,
-                stats.p50_ms,
-                stats.p99_ms,
-                stats.p999_ms,
-                stats.max_ms,
-                statuses.join(" ")
-            );
-        }
-        if !m.refusals.is_empty() {
-            let refusals: Vec<String> = m
-                .refusals
-                .iter()
-                .map(|(code, count)| format!("{code}:{count}"))
-                .collect();
-            let _ = writeln!(out, "  refusals: {}", refusals.join(" "));
-        }
-        if !m.transport_errors.is_empty() {
-            let errors: Vec<String> = m
-                .transport_errors
-                .iter()
-                .map(|(kind, count)| format!("{kind}:{count}"))
-                .collect();
-            let _ = writeln!(out, "  no answer: {}", errors.join(" "));
-        }
+    }
+
+    fn write_verdicts(&self, out: &mut String) {
         for verdict in &self.checks {
             let _ = writeln!(
                 out,
@@ -323,102 +336,144 @@ impl Report {
                 format!("FAIL (replay with seed {})", self.seed)
             }
         );
-        out
     }
 }
 
+const CHART_WIDTH: f64 = 900.0;
+const CHART_HEIGHT: f64 = 360.0;
+const CHART_LEFT: f64 = 70.0;
+const CHART_RIGHT: f64 = 20.0;
+const CHART_TOP: f64 = 40.0;
+const CHART_BOTTOM: f64 = 50.0;
+const PLOT_WIDTH: f64 = CHART_WIDTH - CHART_LEFT - CHART_RIGHT;
+const PLOT_HEIGHT: f64 = CHART_HEIGHT - CHART_TOP - CHART_BOTTOM;
+const CHART_COLOURS: [&str; 6] = [
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b",
+];
+/// At most about this many points per line: timeline buckets are merged to fit.
+const CHART_POINTS_MAX: usize = 150;
+
 /// A throughput-over-time chart (requests/s and accepted orders/s), hand-written SVG.
 pub fn chart_svg(title: &str, series: &[(&str, &Measurements)]) -> String {
-    const WIDTH: f64 = 900.0;
-    const HEIGHT: f64 = 360.0;
-    const LEFT: f64 = 70.0;
-    const RIGHT: f64 = 20.0;
-    const TOP: f64 = 40.0;
-    const BOTTOM: f64 = 50.0;
-    const COLOURS: [&str; 6] = [
-        "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b",
-    ];
-    // Merge buckets so the chart has at most ~150 points per line.
-    let bucket_count = series
-        .iter()
-        .map(|(_, m)| m.timeline.len())
-        .max()
-        .unwrap_or(0)
-        .max(1);
-    let merge = bucket_count.div_ceil(150).max(1);
-    let per_second = 1000.0 / (BUCKET_MS as f64 * merge as f64);
-    let mut lines: Vec<(String, Vec<f64>)> = Vec::new();
-    for (label, measurements) in series {
-        let requests: Vec<f64> = measurements
-            .timeline
-            .chunks(merge)
-            .map(|chunk| chunk.iter().map(|p| p.requests).sum::<u64>() as f64 * per_second)
-            .collect();
-        let orders: Vec<f64> = measurements
-            .timeline
-            .chunks(merge)
-            .map(|chunk| chunk.iter().map(|p| p.orders_accepted).sum::<u64>() as f64 * per_second)
-            .collect();
-        lines.push((format!("{label} requests/s"), requests));
-        lines.push((format!("{label} orders accepted/s"), orders));
-    }
-    let y_max = lines
-        .iter()
-        .flat_map(|(_, values)| values.iter().copied())
-        .fold(1.0_f64, f64::max)
-        * 1.1;
-    let x_max_s = (bucket_count as f64 * BUCKET_MS as f64 / 1000.0).max(0.1);
-    let plot_width = WIDTH - LEFT - RIGHT;
-    let plot_height = HEIGHT - TOP - BOTTOM;
-    let x = |seconds: f64| LEFT + seconds / x_max_s * plot_width;
-    let y = |value: f64| TOP + plot_height - value / y_max * plot_height;
-
+    let chart = Chart::new(series);
     let mut svg = String::new();
-    let _ = writeln!(
-        svg,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" font-family="sans-serif" font-size="12">"#
-    );
-    let _ = writeln!(
-        svg,
-        r#"<rect width="100%" height="100%" fill="white"/><text x="{LEFT}" y="22" font-size="15">{}</text>"#,
-        escape(title)
-    );
-    for tick in 0..=4 {
-        let value = y_max / 4.0 * tick as f64;
+    chart.write_frame(&mut svg, title);
+    for (index, (label, values)) in chart.lines.iter().enumerate() {
+        chart.write_line(&mut svg, index, label, values);
+    }
+    svg.push_str("</svg>\n");
+    svg
+}
+
+/// The chart's lines (two per series) and scales.
+#[derive(Debug)]
+struct Chart {
+    lines: Vec<(String, Vec<f64>)>,
+    /// Seconds per point (timeline buckets merged into one).
+    step_s: f64,
+    y_max: f64,
+    x_max_s: f64,
+}
+
+/// Per-second rates of one figure of a timeline, `merge` buckets per point.
+fn rates(timeline: &[TimelinePoint], merge: usize, pick: fn(&TimelinePoint) -> u64) -> Vec<f64> {
+    let per_second = 1000.0 / (BUCKET_MS as f64 * merge as f64);
+    timeline
+        .chunks(merge)
+        .map(|chunk| chunk.iter().map(pick).sum::<u64>() as f64 * per_second)
+        .collect()
+}
+
+impl Chart {
+    fn new(series: &[(&str, &Measurements)]) -> Chart {
+        let bucket_count = series
+            .iter()
+            .map(|(_, m)| m.timeline.len())
+            .max()
+            .unwrap_or(0)
+            .max(1);
+        let merge = bucket_count.div_ceil(CHART_POINTS_MAX).max(1);
+        let mut lines = Vec::new();
+        for (label, m) in series {
+            let requests = rates(&m.timeline, merge, |point| point.requests);
+            let orders = rates(&m.timeline, merge, |point| point.orders_accepted);
+            lines.push((format!("{label} requests/s"), requests));
+            lines.push((format!("{label} orders accepted/s"), orders));
+        }
+        let y_max = lines
+            .iter()
+            .flat_map(|(_, values)| values.iter().copied())
+            .fold(1.0_f64, f64::max)
+            * 1.1;
+        Chart {
+            lines,
+            step_s: BUCKET_MS as f64 * merge as f64 / 1000.0,
+            y_max,
+            x_max_s: (bucket_count as f64 * BUCKET_MS as f64 / 1000.0).max(0.1),
+        }
+    }
+
+    fn x(&self, seconds: f64) -> f64 {
+        CHART_LEFT + seconds / self.x_max_s * PLOT_WIDTH
+    }
+
+    fn y(&self, value: f64) -> f64 {
+        CHART_TOP + PLOT_HEIGHT - value / self.y_max * PLOT_HEIGHT
+    }
+
+    /// The SVG head, the title, the grid with its ticks and the axis label.
+    fn write_frame(&self, svg: &mut String, title: &str) {
+        let (width, height, left) = (CHART_WIDTH, CHART_HEIGHT, CHART_LEFT);
         let _ = writeln!(
             svg,
-            r##"<line x1="{LEFT}" x2="{:.1}" y1="{:.1}" y2="{:.1}" stroke="#ddd"/><text x="{:.1}" y="{:.1}" text-anchor="end">{:.0}</text>"##,
-            WIDTH - RIGHT,
-            y(value),
-            y(value),
-            LEFT - 6.0,
-            y(value) + 4.0,
-            value
+            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="12">"#
         );
-    }
-    for tick in 0..=5 {
-        let seconds = x_max_s / 5.0 * tick as f64;
         let _ = writeln!(
             svg,
-            r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{:.1} s</text>"#,
-            x(seconds),
-            HEIGHT - BOTTOM + 18.0,
-            seconds
+            r#"<rect width="100%" height="100%" fill="white"/><text x="{left}" y="22" font-size="15">{}</text>"#,
+            escape(title)
+        );
+        for tick in 0..=4 {
+            let value = self.y_max / 4.0 * tick as f64;
+            let _ = writeln!(
+                svg,
+                r##"<line x1="{left}" x2="{:.1}" y1="{:.1}" y2="{:.1}" stroke="#ddd"/><text x="{:.1}" y="{:.1}" text-anchor="end">{:.0}</text>"##,
+                CHART_WIDTH - CHART_RIGHT,
+                self.y(value),
+                self.y(value),
+                CHART_LEFT - 6.0,
+                self.y(value) + 4.0,
+                value
+            );
+        }
+        for tick in 0..=5 {
+            let seconds = self.x_max_s / 5.0 * tick as f64;
+            let _ = writeln!(
+                svg,
+                r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{:.1} s</text>"#,
+                self.x(seconds),
+                CHART_HEIGHT - CHART_BOTTOM + 18.0,
+                seconds
+            );
+        }
+        let _ = writeln!(
+            svg,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">time since start (per second rates)</text>"#,
+            CHART_LEFT + PLOT_WIDTH / 2.0,
+            CHART_HEIGHT - 10.0
         );
     }
-    let _ = writeln!(
-        svg,
-        r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">time since start (per second rates)</text>"#,
-        LEFT + plot_width / 2.0,
-        HEIGHT - 10.0
-    );
-    let step_s = BUCKET_MS as f64 * merge as f64 / 1000.0;
-    for (index, (label, values)) in lines.iter().enumerate() {
-        let colour = COLOURS[index % COLOURS.len()];
+
+    /// One line and its legend entry; orders lines (odd indexes) are dashed.
+    fn write_line(&self, svg: &mut String, index: usize, label: &str, values: &[f64]) {
+        let colour = CHART_COLOURS[index % CHART_COLOURS.len()];
         let points: Vec<String> = values
             .iter()
             .enumerate()
-            .map(|(i, value)| format!("{:.1},{:.1}", x((i as f64 + 0.5) * step_s), y(*value)))
+            .map(|(i, value)| {
+                let x = self.x((i as f64 + 0.5) * self.step_s);
+                format!("{x:.1},{:.1}", self.y(*value))
+            })
             .collect();
         let dash = if index % 2 == 1 {
             r#" stroke-dasharray="5,3""#
@@ -430,19 +485,17 @@ pub fn chart_svg(title: &str, series: &[(&str, &Measurements)]) -> String {
             r#"<polyline fill="none" stroke="{colour}" stroke-width="1.6"{dash} points="{}"/>"#,
             points.join(" ")
         );
-        let legend_y = TOP + 14.0 * index as f64;
+        let legend_y = CHART_TOP + 14.0 * index as f64;
         let _ = writeln!(
             svg,
             r#"<line x1="{:.1}" x2="{:.1}" y1="{legend_y:.1}" y2="{legend_y:.1}" stroke="{colour}" stroke-width="2"{dash}/><text x="{:.1}" y="{:.1}">{}</text>"#,
-            WIDTH - RIGHT - 250.0,
-            WIDTH - RIGHT - 225.0,
-            WIDTH - RIGHT - 220.0,
+            CHART_WIDTH - CHART_RIGHT - 250.0,
+            CHART_WIDTH - CHART_RIGHT - 225.0,
+            CHART_WIDTH - CHART_RIGHT - 220.0,
             legend_y + 4.0,
             escape(label)
         );
     }
-    svg.push_str("</svg>\n");
-    svg
 }
 
 fn escape(text: &str) -> String {

@@ -260,46 +260,66 @@ fn promotion_item(item: &ItemPlan, tag: &str) -> serde_json::Value {
     body
 }
 
+/// An operator POST that must succeed (2xx); `what` names it in the error.
+pub(crate) async fn admin_post(
+    api: &Api,
+    path: &str,
+    body: Option<&serde_json::Value>,
+    what: &str,
+) -> Result<Reply> {
+    let reply = api
+        .admin(Method::POST, path, body)
+        .await
+        .with_context(|| what.to_owned())?;
+    if !reply.status.is_success() {
+        bail!(
+            "{what}: {} {}",
+            reply.status,
+            String::from_utf8_lossy(&reply.body)
+        );
+    }
+    Ok(reply)
+}
+
+/// A promotion window that opens in a minute (the runner starts promotions at once) and
+/// lasts `duration_s`: (`starts_at`, `ends_at`) in RFC 3339.
+pub(crate) fn window(duration_s: u64) -> (String, String) {
+    let starts_at = time::OffsetDateTime::now_utc() + time::Duration::seconds(60);
+    let ends_at = starts_at + time::Duration::seconds(duration_s as i64);
+    (format_time(starts_at), format_time(ends_at))
+}
+
+/// Creates a promotion from its api.md body and starts it now.
+pub(crate) async fn create_and_start(
+    api: &Api,
+    promotion_id: &str,
+    body: &serde_json::Value,
+) -> Result<()> {
+    let what = format!("creating promotion {promotion_id}");
+    admin_post(api, "/admin/promotions", Some(body), &what).await?;
+    let path = format!("/admin/promotions/{promotion_id}/start");
+    let what = format!("starting promotion {promotion_id}");
+    admin_post(api, &path, None, &what).await?;
+    Ok(())
+}
+
 /// Creates the promotion (window starting in a minute) and starts it now.
 async fn create_promotion(scenario: &Scenario, api: &Api, tag: &str) -> Result<RunContext> {
     let promotion_id = format!("{}-{}", scenario.name, tag);
     let plan = &scenario.promotion;
     let items = scenario.items();
-    let starts_at = time::OffsetDateTime::now_utc() + time::Duration::seconds(60);
-    let ends_at = starts_at + time::Duration::seconds(plan.duration_s as i64);
+    let (starts_at, ends_at) = window(plan.duration_s);
     let body = json!({
         "id": promotion_id,
         "name": format!("{} ({})", scenario.name, scenario.description),
-        "starts_at": format_time(starts_at),
-        "ends_at": format_time(ends_at),
+        "starts_at": starts_at,
+        "ends_at": ends_at,
         "payment_timeout_s": plan.payment_timeout_s,
         "require_token": plan.require_token,
         "token_multiplier": plan.token_multiplier,
         "items": items.iter().map(|item| promotion_item(item, tag)).collect::<Vec<_>>(),
     });
-    let reply = api
-        .admin(Method::POST, "/admin/promotions", Some(&body))
-        .await
-        .context("creating the promotion")?;
-    if reply.status != StatusCode::CREATED {
-        bail!(
-            "creating promotion {promotion_id}: {} {}",
-            reply.status,
-            String::from_utf8_lossy(&reply.body)
-        );
-    }
-    let path = format!("/admin/promotions/{promotion_id}/start");
-    let reply = api
-        .admin(Method::POST, &path, None::<&()>)
-        .await
-        .context("starting the promotion")?;
-    if reply.status != StatusCode::OK {
-        bail!(
-            "starting promotion {promotion_id}: {} {}",
-            reply.status,
-            String::from_utf8_lossy(&reply.body)
-        );
-    }
+    create_and_start(api, &promotion_id, &body).await?;
     let mut cumulative = 0.0;
     let cumulative_weights = items
         .iter()
@@ -342,6 +362,79 @@ fn progress_bar(options: &RunOptions, length: u64, label: &str) -> ProgressBar {
     bar
 }
 
+/// What the workers of one wave share.
+struct WaveRun {
+    context: Arc<RunContext>,
+    wave_index: usize,
+    wave: Wave,
+    origin: Instant,
+    started: Instant,
+    next_shopper: AtomicU64,
+    /// Shoppers done so far (the restart monitor watches it).
+    done: Arc<AtomicU64>,
+    bar: ProgressBar,
+}
+
+impl WaveRun {
+    /// The next shopper and when it starts, `None` once the wave is over. Closed loop: the
+    /// next shopper starts now. Open loop: shoppers arrive on a fixed schedule, late ones
+    /// start at once (and their latency counts from when they should have started).
+    async fn take_shopper(&self) -> Option<(u64, Instant)> {
+        let index = self.next_shopper.fetch_add(1, Ordering::Relaxed);
+        if index >= self.wave.shoppers {
+            return None;
+        }
+        match self.wave.rate_per_s {
+            None => Some((index, Instant::now())),
+            Some(rate) => {
+                let at = self.started + Duration::from_secs_f64(index as f64 / rate);
+                tokio::time::sleep_until(at.into()).await;
+                Some((index, at))
+            }
+        }
+    }
+}
+
+/// One worker: plays shoppers until the wave is over.
+async fn wave_worker(run: Arc<WaveRun>) -> (Recorder, Vec<ObservedOrder>) {
+    let mut recorder = Recorder::new(run.origin);
+    let mut orders = Vec::new();
+    while let Some((index, start)) = run.take_shopper().await {
+        play_shopper(
+            &run.context,
+            run.wave_index,
+            &run.wave,
+            index,
+            start,
+            &mut recorder,
+            &mut orders,
+        )
+        .await;
+        run.done.fetch_add(1, Ordering::Relaxed);
+        run.bar.inc(1);
+    }
+    (recorder, orders)
+}
+
+/// A restart wave hands the server to a monitor task that kills it at the mark.
+fn start_monitor(
+    run: &WaveRun,
+    target: &mut Target,
+    finished: &Arc<AtomicBool>,
+) -> Option<tokio::task::JoinHandle<Result<SpawnedServer>>> {
+    let kill_at = run.wave.kill_at?;
+    let server = target.server.take()?;
+    run.context.restart_planned.store(true, Ordering::Release);
+    let threshold = ((run.wave.shoppers as f64 * kill_at) as u64).max(1);
+    Some(tokio::spawn(restart_monitor(
+        Arc::clone(&run.context),
+        server,
+        Arc::clone(&run.done),
+        Arc::clone(finished),
+        threshold,
+    )))
+}
+
 /// Plays one wave with `wave.concurrency` workers; returns their merged measurements and the
 /// orders the server acknowledged.
 async fn play_wave(
@@ -355,81 +448,21 @@ async fn play_wave(
     let workers = u64::from(wave.concurrency).min(wave.shoppers);
     context.api.warm(workers as usize).await;
     let bar = progress_bar(options, wave.shoppers, &wave.name);
-    let done = Arc::new(AtomicU64::new(0));
+    let run = Arc::new(WaveRun {
+        context: Arc::clone(context),
+        wave_index,
+        wave: wave.clone(),
+        origin,
+        started: Instant::now(),
+        next_shopper: AtomicU64::new(0),
+        done: Arc::new(AtomicU64::new(0)),
+        bar,
+    });
     let finished = Arc::new(AtomicBool::new(false));
-    let wave = Arc::new(wave.clone());
-    let started = Instant::now();
-
-    // A restart scenario hands the server to a monitor task that kills it at the mark.
-    let monitor = match (wave.kill_at, target.server.take()) {
-        (Some(kill_at), Some(server)) => {
-            context.restart_planned.store(true, Ordering::Release);
-            let threshold = ((wave.shoppers as f64 * kill_at) as u64).max(1);
-            Some(tokio::spawn(restart_monitor(
-                Arc::clone(context),
-                server,
-                Arc::clone(&done),
-                Arc::clone(&finished),
-                threshold,
-            )))
-        }
-        (_, server) => {
-            target.server = server;
-            None
-        }
-    };
-
-    let next_shopper = Arc::new(AtomicU64::new(0));
+    let monitor = start_monitor(&run, target, &finished);
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..workers {
-        let context = Arc::clone(context);
-        let wave = Arc::clone(&wave);
-        let done = Arc::clone(&done);
-        let next_shopper = Arc::clone(&next_shopper);
-        let bar = bar.clone();
-        tasks.spawn(async move {
-            let mut recorder = Recorder::new(origin);
-            let mut orders = Vec::new();
-            loop {
-                // Closed loop: take the next shopper. Open loop: this worker's shoppers
-                // arrive on a fixed schedule, late ones start at once (and their latency
-                // counts from when they should have started).
-                let (index, intended) = match wave.rate_per_s {
-                    None => {
-                        let index = next_shopper.fetch_add(1, Ordering::Relaxed);
-                        (index, None)
-                    }
-                    Some(rate) => {
-                        let index = next_shopper.fetch_add(1, Ordering::Relaxed);
-                        let at = started + Duration::from_secs_f64(index as f64 / rate);
-                        (index, Some(at))
-                    }
-                };
-                if index >= wave.shoppers {
-                    break;
-                }
-                let start = match intended {
-                    Some(at) => {
-                        tokio::time::sleep_until(at.into()).await;
-                        at
-                    }
-                    None => Instant::now(),
-                };
-                play_shopper(
-                    &context,
-                    wave_index,
-                    &wave,
-                    index,
-                    start,
-                    &mut recorder,
-                    &mut orders,
-                )
-                .await;
-                done.fetch_add(1, Ordering::Relaxed);
-                bar.inc(1);
-            }
-            (recorder, orders)
-        });
+        tasks.spawn(wave_worker(Arc::clone(&run)));
     }
     let mut recorder = Recorder::new(origin);
     let mut orders = Vec::new();
@@ -439,7 +472,7 @@ async fn play_wave(
         orders.extend(worker_orders);
     }
     finished.store(true, Ordering::Release);
-    bar.finish_and_clear();
+    run.bar.finish_and_clear();
     if let Some(monitor) = monitor {
         let server = monitor.await.context("the restart monitor panicked")??;
         target.api = Api::new(&server.url(), target.api.credentials().clone(), 256);

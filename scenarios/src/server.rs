@@ -109,6 +109,11 @@ impl SpawnedServer {
         &self.spec
     }
 
+    /// The process id of the running server (`None` once stopped or killed).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
+    }
+
     /// Keeps the data directory and log after the run (for a failed run's post-mortem).
     pub fn keep_files(&mut self) -> PathBuf {
         if let Some(scratch) = self.scratch.take() {

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use seckill_scenarios::baseline::{app, delete_promotion_keys, AppState};
+use seckill_baseline::{app, delete_promotion_keys, AppState};
 use seckill_scenarios::client::{Api, Credentials};
 use seckill_scenarios::run::{run_scenario, RunOptions, Target};
 use seckill_scenarios::scenario::{AuthMode, Scenario};

@@ -11,7 +11,8 @@ use crate::extract::{JsonBody, PathParams};
 use crate::state::AppState;
 use crate::views::{CreatePromotion, OrderView, PayBody, PromotionList, PromotionView};
 
-/// `POST /admin/promotions`: 201 with the promotion and its (fresh) stats.
+/// `POST /admin/promotions`: 201 with the promotion and its (fresh) stats; 200 with the
+/// promotion when it is a retry (same `id`, identical body) of the create that made it.
 pub async fn create_promotion(
     _: Admin,
     State(state): State<AppState>,
@@ -19,8 +20,13 @@ pub async fn create_promotion(
 ) -> Result<(StatusCode, Json<PromotionView>), AppError> {
     let engine = state.engine()?;
     let spec = body.into_spec()?;
-    let stats = engine.create_promotion(spec).await?;
-    Ok((StatusCode::CREATED, Json(stats.into())))
+    let creation = engine.create_promotion(spec).await?;
+    let status = if creation.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(creation.promotion.into())))
 }
 
 /// `GET /admin/promotions`: every promotion with stats.
@@ -64,13 +70,18 @@ pub async fn stop_promotion(
     Ok(Json(stats.into()))
 }
 
-/// `POST /admin/orders/{order_id}/pay`: idempotent by `payment_ref`.
+/// `POST /admin/orders/{order_id}/pay`: idempotent by `payment_ref`; an `amount_cents` that
+/// is not the order's is 409 `amount_mismatch`.
 pub async fn pay_order(
     _: Admin,
     State(state): State<AppState>,
     PathParams(order_id): PathParams<String>,
     JsonBody(body): JsonBody<PayBody>,
 ) -> Result<Json<OrderView>, AppError> {
-    let order = state.engine()?.pay(&order_id, &body.payment_ref).await?;
+    let amount_cents = body.amount_cents()?;
+    let order = state
+        .engine()?
+        .pay(&order_id, &body.payment_ref, amount_cents)
+        .await?;
     Ok(Json(order.into()))
 }

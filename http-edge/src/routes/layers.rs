@@ -4,7 +4,10 @@
 //! share of a sold-out storm's CPU.
 //!
 //! - [`GuardLayer`] (outermost): bounds a request by the configured timeout and turns a
-//!   panic in a handler into the JSON 500 of api.md instead of a dropped connection.
+//!   panic in a handler into the JSON 500 of api.md instead of a dropped connection. A read
+//!   past the timeout is 503 `unavailable`; so is a write whose body was still arriving
+//!   (it never reached the engine). Any other write past the timeout may still take effect:
+//!   503 `outcome_unknown` with `Retry-After` (api.md, "Writes whose outcome is unknown").
 //! - [`ObserveLayer`] (on matched routes only): counts requests by route, method, status and
 //!   api.md code, and records their latency.
 
@@ -24,6 +27,7 @@ use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
 use crate::error::{AppError, ErrorCode};
+use crate::extract::BodyPending;
 
 /// Timeout and panic catching; see the module docs.
 #[derive(Debug, Clone, Copy)]
@@ -60,13 +64,21 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Request) -> Self::Future {
+    fn call(&mut self, mut request: Request) -> Self::Future {
         let timeout = self.timeout;
+        let body = if is_write(request.method()) {
+            let body = BodyPending::default();
+            request.extensions_mut().insert(body.clone());
+            Some(body)
+        } else {
+            None
+        };
         // A panic while building the handler's future is caught like one while polling it.
         match catch_unwind(AssertUnwindSafe(|| self.inner.call(request))) {
             Ok(inner) => GuardFuture::Running {
                 inner: tokio::time::timeout(timeout, inner),
                 timeout,
+                body,
             },
             Err(_) => GuardFuture::Done {
                 response: Some(AppError::Internal.into_response()),
@@ -75,10 +87,30 @@ where
     }
 }
 
+/// Every method but GET, HEAD and OPTIONS may change something.
+fn is_write(method: &Method) -> bool {
+    !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
+}
+
+/// The answer to a request that ran out of time. `body` is the write's marker (None for a
+/// read): a write that got past reading its body may have reached the engine.
+fn timed_out(timeout: Duration, body: Option<&BodyPending>) -> Response {
+    let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+    let error = match body {
+        Some(body) if !body.is_pending() => AppError::OutcomeUnknown { timeout_ms },
+        _ => AppError::Timeout { timeout_ms },
+    };
+    error.into_response()
+}
+
 pin_project! {
     #[project = GuardProjection]
     pub enum GuardFuture<F> {
-        Running { #[pin] inner: tokio::time::Timeout<F>, timeout: Duration },
+        Running {
+            #[pin] inner: tokio::time::Timeout<F>,
+            timeout: Duration,
+            body: Option<BodyPending>,
+        },
         Done { response: Option<Response> },
     }
 }
@@ -91,17 +123,20 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project() {
-            GuardProjection::Running { inner, timeout } => {
+            GuardProjection::Running {
+                inner,
+                timeout,
+                body,
+            } => {
                 let timeout = *timeout;
                 match catch_unwind(AssertUnwindSafe(|| inner.poll(cx))) {
                     Ok(Poll::Pending) => Poll::Pending,
                     Ok(Poll::Ready(Ok(answered))) => Poll::Ready(answered),
                     // A write that times out here may still be decided by its shard; a retry
-                    // with the same `request_id` returns it.
-                    Ok(Poll::Ready(Err(_elapsed))) => Poll::Ready(Ok(AppError::Timeout {
-                        timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+                    // with the same `request_id` (or the same call) returns its outcome.
+                    Ok(Poll::Ready(Err(_elapsed))) => {
+                        Poll::Ready(Ok(timed_out(timeout, body.as_ref())))
                     }
-                    .into_response())),
                     Err(_panic) => Poll::Ready(Ok(AppError::Internal.into_response())),
                 }
             }
@@ -273,23 +308,45 @@ fn intern_route(template: &str) -> &'static str {
 mod tests {
     use super::*;
     use axum::body::Body;
-    use axum::routing::get;
+    use axum::routing::{get, post};
     use axum::Router;
     use tower::ServiceExt;
 
-    async fn answer(router: Router) -> (u16, String) {
+    /// Status, `Retry-After` and body of `method /` through the guard (20 ms timeout).
+    async fn answer_to(router: Router, method: Method) -> (u16, Option<String>, String) {
+        let request = Request::builder()
+            .method(method)
+            .uri("/")
+            .body(Body::empty())
+            .expect("request");
         let response = router
             .layer(GuardLayer {
                 timeout: Duration::from_millis(20),
             })
-            .oneshot(Request::get("/").body(Body::empty()).expect("request"))
+            .oneshot(request)
             .await
             .expect("infallible");
         let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get(axum::http::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         let body = axum::body::to_bytes(response.into_body(), 1 << 16)
             .await
             .expect("body");
-        (status, String::from_utf8_lossy(&body).into_owned())
+        let text = String::from_utf8_lossy(&body).into_owned();
+        (status, retry_after, text)
+    }
+
+    async fn answer(router: Router) -> (u16, String) {
+        let (status, _, body) = answer_to(router, Method::GET).await;
+        (status, body)
+    }
+
+    async fn stuck() -> &'static str {
+        std::future::pending::<()>().await;
+        "never"
     }
 
     #[tokio::test]
@@ -303,14 +360,19 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_handler_past_the_timeout_is_a_json_503() {
-        async fn stuck() -> &'static str {
-            std::future::pending::<()>().await;
-            "never"
-        }
+    async fn a_read_past_the_timeout_is_a_json_503_unavailable() {
         let (status, body) = answer(Router::new().route("/", get(stuck))).await;
         assert_eq!(status, 503);
         assert!(body.contains("\"code\":\"unavailable\""), "{body}");
+    }
+
+    #[tokio::test]
+    async fn a_write_past_the_timeout_has_an_unknown_outcome() {
+        let router = Router::new().route("/", post(stuck));
+        let (status, retry_after, body) = answer_to(router, Method::POST).await;
+        assert_eq!(status, 503);
+        assert!(body.contains("\"code\":\"outcome_unknown\""), "{body}");
+        assert_eq!(retry_after.as_deref(), Some("1"));
     }
 
     #[tokio::test]

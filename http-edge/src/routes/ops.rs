@@ -17,18 +17,23 @@ pub async fn healthz() -> Response {
         .into_response()
 }
 
-/// `GET /readyz`: 503 until recovery has finished, then 200.
+/// `GET /readyz`: 503 until recovery has finished, then 200; 503 again, naming them, while
+/// any shard is down (its thread died): its items cannot be sold until a restart.
 pub async fn readyz(State(state): State<AppState>) -> Response {
-    if state.is_ready() {
-        (
-            StatusCode::OK,
-            [(header::CONTENT_TYPE, "application/json")],
-            r#"{"status":"ready"}"#,
-        )
-            .into_response()
-    } else {
-        AppError::NotReady.into_response()
+    let engine = match state.engine() {
+        Ok(engine) => engine,
+        Err(not_ready) => return not_ready.into_response(),
+    };
+    let dead = engine.dead_shards();
+    if !dead.is_empty() {
+        return AppError::shards_down(&dead).into_response();
     }
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        r#"{"status":"ready"}"#,
+    )
+        .into_response()
 }
 
 /// `GET /metrics`: Prometheus text format.

@@ -14,7 +14,8 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use seckill_http_edge::{serve, Config, StartError};
+use seckill_engine::Engine;
+use seckill_http_edge::{serve_with_hook, Config, StartError};
 
 pub const ADMIN_KEY: &str = "test-admin-key";
 pub const USER_SECRET: &str = "test-user-secret-0123456789";
@@ -35,6 +36,8 @@ pub struct TestServer {
     pub base: String,
     pub mode: Mode,
     pub client: reqwest::Client,
+    /// The server's engine, handed over once it was ready: for tests that inject faults.
+    pub engine: Option<Engine>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), StartError>>>,
     pub dir: tempfile::TempDir,
@@ -47,6 +50,11 @@ impl TestServer {
 
     /// Starts a server whose TOML file is `toml`.
     pub async fn start_with(mode: Mode, toml: &str) -> TestServer {
+        TestServer::start_with_args(mode, toml, &[]).await
+    }
+
+    /// Starts a server whose TOML file is `toml`, with `extra` flags after the usual ones.
+    pub async fn start_with_args(mode: Mode, toml: &str, extra: &[&str]) -> TestServer {
         let dir = tempfile::tempdir().expect("tempdir");
         let config_path = dir.path().join("seckill.toml");
         std::fs::write(&config_path, toml).expect("write config");
@@ -76,22 +84,30 @@ impl TestServer {
         if cfg!(not(feature = "persistence")) {
             args.push("--unsafe-memory-journal".into());
         }
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
         let config = Config::from_args(args).expect("valid config");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(serve(config, listener, async move {
+        let (ready, ready_rx) = oneshot::channel::<Engine>();
+        let shutdown = async move {
             let _ = stopped.await;
-        }));
-        let server = TestServer {
+        };
+        let on_ready = move |engine: Engine| {
+            let _ = ready.send(engine);
+        };
+        let task = tokio::spawn(serve_with_hook(config, listener, shutdown, on_ready));
+        let mut server = TestServer {
             base: format!("http://{addr}"),
             mode,
             client: reqwest::Client::new(),
+            engine: None,
             stop: Some(stop),
             task: Some(task),
             dir,
         };
         server.wait_ready().await;
+        server.engine = Some(ready_rx.await.expect("the engine, once ready"));
         server
     }
 
@@ -109,6 +125,7 @@ impl TestServer {
 
     /// Graceful stop; returns what `serve` returned.
     pub async fn stop(mut self) -> Result<(), StartError> {
+        self.engine = None;
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -198,6 +215,22 @@ pub fn jwt_signed(user: &str, ttl_s: i64, secret: &[u8], alg: Algorithm) -> Stri
         &Header::new(alg),
         &Claims { sub: user, exp },
         &EncodingKey::from_secret(secret),
+    )
+    .expect("sign")
+}
+
+/// Unix seconds now.
+pub fn now_s() -> i64 {
+    OffsetDateTime::now_utc().unix_timestamp()
+}
+
+/// An HS256 JWT signed with the user secret whose claims are exactly `claims` (a JSON
+/// object: `sub`, `exp`, `nbf`, `iat`, `aud`, `iss`, as the test wants them).
+pub fn jwt_with_claims(claims: &Value) -> String {
+    encode(
+        &Header::new(Algorithm::HS256),
+        claims,
+        &EncodingKey::from_secret(USER_SECRET.as_bytes()),
     )
     .expect("sign")
 }

@@ -243,7 +243,7 @@ async fn drive(engine: Engine, mut rng: StdRng, round: u64, worker: usize) -> Re
         } else {
             let payment_ref = format!("pay-{order_id}");
             say(&format!("y {order_id} {payment_ref}"));
-            if engine.pay(&order_id, &payment_ref).await.is_ok() {
+            if engine.pay(&order_id, &payment_ref, None).await.is_ok() {
                 say(&format!("Y {order_id} {payment_ref}"));
             }
         }

@@ -2,7 +2,9 @@
 //!
 //! One RocksDB database, one column family, three key spaces told apart by their first byte:
 //! - `l` + seq (u64 big-endian): one appended batch, so iteration order is sequence order.
-//! - `m:...`: metadata: the format version, the latest snapshot's header, the trim point.
+//! - `m:...`: metadata: the format version, the latest snapshot's header, the trim point,
+//!   the deployment id and the start counter (epoch). Trimming deletes only `l` keys and
+//!   snapshots only `s` keys, so the metadata outlives both.
 //! - `s` + through_seq (u64 big-endian) + chunk (u32 big-endian): the pieces of a snapshot.
 //!
 //! Every value that holds engine data starts with the [`EVENT_VERSION`] that wrote it, so a
@@ -12,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use seckill_engine::{EngineImage, Event, EVENT_VERSION};
 
-use super::PersistenceError;
+use super::error::PersistenceError;
 
 pub const LOG_PREFIX: u8 = b'l';
 pub const SNAPSHOT_PREFIX: u8 = b's';
@@ -21,6 +23,13 @@ pub const LOG_END: &[u8] = b"m";
 pub const META_VERSION: &[u8] = b"m:version";
 pub const META_SNAPSHOT: &[u8] = b"m:snapshot";
 pub const META_TRIMMED: &[u8] = b"m:trimmed";
+/// The deployment id: [`DEPLOYMENT_ID_HEX_LEN`] lower-case hex digits, written once.
+pub const META_DEPLOYMENT: &[u8] = b"m:deployment";
+/// The start counter: the epoch of the latest start, a u64 big-endian.
+pub const META_EPOCH: &[u8] = b"m:epoch";
+
+/// A deployment id is 128 bits written as hex.
+pub const DEPLOYMENT_ID_HEX_LEN: usize = 32;
 
 /// A generous size of one encoded order event (ids, user, request id, times, amounts).
 const BATCH_BYTES_PER_EVENT: usize = 192;
@@ -76,6 +85,22 @@ pub fn decode_version(bytes: &[u8]) -> Result<u32, PersistenceError> {
         )
     })?;
     Ok(u32::from_be_bytes(array))
+}
+
+/// The stored deployment id, checked to be what [`META_DEPLOYMENT`] holds.
+pub fn decode_deployment_id(bytes: &[u8]) -> Result<String, PersistenceError> {
+    let well_formed = bytes.len() == DEPLOYMENT_ID_HEX_LEN
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b));
+    if !well_formed {
+        return Err(corrupt(
+            "deployment id",
+            format!("{bytes:02x?} is not {DEPLOYMENT_ID_HEX_LEN} hex digits"),
+        ));
+    }
+    // All ASCII, checked above.
+    Ok(bytes.iter().map(|&b| char::from(b)).collect())
 }
 
 fn corrupt(what: &str, detail: impl std::fmt::Display) -> PersistenceError {
@@ -168,6 +193,13 @@ mod tests {
             assert!(log_key(seq).as_slice() < LOG_END);
         }
         assert_eq!(log_seq(META_VERSION), None);
+        // Trimming deletes log keys, snapshots delete chunk keys: neither range holds the
+        // identity of the data directory.
+        for meta in [META_DEPLOYMENT, META_EPOCH] {
+            assert_eq!(log_seq(meta), None);
+            assert!(meta > LOG_END);
+            assert!(meta < &[SNAPSHOT_PREFIX][..]);
+        }
     }
 
     #[test]
@@ -184,7 +216,8 @@ mod tests {
 
     fn order(seq: u64) -> seckill_engine::Order {
         seckill_engine::Order {
-            order_id: seckill_engine::format_order_id(7, seq),
+            // Any text: the round trip does not depend on the engine's id format.
+            order_id: format!("0000000000000007-{seq}"),
             promotion_id: "p".into(),
             sku: "s".into(),
             user_id: format!("u{seq}"),
@@ -246,5 +279,12 @@ mod tests {
         assert!(decode_image(&[1, 9]).is_err());
         assert!(decode_header(&[]).is_err());
         assert!(decode_u64("x", &[1, 2]).is_err());
+        assert!(decode_deployment_id(b"0123").is_err());
+        assert!(decode_deployment_id(&[b'G'; DEPLOYMENT_ID_HEX_LEN]).is_err());
+        let id = "0123456789abcdef0123456789abcdef";
+        assert_eq!(
+            decode_deployment_id(id.as_bytes()).expect("well formed"),
+            id
+        );
     }
 }

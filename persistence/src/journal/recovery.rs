@@ -13,8 +13,8 @@ use std::time::Instant;
 
 use seckill_engine::{Event, JournalError};
 
-use super::rocks::Shared;
-use super::PersistenceError;
+use super::error::PersistenceError;
+use super::store::Store;
 
 /// Bounds on one read of the log (batches, and stored bytes: a batch holds up to a shard's
 /// whole batch of requests), which bound the memory of recovery.
@@ -47,7 +47,7 @@ impl fmt::Debug for LogStream {
 impl LogStream {
     /// Streams `from_seq..=last_seq`; `started` is when opening began (recovery time).
     pub(super) fn start(
-        shared: Arc<Shared>,
+        store: Arc<Store>,
         from_seq: u64,
         last_seq: u64,
         started: Instant,
@@ -58,7 +58,7 @@ impl LogStream {
             .spawn(move || {
                 let mut next_seq = from_seq;
                 while next_seq <= last_seq {
-                    let chunk = match shared.read_range(
+                    let chunk = match store.read_range(
                         next_seq,
                         last_seq,
                         RECOVERY_CHUNK_BATCHES,
@@ -83,7 +83,7 @@ impl LogStream {
                 }
                 // The database handle goes before the channel closes, so that once the
                 // engine has seen the end, dropping the journal really closes the database.
-                drop(shared);
+                drop(store);
                 drop(sender);
             })
             .map_err(|e| PersistenceError::Io(format!("cannot start the recovery reader: {e}")))?;

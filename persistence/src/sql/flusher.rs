@@ -12,8 +12,10 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::db::Database;
+use super::deployment;
+use super::error::SqlError;
 use super::rows::{event_time_ms, ChunkRows};
-use super::{EventSource, SqlError};
+use super::source::EventSource;
 
 /// Default bound on batches read from the log at once.
 pub const DEFAULT_READ_BATCHES_MAX: usize = 1_024;
@@ -113,49 +115,32 @@ pub struct FlusherHandle {
 }
 
 impl Flusher {
-    /// Connects, runs the migrations and starts the task. An unreachable database, a bad
-    /// url or a schema newer than this build is an error here, so a server can refuse to
-    /// start instead of running half-working.
+    /// Connects, runs the migrations, checks that the tables belong to the source's
+    /// deployment and starts the task. An unreachable database, a bad url, a schema newer
+    /// than this build or tables of another deployment ([`SqlError::OtherDeployment`]) is an
+    /// error here, so a server can refuse to start instead of running half-working.
     pub async fn start(
         options: FlusherOptions,
         source: Arc<dyn EventSource>,
         engine: Engine,
     ) -> Result<FlusherHandle, SqlError> {
-        assert!(
-            options.read_batches_max > 0,
-            "read_batches_max must be at least 1"
-        );
-        assert!(
-            options.transaction_events_max > 0,
-            "transaction_events_max must be at least 1"
-        );
-        assert!(
-            options.backoff_min <= options.backoff_max,
-            "backoff_min above backoff_max"
-        );
+        check_options(&options);
         let database = Database::open(
             &options.database_url,
             options.postgres_schema.as_deref(),
             options.connect_timeout,
         )
         .await?;
-        let mut cursor = database.read_cursor().await?;
-        let last_seq = source.last_seq();
-        if cursor > last_seq {
-            // The tables are ahead of the log: a new data directory, or an async-mode log
-            // that lost its unsynced tail. New batches reuse those numbers, so the cursor
-            // must come back or they would be skipped.
-            tracing::warn!(
-                cursor,
-                last_seq,
-                "the SQL cursor is ahead of the log; rewinding it to the log's end"
-            );
-            database.reset_cursor(last_seq, engine.now_ms()).await?;
-            cursor = last_seq;
-        }
+        let cursor = match start_cursor(&database, source.as_ref(), &engine).await {
+            Ok(cursor) => cursor,
+            Err(error) => {
+                database.close().await;
+                return Err(error);
+            }
+        };
         let shared = Arc::new(Shared::default());
         shared.cursor_seq.store(cursor, Ordering::Release);
-        shared.last_seq.store(last_seq, Ordering::Release);
+        shared.last_seq.store(source.last_seq(), Ordering::Release);
         let (stop, stop_rx) = watch::channel(None);
         let task = FlushLoop {
             database: database.clone(),
@@ -181,6 +166,49 @@ impl Flusher {
             database,
         })
     }
+}
+
+/// Options a flusher cannot run with are a bug of the caller.
+fn check_options(options: &FlusherOptions) {
+    assert!(
+        options.read_batches_max > 0,
+        "read_batches_max must be at least 1"
+    );
+    assert!(
+        options.transaction_events_max > 0,
+        "transaction_events_max must be at least 1"
+    );
+    assert!(
+        options.backoff_min <= options.backoff_max,
+        "backoff_min above backoff_max"
+    );
+}
+
+/// Settles whose tables these are, then where the flusher takes up: the stored cursor, or
+/// the log's end when the tables are ahead of it.
+async fn start_cursor(
+    database: &Database,
+    source: &dyn EventSource,
+    engine: &Engine,
+) -> Result<u64, SqlError> {
+    if let Some(ours) = source.deployment_id() {
+        deployment::claim(database, &ours, engine.now_ms()).await?;
+    }
+    let cursor = database.read_cursor().await?;
+    let last_seq = source.last_seq();
+    if cursor <= last_seq {
+        return Ok(cursor);
+    }
+    // The tables are ahead of the log: an async-mode log that lost its unsynced tail (or a
+    // source without a deployment id, whose tables may be another log's). New batches reuse
+    // those numbers, so the cursor must come back or they would be skipped.
+    tracing::warn!(
+        cursor,
+        last_seq,
+        "the SQL cursor is ahead of the log; rewinding it to the log's end"
+    );
+    database.reset_cursor(last_seq, engine.now_ms()).await?;
+    Ok(last_seq)
 }
 
 impl FlusherHandle {

@@ -10,9 +10,18 @@
 //! same chunk with capped exponential backoff while the lag grows in the metrics; once the
 //! database is back it catches up from its cursor.
 //!
-//! Layout:
+//! Layout (each module imports only modules above it in this list):
+//! - `error`: [`SqlError`].
+//! - `source`: [`EventSource`], the journal as the flusher reads it.
 //! - `rows`: events to rows, pure (dedup of an order within a chunk, times as UTC).
-//! - `db`: the two databases: connect, embedded migrations, upserts, cursor.
+//! - `dialect`: the one seam between SQLite and PostgreSQL: a statement written once, with
+//!   dialect-free values, run on either.
+//! - `queries`: every statement but the orders upsert, each written once.
+//! - `orders`: the orders upsert, once per database (`UNNEST` on PostgreSQL, multi-row
+//!   `VALUES` on SQLite).
+//! - `db`: the two databases: connect, embedded migrations, transactions, the cursor.
+//! - `deployment`: whose tables these are: the flusher records its log's deployment id and
+//!   refuses, at start, tables that another deployment wrote.
 //! - `flusher`: the task: read, write, retry, stats refresh, metrics, shutdown drain.
 //!
 //! Metrics: `seckill_flusher_lag_events`, `seckill_flusher_lag_seconds` (gauges),
@@ -20,13 +29,18 @@
 //! `seckill_flusher_gaps_skipped_total` (counters), `seckill_flusher_cursor_seq` (gauge).
 
 mod db;
+mod deployment;
+mod dialect;
+mod error;
 mod flusher;
+mod orders;
+mod queries;
 mod rows;
+mod source;
 
 use std::path::Path;
 
-use seckill_engine::{Event, Journal, MemoryJournal};
-
+pub use error::SqlError;
 pub use flusher::{
     Flusher, FlusherHandle, FlusherOptions, FlusherStatus, DEFAULT_BACKOFF_MAX,
     DEFAULT_BACKOFF_MIN, DEFAULT_CONNECT_TIMEOUT, DEFAULT_GAP_WAIT, DEFAULT_POLL_INTERVAL,
@@ -34,105 +48,7 @@ pub use flusher::{
     DEFAULT_WRITE_TIMEOUT,
 };
 pub use rows::{ms_from_rfc3339, order_updated_at_ms};
-
-/// What can go wrong between the flusher and its database.
-#[derive(Debug, thiserror::Error)]
-pub enum SqlError {
-    #[error("invalid database url: {0}")]
-    InvalidUrl(String),
-    #[error("cannot reach the database: {0}")]
-    Connect(String),
-    #[error(
-        "the database schema is newer than this build knows (migration {found} applied, this \
-         build knows up to {supported}): run a newer seckill or use another database"
-    )]
-    NewerSchema { found: i64, supported: i64 },
-    #[error("database migration failed: {0}")]
-    Migrate(String),
-    #[error("database error: {0}")]
-    Database(String),
-    #[error("the database did not answer within {timeout_ms} ms")]
-    Timeout { timeout_ms: u64 },
-    #[error(
-        "the flusher cursor is no longer at {expected}: another flusher writes to this database"
-    )]
-    CursorMoved { expected: u64 },
-    #[error("cannot read the journal: {0}")]
-    Source(String),
-    #[error("shut down with the SQL tables behind the log (cursor {cursor_seq}, log {last_seq}); the rest is written at the next start")]
-    NotDrained { cursor_seq: u64, last_seq: u64 },
-    #[error("the flusher task failed: {0}")]
-    Task(String),
-}
-
-impl From<sqlx::Error> for SqlError {
-    fn from(error: sqlx::Error) -> Self {
-        SqlError::Database(error.to_string())
-    }
-}
-
-/// Where the flusher reads events: the journal, seen from the flusher's side.
-///
-/// The sequence numbers are the journal's: increasing, one per batch. The flusher only ever
-/// moves its cursor over a contiguous run of them (a batch appended late by one shard must
-/// not be skipped because another shard's later batch is already readable).
-pub trait EventSource: Send + Sync + 'static {
-    /// Up to `batches_max` batches with a sequence number above `after_seq`, in order.
-    fn read_batches(
-        &self,
-        after_seq: u64,
-        batches_max: usize,
-    ) -> Result<Vec<(u64, Vec<Event>)>, SqlError>;
-
-    /// The highest sequence number appended so far (for the lag).
-    fn last_seq(&self) -> u64;
-
-    /// Everything up to `seq` is in SQL: the log may trim it, and must keep what follows.
-    fn set_retain_floor(&self, seq: u64);
-}
-
-/// The in-memory journal keeps every batch and trims nothing, so the floor is ignored.
-impl EventSource for MemoryJournal {
-    fn read_batches(
-        &self,
-        after_seq: u64,
-        batches_max: usize,
-    ) -> Result<Vec<(u64, Vec<Event>)>, SqlError> {
-        Ok(self
-            .batches()
-            .into_iter()
-            .filter(|(seq, _)| *seq > after_seq)
-            .take(batches_max)
-            .collect())
-    }
-
-    fn last_seq(&self) -> u64 {
-        Journal::last_seq(self)
-    }
-
-    fn set_retain_floor(&self, _seq: u64) {}
-}
-
-/// The RocksDB journal: reads only fsync'd batches, in sequence order without holes, and
-/// trims nothing past the floor.
-impl EventSource for crate::journal::RocksJournal {
-    fn read_batches(
-        &self,
-        after_seq: u64,
-        batches_max: usize,
-    ) -> Result<Vec<(u64, Vec<Event>)>, SqlError> {
-        crate::journal::RocksJournal::read_batches(self, after_seq, batches_max)
-            .map_err(|e| SqlError::Source(e.to_string()))
-    }
-
-    fn last_seq(&self) -> u64 {
-        Journal::last_seq(self)
-    }
-
-    fn set_retain_floor(&self, seq: u64) {
-        crate::journal::RocksJournal::set_retain_floor(self, seq);
-    }
-}
+pub use source::EventSource;
 
 /// Drops a PostgreSQL schema that [`FlusherOptions::postgres_schema`] created, with every
 /// table in it. For tearing down benches and test runs; a server never calls it.

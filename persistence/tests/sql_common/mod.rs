@@ -242,10 +242,10 @@ impl TestDb {
     }
 
     /// Every row of `promotion_items` as (promotion, sku, stock, remaining, reserved, sold,
-    /// tokens issued), sorted.
+    /// tokens issued, tokens outstanding), sorted.
     pub async fn items(&self) -> Vec<ItemRow> {
-        let sql = "SELECT promotion_id, sku, stock, remaining, reserved, sold, tokens_issued \
-                   FROM promotion_items ORDER BY promotion_id, sku";
+        let sql = "SELECT promotion_id, sku, stock, remaining, reserved, sold, tokens_issued, \
+                   tokens_outstanding FROM promotion_items ORDER BY promotion_id, sku";
         let read = |row: &dyn RowLike| ItemRow {
             promotion_id: row.text("promotion_id"),
             sku: row.text("sku"),
@@ -254,6 +254,7 @@ impl TestDb {
             reserved: row.int("reserved"),
             sold: row.int("sold"),
             tokens_issued: row.int("tokens_issued"),
+            tokens_outstanding: row.int("tokens_outstanding"),
         };
         match self {
             TestDb::Sqlite { url, .. } => {
@@ -289,6 +290,31 @@ impl TestDb {
                     .fetch_one(&mut c)
                     .await
                     .expect("cursor")
+            }
+        }
+    }
+}
+
+impl TestDb {
+    /// The deployment recorded beside the tables, if any.
+    pub async fn deployment_id(&self) -> Option<String> {
+        let sql = "SELECT deployment_id FROM seckill_deployment WHERE id = 1";
+        match self {
+            TestDb::Sqlite { url, .. } => {
+                let mut c = sqlite_connection(url).await;
+                sqlx::query_scalar(sql)
+                    .fetch_optional(&mut c)
+                    .await
+                    .expect("deployment")
+            }
+            TestDb::Postgres { direct_url, .. } => {
+                let mut c = sqlx::PgConnection::connect(direct_url)
+                    .await
+                    .expect("connect");
+                sqlx::query_scalar(sql)
+                    .fetch_optional(&mut c)
+                    .await
+                    .expect("deployment")
             }
         }
     }
@@ -395,6 +421,7 @@ pub struct ItemRow {
     pub reserved: i64,
     pub sold: i64,
     pub tokens_issued: i64,
+    pub tokens_outstanding: i64,
 }
 
 /// A TCP proxy in front of PostgreSQL that the test can close (port and every connection)
@@ -582,7 +609,7 @@ pub async fn sell(engine: &Engine, first: u64, count: u64) -> Vec<String> {
                 match user % 5 {
                     0 => {
                         engine
-                            .pay(&order_id, &format!("pay-{user}"))
+                            .pay(&order_id, &format!("pay-{user}"), None)
                             .await
                             .expect("paid");
                     }
@@ -642,6 +669,7 @@ pub async fn assert_tables_match(db: &TestDb, engine: &Engine, order_ids: &[Stri
                 reserved: item.reserved as i64,
                 sold: item.sold as i64,
                 tokens_issued: item.tokens_issued as i64,
+                tokens_outstanding: item.tokens_outstanding as i64,
             });
         }
     }

@@ -1,11 +1,13 @@
 //! `seckill-load`: plays a scenario against a seckill server and checks the invariants;
-//! `compare` plays it against seckill and the Redis + Lua baseline side by side.
+//! `compare` plays it against seckill and the Redis + Lua baseline side by side; `soak`
+//! storms a seckill server it starts with refusals and checks that its memory stays bounded.
 //!
 //! Exit codes: 0 every check passed, 1 a check failed, 2 the run itself could not happen
 //! (bad scenario file, server would not start, ...).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -15,6 +17,7 @@ use seckill_scenarios::report::{chart_svg, Report};
 use seckill_scenarios::run::{run_scenario, RunOptions, Target};
 use seckill_scenarios::scenario::{AuthMode, Scenario};
 use seckill_scenarios::server::{Durability, ServerKind, ServerSpec, SpawnedServer};
+use seckill_scenarios::soak::{self, SoakOptions};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -32,16 +35,13 @@ enum Command {
     Run(RunArgs),
     /// Play scenarios against seckill and the Redis + Lua baseline, side by side.
     Compare(CompareArgs),
+    /// Storm a seckill server it starts with refused shoppers; fail if its memory grows.
+    Soak(SoakArgs),
 }
 
+/// Who the runner speaks as (and what a spawned server is started with).
 #[derive(Debug, Args)]
-struct Common {
-    /// Multiply every wave's shopper count (and open-loop rate) by this.
-    #[arg(long, default_value_t = 1.0)]
-    scale: f64,
-    /// Replace the scenario's seed (to replay a failing run, pass the seed it printed).
-    #[arg(long)]
-    seed: Option<u64>,
+struct Keys {
     /// Operator key the server was (or will be) started with.
     #[arg(
         long,
@@ -56,6 +56,52 @@ struct Common {
         default_value = "seckill-load-user-secret"
     )]
     user_secret: String,
+}
+
+impl Keys {
+    fn credentials(&self, auth: AuthMode) -> Credentials {
+        Credentials {
+            admin_key: self.admin_key.clone(),
+            auth,
+            user_secret: self.user_secret.clone(),
+        }
+    }
+}
+
+/// How a seckill server the runner starts itself is started.
+#[derive(Debug, Args)]
+struct ServerOptions {
+    /// `--durability` for a spawned server.
+    #[arg(long, value_enum, default_value = "sync")]
+    durability: Durability,
+    /// Extra argument for a spawned server (repeat), e.g. --server-arg=--shards --server-arg=2.
+    #[arg(long = "server-arg", allow_hyphen_values = true)]
+    server_args: Vec<String>,
+}
+
+impl ServerOptions {
+    fn spec(&self, binary: &Path, credentials: Credentials) -> ServerSpec {
+        ServerSpec {
+            binary: binary.to_path_buf(),
+            kind: ServerKind::Seckill {
+                durability: self.durability,
+            },
+            credentials,
+            extra_args: self.server_args.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+struct Common {
+    /// Multiply every wave's shopper count (and open-loop rate) by this.
+    #[arg(long, default_value_t = 1.0)]
+    scale: f64,
+    /// Replace the scenario's seed (to replay a failing run, pass the seed it printed).
+    #[arg(long)]
+    seed: Option<u64>,
+    #[command(flatten)]
+    keys: Keys,
     /// Write the report as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -79,12 +125,8 @@ struct RunArgs {
     /// Shopper auth; defaults to the scenario's `auth`.
     #[arg(long, value_enum)]
     auth: Option<AuthMode>,
-    /// `--durability` for a spawned server.
-    #[arg(long, value_enum, default_value = "sync")]
-    durability: Durability,
-    /// Extra argument for a spawned server (repeat), e.g. --server-arg=--shards --server-arg=2.
-    #[arg(long = "server-arg", allow_hyphen_values = true)]
-    server_args: Vec<String>,
+    #[command(flatten)]
+    server: ServerOptions,
     /// The SQLite orders file to compare with the engine (found by itself with --spawn).
     #[arg(long)]
     sqlite: Option<PathBuf>,
@@ -100,13 +142,16 @@ struct CompareArgs {
     /// The seckill binary.
     #[arg(long)]
     seckill: PathBuf,
-    /// The seckill-baseline binary.
+    /// The seckill-baseline binary (default: next to this one, where
+    /// `cargo build -p seckill-baseline` puts it).
     #[arg(long)]
-    baseline: PathBuf,
+    baseline: Option<PathBuf>,
+    /// The Redis behind the baseline (its persistence settings are changed for the run
+    /// and restored afterwards).
     #[arg(
         long,
         env = "SECKILL_TEST_REDIS_URL",
-        default_value = "redis://127.0.0.1:6379"
+        default_value = seckill_baseline::REDIS_URL_DEFAULT
     )]
     redis_url: String,
     /// Which pairings to play (default both).
@@ -130,6 +175,53 @@ struct CompareArgs {
     common: Common,
 }
 
+#[derive(Debug, Args)]
+struct SoakArgs {
+    /// The seckill binary; the soak starts it itself (--auth header, loopback, temporary
+    /// data directory) to read its memory from /proc/<pid>/status.
+    #[arg(long)]
+    spawn: PathBuf,
+    /// Distinct shoppers in each phase (sold-out, ended, rate-limited).
+    #[arg(
+        long,
+        default_value_t = soak::SHOPPERS_DEFAULT,
+        value_parser = clap::value_parser!(u64).range(1..=soak::SHOPPERS_MAX)
+    )]
+    shoppers: u64,
+    /// Requests in flight at once (keep-alive connections).
+    #[arg(
+        long,
+        default_value_t = 64,
+        value_parser = clap::value_parser!(u64).range(1..=4096)
+    )]
+    concurrency: u64,
+    /// Fail when the server's RSS at the end of the storm is more than this above its RSS
+    /// at the start.
+    #[arg(long, default_value_t = soak::MAX_GROWTH_MIB_DEFAULT)]
+    max_growth_mib: u64,
+    /// Stop the storm after this many seconds (the soak then fails as incomplete).
+    #[arg(
+        long,
+        default_value_t = 1800,
+        value_parser = clap::value_parser!(u64).range(1..=86_400)
+    )]
+    max_duration_s: u64,
+    /// Milliseconds between two readings of the server's RSS.
+    #[arg(
+        long,
+        default_value_t = 250,
+        value_parser = clap::value_parser!(u64).range(10..=60_000)
+    )]
+    sample_ms: u64,
+    /// Write the soak report (with every RSS sample) as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    #[command(flatten)]
+    server: ServerOptions,
+    #[command(flatten)]
+    keys: Keys,
+}
+
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -139,6 +231,7 @@ async fn main() -> ExitCode {
     let outcome = match cli.command {
         Command::Run(args) => run(args).await,
         Command::Compare(args) => run_compare(args).await,
+        Command::Soak(args) => run_soak(args).await,
     };
     match outcome {
         Ok(true) => ExitCode::SUCCESS,
@@ -150,7 +243,7 @@ async fn main() -> ExitCode {
     }
 }
 
-fn load_scenario(path: &std::path::Path, common: &Common) -> Result<Scenario> {
+fn load_scenario(path: &Path, common: &Common) -> Result<Scenario> {
     let mut scenario = Scenario::load(path)?;
     if let Some(seed) = common.seed {
         scenario.seed = seed;
@@ -166,10 +259,14 @@ fn run_options(common: &Common) -> RunOptions {
     }
 }
 
+fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<()> {
+    let text = serde_json::to_string_pretty(value).context("serialising the report")?;
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
+
 fn write_outputs(common: &Common, json: &impl serde::Serialize, svg: Option<String>) -> Result<()> {
     if let Some(path) = &common.json {
-        let text = serde_json::to_string_pretty(json).context("serialising the report")?;
-        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+        write_json(path, json)?;
     }
     if let (Some(path), Some(svg)) = (&common.chart, svg) {
         std::fs::write(path, svg).with_context(|| format!("writing {}", path.display()))?;
@@ -179,11 +276,8 @@ fn write_outputs(common: &Common, json: &impl serde::Serialize, svg: Option<Stri
 
 async fn run(args: RunArgs) -> Result<bool> {
     let scenario = load_scenario(&args.scenario, &args.common)?;
-    let credentials = Credentials {
-        admin_key: args.common.admin_key.clone(),
-        auth: args.auth.unwrap_or(scenario.auth),
-        user_secret: args.common.user_secret.clone(),
-    };
+    let auth = args.auth.unwrap_or(scenario.auth);
+    let credentials = args.common.keys.credentials(auth);
     let options = run_options(&args.common);
     let mut target = match (&args.url, &args.spawn) {
         (Some(url), _) => Target {
@@ -193,14 +287,7 @@ async fn run(args: RunArgs) -> Result<bool> {
             sqlite_path: args.sqlite.clone(),
         },
         (None, Some(binary)) => {
-            let spec = ServerSpec {
-                binary: binary.clone(),
-                kind: ServerKind::Seckill {
-                    durability: args.durability,
-                },
-                credentials: credentials.clone(),
-                extra_args: args.server_args.clone(),
-            };
+            let spec = args.server.spec(binary, credentials.clone());
             let server = SpawnedServer::start(spec.clone()).await?;
             eprintln!(
                 "started {} at {} (data {})",
@@ -239,6 +326,22 @@ async fn run(args: RunArgs) -> Result<bool> {
     Ok(report.passed)
 }
 
+/// `--baseline`, or `seckill-baseline` next to this executable.
+fn baseline_binary(given: Option<&Path>) -> Result<PathBuf> {
+    if let Some(path) = given {
+        return Ok(path.to_path_buf());
+    }
+    let me = std::env::current_exe().context("locating seckill-load")?;
+    let sibling = me.with_file_name("seckill-baseline");
+    if !sibling.exists() {
+        anyhow::bail!(
+            "{} not found: build it with `cargo build -p seckill-baseline` or pass --baseline",
+            sibling.display()
+        );
+    }
+    Ok(sibling)
+}
+
 async fn run_compare(args: CompareArgs) -> Result<bool> {
     let scenarios = args
         .scenarios
@@ -248,15 +351,11 @@ async fn run_compare(args: CompareArgs) -> Result<bool> {
     let options = CompareOptions {
         scenarios,
         seckill: args.seckill.clone(),
-        baseline: args.baseline.clone(),
+        baseline: baseline_binary(args.baseline.as_deref())?,
         redis_url: args.redis_url.clone(),
         pairings: args.pairings.clone(),
         run: run_options(&args.common),
-        credentials: Credentials {
-            admin_key: args.common.admin_key.clone(),
-            auth: AuthMode::Header,
-            user_secret: args.common.user_secret.clone(),
-        },
+        credentials: args.common.keys.credentials(AuthMode::Header),
         seckill_args: args.server_args.clone(),
         bench_requests: args.bench_requests,
         repeat: args.repeat,
@@ -289,4 +388,22 @@ async fn run_compare(args: CompareArgs) -> Result<bool> {
     }
     write_outputs(&args.common, &comparison, None)?;
     Ok(comparison.all_passed())
+}
+
+async fn run_soak(args: SoakArgs) -> Result<bool> {
+    let options = SoakOptions {
+        shoppers: args.shoppers,
+        concurrency: args.concurrency as usize,
+        max_growth_mib: args.max_growth_mib,
+        max_duration: Duration::from_secs(args.max_duration_s),
+        sample_interval: Duration::from_millis(args.sample_ms),
+    };
+    let credentials = args.keys.credentials(AuthMode::Header);
+    let spec = args.server.spec(&args.spawn, credentials);
+    let report = soak::soak(spec, &options).await?;
+    print!("{}", report.to_text());
+    if let Some(path) = &args.json {
+        write_json(path, &report)?;
+    }
+    Ok(report.passed)
 }

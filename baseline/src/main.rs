@@ -4,7 +4,7 @@
 
 use anyhow::Context;
 use clap::Parser;
-use seckill_scenarios::baseline::{app, AppState};
+use seckill_baseline::{app, AppState, REDIS_URL_DEFAULT};
 
 /// The classic flash-sale design: axum in front of a Redis Lua script.
 #[derive(Debug, Parser)]
@@ -15,10 +15,11 @@ struct Args {
     /// Operator key (`Authorization: Bearer <key>`).
     #[arg(long, env = "SECKILL_ADMIN_KEY")]
     admin_key: String,
+    /// The Redis that holds the stock and runs the Lua scripts.
     #[arg(
         long,
         env = "SECKILL_TEST_REDIS_URL",
-        default_value = "redis://127.0.0.1:6379"
+        default_value = REDIS_URL_DEFAULT
     )]
     redis_url: String,
 }

@@ -1,4 +1,5 @@
-//! The baseline: the flash-sale design most shops run today, for a fair side-by-side.
+//! seckill-baseline: the flash-sale design most shops run today, for a fair side-by-side
+//! with seckill (`seckill-load compare` starts its binary, `seckill-baseline`).
 //!
 //! An axum server (the same HTTP stack as seckill) with the routes `flash-100` and `hot-sku`
 //! need: create / start / read a promotion, token, purchase, read an order. The stock lives
@@ -22,10 +23,9 @@ use axum::{Json, Router};
 use rand::Rng;
 use redis::aio::MultiplexedConnection;
 use redis::Script;
+use seckill_engine::is_valid_id;
 use serde::Deserialize;
 use serde_json::{json, Value};
-
-use crate::scenario::is_identifier;
 
 /// Lifetime of a purchase token (api.md default).
 const TOKEN_TTL_S: u64 = 60;
@@ -78,6 +78,9 @@ redis.call('SET', KEYS[4], n)
 redis.call('RPUSH', KEYS[6], ARGV[6] .. n)
 return {'ok', order}
 "#;
+
+/// Where the baseline finds Redis unless told otherwise.
+pub const REDIS_URL_DEFAULT: &str = "redis://127.0.0.1:6379";
 
 /// The key prefix of everything one promotion owns (cleanup: `SCAN MATCH bl:<id>:*`).
 pub fn key_prefix(promotion_id: &str) -> String {
@@ -225,7 +228,7 @@ fn require_admin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> 
 
 fn shopper(headers: &HeaderMap) -> Result<String, ApiError> {
     match headers.get("x-user-id").and_then(|v| v.to_str().ok()) {
-        Some(user) if is_identifier(user) => Ok(user.to_owned()),
+        Some(user) if is_valid_id(user) => Ok(user.to_owned()),
         _ => Err(ApiError::unauthorized()),
     }
 }
@@ -283,7 +286,7 @@ async fn create_promotion(
         .id
         .clone()
         .unwrap_or_else(|| format!("bl{:08x}", rand::rng().random::<u32>()));
-    if !is_identifier(&id) {
+    if !is_valid_id(&id) {
         return Err(ApiError::invalid("id"));
     }
     if request.items.is_empty() || request.items.len() > 1000 {
@@ -293,7 +296,7 @@ async fn create_promotion(
     let mut items = HashMap::new();
     let mut pipe = redis::pipe();
     for item in &request.items {
-        if !is_identifier(&item.sku) || item.per_user_limit == 0 {
+        if !is_valid_id(&item.sku) || item.per_user_limit == 0 {
             return Err(ApiError::invalid("items.sku"));
         }
         pipe.set(format!("{prefix}stock:{}", item.sku), item.stock)
@@ -333,13 +336,22 @@ async fn create_promotion(
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
+/// The promotion an operator route names, once the admin key is checked.
+fn admin_promotion(
+    state: &AppState,
+    headers: &HeaderMap,
+    id: &str,
+) -> Result<Arc<Promotion>, ApiError> {
+    require_admin(state, headers)?;
+    state.promotion(id).ok_or_else(ApiError::not_found)
+}
+
 async fn start_promotion(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> ApiResult {
-    require_admin(&state, &headers)?;
-    let promotion = state.promotion(&id).ok_or_else(ApiError::not_found)?;
+    let promotion = admin_promotion(&state, &headers, &id)?;
     Ok((StatusCode::OK, Json(promotion.body.clone())).into_response())
 }
 
@@ -348,8 +360,7 @@ async fn promotion_stats(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> ApiResult {
-    require_admin(&state, &headers)?;
-    let promotion = state.promotion(&id).ok_or_else(ApiError::not_found)?;
+    let promotion = admin_promotion(&state, &headers, &id)?;
     let prefix = key_prefix(&promotion.id);
     let mut redis = state.redis.clone();
     let mut items = Vec::new();
@@ -437,7 +448,7 @@ async fn purchase(
     let user = shopper(&headers)?;
     let Json(body) = body.map_err(|_| ApiError::invalid("body"))?;
     let (promotion, item) = find_item(&state, &id, &sku)?;
-    if !is_identifier(&body.request_id) {
+    if !is_valid_id(&body.request_id) {
         return Err(ApiError::invalid("request_id"));
     }
     if body.quantity == 0 || body.quantity > item.per_user_limit {

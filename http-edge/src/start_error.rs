@@ -1,0 +1,34 @@
+//! Why the server did not start: one line for a person each, and the binary exits 2.
+//!
+//! Its own module because both start-up (`server`) and the storage backends (`storage`)
+//! return it; neither has to import the other for it.
+
+use thiserror::Error;
+
+/// Why the server did not start; each is one line for a person, and the binary exits 2.
+#[derive(Debug, Error)]
+pub enum StartError {
+    #[error("cannot write data directory {path}: {reason}")]
+    DataDirUnwritable { path: String, reason: String },
+    #[error(
+        "data directory {path} is in use by another running seckill server; stop it or choose \
+         another --data-dir"
+    )]
+    DataDirLocked { path: String },
+    #[error("cannot open the journal: {0}")]
+    Journal(String),
+    #[error(
+        "this build has no durable journal (built without the `persistence` feature); \
+         --unsafe-memory-journal runs without durability, for development only"
+    )]
+    NoDurableJournal,
+    /// The orders database refused or did not answer (the message says which).
+    #[error("orders database: {0}")]
+    Database(String),
+    #[error("recovery from the journal failed: {0}")]
+    Recovery(String),
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen { addr: String, reason: String },
+    #[error("the HTTP server failed: {0}")]
+    Serve(String),
+}

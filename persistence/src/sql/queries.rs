@@ -1,0 +1,328 @@
+//! Every statement of the flusher but the orders upsert, each written once for both
+//! databases: SQL that SQLite and PostgreSQL both accept, with dialect-free values (see
+//! `dialect`). `excluded` is the upsert's proposed row in both (PostgreSQL folds the case).
+
+use seckill_engine::{ItemRecord, ItemStats, PromotionRecord, PromotionStats};
+
+use super::dialect::{placeholder_rows, Statement, Value};
+use super::rows::PromotionChange;
+
+/// Item rows per multi-row statement: [`ITEM_COLUMN_COUNT`] parameters each stays far below
+/// SQLite's 32,766 and PostgreSQL's 65,535.
+const ITEM_ROWS_PER_STATEMENT_MAX: usize = 1_000;
+
+const PROMOTION_COLUMNS: &str = "id, name, starts_at, ends_at, payment_timeout_s, \
+     require_token, token_multiplier, created_at, updated_at";
+const PROMOTION_COLUMN_COUNT: usize = 9;
+const ITEM_COLUMNS: &str = "promotion_id, sku, title, price_cents, per_user_limit, stock, \
+     remaining, reserved, sold, tokens_issued, tokens_outstanding, updated_at";
+const ITEM_COLUMN_COUNT: usize = 12;
+
+/// A promotion's row at its creation leaves an existing row alone: the stats refresh or a
+/// later start/stop may have moved it on.
+const PROMOTION_CREATED_CONFLICT: &str = " ON CONFLICT (id) DO NOTHING";
+/// The stats refresh copies the window as the engine has it now.
+const PROMOTION_STATS_CONFLICT: &str = " ON CONFLICT (id) DO UPDATE SET \
+     starts_at = excluded.starts_at, ends_at = excluded.ends_at, \
+     updated_at = excluded.updated_at";
+const ITEM_CREATED_CONFLICT: &str = " ON CONFLICT (promotion_id, sku) DO NOTHING";
+const ITEM_STATS_CONFLICT: &str = " ON CONFLICT (promotion_id, sku) DO UPDATE SET \
+     remaining = excluded.remaining, reserved = excluded.reserved, sold = excluded.sold, \
+     tokens_issued = excluded.tokens_issued, tokens_outstanding = excluded.tokens_outstanding, \
+     updated_at = excluded.updated_at";
+
+/// The sequence number up to which the tables hold the log.
+pub(crate) fn read_cursor() -> Statement {
+    Statement::plain("SELECT seq FROM flusher_cursor WHERE id = 1")
+}
+
+/// Moves the cursor from `from` to `to`; touches no row if it is not at `from` (another
+/// flusher moved it).
+pub(crate) fn move_cursor(from: u64, to: u64, now_ms: i64) -> Statement {
+    Statement::new(
+        "UPDATE flusher_cursor SET seq = ?, updated_at = ? WHERE id = 1 AND seq = ?",
+        vec![Value::count(to), Value::Time(now_ms), Value::count(from)],
+    )
+}
+
+/// Sets the cursor, whatever it was.
+pub(crate) fn set_cursor(seq: u64, now_ms: i64) -> Statement {
+    Statement::new(
+        "UPDATE flusher_cursor SET seq = ?, updated_at = ? WHERE id = 1",
+        vec![Value::count(seq), Value::Time(now_ms)],
+    )
+}
+
+/// The statements of one promotion-level change of the log.
+pub(crate) fn promotion_change(change: &PromotionChange, now_ms: i64) -> Vec<Statement> {
+    match change {
+        PromotionChange::Created(record) => promotion_created(record, now_ms),
+        PromotionChange::Started {
+            promotion_id,
+            at_ms,
+        } => vec![Statement::new(
+            "UPDATE promotions SET starts_at = ?, updated_at = ? WHERE id = ?",
+            vec![
+                Value::Time(*at_ms),
+                Value::Time(now_ms),
+                Value::text(promotion_id),
+            ],
+        )],
+        // As the engine does: the end moves to the stop, and a start after it with it (the
+        // earlier of the two, written without SQLite's MIN or PostgreSQL's LEAST).
+        PromotionChange::Stopped {
+            promotion_id,
+            at_ms,
+        } => vec![Statement::new(
+            "UPDATE promotions SET starts_at = CASE WHEN starts_at < ? THEN starts_at ELSE ? END, \
+             ends_at = ?, updated_at = ? WHERE id = ?",
+            vec![
+                Value::Time(*at_ms),
+                Value::Time(*at_ms),
+                Value::Time(*at_ms),
+                Value::Time(now_ms),
+                Value::text(promotion_id),
+            ],
+        )],
+    }
+}
+
+/// A promotion's row and its items as they are at creation (no stats yet).
+fn promotion_created(record: &PromotionRecord, now_ms: i64) -> Vec<Statement> {
+    let row = PromotionRow {
+        id: &record.id,
+        name: &record.name,
+        starts_at_ms: record.starts_at_ms,
+        ends_at_ms: record.ends_at_ms,
+        payment_timeout_s: record.payment_timeout_s,
+        require_token: record.require_token,
+        token_multiplier: record.token_multiplier,
+        created_at_ms: record.created_at_ms,
+    };
+    let items: Vec<ItemRow<'_>> = record.items.iter().map(ItemRow::created).collect();
+    let mut statements = vec![row.insert(now_ms, PROMOTION_CREATED_CONFLICT)];
+    statements.extend(item_inserts(
+        &record.id,
+        &items,
+        now_ms,
+        ITEM_CREATED_CONFLICT,
+    ));
+    statements
+}
+
+/// A promotion's row and its items' stats as the engine has them now.
+pub(crate) fn promotion_stats(stats: &PromotionStats, now_ms: i64) -> Vec<Statement> {
+    let row = PromotionRow {
+        id: &stats.id,
+        name: &stats.name,
+        starts_at_ms: stats.starts_at_ms,
+        ends_at_ms: stats.ends_at_ms,
+        payment_timeout_s: stats.payment_timeout_s,
+        require_token: stats.require_token,
+        token_multiplier: stats.token_multiplier,
+        created_at_ms: stats.created_at_ms,
+    };
+    let items: Vec<ItemRow<'_>> = stats.items.iter().map(ItemRow::of_stats).collect();
+    let mut statements = vec![row.insert(now_ms, PROMOTION_STATS_CONFLICT)];
+    statements.extend(item_inserts(&stats.id, &items, now_ms, ITEM_STATS_CONFLICT));
+    statements
+}
+
+/// The columns of a `promotions` row, from a record or from stats.
+struct PromotionRow<'a> {
+    id: &'a str,
+    name: &'a str,
+    starts_at_ms: i64,
+    ends_at_ms: i64,
+    payment_timeout_s: u32,
+    require_token: bool,
+    token_multiplier: u32,
+    created_at_ms: i64,
+}
+
+impl PromotionRow<'_> {
+    fn insert(&self, now_ms: i64, on_conflict: &str) -> Statement {
+        Statement::new(
+            format!(
+                "INSERT INTO promotions ({PROMOTION_COLUMNS}) VALUES {}{on_conflict}",
+                placeholder_rows(1, PROMOTION_COLUMN_COUNT)
+            ),
+            vec![
+                Value::text(self.id),
+                Value::text(self.name),
+                Value::Time(self.starts_at_ms),
+                Value::Time(self.ends_at_ms),
+                Value::small(self.payment_timeout_s),
+                Value::Bool(self.require_token),
+                Value::small(self.token_multiplier),
+                Value::Time(self.created_at_ms),
+                Value::Time(now_ms),
+            ],
+        )
+    }
+}
+
+/// The columns of a `promotion_items` row but its promotion and time.
+struct ItemRow<'a> {
+    sku: &'a str,
+    title: &'a str,
+    price_cents: i64,
+    per_user_limit: u32,
+    stock: u64,
+    remaining: u64,
+    reserved: u64,
+    sold: u64,
+    tokens_issued: u64,
+    tokens_outstanding: u64,
+}
+
+impl<'a> ItemRow<'a> {
+    /// An item as it is created: all its stock remaining, nothing else yet.
+    fn created(item: &'a ItemRecord) -> Self {
+        ItemRow {
+            sku: &item.sku,
+            title: &item.title,
+            price_cents: item.price_cents,
+            per_user_limit: item.per_user_limit,
+            stock: item.stock,
+            remaining: item.stock,
+            reserved: 0,
+            sold: 0,
+            tokens_issued: 0,
+            tokens_outstanding: 0,
+        }
+    }
+
+    fn of_stats(item: &'a ItemStats) -> Self {
+        ItemRow {
+            sku: &item.sku,
+            title: &item.title,
+            price_cents: item.price_cents,
+            per_user_limit: item.per_user_limit,
+            stock: item.stock,
+            remaining: item.remaining,
+            reserved: item.reserved,
+            sold: item.sold,
+            tokens_issued: item.tokens_issued,
+            tokens_outstanding: item.tokens_outstanding,
+        }
+    }
+
+    /// The row's values in [`ITEM_COLUMNS`] order.
+    fn push_values(&self, promotion_id: &str, now_ms: i64, values: &mut Vec<Value>) {
+        values.extend([
+            Value::text(promotion_id),
+            Value::text(self.sku),
+            Value::text(self.title),
+            Value::Int(self.price_cents),
+            Value::Int(i64::from(self.per_user_limit)),
+            Value::count(self.stock),
+            Value::count(self.remaining),
+            Value::count(self.reserved),
+            Value::count(self.sold),
+            Value::count(self.tokens_issued),
+            Value::count(self.tokens_outstanding),
+            Value::Time(now_ms),
+        ]);
+    }
+}
+
+/// Multi-row inserts of `items`, [`ITEM_ROWS_PER_STATEMENT_MAX`] rows at most each.
+fn item_inserts(
+    promotion_id: &str,
+    items: &[ItemRow<'_>],
+    now_ms: i64,
+    on_conflict: &str,
+) -> Vec<Statement> {
+    items
+        .chunks(ITEM_ROWS_PER_STATEMENT_MAX)
+        .map(|part| {
+            let mut values = Vec::with_capacity(part.len() * ITEM_COLUMN_COUNT);
+            for item in part {
+                item.push_values(promotion_id, now_ms, &mut values);
+            }
+            Statement::new(
+                format!(
+                    "INSERT INTO promotion_items ({ITEM_COLUMNS}) VALUES {}{on_conflict}",
+                    placeholder_rows(part.len(), ITEM_COLUMN_COUNT)
+                ),
+                values,
+            )
+        })
+        .collect()
+}
+
+/// The deployment recorded beside the tables, if any.
+pub(crate) fn read_deployment() -> Statement {
+    Statement::plain("SELECT deployment_id FROM seckill_deployment WHERE id = 1")
+}
+
+/// Records `deployment_id` unless one is recorded already (then it touches no row).
+pub(crate) fn record_deployment(deployment_id: &str, now_ms: i64) -> Statement {
+    Statement::new(
+        "INSERT INTO seckill_deployment (id, deployment_id, recorded_at) VALUES (1, ?, ?) \
+         ON CONFLICT (id) DO NOTHING",
+        vec![Value::text(deployment_id), Value::Time(now_ms)],
+    )
+}
+
+/// Records `ours` in place of `found`.
+pub(crate) fn replace_deployment(found: &str, ours: &str, now_ms: i64) -> Statement {
+    Statement::new(
+        "UPDATE seckill_deployment SET deployment_id = ?, recorded_at = ? \
+         WHERE id = 1 AND deployment_id = ?",
+        vec![Value::text(ours), Value::Time(now_ms), Value::text(found)],
+    )
+}
+
+/// Zero when the tables hold nothing at all (no order, no promotion, the cursor at 0), more
+/// otherwise. `COUNT` over `LIMIT 1`: whether a row exists, without counting them all.
+pub(crate) fn tables_written() -> Statement {
+    Statement::plain(
+        "SELECT (SELECT COUNT(*) FROM (SELECT 1 FROM orders LIMIT 1) AS o) \
+         + (SELECT COUNT(*) FROM (SELECT 1 FROM promotions LIMIT 1) AS p) \
+         + COALESCE((SELECT seq FROM flusher_cursor WHERE id = 1), 0)",
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(sku: &str) -> ItemRow<'_> {
+        ItemRow {
+            sku,
+            title: sku,
+            price_cents: 100,
+            per_user_limit: 1,
+            stock: 10,
+            remaining: 10,
+            reserved: 0,
+            sold: 0,
+            tokens_issued: 0,
+            tokens_outstanding: 0,
+        }
+    }
+
+    #[test]
+    fn items_go_in_statements_of_bounded_size() {
+        let skus: Vec<String> = (0..=ITEM_ROWS_PER_STATEMENT_MAX)
+            .map(|n| format!("s{n}"))
+            .collect();
+        let items: Vec<ItemRow<'_>> = skus.iter().map(|sku| item(sku.as_str())).collect();
+        let statements = item_inserts("p", &items, 2, ITEM_CREATED_CONFLICT);
+        assert_eq!(statements.len(), 2, "1,000 items, then 1");
+        assert_eq!(
+            statements[0].postgres_sql().matches('$').count(),
+            ITEM_ROWS_PER_STATEMENT_MAX * ITEM_COLUMN_COUNT
+        );
+        let last = statements[1].postgres_sql();
+        assert!(
+            last.ends_with(
+                "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+                 ON CONFLICT (promotion_id, sku) DO NOTHING"
+            ),
+            "{last}"
+        );
+    }
+}
