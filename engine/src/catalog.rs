@@ -12,12 +12,64 @@ use dashmap::{DashMap, DashSet};
 use rustc_hash::{FxBuildHasher, FxHashSet};
 
 use crate::error::{Error, Result};
+use crate::event::Event;
 use crate::ids::item_key;
 use crate::item::{ItemState, STRIKES_TO_BAN};
 use crate::model::{
     ItemRecord, ItemStats, PromotionRecord, PromotionStats, PromotionStatus, PublicItem,
     PublicPromotion,
 };
+
+/// An operator's change of a promotion's window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WindowChange {
+    /// Live from now (api.md: starting a live one changes nothing, an ended one cannot).
+    Start,
+    /// Ended from now (stopping an ended one changes nothing).
+    Stop,
+}
+
+impl WindowChange {
+    /// Whether the change does anything to a promotion in `status`; an error when it may not.
+    pub fn needed(self, status: PromotionStatus) -> Result<bool> {
+        match (self, status) {
+            (WindowChange::Start, PromotionStatus::Ended) => Err(Error::Ended),
+            (WindowChange::Start, PromotionStatus::Live)
+            | (WindowChange::Stop, PromotionStatus::Ended) => Ok(false),
+            _ => Ok(true),
+        }
+    }
+
+    /// The event that journals this change at `at_ms`.
+    pub fn event(self, promotion_id: &str, at_ms: i64) -> Event {
+        let promotion_id = promotion_id.to_owned();
+        match self {
+            WindowChange::Start => Event::PromotionStarted {
+                promotion_id,
+                at_ms,
+            },
+            WindowChange::Stop => Event::PromotionStopped {
+                promotion_id,
+                at_ms,
+            },
+        }
+    }
+
+    /// The change an event journals, with its promotion and time.
+    pub fn of(event: &Event) -> Option<(WindowChange, &str, i64)> {
+        match event {
+            Event::PromotionStarted {
+                promotion_id,
+                at_ms,
+            } => Some((WindowChange::Start, promotion_id, *at_ms)),
+            Event::PromotionStopped {
+                promotion_id,
+                at_ms,
+            } => Some((WindowChange::Stop, promotion_id, *at_ms)),
+            _ => None,
+        }
+    }
+}
 
 /// Every promotion and item gate, by id and by item key.
 #[derive(Debug, Default)]
@@ -207,6 +259,14 @@ impl PromotionEntry {
                     tokens_outstanding: 0,
                 })
                 .collect(),
+        }
+    }
+
+    /// Applies a journaled window change.
+    pub fn apply_window(&self, change: WindowChange, at_ms: i64) {
+        match change {
+            WindowChange::Start => self.apply_start(at_ms),
+            WindowChange::Stop => self.apply_stop(at_ms),
         }
     }
 

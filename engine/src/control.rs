@@ -16,14 +16,14 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use tokio::sync::oneshot;
 
-use crate::catalog::{item_keys, PromotionEntry};
+use crate::catalog::{item_keys, PromotionEntry, WindowChange};
 use crate::command::Command;
 use crate::core::Core;
 use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::ids::promotion_key;
 use crate::image::EngineImage;
-use crate::model::{PromotionRecord, PromotionStatus};
+use crate::model::PromotionRecord;
 use crate::shards::keys_by_shard;
 use crate::snapshot;
 
@@ -47,18 +47,18 @@ pub(crate) enum ControlOp {
         record: PromotionRecord,
         reply: oneshot::Sender<Result<CreateOutcome>>,
     },
-    Start {
+    Window {
         promotion_id: String,
-        reply: oneshot::Sender<Result<()>>,
-    },
-    Stop {
-        promotion_id: String,
+        change: WindowChange,
         reply: oneshot::Sender<Result<()>>,
     },
     Snapshot {
         reply: oneshot::Sender<Result<EngineImage>>,
     },
-    /// Finish the operation under way and stop; no snapshot is taken after this.
+    /// Every shard's expiry pass, now (tests with a manual clock).
+    Tick { reply: oneshot::Sender<Result<()>> },
+    /// Finish the operation under way, stop every live shard after its current batch, and
+    /// stop; no snapshot or catalog change runs after this.
     Shutdown { reply: oneshot::Sender<()> },
 }
 
@@ -104,6 +104,7 @@ fn run(core: &Weak<Core>, inbox: &Receiver<ControlOp>) {
         let Some(core) = core.upgrade() else { return };
         match next {
             Ok(ControlOp::Shutdown { reply }) => {
+                stop_shards(&core);
                 let _ = reply.send(());
                 return;
             }
@@ -117,15 +118,15 @@ fn run(core: &Weak<Core>, inbox: &Receiver<ControlOp>) {
 fn handle(core: &Core, op: ControlOp) {
     match op {
         ControlOp::Create { record, reply } => drop(reply.send(create(core, record))),
-        ControlOp::Start {
+        ControlOp::Window {
             promotion_id,
+            change,
             reply,
-        } => drop(reply.send(start(core, &promotion_id))),
-        ControlOp::Stop {
-            promotion_id,
-            reply,
-        } => drop(reply.send(stop(core, &promotion_id))),
+        } => drop(reply.send(change_window(core, &promotion_id, change))),
         ControlOp::Snapshot { reply } => drop(reply.send(snapshot::take_and_save(core))),
+        ControlOp::Tick { reply } => {
+            drop(reply.send(on_every_shard(core, |reply| Command::Tick { reply })))
+        }
         ControlOp::Shutdown { reply } => drop(reply.send(())),
     }
 }
@@ -205,40 +206,48 @@ fn install(
     Ok(())
 }
 
-/// Forces a promotion live from now. Starting a live one changes nothing; an ended one
-/// cannot start again.
-fn start(core: &Core, promotion_id: &str) -> Result<()> {
+/// Starts or stops a promotion from now; a change that changes nothing is not journaled.
+fn change_window(core: &Core, promotion_id: &str, change: WindowChange) -> Result<()> {
     let entry = core.catalog.entry(promotion_id)?;
     let now_ms = core.clock.now_ms();
-    match entry.status(now_ms) {
-        PromotionStatus::Ended => Err(Error::Ended),
-        PromotionStatus::Live => Ok(()),
-        PromotionStatus::Upcoming => {
-            let event = Event::PromotionStarted {
-                promotion_id: promotion_id.to_owned(),
-                at_ms: now_ms,
-            };
-            journal_catalog(core, promotion_id, event)?;
-            entry.apply_start(now_ms);
-            Ok(())
-        }
+    if change.needed(entry.status(now_ms))? {
+        journal_catalog(core, promotion_id, change.event(promotion_id, now_ms))?;
+        entry.apply_window(change, now_ms);
     }
+    Ok(())
 }
 
-/// Ends a promotion from now. Stopping an ended one changes nothing.
-fn stop(core: &Core, promotion_id: &str) -> Result<()> {
-    let entry = core.catalog.entry(promotion_id)?;
-    let now_ms = core.clock.now_ms();
-    if entry.status(now_ms) == PromotionStatus::Ended {
-        return Ok(());
+/// Sends the command `make` builds to every shard and waits for every answer; the first
+/// refusal is the answer.
+fn on_every_shard(
+    core: &Core,
+    make: impl Fn(oneshot::Sender<Result<()>>) -> Command,
+) -> Result<()> {
+    let mut waits = Vec::with_capacity(core.shards.count());
+    for shard in 0..core.shards.count() {
+        let (reply, done) = oneshot::channel();
+        core.shards.send_blocking(shard, make(reply))?;
+        waits.push((shard, done));
     }
-    let event = Event::PromotionStopped {
-        promotion_id: promotion_id.to_owned(),
-        at_ms: now_ms,
-    };
-    journal_catalog(core, promotion_id, event)?;
-    entry.apply_stop(now_ms);
+    for (shard, done) in waits {
+        done.blocking_recv()
+            .unwrap_or(Err(Error::ShardDown(shard)))?;
+    }
     Ok(())
+}
+
+/// Stops every shard after its current batch; dead ones are skipped (nobody waits on them).
+fn stop_shards(core: &Core) {
+    for shard in 0..core.shards.count() {
+        let (reply, stopped) = oneshot::channel();
+        if core
+            .shards
+            .send_blocking(shard, Command::Shutdown { reply })
+            .is_ok()
+        {
+            let _ = stopped.blocking_recv();
+        }
+    }
 }
 
 /// Journals a promotion-level event through the promotion's home shard. A reply that never

@@ -15,7 +15,7 @@ use std::thread::JoinHandle;
 use rustc_hash::FxHashMap;
 use tokio::sync::oneshot;
 
-use crate::catalog::ItemGate;
+use crate::catalog::{ItemGate, WindowChange};
 use crate::command::{Command, OrderAddress};
 use crate::config::EngineConfig;
 use crate::control::{self, Control, ControlOp, CreateOutcome};
@@ -180,26 +180,23 @@ impl Engine {
     /// Forces a promotion live from now. Starting a live one changes nothing; an ended one
     /// cannot start again.
     pub async fn start_promotion(&self, promotion_id: &str) -> Result<PromotionStats> {
-        let promotion_id = promotion_id.to_owned();
-        let id = promotion_id.clone();
-        self.control(|reply| ControlOp::Start {
-            promotion_id,
-            reply,
-        })
-        .await?;
-        self.promotion_stats(&id).await
+        self.change_window(promotion_id, WindowChange::Start).await
     }
 
     /// Ends a promotion from now. Stopping an ended one changes nothing.
     pub async fn stop_promotion(&self, promotion_id: &str) -> Result<PromotionStats> {
-        let promotion_id = promotion_id.to_owned();
-        let id = promotion_id.clone();
-        self.control(|reply| ControlOp::Stop {
+        self.change_window(promotion_id, WindowChange::Stop).await
+    }
+
+    async fn change_window(&self, id: &str, change: WindowChange) -> Result<PromotionStats> {
+        let promotion_id = id.to_owned();
+        self.control(|reply| ControlOp::Window {
             promotion_id,
+            change,
             reply,
         })
         .await?;
-        self.promotion_stats(&id).await
+        self.promotion_stats(id).await
     }
 
     /// Takes a consistent image of the whole engine and hands it to the journal.
@@ -429,48 +426,21 @@ impl Engine {
     /// Runs every shard's expiry pass now and waits for it to be journaled. The shards do it
     /// on their own every `expiry_tick_ms`; tests with a manual clock call this instead.
     pub async fn tick(&self) -> Result<()> {
-        let shards = &self.core().shards;
-        let mut waits = Vec::with_capacity(shards.count());
-        for shard in 0..shards.count() {
-            let (reply, rx) = oneshot::channel();
-            shards.send_waiting(shard, Command::Tick { reply }).await?;
-            waits.push(rx);
-        }
-        for rx in waits {
-            answer_write(rx).await?;
-        }
-        Ok(())
+        self.control(|reply| ControlOp::Tick { reply }).await
     }
 
-    /// Stops the control thread after the operation under way, then every shard after its
-    /// current batch is journaled and answered. Dead shards are skipped: shutdown never
-    /// waits on them. Calls made after this answer "unavailable".
+    /// Stops the control thread after the operation under way, and with it every shard
+    /// after its current batch is journaled and answered. Dead shards are skipped: shutdown
+    /// never waits on them. Calls made after this answer "unavailable".
     pub async fn shutdown(&self) -> Result<()> {
         let (reply, stopped) = oneshot::channel();
-        if self
-            .inner
-            .control
-            .submit(ControlOp::Shutdown { reply })
-            .is_ok()
-        {
-            let _ = stopped.await;
+        match self.inner.control.submit(ControlOp::Shutdown { reply }) {
+            Ok(()) => drop(stopped.await),
+            // The control thread is gone (an earlier shutdown) or its queue is full: stop the
+            // shards directly rather than not at all.
+            Err(_) => self.stop_shards_directly(),
         }
-        let shards = &self.core().shards;
-        let mut waits = Vec::new();
-        for shard in 0..shards.count() {
-            let (reply, rx) = oneshot::channel();
-            if shards
-                .send_waiting(shard, Command::Shutdown { reply })
-                .await
-                .is_ok()
-            {
-                waits.push(rx);
-            }
-        }
-        for rx in waits {
-            let _ = rx.await;
-        }
-        let mut threads = shards.take_threads();
+        let mut threads = self.core().shards.take_threads();
         let control_thread = self
             .inner
             .control_thread
@@ -485,5 +455,13 @@ impl Engine {
         })
         .await
         .map_err(|e| Error::Unavailable(format!("join failed: {e}")))
+    }
+
+    fn stop_shards_directly(&self) {
+        let shards = &self.core().shards;
+        for shard in 0..shards.count() {
+            let (reply, _) = oneshot::channel();
+            let _ = shards.send(shard, Command::Shutdown { reply });
+        }
     }
 }

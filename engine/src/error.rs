@@ -108,6 +108,9 @@ impl Error {
 /// The engine's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// What a journal answers.
+pub type JournalResult<T> = Result<T, JournalError>;
+
 /// Why a journal could not make a batch durable.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[error("journal: {0}")]

@@ -101,7 +101,7 @@ pub use config::{
     DEFAULT_RETAIN_ENDED_S, DEFAULT_SNAPSHOT_EVERY_EVENTS, DEFAULT_TOKEN_TTL_S,
 };
 pub use engine::Engine;
-pub use error::{Error, JournalError, Result};
+pub use error::{Error, JournalError, JournalResult, Result};
 pub use event::{Event, EVENT_VERSION};
 pub use ids::{format_order_id, is_valid_id, item_key, parse_order_id, OrderRef, ID_LENGTH_MAX};
 pub use image::{EngineImage, PromotionImage};

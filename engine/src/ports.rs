@@ -9,7 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use rustc_hash::FxHashMap;
 
-use crate::error::JournalError;
+use crate::error::{JournalError, JournalResult};
 use crate::event::Event;
 use crate::image::EngineImage;
 use crate::model::ArchivedItem;
@@ -81,27 +81,22 @@ pub trait Journal: Send + Sync + 'static {
         Err(JournalError("this journal keeps no archive".into()))
     }
 
-    /// The archived item with key `item_key`, if any.
-    fn archived_item(&self, item_key: u64) -> Result<Option<ArchivedItem>, JournalError> {
-        let _ = item_key;
+    /// The archived item with key `key`, if any.
+    fn archived_item(&self, key: u64) -> JournalResult<Option<ArchivedItem>> {
+        let _ = key;
         Ok(None)
     }
 
     /// Order `order_seq` of an archived item, if any.
-    fn archived_order(&self, item_key: u64, order_seq: u64) -> Result<Option<Order>, JournalError> {
-        let _ = (item_key, order_seq);
+    fn archived_order(&self, key: u64, order_seq: u64) -> JournalResult<Option<Order>> {
+        let _ = (key, order_seq);
         Ok(None)
     }
 
-    /// The sequence number of the order that `user_id`'s purchase `request_id` placed on an
+    /// The sequence number of the order that `user`'s purchase `request` placed on an
     /// archived item, if any.
-    fn archived_request(
-        &self,
-        item_key: u64,
-        user_id: &str,
-        request_id: &str,
-    ) -> Result<Option<u64>, JournalError> {
-        let _ = (item_key, user_id, request_id);
+    fn archived_request(&self, key: u64, user: &str, request: &str) -> JournalResult<Option<u64>> {
+        let _ = (key, user, request);
         Ok(None)
     }
 }
@@ -347,30 +342,25 @@ impl Journal for MemoryJournal {
         Ok(())
     }
 
-    fn archived_item(&self, item_key: u64) -> Result<Option<ArchivedItem>, JournalError> {
+    fn archived_item(&self, key: u64) -> JournalResult<Option<ArchivedItem>> {
         let archive = self.archive.lock().unwrap_or_else(PoisonError::into_inner);
-        Ok(archive.get(&item_key).map(|(item, _)| item.clone()))
+        Ok(archive.get(&key).map(|(item, _)| item.clone()))
     }
 
-    fn archived_order(&self, item_key: u64, order_seq: u64) -> Result<Option<Order>, JournalError> {
+    fn archived_order(&self, key: u64, order_seq: u64) -> JournalResult<Option<Order>> {
         let archive = self.archive.lock().unwrap_or_else(PoisonError::into_inner);
         let index = usize::try_from(order_seq.saturating_sub(1)).unwrap_or(usize::MAX);
         Ok(archive
-            .get(&item_key)
+            .get(&key)
             .and_then(|(_, orders)| orders.get(index).cloned()))
     }
 
-    fn archived_request(
-        &self,
-        item_key: u64,
-        user_id: &str,
-        request_id: &str,
-    ) -> Result<Option<u64>, JournalError> {
+    fn archived_request(&self, key: u64, user: &str, request: &str) -> JournalResult<Option<u64>> {
         let archive = self.archive.lock().unwrap_or_else(PoisonError::into_inner);
-        Ok(archive.get(&item_key).and_then(|(_, orders)| {
+        Ok(archive.get(&key).and_then(|(_, orders)| {
             orders
                 .iter()
-                .position(|o| o.user_id == user_id && o.request_id == request_id)
+                .position(|o| o.user_id == user && o.request_id == request)
                 .map(|index| index as u64 + 1)
         }))
     }

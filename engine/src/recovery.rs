@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use crate::catalog::{item_keys, Catalog, PromotionEntry};
+use crate::catalog::{item_keys, Catalog, PromotionEntry, WindowChange};
 use crate::config::EngineConfig;
 use crate::error::{Error, Result};
 use crate::event::{Event, EVENT_VERSION};
@@ -103,20 +103,11 @@ fn replay(rebuilt: &mut Rebuilt, event: &Event, config: &EngineConfig) {
                 }
             }
         }
-        Event::PromotionStarted {
-            promotion_id,
-            at_ms,
-        } => {
-            if let Ok(entry) = rebuilt.catalog.entry(promotion_id) {
-                entry.apply_start(*at_ms);
-            }
-        }
-        Event::PromotionStopped {
-            promotion_id,
-            at_ms,
-        } => {
-            if let Ok(entry) = rebuilt.catalog.entry(promotion_id) {
-                entry.apply_stop(*at_ms);
+        Event::PromotionStarted { .. } | Event::PromotionStopped { .. } => {
+            if let Some((change, promotion_id, at_ms)) = WindowChange::of(event) {
+                if let Ok(entry) = rebuilt.catalog.entry(promotion_id) {
+                    entry.apply_window(change, at_ms);
+                }
             }
         }
         item_event => {

@@ -92,46 +92,31 @@ mod tests {
 
     #[test]
     fn the_purchase_gate_never_hides_an_order() {
-        let live = PromotionStatus::Live;
-        let ended = PromotionStatus::Ended;
-        // A buyer with an order goes to the shard, sold out or ended.
-        assert_eq!(
-            purchase_gate_refusal(live, true, true, || true, || false),
-            None
-        );
-        assert_eq!(
-            purchase_gate_refusal(ended, false, true, || true, || false),
-            None
-        );
-        // Before the shard published its buyers, nobody is refused after the start.
-        assert_eq!(
-            purchase_gate_refusal(ended, false, false, || false, || false),
-            None
-        );
-        assert_eq!(
-            purchase_gate_refusal(live, true, false, || false, || false),
-            None
-        );
-        // Known strangers are refused as the shard would.
-        assert_eq!(
-            purchase_gate_refusal(ended, false, true, || false, || false),
-            Some(Error::Ended)
-        );
-        assert_eq!(
-            purchase_gate_refusal(live, true, true, || false, || true),
-            Some(Error::Banned)
-        );
-        assert_eq!(
-            purchase_gate_refusal(live, true, true, || false, || false),
-            Some(Error::SoldOut)
-        );
-        assert_eq!(
-            purchase_gate_refusal(live, false, true, || false, || false),
-            None
-        );
-        assert_eq!(
-            purchase_gate_refusal(PromotionStatus::Upcoming, false, false, || true, || false),
-            Some(Error::NotStarted)
-        );
+        use PromotionStatus::{Ended, Live, Upcoming};
+        // (status, sold out, buyers complete, holds an order, banned) -> the gate's answer.
+        let cases = [
+            // A buyer with an order goes to the shard, sold out or ended.
+            ((Live, true, true, true, false), None),
+            ((Ended, false, true, true, false), None),
+            // Before the shard published its buyers, nobody is refused after the start.
+            ((Ended, false, false, false, false), None),
+            ((Live, true, false, false, false), None),
+            // Known strangers are refused as the shard would.
+            ((Ended, false, true, false, false), Some(Error::Ended)),
+            ((Live, true, true, false, true), Some(Error::Banned)),
+            ((Live, true, true, false, false), Some(Error::SoldOut)),
+            ((Live, false, true, false, false), None),
+            (
+                (Upcoming, false, false, true, false),
+                Some(Error::NotStarted),
+            ),
+        ];
+        for ((status, sold_out, complete, holds, banned), expected) in cases {
+            let answer = purchase_gate_refusal(status, sold_out, complete, || holds, || banned);
+            assert_eq!(
+                answer, expected,
+                "{status:?} {sold_out} {complete} {holds} {banned}"
+            );
+        }
     }
 }

@@ -86,33 +86,14 @@ impl Shards {
 
     /// Control commands must not be lost to a full mailbox: they wait for room, for at most
     /// about 10 s, on a thread that may block (the control thread).
-    pub fn send_blocking(&self, shard: usize, command: Command) -> Result<()> {
-        let mut command = command;
+    pub fn send_blocking(&self, shard: usize, mut command: Command) -> Result<()> {
         for _ in 0..CONTROL_SEND_ATTEMPTS {
             match self.mailboxes[shard].try_send(command) {
                 Ok(()) => return Ok(()),
-                Err(TrySendError::Full(back)) => {
-                    command = back;
-                    std::thread::sleep(Duration::from_millis(1));
-                }
+                Err(TrySendError::Full(back)) => command = back,
                 Err(TrySendError::Disconnected(_)) => return Err(Error::ShardDown(shard)),
             }
-        }
-        Err(Error::Overloaded)
-    }
-
-    /// [`Shards::send_blocking`] for async callers: waits without blocking the runtime.
-    pub async fn send_waiting(&self, shard: usize, command: Command) -> Result<()> {
-        let mut command = command;
-        for _ in 0..CONTROL_SEND_ATTEMPTS {
-            match self.mailboxes[shard].try_send(command) {
-                Ok(()) => return Ok(()),
-                Err(TrySendError::Full(back)) => {
-                    command = back;
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                }
-                Err(TrySendError::Disconnected(_)) => return Err(Error::ShardDown(shard)),
-            }
+            std::thread::sleep(Duration::from_millis(1));
         }
         Err(Error::Overloaded)
     }

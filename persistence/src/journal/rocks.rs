@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use rocksdb::{WriteBatch, WriteOptions};
 use seckill_engine::{
-    ArchivedItem, EngineImage, Event, Journal, JournalError, Order, Recovery, EVENT_VERSION,
+    ArchivedItem, EngineImage, Event, Journal, JournalError, JournalResult, Order, Recovery,
+    EVENT_VERSION,
 };
 
 use super::archive;
@@ -373,22 +374,16 @@ impl Journal for RocksJournal {
         archive::put_item(&self.store.db, item, orders).map_err(JournalError::from)
     }
 
-    fn archived_item(&self, item_key: u64) -> Result<Option<ArchivedItem>, JournalError> {
-        archive::get_item(&self.store.db, item_key).map_err(JournalError::from)
+    fn archived_item(&self, key: u64) -> JournalResult<Option<ArchivedItem>> {
+        archive::get_item(&self.store.db, key).map_err(JournalError::from)
     }
 
-    fn archived_order(&self, item_key: u64, order_seq: u64) -> Result<Option<Order>, JournalError> {
-        archive::get_order(&self.store.db, item_key, order_seq).map_err(JournalError::from)
+    fn archived_order(&self, key: u64, order_seq: u64) -> JournalResult<Option<Order>> {
+        archive::get_order(&self.store.db, key, order_seq).map_err(JournalError::from)
     }
 
-    fn archived_request(
-        &self,
-        item_key: u64,
-        user_id: &str,
-        request_id: &str,
-    ) -> Result<Option<u64>, JournalError> {
-        archive::get_request(&self.store.db, item_key, user_id, request_id)
-            .map_err(JournalError::from)
+    fn archived_request(&self, key: u64, user: &str, request: &str) -> JournalResult<Option<u64>> {
+        archive::get_request(&self.store.db, key, user, request).map_err(JournalError::from)
     }
 }
 
