@@ -76,6 +76,9 @@ impl WindowChange {
 pub(crate) struct Catalog {
     promotions: DashMap<String, Arc<PromotionEntry>, FxBuildHasher>,
     gates: DashMap<u64, Arc<ItemGate>, FxBuildHasher>,
+    /// Creates whose journal write has an unknown outcome (its shard died answering): they
+    /// may be in the log, so their ids and SKUs stay taken until a restart reads it.
+    uncertain: DashMap<String, PromotionRecord, FxBuildHasher>,
 }
 
 impl Catalog {
@@ -135,24 +138,34 @@ impl Catalog {
         Ok(entry)
     }
 
+    pub fn mark_uncertain(&self, record: PromotionRecord) {
+        self.uncertain.insert(record.id.clone(), record);
+    }
+
+    pub fn is_uncertain(&self, promotion_id: &str) -> bool {
+        self.uncertain.contains_key(promotion_id)
+    }
+
     /// Why `record` may not join the catalog, if it may not: a SKU in another promotion
     /// whose window overlaps, or an item key that another item already has.
     pub fn conflict(&self, record: &PromotionRecord) -> Option<Error> {
         let skus: FxHashSet<&str> = record.items.iter().map(|item| item.sku.as_str()).collect();
-        for other in self.promotions.iter() {
-            let (starts_at_ms, ends_at_ms) = other.window();
+        let live = self
+            .promotions
+            .iter()
+            .map(|e| (e.window(), e.record.clone()));
+        let uncertain = self.uncertain.iter().map(|e| {
+            let record = e.value().clone();
+            ((record.starts_at_ms, record.ends_at_ms), record)
+        });
+        for ((starts_at_ms, ends_at_ms), other) in live.chain(uncertain) {
             if record.starts_at_ms >= ends_at_ms || starts_at_ms >= record.ends_at_ms {
                 continue;
             }
-            if let Some(item) = other
-                .record
-                .items
-                .iter()
-                .find(|i| skus.contains(i.sku.as_str()))
-            {
+            if let Some(item) = other.items.iter().find(|i| skus.contains(i.sku.as_str())) {
                 return Some(Error::SkuInOtherPromotion {
                     sku: item.sku.clone(),
-                    other_promotion_id: other.record.id.clone(),
+                    other_promotion_id: other.id.clone(),
                 });
             }
         }
@@ -361,6 +374,20 @@ impl ItemGate {
         self.buyers_complete.store(false, Ordering::Release);
         self.buyers.clear();
         self.buyers.shrink_to_fit();
+    }
+
+    /// Adds a user with a new order while the set is whole (a superset is safe: it only
+    /// sends that user to the shard).
+    pub fn note_buyer(&self, user_id: &str) {
+        if self.buyers_complete() {
+            self.buyers.insert(user_id.to_owned());
+        }
+    }
+
+    /// Shows `remaining` (an archived item's final figure, whose state no shard holds).
+    pub fn show_remaining(&self, remaining: u64) {
+        self.remaining.store(remaining, Ordering::Release);
+        self.sold_out.store(remaining == 0, Ordering::Release);
     }
 
     pub fn buyers_complete(&self) -> bool {

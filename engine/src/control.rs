@@ -9,6 +9,7 @@
 //! the operation runs to its end. Being one thread also serialises the changes, which each
 //! must see the catalog whole, and keeps snapshots from overlapping them.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -66,27 +67,35 @@ pub(crate) enum ControlOp {
 #[derive(Debug)]
 pub(crate) struct Control {
     ops: Sender<ControlOp>,
+    /// Operations handed over and not yet taken: at most [`CONTROL_QUEUE_MAX`] but for a
+    /// shutdown, which always gets in (the queue itself is unbounded).
+    queued: Arc<AtomicUsize>,
 }
 
 impl Control {
     /// Starts the control thread over `core`. It holds the core only while it works, so an
     /// engine dropped without `shutdown` still stops its threads.
     pub fn spawn(core: Weak<Core>) -> Result<(Control, JoinHandle<()>)> {
-        let (ops, inbox) = crossbeam_channel::bounded(CONTROL_QUEUE_MAX);
+        let (ops, inbox) = crossbeam_channel::unbounded();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let taken = Arc::clone(&queued);
         let thread = std::thread::Builder::new()
             .name("seckill-control".into())
-            .spawn(move || run(&core, &inbox))
+            .spawn(move || run(&core, &inbox, &taken))
             .map_err(|e| Error::Unavailable(format!("cannot start the control thread: {e}")))?;
-        Ok((Control { ops }, thread))
+        Ok((Control { ops, queued }, thread))
     }
 
     /// Hands `op` over; from here on it runs whatever the caller does.
     pub fn submit(&self, op: ControlOp) -> Result<()> {
-        self.ops.try_send(op).map_err(|e| match e {
-            crossbeam_channel::TrySendError::Full(_) => Error::Overloaded,
-            crossbeam_channel::TrySendError::Disconnected(_) => {
-                Error::Unavailable("the engine is shutting down".into())
-            }
+        let is_shutdown = matches!(op, ControlOp::Shutdown { .. });
+        if self.queued.fetch_add(1, Ordering::AcqRel) >= CONTROL_QUEUE_MAX && !is_shutdown {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            return Err(Error::Overloaded);
+        }
+        self.ops.send(op).map_err(|_| {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            Error::Unavailable("the engine is shutting down".into())
         })
     }
 }
@@ -97,10 +106,13 @@ pub(crate) async fn answer<T>(reply: oneshot::Receiver<Result<T>>) -> Result<T> 
     reply.await.unwrap_or(Err(Error::OutcomeUnknown))
 }
 
-fn run(core: &Weak<Core>, inbox: &Receiver<ControlOp>) {
+fn run(core: &Weak<Core>, inbox: &Receiver<ControlOp>, queued: &AtomicUsize) {
     let mut warned_down = false;
     loop {
         let next = inbox.recv_timeout(Duration::from_millis(SNAPSHOT_CHECK_MS));
+        if next.is_ok() {
+            queued.fetch_sub(1, Ordering::AcqRel);
+        }
         let Some(core) = core.upgrade() else { return };
         match next {
             Ok(ControlOp::Shutdown { reply }) => {
@@ -156,10 +168,15 @@ fn snapshot_if_due(core: &Core, warned_down: &mut bool) {
 fn create(core: &Core, record: PromotionRecord) -> Result<CreateOutcome> {
     if let Ok(existing) = core.catalog.entry(&record.id) {
         return if existing.record.same_body(&record) {
+            reinstall(core, &existing)?;
             Ok(CreateOutcome::Existing)
         } else {
             Err(Error::AlreadyExists)
         };
+    }
+    if core.catalog.is_uncertain(&record.id) {
+        // An earlier create of this id may be in the log or not; a restart tells.
+        return Err(Error::OutcomeUnknown);
     }
     if let Some(conflict) = core.catalog.conflict(&record) {
         return Err(conflict);
@@ -168,13 +185,16 @@ fn create(core: &Core, record: PromotionRecord) -> Result<CreateOutcome> {
     if let Some(&down) = by_shard.keys().find(|&&shard| core.shards.is_down(shard)) {
         return Err(Error::ShardDown(down));
     }
-    journal_catalog(
-        core,
-        &record.id,
-        Event::PromotionCreated {
-            promotion: record.clone(),
-        },
-    )?;
+    let event = Event::PromotionCreated {
+        promotion: record.clone(),
+    };
+    if let Err(error) = journal_catalog(core, &record.id, event) {
+        if error == Error::OutcomeUnknown {
+            // Until a restart reads the log, nobody may reuse the id or the SKUs.
+            core.catalog.mark_uncertain(record);
+        }
+        return Err(error);
+    }
     // Journaled: from here on the promotion exists, whatever fails below.
     let entry = PromotionEntry::new(record.clone(), &item_keys(&record));
     let installed = install(core, &entry, by_shard);
@@ -195,7 +215,8 @@ fn install(
             keys,
             reply,
         };
-        core.shards.send_blocking(shard, command)?;
+        // Journaled already: the items must arrive, however long a busy mailbox takes.
+        core.shards.send_until_placed(shard, command)?;
         waits.push((shard, installed));
     }
     for (shard, installed) in waits {
@@ -204,6 +225,13 @@ fn install(
             .unwrap_or(Err(Error::ShardDown(shard)))?;
     }
     Ok(())
+}
+
+/// A retried create sends the items to their shards again (an install is idempotent), so
+/// a create whose install was cut short is completed by its retry.
+fn reinstall(core: &Core, entry: &Arc<PromotionEntry>) -> Result<()> {
+    let keys = entry.gates.iter().map(|gate| gate.key);
+    install(core, entry, keys_by_shard(keys, core.shards.count()))
 }
 
 /// Starts or stops a promotion from now; a change that changes nothing is not journaled.
@@ -242,7 +270,7 @@ fn stop_shards(core: &Core) {
         let (reply, stopped) = oneshot::channel();
         if core
             .shards
-            .send_blocking(shard, Command::Shutdown { reply })
+            .send_until_placed(shard, Command::Shutdown { reply })
             .is_ok()
         {
             let _ = stopped.blocking_recv();
@@ -250,10 +278,13 @@ fn stop_shards(core: &Core) {
     }
 }
 
-/// Journals a promotion-level event through the promotion's home shard. A reply that never
-/// comes (the shard died with it) leaves the outcome unknown.
+/// Journals a promotion-level event through the promotion's home shard, or the next live
+/// one. A reply that never comes (the shard died with it) leaves the outcome unknown.
 fn journal_catalog(core: &Core, promotion_id: &str, event: Event) -> Result<()> {
+    // Any shard can journal a catalog event: this thread serialises them. The home shard
+    // spreads them; a dead one is skipped, so its promotions can still start and stop.
     let home = core.shards.of(promotion_key(promotion_id));
+    let home = core.shards.alive_from(home).ok_or(Error::ShardDown(home))?;
     let (reply, journaled) = oneshot::channel();
     core.shards
         .send_blocking(home, Command::JournalCatalog { event, reply })?;

@@ -74,7 +74,7 @@ impl Engine {
     /// finished.
     pub fn start(config: EngineConfig, ports: Ports, recovery: Recovery) -> Result<Engine> {
         config.check()?;
-        let rebuilt = rebuild(&config, recovery, ports.clock.now_ms())?;
+        let rebuilt = rebuild(&config, recovery, &*ports.journal, ports.clock.now_ms())?;
         let counters = Arc::new(ShardCounters::default());
         let shard_ports = ShardPorts {
             journal: Arc::clone(&ports.journal),
@@ -358,7 +358,9 @@ impl Engine {
             entry.status(self.now_ms()),
             gate.is_sold_out(),
             gate.buyers_complete(),
-            || gate.buyers.contains(user_id),
+            // Checked again after a miss: an item being archived empties its set after
+            // clearing the flag, and a user it held must not be refused meanwhile.
+            || gate.buyers.contains(user_id) || !gate.buyers_complete(),
             || entry.is_banned(user_id),
         )
     }
@@ -434,11 +436,15 @@ impl Engine {
     /// never waits on them. Calls made after this answer "unavailable".
     pub async fn shutdown(&self) -> Result<()> {
         let (reply, stopped) = oneshot::channel();
-        match self.inner.control.submit(ControlOp::Shutdown { reply }) {
-            Ok(()) => drop(stopped.await),
-            // The control thread is gone (an earlier shutdown) or its queue is full: stop the
-            // shards directly rather than not at all.
-            Err(_) => self.stop_shards_directly(),
+        // A shutdown always gets into the control queue; it fails only when the control
+        // thread is gone already (an earlier shutdown), and then the shards are stopped.
+        if self
+            .inner
+            .control
+            .submit(ControlOp::Shutdown { reply })
+            .is_ok()
+        {
+            drop(stopped.await);
         }
         let mut threads = self.core().shards.take_threads();
         let control_thread = self
@@ -455,13 +461,5 @@ impl Engine {
         })
         .await
         .map_err(|e| Error::Unavailable(format!("join failed: {e}")))
-    }
-
-    fn stop_shards_directly(&self) {
-        let shards = &self.core().shards;
-        for shard in 0..shards.count() {
-            let (reply, _) = oneshot::channel();
-            let _ = shards.send(shard, Command::Shutdown { reply });
-        }
     }
 }

@@ -447,6 +447,31 @@ impl ItemState {
             self.tokens.consume(token);
         }
         self.orders.push(order.clone());
+        self.keep_tokens_within_cap(order.created_at_ms);
+    }
+
+    /// api.md: at no moment more than `remaining * token_multiplier` tokens outstanding.
+    /// Stock that goes takes the newest tokens back with it. Part of `apply`, at the order's
+    /// own time, so a replay takes back the same tokens.
+    fn keep_tokens_within_cap(&mut self, now_ms: i64) {
+        self.forget_expired_tokens(now_ms);
+        let buyers = &mut self.buyers;
+        while self.tokens.outstanding()
+            > self
+                .remaining
+                .saturating_mul(u64::from(self.token_multiplier))
+        {
+            let revoked = self.tokens.revoke_newest(|user_id, token| {
+                if let Some(buyer) = buyers.get_mut(user_id) {
+                    if buyer.token.as_deref() == Some(token) {
+                        buyer.token = None;
+                    }
+                }
+            });
+            if !revoked {
+                break;
+            }
+        }
     }
 
     /// A pending order of `quantity` units was cancelled or expired: its stock comes back

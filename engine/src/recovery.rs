@@ -10,7 +10,7 @@ use crate::event::{Event, EVENT_VERSION};
 use crate::ids::parse_order_id;
 use crate::image::EngineImage;
 use crate::model::PromotionRecord;
-use crate::ports::Recovery;
+use crate::ports::{Journal, Recovery};
 use crate::shard_state::ShardState;
 use crate::shards::{keys_by_shard, shard_index};
 
@@ -24,7 +24,12 @@ pub(crate) struct Rebuilt {
 
 /// Replays `recovery` into a fresh catalog and one state per shard. `now_ms` is the time
 /// the gates are published at.
-pub(crate) fn rebuild(config: &EngineConfig, recovery: Recovery, now_ms: i64) -> Result<Rebuilt> {
+pub(crate) fn rebuild(
+    config: &EngineConfig,
+    recovery: Recovery,
+    journal: &dyn Journal,
+    now_ms: i64,
+) -> Result<Rebuilt> {
     let shards = config.shards;
     let mut rebuilt = Rebuilt {
         catalog: Catalog::default(),
@@ -43,7 +48,7 @@ pub(crate) fn rebuild(config: &EngineConfig, recovery: Recovery, now_ms: i64) ->
         }
         for event in &events {
             newest_epoch = newest_epoch.max(order_epoch(event));
-            replay(&mut rebuilt, event, config);
+            replay(&mut rebuilt, event, config, now_ms);
         }
     }
     if newest_epoch >= rebuilt.epoch {
@@ -54,15 +59,37 @@ pub(crate) fn rebuild(config: &EngineConfig, recovery: Recovery, now_ms: i64) ->
             rebuilt.epoch
         )));
     }
-    for entry in rebuilt.catalog.entries() {
-        for gate in &entry.gates {
-            rebuilt.states[shard_index(gate.key, shards)].note_archived(&entry, gate);
-        }
-    }
+    settle_missing_items(&mut rebuilt, journal, config, now_ms)?;
     for state in &mut rebuilt.states {
         state.publish_all(now_ms);
     }
     Ok(rebuilt)
+}
+
+/// Items of the catalog that no shard state holds were archived (only archiving removes an
+/// item). One the archive does not hold either never got its items installed (a snapshot of
+/// an older build taken mid-create): it gets fresh ones, since no event of it can exist.
+fn settle_missing_items(
+    rebuilt: &mut Rebuilt,
+    journal: &dyn Journal,
+    config: &EngineConfig,
+    now_ms: i64,
+) -> Result<()> {
+    let shards = rebuilt.states.len();
+    for entry in rebuilt.catalog.entries() {
+        for gate in &entry.gates {
+            let state = &mut rebuilt.states[shard_index(gate.key, shards)];
+            if state.holds(gate.key) {
+                continue;
+            }
+            match journal.archived_item(gate.key) {
+                Ok(Some(item)) => state.note_archived(&entry, gate, item.stats.remaining),
+                Ok(None) => state.install(&entry, &[gate.key], config.token_ttl_ms(), now_ms),
+                Err(error) => return Err(Error::Unavailable(error.to_string())),
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Loads a snapshot; returns the last sequence number it holds.
@@ -93,13 +120,13 @@ fn restore_image(rebuilt: &mut Rebuilt, image: EngineImage) -> Result<u64> {
 }
 
 /// Applies one journaled event.
-fn replay(rebuilt: &mut Rebuilt, event: &Event, config: &EngineConfig) {
+fn replay(rebuilt: &mut Rebuilt, event: &Event, config: &EngineConfig, now_ms: i64) {
     match event {
         Event::PromotionCreated { promotion } => {
             if let Some(entry) = register(&rebuilt.catalog, promotion) {
                 let keys = item_keys(&entry.record).into_iter();
                 for (shard, keys) in keys_by_shard(keys, rebuilt.states.len()) {
-                    rebuilt.states[shard].install(&entry, &keys, config.token_ttl_ms());
+                    rebuilt.states[shard].install(&entry, &keys, config.token_ttl_ms(), now_ms);
                 }
             }
         }

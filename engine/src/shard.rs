@@ -143,12 +143,13 @@ impl Shard {
         if self.fenced.is_some() {
             return;
         }
-        self.state
-            .expire_due(now_ms, &mut self.events, &mut self.touched);
+        // Housekeeping first: the gates it publishes then show journaled state only.
         if self.last_housekeeping.elapsed() >= self.settings.expiry_tick {
             self.last_housekeeping = Instant::now();
             self.housekeep(now_ms);
         }
+        self.state
+            .expire_due(now_ms, &mut self.events, &mut self.touched);
     }
 
     fn housekeep(&mut self, now_ms: i64) {
@@ -245,9 +246,11 @@ impl Shard {
             Err(error) => {
                 tracing::error!(shard = self.settings.index, %error, "journal append failed; shard fenced until restart");
                 metrics::counter!("seckill_journal_errors_total").increment(1);
-                let error = Error::Unavailable(error.to_string());
-                self.fenced = Some(error.clone());
-                Err(error)
+                // Later commands were never tried: "not done". This batch may be on disk all
+                // the same (a write that reached the log before its fsync failed is replayed
+                // after a restart), so its callers learn the outcome by repeating the call.
+                self.fenced = Some(Error::Unavailable(error.to_string()));
+                Err(Error::OutcomeUnknown)
             }
         }
     }
@@ -284,8 +287,7 @@ impl Shard {
             }
             Command::Install { entry, keys, reply } => {
                 self.state
-                    .install(&entry, &keys, self.settings.token_ttl_ms);
-                self.state.publish_all(now_ms);
+                    .install(&entry, &keys, self.settings.token_ttl_ms, now_ms);
                 self.replies.push(Reply::Unit(reply, Ok(())));
             }
             Command::Token {
@@ -340,9 +342,9 @@ impl Shard {
             }
             Command::Pause { image, resume } => self.pause(image, &resume, now_ms),
             Command::Tick { reply } => {
+                self.housekeep(now_ms);
                 self.state
                     .expire_due(now_ms, &mut self.events, &mut self.touched);
-                self.housekeep(now_ms);
                 self.replies.push(Reply::Unit(reply, Ok(())));
             }
             Command::Shutdown { .. } | Command::Fault => {
@@ -437,6 +439,13 @@ impl Shard {
         )?;
         let created = matches!(decision, Decision::New { .. });
         let order = self.settle(key, decision);
+        if created {
+            // A gate that knows every buyer must know this one before the journal write: a
+            // retry of this request id that came through it would otherwise be refused.
+            if let Some(slot) = self.state.items.get(&key) {
+                slot.gate.note_buyer(user_id);
+            }
+        }
         Ok(Purchased { order, created })
     }
 

@@ -47,8 +47,15 @@ pub(crate) struct ShardState {
 }
 
 impl ShardState {
-    /// Creates fresh items for the `keys` of `entry` (those routed here).
-    pub fn install(&mut self, entry: &Arc<PromotionEntry>, keys: &[u64], token_ttl_ms: i64) {
+    /// Creates fresh items for the `keys` of `entry` (those routed here) and publishes their
+    /// gates (fresh: nothing undurable to show).
+    pub fn install(
+        &mut self,
+        entry: &Arc<PromotionEntry>,
+        keys: &[u64],
+        token_ttl_ms: i64,
+        now_ms: i64,
+    ) {
         for (gate, item) in entry.gates.iter().zip(&entry.record.items) {
             if !keys.contains(&gate.key) || self.items.contains_key(&gate.key) {
                 // Installed already: an install repeated for the same promotion is a no-op,
@@ -65,6 +72,9 @@ impl ShardState {
                 token_ttl_ms,
             );
             self.insert(state, entry, gate);
+            if let Some(slot) = self.items.get_mut(&gate.key) {
+                slot.publish(now_ms);
+            }
         }
     }
 
@@ -127,16 +137,21 @@ impl ShardState {
         // The gate no longer knows the buyers: purchases go to the shard, which finds a
         // retried request id in the archive.
         slot.gate.forget_buyers();
+        slot.gate.show_remaining(slot.state.remaining);
         self.archived.insert(key, slot.entry);
     }
 
-    /// Marks an item archived when recovery found its promotion but no state for it (items
-    /// are installed when their promotion is created; only archiving removes them).
-    pub fn note_archived(&mut self, entry: &Arc<PromotionEntry>, gate: &ItemGate) {
-        if !self.items.contains_key(&gate.key) {
-            gate.forget_buyers();
-            self.archived.insert(gate.key, Arc::clone(entry));
-        }
+    /// Whether recovery holds a state for the item `key`.
+    pub fn holds(&self, key: u64) -> bool {
+        self.items.contains_key(&key)
+    }
+
+    /// Marks an item archived when recovery found its promotion but no state for it and the
+    /// journal's archive holds it: its gate shows the archived figures, with no buyers.
+    pub fn note_archived(&mut self, entry: &Arc<PromotionEntry>, gate: &ItemGate, remaining: u64) {
+        gate.forget_buyers();
+        gate.show_remaining(remaining);
+        self.archived.insert(gate.key, Arc::clone(entry));
     }
 
     /// Items whose promotion ended `retain_ended_ms` ago or more and that no pending order

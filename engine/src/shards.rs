@@ -98,6 +98,27 @@ impl Shards {
         Err(Error::Overloaded)
     }
 
+    /// Waits for room for as long as the shard lives: for the commands that must arrive
+    /// (an install after its promotion was journaled, a shutdown).
+    pub fn send_until_placed(&self, shard: usize, mut command: Command) -> Result<()> {
+        loop {
+            match self.mailboxes[shard].try_send(command) {
+                Ok(()) => return Ok(()),
+                Err(TrySendError::Full(back)) => command = back,
+                Err(TrySendError::Disconnected(_)) => return Err(Error::ShardDown(shard)),
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// A live shard, preferring `shard`.
+    pub fn alive_from(&self, shard: usize) -> Option<usize> {
+        let count = self.count();
+        (0..count)
+            .map(|offset| (shard + offset) % count)
+            .find(|&candidate| !self.is_down(candidate))
+    }
+
     /// Takes the thread handles, once, for the caller to join.
     pub fn take_threads(&self) -> Vec<JoinHandle<()>> {
         let mut threads = self.threads.lock().unwrap_or_else(PoisonError::into_inner);

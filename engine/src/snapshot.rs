@@ -61,7 +61,9 @@ fn take(core: &Core) -> Result<EngineImage> {
             image,
             resume: resumed.clone(),
         };
-        core.shards.send_blocking(shard, pause)?;
+        // Never wait for room while earlier shards are parked: a full mailbox aborts the
+        // snapshot at once (they are released) and the next attempt comes later.
+        core.shards.send(shard, pause)?;
         waits.push((shard, copy));
     }
     let mut items: Vec<ItemState> = Vec::new();

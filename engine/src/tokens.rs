@@ -12,8 +12,7 @@
 //! On disk (snapshots) the book is the map alone, as version 1 wrote it; the expiry queue
 //! and the count are rebuilt when it is read.
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::BTreeSet;
 
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -32,8 +31,8 @@ pub struct TokenRecord {
 #[derive(Debug, Clone, Default)]
 pub struct TokenBook {
     records: FxHashMap<String, TokenRecord>,
-    /// (expires_at_ms, token) of every record, soonest first.
-    expiries: BinaryHeap<Reverse<(i64, String)>>,
+    /// (expires_at_ms, token) of every record kept, soonest first.
+    expiries: BTreeSet<(i64, String)>,
     /// Records not used: unexpired ones, plus expired ones not forgotten yet.
     unused: u64,
 }
@@ -66,33 +65,57 @@ impl TokenBook {
         if let Some(previous) = self.records.insert(token.clone(), record) {
             // Tokens are 128 random bits; a repeat would be a broken generator.
             debug_assert!(false, "token issued twice");
+            self.expiries
+                .remove(&(previous.expires_at_ms, token.clone()));
             if !previous.used {
                 self.unused -= 1;
             }
         }
-        self.expiries.push(Reverse((expires_at_ms, token)));
+        self.expiries.insert((expires_at_ms, token));
     }
 
     /// A purchase used `token`: it frees its place at once.
     pub fn consume(&mut self, token: &str) {
-        if let Some(record) = self.records.remove(token) {
-            if !record.used {
-                self.unused -= 1;
-            }
+        self.forget(token);
+    }
+
+    /// Takes back the live token that expires last (the newest), for the item to keep at
+    /// most its cap outstanding when stock goes; `revoked(user_id, token)` as for expiry.
+    pub fn revoke_newest(&mut self, mut revoked: impl FnMut(&str, &str)) -> bool {
+        let newest = self
+            .expiries
+            .iter()
+            .rev()
+            .find(|(_, token)| self.records.get(token).is_some_and(|r| !r.used))
+            .map(|(_, token)| token.clone());
+        let Some(token) = newest else { return false };
+        if let Some(record) = self.forget(&token) {
+            revoked(&record.user_id, &token);
         }
+        true
+    }
+
+    /// Removes `token` from the book.
+    fn forget(&mut self, token: &str) -> Option<TokenRecord> {
+        let record = self.records.remove(token)?;
+        self.expiries
+            .remove(&(record.expires_at_ms, token.to_owned()));
+        if !record.used {
+            self.unused -= 1;
+        }
+        Some(record)
     }
 
     /// Forgets every token that expired by `now_ms`; `forgotten(user_id, token)` is called
     /// for each, so the item can drop what pointed at it.
     pub fn forget_expired(&mut self, now_ms: i64, mut forgotten: impl FnMut(&str, &str)) {
-        while let Some(Reverse((expires_at_ms, _))) = self.expiries.peek() {
+        while let Some((expires_at_ms, _)) = self.expiries.first() {
             if *expires_at_ms > now_ms {
                 break;
             }
-            let Some(Reverse((_, token))) = self.expiries.pop() else {
+            let Some((_, token)) = self.expiries.pop_first() else {
                 break;
             };
-            // A token consumed before it expired is no longer in the map.
             if let Some(record) = self.records.remove(&token) {
                 if !record.used {
                     self.unused -= 1;
@@ -105,7 +128,7 @@ impl TokenBook {
     fn from_records(records: FxHashMap<String, TokenRecord>) -> Self {
         let expiries = records
             .iter()
-            .map(|(token, record)| Reverse((record.expires_at_ms, token.clone())))
+            .map(|(token, record)| (record.expires_at_ms, token.clone()))
             .collect();
         let unused = records.values().filter(|record| !record.used).count() as u64;
         TokenBook {

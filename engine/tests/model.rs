@@ -106,6 +106,23 @@ struct MItem {
 }
 
 impl MItem {
+    /// api.md: stock that goes takes the newest tokens back (the latest to expire; between
+    /// equals, the greatest token), so no more than remaining * multiplier are outstanding.
+    fn revoke_beyond_cap(&mut self, now_ms: i64) {
+        while self.tokens_outstanding(now_ms) > self.remaining * 5 {
+            let newest = self
+                .tokens
+                .iter()
+                .filter(|(_, t)| !t.used && t.expires_at_ms > now_ms)
+                .max_by(|a, b| (a.1.expires_at_ms, a.0).cmp(&(b.1.expires_at_ms, b.0)))
+                .map(|(token, _)| token.clone());
+            match newest {
+                Some(token) => self.tokens.get_mut(&token).expect("token").used = true,
+                None => break,
+            }
+        }
+    }
+
     /// Tokens unused and unexpired at `now_ms`.
     fn tokens_outstanding(&self, now_ms: i64) -> u64 {
         self.tokens
@@ -381,6 +398,7 @@ fn run(ops: Vec<Op>) {
                             }
                             state.remaining -= u64::from(quantity);
                             state.reserved += u64::from(quantity);
+                            state.revoke_beyond_cap(model.now_ms);
                             state
                                 .requests
                                 .insert((user.clone(), request_id), model.orders.len());

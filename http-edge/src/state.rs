@@ -159,7 +159,26 @@ pub fn metrics_handle() -> PrometheusHandle {
                     "another metrics recorder is installed; /metrics shows only the edge's own"
                 );
             }
+            spawn_upkeep(handle.clone());
             handle
         })
         .clone()
+}
+
+/// How often histogram samples are folded into their buckets.
+const METRICS_UPKEEP_S: u64 = 5;
+
+/// Folds the recorder's histogram samples into their buckets every few seconds. Without it
+/// they pile up until a scrape (each request records one or two), so a server nobody scrapes
+/// grows by about 16 bytes a request: 120 MiB over an 8-million-request soak.
+fn spawn_upkeep(handle: PrometheusHandle) {
+    let spawned = std::thread::Builder::new()
+        .name("seckill-metrics".into())
+        .spawn(move || loop {
+            std::thread::sleep(Duration::from_secs(METRICS_UPKEEP_S));
+            handle.run_upkeep();
+        });
+    if let Err(error) = spawned {
+        tracing::warn!(%error, "cannot start the metrics upkeep thread; histograms drain only when scraped");
+    }
 }
