@@ -15,14 +15,15 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use axum::extract::{Path, State};
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use rand::Rng;
 use redis::aio::MultiplexedConnection;
-use redis::Script;
+use redis::{Script, ScriptInvocation};
 use seckill_engine::is_valid_id;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -336,31 +337,34 @@ async fn create_promotion(
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
-/// The promotion an operator route names, once the admin key is checked.
-fn admin_promotion(
-    state: &AppState,
-    headers: &HeaderMap,
-    id: &str,
-) -> Result<Arc<Promotion>, ApiError> {
-    require_admin(state, headers)?;
-    state.promotion(id).ok_or_else(ApiError::not_found)
+/// The promotion an operator route (`/admin/promotions/{id}...`) names, once the admin key
+/// is checked.
+struct AdminPromotion(Arc<Promotion>);
+
+impl FromRequestParts<AppState> for AdminPromotion {
+    /// axum's own answer to a path it cannot read, else the API's error.
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
+        let Path(id) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        require_admin(state, &parts.headers).map_err(IntoResponse::into_response)?;
+        match state.promotion(&id) {
+            Some(promotion) => Ok(AdminPromotion(promotion)),
+            None => Err(ApiError::not_found().into_response()),
+        }
+    }
 }
 
-async fn start_promotion(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> ApiResult {
-    let promotion = admin_promotion(&state, &headers, &id)?;
+async fn start_promotion(AdminPromotion(promotion): AdminPromotion) -> ApiResult {
     Ok((StatusCode::OK, Json(promotion.body.clone())).into_response())
 }
 
 async fn promotion_stats(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
+    AdminPromotion(promotion): AdminPromotion,
 ) -> ApiResult {
-    let promotion = admin_promotion(&state, &headers, &id)?;
     let prefix = key_prefix(&promotion.id);
     let mut redis = state.redis.clone();
     let mut items = Vec::new();
@@ -397,6 +401,16 @@ fn find_item(state: &AppState, id: &str, sku: &str) -> Result<(Arc<Promotion>, I
     Ok((promotion, item))
 }
 
+/// Runs a prepared Lua script on a clone of the shared connection; every script answers
+/// `{outcome, value}`.
+async fn run_script(
+    state: &AppState,
+    script: &ScriptInvocation<'_>,
+) -> Result<(String, String), ApiError> {
+    let mut redis = state.redis.clone();
+    Ok(script.invoke_async(&mut redis).await?)
+}
+
 async fn issue_token(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -409,9 +423,8 @@ async fn issue_token(
     let budget = item
         .stock
         .saturating_mul(u64::from(promotion.token_multiplier));
-    let mut redis = state.redis.clone();
-    let (outcome, value): (String, String) = state
-        .token_script
+    let mut script = state.token_script.prepare_invoke();
+    script
         .key(format!("{prefix}stock:{sku}"))
         .key(format!("{prefix}tokens:{sku}"))
         .key(format!("{prefix}buyers:{sku}"))
@@ -420,9 +433,8 @@ async fn issue_token(
         .arg(budget)
         .arg(item.per_user_limit)
         .arg(&token)
-        .arg(TOKEN_TTL_S)
-        .invoke_async(&mut redis)
-        .await?;
+        .arg(TOKEN_TTL_S);
+    let (outcome, value) = run_script(&state, &script).await?;
     if outcome != "ok" {
         return Err(ApiError::refusal(&value));
     }
@@ -460,9 +472,8 @@ async fn purchase(
         (false, _) => String::new(),
     };
     let prefix = key_prefix(&promotion.id);
-    let mut redis = state.redis.clone();
-    let (outcome, value): (String, String) = state
-        .purchase_script
+    let mut script = state.purchase_script.prepare_invoke();
+    script
         .key(format!("{prefix}stock:{sku}"))
         .key(format!("{prefix}buyers:{sku}"))
         .key(format!("{prefix}tok:{sku}:{user}"))
@@ -479,9 +490,8 @@ async fn purchase(
         .arg(&sku)
         .arg(item.price_cents)
         .arg(now_rfc3339(0))
-        .arg(now_rfc3339(i64::from(promotion.payment_timeout_s)))
-        .invoke_async(&mut redis)
-        .await?;
+        .arg(now_rfc3339(i64::from(promotion.payment_timeout_s)));
+    let (outcome, value) = run_script(&state, &script).await?;
     let status = match outcome.as_str() {
         "ok" => StatusCode::CREATED,
         "dup" => StatusCode::OK,

@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use seckill_benches::{engine_recovered, live_promotion, runtime, unique};
-use seckill_engine::{Engine, PurchaseRequest, Recovery};
+use seckill_benches::{create_live, engine_recovered, env_u64, one_unit, runtime, scratch_dir};
+use seckill_engine::{Engine, Recovery};
 use seckill_persistence::journal::{Durability, JournalOptions, RocksJournal};
 
 /// Concurrent callers: a storm keeps every shard's mailbox full, so batches (and fsyncs)
@@ -22,26 +22,12 @@ use seckill_persistence::journal::{Durability, JournalOptions, RocksJournal};
 const CALLERS: u64 = 4_096;
 const ITEMS: usize = 64;
 
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 /// A scratch directory under the system temp dir, removed when dropped.
 struct Scratch(PathBuf);
 
 impl Scratch {
     fn new(name: &str) -> Self {
-        let path = std::env::temp_dir().join(format!(
-            "seckill-bench-{name}-{}-{}",
-            std::process::id(),
-            unique()
-        ));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).expect("scratch dir");
-        Scratch(path)
+        Scratch(scratch_dir(name))
     }
 }
 
@@ -94,10 +80,9 @@ fn raw_fsyncs_per_second(dir: &Path) -> f64 {
 /// Buys with `callers` tasks, each a stream of distinct users, until `stop` (or `quota`
 /// purchases in all). Returns the accepted count.
 async fn storm(engine: &Engine, callers: u64, quota: u64, run_for: Option<Duration>) -> u64 {
-    let spec = live_promotion(ITEMS, 1_000_000_000);
-    let promotion_id = spec.id.clone().unwrap_or_default();
-    let skus: Arc<Vec<String>> = Arc::new(spec.items.iter().map(|i| i.sku.clone()).collect());
-    engine.create_promotion(spec).await.expect("created");
+    let live = create_live(engine, ITEMS).await;
+    let promotion_id = live.id;
+    let skus = Arc::new(live.skus);
     let stop = Arc::new(AtomicBool::new(false));
     let issued = Arc::new(AtomicU64::new(0));
     let accepted = Arc::new(AtomicU64::new(0));
@@ -112,12 +97,10 @@ async fn storm(engine: &Engine, callers: u64, quota: u64, run_for: Option<Durati
             while !stop.load(Ordering::Relaxed) && issued.fetch_add(1, Ordering::Relaxed) < quota {
                 let user = format!("u{caller}-{n}");
                 let sku = &skus[(n as usize + caller as usize) % skus.len()];
-                let request = PurchaseRequest {
-                    request_id: "r".into(),
-                    quantity: 1,
-                    token: None,
-                };
-                match engine.purchase(&promotion_id, sku, &user, request).await {
+                match engine
+                    .purchase(&promotion_id, sku, &user, one_unit("r"))
+                    .await
+                {
                     Ok(bought) if bought.created => {
                         accepted.fetch_add(1, Ordering::Relaxed);
                     }

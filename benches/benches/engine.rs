@@ -8,8 +8,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use seckill_benches::{engine, live_promotion, runtime, unique};
-use seckill_engine::{Engine, MemoryJournal, PurchaseRequest};
+use seckill_benches::{buy_all, create_live, engine, live_promotion, one_unit, runtime, unique};
+use seckill_engine::{Engine, MemoryJournal};
 
 /// Concurrent callers on the accept path: enough to keep every shard's mailbox non-empty so
 /// batches form, as under a real storm.
@@ -17,39 +17,12 @@ const ACCEPT_CALLERS: u64 = 512;
 /// Callers on the sold-out path: one per core; a refusal never waits.
 const SOLD_OUT_CALLERS: u64 = 2;
 
-fn request() -> PurchaseRequest {
-    PurchaseRequest {
-        request_id: "r1".into(),
-        quantity: 1,
-        token: None,
-    }
-}
-
 async fn accept(engine: &Engine, items: usize, iters: u64) -> Duration {
-    let spec = live_promotion(items, 1_000_000_000);
-    let promotion_id = spec.id.clone().unwrap_or_default();
-    let skus: Vec<String> = spec.items.iter().map(|i| i.sku.clone()).collect();
-    engine.create_promotion(spec).await.expect("created");
-    let run = unique();
+    let live = create_live(engine, items).await;
+    let users = format!("{}-", unique());
     let per_caller = iters.div_ceil(ACCEPT_CALLERS);
     let started = Instant::now();
-    let mut handles = Vec::with_capacity(ACCEPT_CALLERS as usize);
-    for caller in 0..ACCEPT_CALLERS {
-        let engine = engine.clone();
-        let promotion_id = promotion_id.clone();
-        let skus = skus.clone();
-        handles.push(tokio::spawn(async move {
-            for n in 0..per_caller {
-                let user = format!("u{run}-{caller}-{n}");
-                let sku = &skus[(n as usize + caller as usize) % skus.len()];
-                let bought = engine.purchase(&promotion_id, sku, &user, request()).await;
-                assert!(bought.is_ok(), "accept path refused: {bought:?}");
-            }
-        }));
-    }
-    for handle in handles {
-        handle.await.expect("caller");
-    }
+    buy_all(engine, &live, ACCEPT_CALLERS, per_caller, &users).await;
     started.elapsed()
 }
 
@@ -66,7 +39,9 @@ async fn sold_out(engine: &Engine, promotion_id: &str, sku: &str, iters: u64) ->
         handles.push(tokio::spawn(async move {
             for n in 0..per_caller {
                 let user = &users[(n as usize + caller as usize) & 1023];
-                let refused = engine.purchase(&promotion_id, &sku, user, request()).await;
+                let refused = engine
+                    .purchase(&promotion_id, &sku, user, one_unit("r1"))
+                    .await;
                 debug_assert!(refused.is_err());
                 std::hint::black_box(refused).ok();
             }

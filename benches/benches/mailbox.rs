@@ -13,8 +13,10 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::time::{Duration, Instant};
 
 use actix::{Actor, Context, Handler, Message};
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use criterion::measurement::WallTime;
+use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
 use seckill_benches::runtime;
+use tokio::runtime::Runtime;
 use tokio::sync::oneshot;
 
 const CALLERS: u64 = 256;
@@ -104,6 +106,27 @@ where
     started.elapsed()
 }
 
+/// Benches round trips through a channel mailbox: `post` hands the request to the actor
+/// without waiting (a request it drops answers 0), the reply comes back on a oneshot.
+fn bench_channel<P>(group: &mut BenchmarkGroup<'_, WallTime>, rt: &Runtime, name: &str, post: P)
+where
+    P: Fn(Add) + Clone + Send + 'static,
+{
+    group.bench_function(name, |b| {
+        b.iter_custom(|iters| {
+            let post = post.clone();
+            rt.block_on(drive(iters, move || {
+                let post = post.clone();
+                async move {
+                    let (reply, answer) = oneshot::channel();
+                    post(Add(reply));
+                    answer.await.unwrap_or(0)
+                }
+            }))
+        })
+    });
+}
+
 fn mailboxes(c: &mut Criterion) {
     let rt = runtime();
     let mut group = c.benchmark_group("mailbox_round_trip");
@@ -112,33 +135,13 @@ fn mailboxes(c: &mut Criterion) {
     group.sample_size(20);
 
     let thread_actor = spawn_thread_actor();
-    group.bench_function("thread+crossbeam", |b| {
-        b.iter_custom(|iters| {
-            let tx = thread_actor.clone();
-            rt.block_on(drive(iters, move || {
-                let tx = tx.clone();
-                async move {
-                    let (reply, answer) = oneshot::channel();
-                    let _ = tx.try_send(Add(reply));
-                    answer.await.unwrap_or(0)
-                }
-            }))
-        })
+    bench_channel(&mut group, &rt, "thread+crossbeam", move |add| {
+        let _ = thread_actor.try_send(add);
     });
 
     let task_actor = spawn_task_actor(&rt);
-    group.bench_function("task+tokio-mpsc", |b| {
-        b.iter_custom(|iters| {
-            let tx = task_actor.clone();
-            rt.block_on(drive(iters, move || {
-                let tx = tx.clone();
-                async move {
-                    let (reply, answer) = oneshot::channel();
-                    let _ = tx.try_send(Add(reply));
-                    answer.await.unwrap_or(0)
-                }
-            }))
-        })
+    bench_channel(&mut group, &rt, "task+tokio-mpsc", move |add| {
+        let _ = task_actor.try_send(add);
     });
 
     let actix_actor = spawn_actix_actor();

@@ -14,13 +14,13 @@
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use seckill_benches::{engine, live_promotion, runtime, unique};
-use seckill_engine::{
-    Event, Journal, JournalError, MemoryJournal, Order, OrderStatus, PurchaseRequest,
+use seckill_benches::{
+    create_live, engine, env_u64, one_unit, runtime, scratch_dir, scratch_path, unique,
 };
+use seckill_engine::{Event, Journal, JournalError, MemoryJournal, Order, OrderStatus};
 use seckill_persistence::journal::{Durability, JournalOptions, RocksJournal};
 use seckill_persistence::sql::{
     drop_postgres_schema, EventSource, Flusher, FlusherHandle, FlusherOptions, SqlError,
@@ -32,30 +32,39 @@ const EVENTS_PER_BATCH: usize = 512;
 const SALE_ORDERS_PER_SECOND: u64 = 10_000;
 const SALE_ITEMS: usize = 16;
 
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+const POISONED: &str = "tee log poisoned";
 
 /// A journal in memory that is also the flusher's source, and forgets what the flusher has
 /// committed (a `MemoryJournal` keeps and copies everything, which would measure itself).
+/// Batches in log order.
+type Batches = VecDeque<(u64, Vec<Event>)>;
+
 #[derive(Debug, Default)]
 struct TeeLog {
-    batches: Mutex<VecDeque<(u64, Vec<Event>)>>,
+    batches: Mutex<Batches>,
     last_seq: AtomicU64,
+}
+
+impl TeeLog {
+    /// The batches the flusher has not committed yet; None once a panic poisoned the lock.
+    fn batches(&self) -> Option<MutexGuard<'_, Batches>> {
+        self.batches.lock().ok()
+    }
+
+    /// Keeps `events` as the next batch and returns its sequence number (numbered under the
+    /// lock, so the kept order is the sequence order).
+    fn push(&self, events: &[Event]) -> Option<u64> {
+        let mut batches = self.batches()?;
+        let seq = self.last_seq.fetch_add(1, Ordering::SeqCst) + 1;
+        batches.push_back((seq, events.to_vec()));
+        Some(seq)
+    }
 }
 
 impl Journal for TeeLog {
     fn append(&self, events: &[Event]) -> Result<u64, JournalError> {
-        let mut batches = self
-            .batches
-            .lock()
-            .map_err(|_| JournalError("tee log poisoned".into()))?;
-        let seq = self.last_seq.fetch_add(1, Ordering::SeqCst) + 1;
-        batches.push_back((seq, events.to_vec()));
-        Ok(seq)
+        self.push(events)
+            .ok_or_else(|| JournalError(POISONED.into()))
     }
 
     fn last_seq(&self) -> u64 {
@@ -70,9 +79,8 @@ impl EventSource for TeeLog {
         batches_max: usize,
     ) -> Result<Vec<(u64, Vec<Event>)>, SqlError> {
         let batches = self
-            .batches
-            .lock()
-            .map_err(|_| SqlError::Source("tee log poisoned".into()))?;
+            .batches()
+            .ok_or_else(|| SqlError::Source(POISONED.into()))?;
         let from = batches.partition_point(|(seq, _)| *seq <= after_seq);
         Ok(batches.range(from..).take(batches_max).cloned().collect())
     }
@@ -82,7 +90,7 @@ impl EventSource for TeeLog {
     }
 
     fn set_retain_floor(&self, seq: u64) {
-        if let Ok(mut batches) = self.batches.lock() {
+        if let Some(mut batches) = self.batches() {
             while batches.front().is_some_and(|(s, _)| *s <= seq) {
                 batches.pop_front();
             }
@@ -121,13 +129,7 @@ impl Target {
 }
 
 fn targets(label: &str) -> Vec<Target> {
-    let dir = std::env::temp_dir().join(format!(
-        "seckill-bench-sql-{label}-{}-{}",
-        std::process::id(),
-        unique()
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("scratch dir");
+    let dir = scratch_dir(&format!("sql-{label}"));
     let mut all = vec![Target {
         name: "sqlite",
         url: seckill_persistence::sql::default_database_url(&dir),
@@ -246,11 +248,7 @@ enum SaleLog {
 
 /// A sale paced at 10,000 orders/s on a real engine; prints the flusher's worst lag.
 async fn sale_lag(target: &Target, seconds: u64, kind: SaleLog) {
-    let journal_dir = std::env::temp_dir().join(format!(
-        "seckill-bench-sql-journal-{}-{}",
-        std::process::id(),
-        unique()
-    ));
+    let journal_dir = scratch_path("sql-journal");
     let (journal, source): (Arc<dyn Journal>, Arc<dyn EventSource>) = match kind {
         SaleLog::Memory => {
             let log = Arc::new(TeeLog::default());
@@ -267,13 +265,7 @@ async fn sale_lag(target: &Target, seconds: u64, kind: SaleLog) {
         }
     };
     let sale_engine = engine(journal);
-    let spec = live_promotion(SALE_ITEMS, 1_000_000_000);
-    let promotion_id = spec.id.clone().expect("id");
-    let skus: Vec<String> = spec.items.iter().map(|i| i.sku.clone()).collect();
-    sale_engine
-        .create_promotion(spec)
-        .await
-        .expect("promotion created");
+    let live = create_live(&sale_engine, SALE_ITEMS).await;
     let flusher = Flusher::start(target.options(), source.clone(), sale_engine.clone())
         .await
         .expect("flusher starts");
@@ -292,19 +284,15 @@ async fn sale_lag(target: &Target, seconds: u64, kind: SaleLog) {
         for _ in 0..per_tick {
             user += 1;
             let engine = sale_engine.clone();
-            let promotion_id = promotion_id.clone();
-            let sku = skus[(user % skus.len() as u64) as usize].clone();
+            let promotion_id = live.id.clone();
+            let sku = live.skus[(user % live.skus.len() as u64) as usize].clone();
             tasks.spawn(async move {
                 engine
                     .purchase(
                         &promotion_id,
                         &sku,
                         &format!("u{user}"),
-                        PurchaseRequest {
-                            request_id: format!("r{user}"),
-                            quantity: 1,
-                            token: None,
-                        },
+                        one_unit(format!("r{user}")),
                     )
                     .await
                     .is_ok()

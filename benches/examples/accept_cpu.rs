@@ -10,8 +10,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::time::Instant;
 
-use seckill_benches::{engine, live_promotion, runtime};
-use seckill_engine::{MemoryJournal, PurchaseRequest};
+use seckill_benches::{buy_all, create_live, engine, runtime};
+use seckill_engine::MemoryJournal;
 
 fn cpu_time_s() -> f64 {
     // /proc/self/stat fields 14 and 15: user and system time in clock ticks (100 Hz here).
@@ -35,35 +35,11 @@ fn main() {
     let rt = runtime();
     rt.block_on(async {
         let engine = engine(MemoryJournal::discarding());
-        let spec = live_promotion(items, 1_000_000_000);
-        let promotion_id = spec.id.clone().unwrap_or_default();
-        let skus: Vec<String> = spec.items.iter().map(|i| i.sku.clone()).collect();
-        engine.create_promotion(spec).await.expect("created");
+        let live = create_live(&engine, items).await;
         let per_caller = purchases / callers;
         let cpu_before_s = cpu_time_s();
         let started = Instant::now();
-        let mut handles = Vec::new();
-        for caller in 0..callers {
-            let engine = engine.clone();
-            let promotion_id = promotion_id.clone();
-            let skus = skus.clone();
-            handles.push(tokio::spawn(async move {
-                for n in 0..per_caller {
-                    let request = PurchaseRequest {
-                        request_id: "r1".into(),
-                        quantity: 1,
-                        token: None,
-                    };
-                    let user = format!("u{caller}-{n}");
-                    let sku = &skus[(caller as usize + n as usize) % skus.len()];
-                    let bought = engine.purchase(&promotion_id, sku, &user, request).await;
-                    assert!(bought.is_ok(), "{bought:?}");
-                }
-            }));
-        }
-        for handle in handles {
-            handle.await.expect("caller");
-        }
+        buy_all(&engine, &live, callers, per_caller, "").await;
         let wall_s = started.elapsed().as_secs_f64();
         let cpu_s = cpu_time_s() - cpu_before_s;
         let done = (per_caller * callers) as f64;

@@ -100,31 +100,19 @@ pub struct ServeArgs {
     #[arg(long, env = "SECKILL_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
     /// Operator key for `Authorization: Bearer`; a random one is made and printed if absent
-    #[arg(
-        long,
-        env = "SECKILL_ADMIN_KEY",
-        value_name = "KEY",
-        hide_env_values = true
-    )]
+    #[arg(long, env = "SECKILL_ADMIN_KEY", value_name = "KEY")]
+    #[arg(hide_env_values = true)]
     pub admin_key: Option<String>,
     /// HS256 secret shoppers' JWTs are signed with (required with --auth jwt)
-    #[arg(
-        long,
-        env = "SECKILL_USER_SECRET",
-        value_name = "SECRET",
-        hide_env_values = true
-    )]
+    #[arg(long, env = "SECKILL_USER_SECRET", value_name = "SECRET")]
+    #[arg(hide_env_values = true)]
     pub user_secret: Option<String>,
     /// How shoppers authenticate [default: jwt]
     #[arg(long, env = "SECKILL_AUTH", value_enum)]
     pub auth: Option<AuthMode>,
     /// Where orders go [default: sqlite://DATA_DIR/orders.db]
-    #[arg(
-        long,
-        env = "SECKILL_DATABASE_URL",
-        value_name = "URL",
-        hide_env_values = true
-    )]
+    #[arg(long, env = "SECKILL_DATABASE_URL", value_name = "URL")]
+    #[arg(hide_env_values = true)]
     pub database_url: Option<String>,
     /// sync: a 2xx means fsync'd; async: acknowledged before the fsync [default: sync]
     #[arg(long, env = "SECKILL_DURABILITY", value_enum)]

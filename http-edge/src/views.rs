@@ -8,8 +8,9 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use seckill_engine::{
-    ItemSpec, ItemStats, Order, PromotionSpec, PromotionStats, PublicItem, PublicPromotion,
-    TokenGrant, DEFAULT_PAYMENT_TIMEOUT_S, DEFAULT_PER_USER_LIMIT, DEFAULT_TOKEN_MULTIPLIER,
+    ItemSpec, ItemStats, Order, PromotionSpec, PromotionStats, PromotionStatus, PublicItem,
+    PublicPromotion, TokenGrant, DEFAULT_PAYMENT_TIMEOUT_S, DEFAULT_PER_USER_LIMIT,
+    DEFAULT_TOKEN_MULTIPLIER,
 };
 
 use crate::error::AppError;
@@ -150,120 +151,84 @@ impl From<Order> for OrderView {
     }
 }
 
-/// A promotion with per-item stats (operator view).
+/// A promotion as api.md shows it: who it is and its window as of now, then what the view
+/// of its audience adds (`T`, whose fields follow in the same JSON object).
 #[derive(Debug, Serialize)]
-pub struct PromotionView {
+pub struct PromotionOf<T> {
     pub id: String,
     pub name: String,
     pub status: &'static str,
     pub starts_at: String,
     pub ends_at: String,
+    #[serde(flatten)]
+    pub rest: T,
+}
+
+impl<T> PromotionOf<T> {
+    fn new(
+        id: String,
+        name: String,
+        status: PromotionStatus,
+        window_ms: (i64, i64),
+        rest: T,
+    ) -> Self {
+        PromotionOf {
+            id,
+            name,
+            status: status.as_str(),
+            starts_at: rfc3339(window_ms.0),
+            ends_at: rfc3339(window_ms.1),
+            rest,
+        }
+    }
+}
+
+/// A promotion with per-item stats (operator view).
+pub type PromotionView = PromotionOf<OperatorPart>;
+
+/// The shoppers' view of a promotion.
+pub type PublicPromotionView = PromotionOf<ShopperPart>;
+
+/// What the operators' view adds; each item is the engine's [`ItemStats`] as it stands:
+/// `remaining + reserved + sold == stock`.
+#[derive(Debug, Serialize)]
+pub struct OperatorPart {
     pub payment_timeout_s: u32,
     pub require_token: bool,
     pub token_multiplier: u32,
     pub created_at: String,
-    pub items: Vec<ItemStatsView>,
+    pub items: Vec<ItemStats>,
 }
 
-/// One item with stats: `remaining + reserved + sold == stock`.
+/// What the shoppers' view adds; each item is the engine's [`PublicItem`] as it stands.
 #[derive(Debug, Serialize)]
-pub struct ItemStatsView {
-    pub sku: String,
-    pub title: String,
-    pub price_cents: i64,
-    pub per_user_limit: u32,
-    pub stock: u64,
-    pub remaining: u64,
-    pub reserved: u64,
-    pub sold: u64,
-    /// Every token ever handed out.
-    pub tokens_issued: u64,
-    /// Tokens unexpired and unused now.
-    pub tokens_outstanding: u64,
+pub struct ShopperPart {
+    pub server_time: String,
+    pub require_token: bool,
+    pub items: Vec<PublicItem>,
 }
 
 impl From<PromotionStats> for PromotionView {
-    fn from(stats: PromotionStats) -> Self {
-        PromotionView {
-            id: stats.id,
-            name: stats.name,
-            status: stats.status.as_str(),
-            starts_at: rfc3339(stats.starts_at_ms),
-            ends_at: rfc3339(stats.ends_at_ms),
-            payment_timeout_s: stats.payment_timeout_s,
-            require_token: stats.require_token,
-            token_multiplier: stats.token_multiplier,
-            created_at: rfc3339(stats.created_at_ms),
-            items: stats.items.into_iter().map(ItemStatsView::from).collect(),
-        }
+    fn from(p: PromotionStats) -> Self {
+        let rest = OperatorPart {
+            payment_timeout_s: p.payment_timeout_s,
+            require_token: p.require_token,
+            token_multiplier: p.token_multiplier,
+            created_at: rfc3339(p.created_at_ms),
+            items: p.items,
+        };
+        PromotionOf::new(p.id, p.name, p.status, (p.starts_at_ms, p.ends_at_ms), rest)
     }
-}
-
-impl From<ItemStats> for ItemStatsView {
-    fn from(item: ItemStats) -> Self {
-        ItemStatsView {
-            sku: item.sku,
-            title: item.title,
-            price_cents: item.price_cents,
-            per_user_limit: item.per_user_limit,
-            stock: item.stock,
-            remaining: item.remaining,
-            reserved: item.reserved,
-            sold: item.sold,
-            tokens_issued: item.tokens_issued,
-            tokens_outstanding: item.tokens_outstanding,
-        }
-    }
-}
-
-/// The shoppers' view of a promotion.
-#[derive(Debug, Serialize)]
-pub struct PublicPromotionView {
-    pub id: String,
-    pub name: String,
-    pub status: &'static str,
-    pub starts_at: String,
-    pub ends_at: String,
-    pub server_time: String,
-    pub require_token: bool,
-    pub items: Vec<PublicItemView>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct PublicItemView {
-    pub sku: String,
-    pub title: String,
-    pub price_cents: i64,
-    pub per_user_limit: u32,
-    pub remaining: u64,
-    pub sold_out: bool,
 }
 
 impl From<PublicPromotion> for PublicPromotionView {
-    fn from(view: PublicPromotion) -> Self {
-        PublicPromotionView {
-            id: view.id,
-            name: view.name,
-            status: view.status.as_str(),
-            starts_at: rfc3339(view.starts_at_ms),
-            ends_at: rfc3339(view.ends_at_ms),
-            server_time: rfc3339(view.server_time_ms),
-            require_token: view.require_token,
-            items: view.items.into_iter().map(PublicItemView::from).collect(),
-        }
-    }
-}
-
-impl From<PublicItem> for PublicItemView {
-    fn from(item: PublicItem) -> Self {
-        PublicItemView {
-            sku: item.sku,
-            title: item.title,
-            price_cents: item.price_cents,
-            per_user_limit: item.per_user_limit,
-            remaining: item.remaining,
-            sold_out: item.sold_out,
-        }
+    fn from(p: PublicPromotion) -> Self {
+        let rest = ShopperPart {
+            server_time: rfc3339(p.server_time_ms),
+            require_token: p.require_token,
+            items: p.items,
+        };
+        PromotionOf::new(p.id, p.name, p.status, (p.starts_at_ms, p.ends_at_ms), rest)
     }
 }
 

@@ -1,10 +1,15 @@
-//! Operator routes: promotions and payment confirmation. Every handler takes [`Admin`]
-//! first, so nothing runs before the key is checked.
+//! Operator routes: promotions and payment confirmation. Every handler takes [`Admin`] (or
+//! [`NamedPromotion`], which checks the key before anything else) first, so nothing runs
+//! before the key is checked.
 
-use axum::extract::State;
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::Json;
 
+use seckill_engine::Engine;
+
+use super::created_or_ok;
 use crate::auth::Admin;
 use crate::error::AppError;
 use crate::extract::{JsonBody, PathParams};
@@ -21,12 +26,10 @@ pub async fn create_promotion(
     let engine = state.engine()?;
     let spec = body.into_spec()?;
     let creation = engine.create_promotion(spec).await?;
-    let status = if creation.created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
-    Ok((status, Json(creation.promotion.into())))
+    Ok((
+        created_or_ok(creation.created),
+        Json(creation.promotion.into()),
+    ))
 }
 
 /// `GET /admin/promotions`: every promotion with stats.
@@ -40,34 +43,39 @@ pub async fn list_promotions(
     }))
 }
 
+/// The promotion an `/admin/promotions/{id}...` route names, and the engine to ask. The key
+/// is checked first, as on every operator route; then the path is read, then the engine's
+/// readiness.
+#[derive(Debug)]
+pub struct NamedPromotion {
+    engine: Engine,
+    id: String,
+}
+
+impl FromRequestParts<AppState> for NamedPromotion {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
+        Admin::from_request_parts(parts, state).await?;
+        let PathParams(id) = PathParams::<String>::from_request_parts(parts, state).await?;
+        let engine = state.engine()?.clone();
+        Ok(NamedPromotion { engine, id })
+    }
+}
+
 /// `GET /admin/promotions/{id}`.
-pub async fn get_promotion(
-    _: Admin,
-    State(state): State<AppState>,
-    PathParams(id): PathParams<String>,
-) -> Result<Json<PromotionView>, AppError> {
-    let stats = state.engine()?.promotion_stats(&id).await?;
-    Ok(Json(stats.into()))
+pub async fn get_promotion(named: NamedPromotion) -> Result<Json<PromotionView>, AppError> {
+    Ok(Json(named.engine.promotion_stats(&named.id).await?.into()))
 }
 
 /// `POST /admin/promotions/{id}/start`: live from now.
-pub async fn start_promotion(
-    _: Admin,
-    State(state): State<AppState>,
-    PathParams(id): PathParams<String>,
-) -> Result<Json<PromotionView>, AppError> {
-    let stats = state.engine()?.start_promotion(&id).await?;
-    Ok(Json(stats.into()))
+pub async fn start_promotion(named: NamedPromotion) -> Result<Json<PromotionView>, AppError> {
+    Ok(Json(named.engine.start_promotion(&named.id).await?.into()))
 }
 
 /// `POST /admin/promotions/{id}/stop`: ended from now.
-pub async fn stop_promotion(
-    _: Admin,
-    State(state): State<AppState>,
-    PathParams(id): PathParams<String>,
-) -> Result<Json<PromotionView>, AppError> {
-    let stats = state.engine()?.stop_promotion(&id).await?;
-    Ok(Json(stats.into()))
+pub async fn stop_promotion(named: NamedPromotion) -> Result<Json<PromotionView>, AppError> {
+    Ok(Json(named.engine.stop_promotion(&named.id).await?.into()))
 }
 
 /// `POST /admin/orders/{order_id}/pay`: idempotent by `payment_ref`; an `amount_cents` that

@@ -13,6 +13,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::hash::Hash;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
 use std::sync::OnceLock;
@@ -29,6 +30,48 @@ use tower::{Layer, Service};
 use crate::error::{AppError, ErrorCode};
 use crate::extract::BodyPending;
 
+/// What every service here answers: a response, never an error.
+pub type Answered = Result<Response, Infallible>;
+
+/// The services the layers wrap: the router's routes, which answer every request.
+pub trait Inner: Service<Request, Response = Response, Error = Infallible> {}
+
+impl<S: Service<Request, Response = Response, Error = Infallible>> Inner for S {}
+
+/// A future that answers a request.
+pub trait Answer: Future<Output = Answered> {}
+
+impl<F: Future<Output = Answered>> Answer for F {}
+
+/// What a layer does around each call of the service it wraps: the future that answers the
+/// request, made from the request and the inner service.
+pub trait Around<S: Inner> {
+    type Future: Future<Output = Answered>;
+
+    fn around(&self, request: Request, inner: &mut S) -> Self::Future;
+}
+
+/// The tower service of both layers: `inner`, with `layer` around each of its calls.
+#[derive(Debug, Clone)]
+pub struct Wrapped<S, L> {
+    inner: S,
+    layer: L,
+}
+
+impl<S: Inner, L: Around<S>> Service<Request> for Wrapped<S, L> {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = L::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> L::Future {
+        self.layer.around(request, &mut self.inner)
+    }
+}
+
 /// Timeout and panic catching; see the module docs.
 #[derive(Debug, Clone, Copy)]
 pub struct GuardLayer {
@@ -36,35 +79,20 @@ pub struct GuardLayer {
 }
 
 impl<S> Layer<S> for GuardLayer {
-    type Service = Guard<S>;
+    type Service = Wrapped<S, GuardLayer>;
 
-    fn layer(&self, inner: S) -> Guard<S> {
-        Guard {
+    fn layer(&self, inner: S) -> Wrapped<S, GuardLayer> {
+        Wrapped {
             inner,
-            timeout: self.timeout,
+            layer: *self,
         }
     }
 }
 
-#[derive(Debug, Clone)]
-pub struct Guard<S> {
-    inner: S,
-    timeout: Duration,
-}
-
-impl<S> Service<Request> for Guard<S>
-where
-    S: Service<Request, Response = Response, Error = Infallible>,
-{
-    type Response = Response;
-    type Error = Infallible;
+impl<S: Inner> Around<S> for GuardLayer {
     type Future = GuardFuture<S::Future>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut request: Request) -> Self::Future {
+    fn around(&self, mut request: Request, inner: &mut S) -> Self::Future {
         let timeout = self.timeout;
         let body = if is_write(request.method()) {
             let body = BodyPending::default();
@@ -74,7 +102,7 @@ where
             None
         };
         // A panic while building the handler's future is caught like one while polling it.
-        match catch_unwind(AssertUnwindSafe(|| self.inner.call(request))) {
+        match catch_unwind(AssertUnwindSafe(|| inner.call(request))) {
             Ok(inner) => GuardFuture::Running {
                 inner: tokio::time::timeout(timeout, inner),
                 timeout,
@@ -115,13 +143,10 @@ pin_project! {
     }
 }
 
-impl<F> Future for GuardFuture<F>
-where
-    F: Future<Output = Result<Response, Infallible>>,
-{
-    type Output = Result<Response, Infallible>;
+impl<F: Answer> Future for GuardFuture<F> {
+    type Output = Answered;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Answered> {
         match self.project() {
             GuardProjection::Running {
                 inner,
@@ -153,31 +178,20 @@ where
 pub struct ObserveLayer;
 
 impl<S> Layer<S> for ObserveLayer {
-    type Service = Observe<S>;
+    type Service = Wrapped<S, ObserveLayer>;
 
-    fn layer(&self, inner: S) -> Observe<S> {
-        Observe { inner }
+    fn layer(&self, inner: S) -> Wrapped<S, ObserveLayer> {
+        Wrapped {
+            inner,
+            layer: ObserveLayer,
+        }
     }
 }
 
-#[derive(Debug, Clone)]
-pub struct Observe<S> {
-    inner: S,
-}
-
-impl<S> Service<Request> for Observe<S>
-where
-    S: Service<Request, Response = Response, Error = Infallible>,
-{
-    type Response = Response;
-    type Error = Infallible;
+impl<S: Inner> Around<S> for ObserveLayer {
     type Future = ObserveFuture<S::Future>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request) -> Self::Future {
+    fn around(&self, request: Request, inner: &mut S) -> Self::Future {
         let started = Instant::now();
         let method = method_label(request.method());
         let route = request
@@ -185,7 +199,7 @@ where
             .get::<MatchedPath>()
             .map_or("unmatched", |m| intern_route(m.as_str()));
         ObserveFuture {
-            inner: self.inner.call(request),
+            inner: inner.call(request),
             started,
             route,
             method,
@@ -203,13 +217,10 @@ pin_project! {
     }
 }
 
-impl<F> Future for ObserveFuture<F>
-where
-    F: Future<Output = Result<Response, Infallible>>,
-{
-    type Output = Result<Response, Infallible>;
+impl<F: Answer> Future for ObserveFuture<F> {
+    type Output = Answered;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Answered> {
         let this = self.project();
         let Poll::Ready(Ok(response)) = this.inner.poll(cx) else {
             return Poll::Pending;
@@ -246,37 +257,43 @@ struct RequestSeries {
 impl RequestSeries {
     fn counter(self) -> metrics::Counter {
         static COUNTERS: OnceLock<DashMap<RequestSeries, metrics::Counter>> = OnceLock::new();
-        let counters = COUNTERS.get_or_init(DashMap::new);
-        if let Some(counter) = counters.get(&self) {
-            return counter.clone();
-        }
-        let counter = metrics::counter!(
-            "seckill_http_requests_total",
-            "route" => self.route,
-            "method" => self.method,
-            "status" => self.status.to_string(),
-            "code" => self.code,
-        );
-        counters.insert(self, counter.clone());
-        counter
+        cached(&COUNTERS, self, || {
+            metrics::counter!(
+                "seckill_http_requests_total",
+                "route" => self.route,
+                "method" => self.method,
+                "status" => self.status.to_string(),
+                "code" => self.code,
+            )
+        })
     }
 
     fn histogram(self) -> metrics::Histogram {
         static HISTOGRAMS: OnceLock<DashMap<(&'static str, &'static str), metrics::Histogram>> =
             OnceLock::new();
-        let histograms = HISTOGRAMS.get_or_init(DashMap::new);
-        let key = (self.route, self.method);
-        if let Some(histogram) = histograms.get(&key) {
-            return histogram.clone();
-        }
-        let histogram = metrics::histogram!(
-            "seckill_http_request_duration_seconds",
-            "route" => self.route,
-            "method" => self.method,
-        );
-        histograms.insert(key, histogram.clone());
-        histogram
+        cached(&HISTOGRAMS, (self.route, self.method), || {
+            metrics::histogram!(
+                "seckill_http_request_duration_seconds",
+                "route" => self.route,
+                "method" => self.method,
+            )
+        })
     }
+}
+
+/// The metrics handle cached under `key`, registered by `register` on first use.
+fn cached<K: Eq + Hash, H: Clone>(
+    cache: &OnceLock<DashMap<K, H>>,
+    key: K,
+    register: impl FnOnce() -> H,
+) -> H {
+    let handles = cache.get_or_init(DashMap::new);
+    if let Some(handle) = handles.get(&key) {
+        return handle.clone();
+    }
+    let handle = register();
+    handles.insert(key, handle.clone());
+    handle
 }
 
 fn method_label(method: &Method) -> &'static str {

@@ -6,6 +6,7 @@ mod layers;
 mod ops;
 mod shopper;
 
+use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::Router;
 
@@ -47,6 +48,16 @@ pub fn app(state: AppState) -> Router {
             timeout: state.request_timeout(),
         })
         .with_state(state)
+}
+
+/// 201 for what this call created, 200 for what an earlier call with the same request (or
+/// the same body) made.
+fn created_or_ok(created: bool) -> StatusCode {
+    if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    }
 }
 
 async fn route_not_found() -> AppError {

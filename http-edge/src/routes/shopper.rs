@@ -1,12 +1,14 @@
 //! Shopper routes. Order of checks: credential (401), rate limit (429), then the engine,
 //! whose gate refuses banned / not live / sold out without a shard round trip.
 
-use axum::extract::State;
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::Json;
 
-use seckill_engine::PurchaseRequest;
+use seckill_engine::{Engine, PurchaseRequest};
 
+use super::created_or_ok;
 use crate::auth::Shopper;
 use crate::error::AppError;
 use crate::extract::{JsonBody, PathParams};
@@ -65,32 +67,42 @@ pub async fn purchase(
         .engine()?
         .purchase(&promotion_id, &sku, &user_id, request)
         .await?;
-    let status = if purchased.created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
-    Ok((status, Json(purchased.order.into())))
+    Ok((
+        created_or_ok(purchased.created),
+        Json(purchased.order.into()),
+    ))
+}
+
+/// The order an `/orders/{order_id}...` route names, for the shopper who asks, and the engine
+/// to ask. Checked in the order of every shopper route: credential, then path, then rate
+/// limit, then the engine's readiness.
+#[derive(Debug)]
+pub struct ShopperOrder {
+    engine: Engine,
+    user: String,
+    id: String,
+}
+
+impl FromRequestParts<AppState> for ShopperOrder {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
+        let Shopper(user) = Shopper::from_request_parts(parts, state).await?;
+        let PathParams(id) = PathParams::<String>::from_request_parts(parts, state).await?;
+        state.limits().check(LimitedRoute::Orders, &user)?;
+        let engine = state.engine()?.clone();
+        Ok(ShopperOrder { engine, user, id })
+    }
 }
 
 /// `GET /orders/{order_id}`: only the shopper's own orders (another's is 404).
-pub async fn get_order(
-    Shopper(user_id): Shopper,
-    State(state): State<AppState>,
-    PathParams(order_id): PathParams<String>,
-) -> Result<Json<OrderView>, AppError> {
-    state.limits().check(LimitedRoute::Orders, &user_id)?;
-    let order = state.engine()?.order(&order_id, Some(&user_id)).await?;
+pub async fn get_order(asked: ShopperOrder) -> Result<Json<OrderView>, AppError> {
+    let order = asked.engine.order(&asked.id, Some(&asked.user)).await?;
     Ok(Json(order.into()))
 }
 
 /// `POST /orders/{order_id}/cancel`: cancelling again answers the order unchanged.
-pub async fn cancel_order(
-    Shopper(user_id): Shopper,
-    State(state): State<AppState>,
-    PathParams(order_id): PathParams<String>,
-) -> Result<Json<OrderView>, AppError> {
-    state.limits().check(LimitedRoute::Orders, &user_id)?;
-    let order = state.engine()?.cancel(&order_id, Some(&user_id)).await?;
+pub async fn cancel_order(asked: ShopperOrder) -> Result<Json<OrderView>, AppError> {
+    let order = asked.engine.cancel(&asked.id, Some(&asked.user)).await?;
     Ok(Json(order.into()))
 }

@@ -11,12 +11,12 @@
 //! data. One item is archived in one synced write, so it is there whole or not at all.
 
 use rocksdb::{WriteBatch, WriteOptions, DB};
-use seckill_engine::{ArchivedItem, Order, EVENT_VERSION};
+use seckill_engine::{ArchivedItem, Order};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::error::{db_error, PersistenceError};
-use super::layout::{check_version, decode_u64, encode_u64};
+use super::layout::{decode_u64, decode_versioned, encode_u64, encode_versioned};
 
 const ARCHIVE_PREFIX: u8 = b'a';
 
@@ -43,15 +43,11 @@ fn request_key(item_key: u64, user_id: &str, request_id: &str) -> Vec<u8> {
 }
 
 fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, PersistenceError> {
-    postcard::to_stdvec(&(EVENT_VERSION, value))
-        .map_err(|e| PersistenceError::Io(format!("cannot encode an archived record: {e}")))
+    encode_versioned("an archived record", value)
 }
 
 fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, PersistenceError> {
-    let corrupt = |e: postcard::Error| PersistenceError::Io(format!("corrupt archive: {e}"));
-    let (version, rest) = postcard::take_from_bytes::<u32>(bytes).map_err(corrupt)?;
-    check_version(version)?;
-    postcard::from_bytes(rest).map_err(corrupt)
+    decode_versioned("archive", bytes)
 }
 
 /// Writes an item and all its orders in one synced write.

@@ -11,7 +11,9 @@
 use rocksdb::{WriteBatch, WriteOptions, DB};
 
 use super::error::{db_error, PersistenceError};
-use super::layout::{decode_deployment_id, decode_u64, encode_u64, META_DEPLOYMENT, META_EPOCH};
+use super::layout::{
+    decode_deployment_id, decode_u64, encode_u64, read_meta, META_DEPLOYMENT, META_EPOCH,
+};
 
 /// The identity of one start of a data directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,23 +25,19 @@ pub(super) struct Identity {
 /// Counts this start (and makes the deployment id on the first one), durably, and returns
 /// the identity the engine and the flusher are given.
 pub(super) fn record_start(db: &DB) -> Result<Identity, PersistenceError> {
-    let previous = match db
-        .get(META_EPOCH)
-        .map_err(|e| db_error("cannot read the start counter", e))?
-    {
-        Some(bytes) => decode_u64("start counter", &bytes)?,
-        None => 0,
-    };
+    let previous = read_meta(db, META_EPOCH, "cannot read the start counter", |bytes| {
+        decode_u64("start counter", bytes)
+    })?
+    .unwrap_or(0);
     let epoch = previous.checked_add(1).ok_or_else(|| {
         PersistenceError::Io("corrupt journal: the start counter is at its maximum".into())
     })?;
-    let stored_id = match db
-        .get(META_DEPLOYMENT)
-        .map_err(|e| db_error("cannot read the deployment id", e))?
-    {
-        Some(bytes) => Some(decode_deployment_id(&bytes)?),
-        None => None,
-    };
+    let stored_id = read_meta(
+        db,
+        META_DEPLOYMENT,
+        "cannot read the deployment id",
+        decode_deployment_id,
+    )?;
     let mut batch = WriteBatch::default();
     batch.put(META_EPOCH, encode_u64(epoch));
     let deployment_id = match stored_id {

@@ -10,11 +10,12 @@
 //! Every value that holds engine data starts with the [`EVENT_VERSION`] that wrote it, so a
 //! newer entry is refused by its version before anything tries to decode it.
 
+use rocksdb::DB;
 use serde::{Deserialize, Serialize};
 
 use seckill_engine::{EngineImage, Event, EVENT_VERSION};
 
-use super::error::PersistenceError;
+use super::error::{db_error, PersistenceError};
 
 pub const LOG_PREFIX: u8 = b'l';
 pub const SNAPSHOT_PREFIX: u8 = b's';
@@ -60,6 +61,20 @@ pub fn snapshot_chunk_key(through_seq: u64, chunk: u32) -> [u8; 13] {
     key[1..9].copy_from_slice(&through_seq.to_be_bytes());
     key[9..].copy_from_slice(&chunk.to_be_bytes());
     key
+}
+
+/// The metadata value under `key`, decoded by `decode`; None when there is none. `reading`
+/// says what failed when the database cannot be read ("cannot read the trim point").
+pub fn read_meta<T>(
+    db: &DB,
+    key: &[u8],
+    reading: &str,
+    decode: impl FnOnce(&[u8]) -> Result<T, PersistenceError>,
+) -> Result<Option<T>, PersistenceError> {
+    match db.get(key).map_err(|e| db_error(reading, e))? {
+        Some(bytes) => decode(&bytes).map(Some),
+        None => Ok(None),
+    }
 }
 
 pub fn encode_u64(value: u64) -> [u8; 8] {
@@ -123,8 +138,7 @@ pub fn encode_batch(events: &[Event]) -> Result<Vec<u8>, PersistenceError> {
     // Sized for a typical order event up front: a batch of thousands of events would
     // otherwise be copied a dozen times while the vector doubles.
     let buffer = Vec::with_capacity(events.len().saturating_mul(BATCH_BYTES_PER_EVENT));
-    postcard::to_extend(&(EVENT_VERSION, events), buffer)
-        .map_err(|e| PersistenceError::Io(format!("cannot encode a batch: {e}")))
+    postcard::to_extend(&(EVENT_VERSION, events), buffer).map_err(|e| cannot_encode("a batch", e))
 }
 
 pub fn decode_batch(seq: u64, bytes: &[u8]) -> Result<Vec<Event>, PersistenceError> {
@@ -153,29 +167,52 @@ pub struct SnapshotHeader {
 }
 
 pub fn encode_header(header: &SnapshotHeader) -> Result<Vec<u8>, PersistenceError> {
-    postcard::to_allocvec(header)
-        .map_err(|e| PersistenceError::Io(format!("cannot encode a snapshot header: {e}")))
+    postcard::to_allocvec(header).map_err(|e| cannot_encode("a snapshot header", e))
 }
 
 pub fn decode_header(bytes: &[u8]) -> Result<SnapshotHeader, PersistenceError> {
     // The version leads the header, so a newer header is refused before its other fields
     // (which a newer build may have changed) are trusted.
-    let (version, _) =
-        postcard::take_from_bytes::<u32>(bytes).map_err(|e| corrupt("snapshot header", e))?;
-    check_version(version)?;
+    after_version("snapshot header", bytes)?;
     postcard::from_bytes(bytes).map_err(|e| corrupt("snapshot header", e))
 }
 
 pub fn encode_image(image: &EngineImage) -> Result<Vec<u8>, PersistenceError> {
-    postcard::to_allocvec(&(EVENT_VERSION, image))
-        .map_err(|e| PersistenceError::Io(format!("cannot encode a snapshot: {e}")))
+    encode_versioned("a snapshot", image)
 }
 
 pub fn decode_image(bytes: &[u8]) -> Result<EngineImage, PersistenceError> {
-    let (version, rest) =
-        postcard::take_from_bytes::<u32>(bytes).map_err(|e| corrupt("snapshot", e))?;
+    decode_versioned("snapshot", bytes)
+}
+
+/// `EVENT_VERSION` then `value`, in postcard; `what` names the value in the error.
+pub fn encode_versioned<T: Serialize + ?Sized>(
+    what: &str,
+    value: &T,
+) -> Result<Vec<u8>, PersistenceError> {
+    postcard::to_allocvec(&(EVENT_VERSION, value)).map_err(|e| cannot_encode(what, e))
+}
+
+/// The value that follows the version leading `bytes` (see [`encode_versioned`]); `what`
+/// names it in the error.
+pub fn decode_versioned<'a, T: Deserialize<'a>>(
+    what: &str,
+    bytes: &'a [u8],
+) -> Result<T, PersistenceError> {
+    let rest = after_version(what, bytes)?;
+    postcard::from_bytes(rest).map_err(|e| corrupt(what, e))
+}
+
+/// What follows the version leading `bytes`, once that version is known to be one this build
+/// reads.
+fn after_version<'a>(what: &str, bytes: &'a [u8]) -> Result<&'a [u8], PersistenceError> {
+    let (version, rest) = postcard::take_from_bytes::<u32>(bytes).map_err(|e| corrupt(what, e))?;
     check_version(version)?;
-    postcard::from_bytes(rest).map_err(|e| corrupt("snapshot", e))
+    Ok(rest)
+}
+
+fn cannot_encode(what: &str, error: postcard::Error) -> PersistenceError {
+    PersistenceError::Io(format!("cannot encode {what}: {error}"))
 }
 
 #[cfg(test)]

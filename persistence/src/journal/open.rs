@@ -11,7 +11,7 @@ use seckill_engine::{EngineImage, EVENT_VERSION};
 use super::error::{db_error, PersistenceError};
 use super::layout::{
     check_version, decode_header, decode_image, decode_u64, decode_version, encode_version,
-    log_key, log_seq, snapshot_chunk_key, SnapshotHeader, META_SNAPSHOT, META_TRIMMED,
+    log_key, log_seq, read_meta, snapshot_chunk_key, SnapshotHeader, META_SNAPSHOT, META_TRIMMED,
     META_VERSION,
 };
 use super::options::{JournalOptions, JOURNAL_DIR_NAME};
@@ -84,23 +84,16 @@ fn probe_version(path: &Path) -> Result<(), PersistenceError> {
             return Ok(());
         }
     };
-    let found = db
-        .get(META_VERSION)
-        .map_err(|e| db_error("cannot read the format version", e))?;
-    match found {
-        Some(bytes) => check_version(decode_version(&bytes)?),
+    match read_format_version(&db)? {
+        Some(version) => check_version(version),
         None => Ok(()),
     }
 }
 
 /// Checks the stored format version (again, now under the lock) or stamps a fresh database.
 fn init_version(db: &DB) -> Result<(), PersistenceError> {
-    let found = db
-        .get(META_VERSION)
-        .map_err(|e| db_error("cannot read the format version", e))?;
-    match found {
-        Some(bytes) => {
-            let version = decode_version(&bytes)?;
+    match read_format_version(db)? {
+        Some(version) => {
             check_version(version)?;
             if version == EVENT_VERSION {
                 return Ok(());
@@ -121,6 +114,16 @@ fn init_version(db: &DB) -> Result<(), PersistenceError> {
         .map_err(|e| db_error("cannot write the format version", e))
 }
 
+/// The format version the database is stamped with, if any.
+fn read_format_version(db: &DB) -> Result<Option<u32>, PersistenceError> {
+    read_meta(
+        db,
+        META_VERSION,
+        "cannot read the format version",
+        decode_version,
+    )
+}
+
 /// What a reopened database holds besides the log itself.
 pub(super) struct Stored {
     pub(super) image: Option<EngineImage>,
@@ -133,24 +136,20 @@ pub(super) struct Stored {
 
 /// Reads the latest snapshot (whole), the trim point and the last sequence number.
 pub(super) fn read_stored(db: &DB) -> Result<Stored, PersistenceError> {
-    let header = match db
-        .get(META_SNAPSHOT)
-        .map_err(|e| db_error("cannot read the snapshot header", e))?
-    {
-        Some(bytes) => Some(decode_header(&bytes)?),
-        None => None,
-    };
+    let header = read_meta(
+        db,
+        META_SNAPSHOT,
+        "cannot read the snapshot header",
+        decode_header,
+    )?;
     let image = match &header {
         Some(header) => Some(load_image(db, header)?),
         None => None,
     };
-    let trimmed_through = match db
-        .get(META_TRIMMED)
-        .map_err(|e| db_error("cannot read the trim point", e))?
-    {
-        Some(bytes) => decode_u64("trim point", &bytes)?,
-        None => 0,
-    };
+    let trimmed_through = read_meta(db, META_TRIMMED, "cannot read the trim point", |bytes| {
+        decode_u64("trim point", bytes)
+    })?
+    .unwrap_or(0);
     let snapshot_through = header.map(|h| h.through_seq);
     if trimmed_through > snapshot_through.unwrap_or(0) {
         return Err(PersistenceError::Io(format!(

@@ -2,7 +2,7 @@
 //! databases: SQL that SQLite and PostgreSQL both accept, with dialect-free values (see
 //! `dialect`). `excluded` is the upsert's proposed row in both (PostgreSQL folds the case).
 
-use seckill_engine::{ItemRecord, ItemStats, PromotionRecord, PromotionStats};
+use seckill_engine::{ItemState, ItemStats, PromotionRecord, PromotionStats, PromotionStatus};
 
 use super::dialect::{placeholder_rows, Statement, Value};
 use super::rows::PromotionChange;
@@ -89,148 +89,107 @@ pub(crate) fn promotion_change(change: &PromotionChange, now_ms: i64) -> Vec<Sta
 
 /// A promotion's row and its items as they are at creation (no stats yet).
 fn promotion_created(record: &PromotionRecord, now_ms: i64) -> Vec<Statement> {
-    let row = PromotionRow {
-        id: &record.id,
-        name: &record.name,
+    let stats = PromotionStats {
+        id: record.id.clone(),
+        name: record.name.clone(),
+        // Not a column: the tables keep the window, not what it means at one time.
+        status: PromotionStatus::at(record.starts_at_ms, record.ends_at_ms, now_ms),
         starts_at_ms: record.starts_at_ms,
         ends_at_ms: record.ends_at_ms,
         payment_timeout_s: record.payment_timeout_s,
         require_token: record.require_token,
         token_multiplier: record.token_multiplier,
         created_at_ms: record.created_at_ms,
+        items: created_items(record),
     };
-    let items: Vec<ItemRow<'_>> = record.items.iter().map(ItemRow::created).collect();
-    let mut statements = vec![row.insert(now_ms, PROMOTION_CREATED_CONFLICT)];
-    statements.extend(item_inserts(
-        &record.id,
-        &items,
+    promotion_rows(
+        &stats,
         now_ms,
+        PROMOTION_CREATED_CONFLICT,
         ITEM_CREATED_CONFLICT,
-    ));
-    statements
+    )
+}
+
+/// The figures the engine gives the items it has just created (all their stock remaining,
+/// nothing else yet), so that the rows at creation and a later stats refresh agree.
+fn created_items(record: &PromotionRecord) -> Vec<ItemStats> {
+    let (timeout_s, token, multiplier) = (
+        record.payment_timeout_s,
+        record.require_token,
+        record.token_multiplier,
+    );
+    record
+        .items
+        .iter()
+        .map(|item| {
+            ItemState::new(0, &record.id, item.clone(), timeout_s, token, multiplier, 0).stats()
+        })
+        .collect()
 }
 
 /// A promotion's row and its items' stats as the engine has them now.
 pub(crate) fn promotion_stats(stats: &PromotionStats, now_ms: i64) -> Vec<Statement> {
-    let row = PromotionRow {
-        id: &stats.id,
-        name: &stats.name,
-        starts_at_ms: stats.starts_at_ms,
-        ends_at_ms: stats.ends_at_ms,
-        payment_timeout_s: stats.payment_timeout_s,
-        require_token: stats.require_token,
-        token_multiplier: stats.token_multiplier,
-        created_at_ms: stats.created_at_ms,
-    };
-    let items: Vec<ItemRow<'_>> = stats.items.iter().map(ItemRow::of_stats).collect();
-    let mut statements = vec![row.insert(now_ms, PROMOTION_STATS_CONFLICT)];
-    statements.extend(item_inserts(&stats.id, &items, now_ms, ITEM_STATS_CONFLICT));
+    promotion_rows(stats, now_ms, PROMOTION_STATS_CONFLICT, ITEM_STATS_CONFLICT)
+}
+
+/// The `promotions` row of `stats` and its items' rows, each with its conflict clause.
+fn promotion_rows(
+    stats: &PromotionStats,
+    now_ms: i64,
+    promotion_conflict: &str,
+    item_conflict: &str,
+) -> Vec<Statement> {
+    let mut statements = vec![promotion_insert(stats, now_ms, promotion_conflict)];
+    statements.extend(item_inserts(&stats.id, &stats.items, now_ms, item_conflict));
     statements
 }
 
-/// The columns of a `promotions` row, from a record or from stats.
-struct PromotionRow<'a> {
-    id: &'a str,
-    name: &'a str,
-    starts_at_ms: i64,
-    ends_at_ms: i64,
-    payment_timeout_s: u32,
-    require_token: bool,
-    token_multiplier: u32,
-    created_at_ms: i64,
-}
-
-impl PromotionRow<'_> {
-    fn insert(&self, now_ms: i64, on_conflict: &str) -> Statement {
-        Statement::new(
-            format!(
-                "INSERT INTO promotions ({PROMOTION_COLUMNS}) VALUES {}{on_conflict}",
-                placeholder_rows(1, PROMOTION_COLUMN_COUNT)
-            ),
-            vec![
-                Value::text(self.id),
-                Value::text(self.name),
-                Value::Time(self.starts_at_ms),
-                Value::Time(self.ends_at_ms),
-                Value::small(self.payment_timeout_s),
-                Value::Bool(self.require_token),
-                Value::small(self.token_multiplier),
-                Value::Time(self.created_at_ms),
-                Value::Time(now_ms),
-            ],
-        )
-    }
-}
-
-/// The columns of a `promotion_items` row but its promotion and time.
-struct ItemRow<'a> {
-    sku: &'a str,
-    title: &'a str,
-    price_cents: i64,
-    per_user_limit: u32,
-    stock: u64,
-    remaining: u64,
-    reserved: u64,
-    sold: u64,
-    tokens_issued: u64,
-    tokens_outstanding: u64,
-}
-
-impl<'a> ItemRow<'a> {
-    /// An item as it is created: all its stock remaining, nothing else yet.
-    fn created(item: &'a ItemRecord) -> Self {
-        ItemRow {
-            sku: &item.sku,
-            title: &item.title,
-            price_cents: item.price_cents,
-            per_user_limit: item.per_user_limit,
-            stock: item.stock,
-            remaining: item.stock,
-            reserved: 0,
-            sold: 0,
-            tokens_issued: 0,
-            tokens_outstanding: 0,
-        }
-    }
-
-    fn of_stats(item: &'a ItemStats) -> Self {
-        ItemRow {
-            sku: &item.sku,
-            title: &item.title,
-            price_cents: item.price_cents,
-            per_user_limit: item.per_user_limit,
-            stock: item.stock,
-            remaining: item.remaining,
-            reserved: item.reserved,
-            sold: item.sold,
-            tokens_issued: item.tokens_issued,
-            tokens_outstanding: item.tokens_outstanding,
-        }
-    }
-
-    /// The row's values in [`ITEM_COLUMNS`] order.
-    fn push_values(&self, promotion_id: &str, now_ms: i64, values: &mut Vec<Value>) {
-        values.extend([
-            Value::text(promotion_id),
-            Value::text(self.sku),
-            Value::text(self.title),
-            Value::Int(self.price_cents),
-            Value::Int(i64::from(self.per_user_limit)),
-            Value::count(self.stock),
-            Value::count(self.remaining),
-            Value::count(self.reserved),
-            Value::count(self.sold),
-            Value::count(self.tokens_issued),
-            Value::count(self.tokens_outstanding),
+/// The insert of a `promotions` row, in [`PROMOTION_COLUMNS`] order.
+fn promotion_insert(stats: &PromotionStats, now_ms: i64, on_conflict: &str) -> Statement {
+    Statement::new(
+        format!(
+            "INSERT INTO promotions ({PROMOTION_COLUMNS}) VALUES {}{on_conflict}",
+            placeholder_rows(1, PROMOTION_COLUMN_COUNT)
+        ),
+        vec![
+            Value::text(&stats.id),
+            Value::text(&stats.name),
+            Value::Time(stats.starts_at_ms),
+            Value::Time(stats.ends_at_ms),
+            Value::small(stats.payment_timeout_s),
+            Value::Bool(stats.require_token),
+            Value::small(stats.token_multiplier),
+            Value::Time(stats.created_at_ms),
             Value::Time(now_ms),
-        ]);
-    }
+        ],
+    )
+}
+
+/// An item's row values in [`ITEM_COLUMNS`] order.
+fn push_item_values(promotion_id: &str, item: &ItemStats, now_ms: i64, values: &mut Vec<Value>) {
+    values.extend([
+        Value::text(promotion_id),
+        Value::text(&item.sku),
+        Value::text(&item.title),
+        Value::Int(item.price_cents),
+        Value::Int(i64::from(item.per_user_limit)),
+    ]);
+    let counts = [
+        item.stock,
+        item.remaining,
+        item.reserved,
+        item.sold,
+        item.tokens_issued,
+        item.tokens_outstanding,
+    ];
+    values.extend(counts.map(Value::count));
+    values.push(Value::Time(now_ms));
 }
 
 /// Multi-row inserts of `items`, [`ITEM_ROWS_PER_STATEMENT_MAX`] rows at most each.
 fn item_inserts(
     promotion_id: &str,
-    items: &[ItemRow<'_>],
+    items: &[ItemStats],
     now_ms: i64,
     on_conflict: &str,
 ) -> Vec<Statement> {
@@ -239,7 +198,7 @@ fn item_inserts(
         .map(|part| {
             let mut values = Vec::with_capacity(part.len() * ITEM_COLUMN_COUNT);
             for item in part {
-                item.push_values(promotion_id, now_ms, &mut values);
+                push_item_values(promotion_id, item, now_ms, &mut values);
             }
             Statement::new(
                 format!(
@@ -289,10 +248,10 @@ pub(crate) fn tables_written() -> Statement {
 mod tests {
     use super::*;
 
-    fn item(sku: &str) -> ItemRow<'_> {
-        ItemRow {
-            sku,
-            title: sku,
+    fn item(sku: &str) -> ItemStats {
+        ItemStats {
+            sku: sku.to_owned(),
+            title: sku.to_owned(),
             price_cents: 100,
             per_user_limit: 1,
             stock: 10,
@@ -309,7 +268,7 @@ mod tests {
         let skus: Vec<String> = (0..=ITEM_ROWS_PER_STATEMENT_MAX)
             .map(|n| format!("s{n}"))
             .collect();
-        let items: Vec<ItemRow<'_>> = skus.iter().map(|sku| item(sku.as_str())).collect();
+        let items: Vec<ItemStats> = skus.iter().map(|sku| item(sku.as_str())).collect();
         let statements = item_inserts("p", &items, 2, ITEM_CREATED_CONFLICT);
         assert_eq!(statements.len(), 2, "1,000 items, then 1");
         assert_eq!(

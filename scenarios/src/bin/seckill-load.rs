@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use clap::builder::RangedU64ValueParser;
 use clap::{Args, Parser, Subcommand};
 use seckill_scenarios::client::{Api, Credentials};
 use seckill_scenarios::compare::{self, CompareOptions, Pairing};
@@ -17,7 +18,7 @@ use seckill_scenarios::report::{chart_svg, Report};
 use seckill_scenarios::run::{run_scenario, RunOptions, Target};
 use seckill_scenarios::scenario::{AuthMode, Scenario};
 use seckill_scenarios::server::{Durability, ServerKind, ServerSpec, SpawnedServer};
-use seckill_scenarios::soak::{self, SoakOptions};
+use seckill_scenarios::soak::{self, SoakOptions, SHOPPERS_DEFAULT, SHOPPERS_MAX};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -182,36 +183,20 @@ struct SoakArgs {
     #[arg(long)]
     spawn: PathBuf,
     /// Distinct shoppers in each phase (sold-out, ended, rate-limited).
-    #[arg(
-        long,
-        default_value_t = soak::SHOPPERS_DEFAULT,
-        value_parser = clap::value_parser!(u64).range(1..=soak::SHOPPERS_MAX)
-    )]
+    #[arg(long, default_value_t = SHOPPERS_DEFAULT, value_parser = bounded(1, SHOPPERS_MAX))]
     shoppers: u64,
     /// Requests in flight at once (keep-alive connections).
-    #[arg(
-        long,
-        default_value_t = 64,
-        value_parser = clap::value_parser!(u64).range(1..=4096)
-    )]
+    #[arg(long, default_value_t = 64, value_parser = bounded(1, 4096))]
     concurrency: u64,
     /// Fail when the server's RSS at the end of the storm is more than this above its RSS
     /// at the start.
     #[arg(long, default_value_t = soak::MAX_GROWTH_MIB_DEFAULT)]
     max_growth_mib: u64,
     /// Stop the storm after this many seconds (the soak then fails as incomplete).
-    #[arg(
-        long,
-        default_value_t = 1800,
-        value_parser = clap::value_parser!(u64).range(1..=86_400)
-    )]
+    #[arg(long, default_value_t = 1800, value_parser = bounded(1, 86_400))]
     max_duration_s: u64,
     /// Milliseconds between two readings of the server's RSS.
-    #[arg(
-        long,
-        default_value_t = 250,
-        value_parser = clap::value_parser!(u64).range(10..=60_000)
-    )]
+    #[arg(long, default_value_t = 250, value_parser = bounded(10, 60_000))]
     sample_ms: u64,
     /// Write the soak report (with every RSS sample) as JSON here.
     #[arg(long)]
@@ -224,6 +209,11 @@ struct SoakArgs {
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// The parser of a whole-number flag that must lie in `min..=max`.
+fn bounded(min: u64, max: u64) -> RangedU64ValueParser {
+    clap::value_parser!(u64).range(min..=max)
+}
 
 #[tokio::main]
 async fn main() -> ExitCode {
