@@ -41,7 +41,7 @@ impl OrderLog {
     }
 
     pub fn push(&mut self, order: Order) {
-        if self.len % ORDER_CHUNK_LEN == 0 {
+        if self.len.is_multiple_of(ORDER_CHUNK_LEN) {
             // The first chunk grows as a Vec does (most items sell few orders); later ones
             // are allocated whole.
             let capacity = if self.chunks.is_empty() {

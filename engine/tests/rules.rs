@@ -611,7 +611,7 @@ async fn a_snapshot_plus_the_log_after_it_equals_the_log_alone() {
             .purchase("p", sku, &format!("u{user}"), request("r", 1, None))
             .await
         {
-            if user % 2 == 0 {
+            if user.is_multiple_of(2) {
                 let _ = h.engine.cancel(&bought.order.order_id, None).await;
             }
         }

@@ -5,8 +5,11 @@
 //! Layout:
 //! - `journal`: the engine's `Journal` on RocksDB: group-committed batches, snapshots, log
 //!   trimming, recovery, the data-directory lock and the on-disk version check.
+//! - `jetstream`: the building blocks of the journal on NATS JetStream: a fenced,
+//!   conditional appender per partition stream, and the partition leases.
 //! - `sql`: the flusher that keeps the SQL tables `orders`, `promotions` and
 //!   `promotion_items` in step with the journal (SQLite embedded, PostgreSQL in production).
 
+pub mod jetstream;
 pub mod journal;
 pub mod sql;

@@ -48,13 +48,13 @@ async fn archived_items_are_read_from_disk_after_a_restart() {
         .await
         .expect("create");
     let mut orders = Vec::new();
-    for n in 0..50 {
+    for n in 0..50u32 {
         let bought = engine
             .purchase(PROMOTION_ID, "a", &format!("u{n}"), request("r1"))
             .await
             .expect("bought");
         let order = bought.order;
-        let closed = if n % 2 == 0 {
+        let closed = if n.is_multiple_of(2) {
             engine.pay(&order.order_id, &format!("psp-{n}"), None).await
         } else {
             engine.cancel(&order.order_id, None).await

@@ -394,7 +394,7 @@ async fn compare_inner(
             let mut seckill_reports = Vec::new();
             let mut baseline_reports = Vec::new();
             for round in 0..options.repeat.max(1) {
-                let baseline_first = round % 2 == 0;
+                let baseline_first = round.is_multiple_of(2);
                 for system in 0..2 {
                     if (system == 0) == baseline_first {
                         eprintln!(

@@ -498,7 +498,7 @@ async fn play_soak_shopper(
         for _ in 0..LIMITED_REQUESTS {
             context.send(recorder, &item.token, &shopper, None).await;
         }
-    } else if index % 2 == 0 {
+    } else if index.is_multiple_of(2) {
         context.send(recorder, &item.token, &shopper, None).await;
     } else {
         let body = json!({ "request_id": format!("r{index}") });
