@@ -33,7 +33,11 @@ fn seed() -> u64 {
 fn promotion(n: usize, body: u8) -> PromotionSpec {
     let a = format!("a{n}");
     let b = format!("b{n}");
-    let mut s = spec(&format!("p{n}"), &[(&a, 3, 2), (&b, 2, 1)], n.is_multiple_of(2));
+    let mut s = spec(
+        &format!("p{n}"),
+        &[(&a, 3, 2), (&b, 2, 1)],
+        n.is_multiple_of(2),
+    );
     if body == 1 {
         s.name = format!("other body {n}");
     }

@@ -212,3 +212,37 @@ async fn tables_from_before_deployments_were_recorded_are_kept() {
         db.cleanup().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_flusher_stops_writing_once_another_deployment_took_the_tables() {
+    let test = "a_running_flusher_stops_writing_once_another_deployment_took_the_tables";
+    for db in databases(test).await {
+        let clock = ManualClock::new(START_MS);
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (engine, journal) = start(dir.path(), clock.clone());
+        let running = flusher(&db, journal.clone(), &engine).await;
+        create_promotion(&engine).await;
+        sell(&engine, 0, 10).await;
+        wait_until(|| running.status().lag_events == 0).await;
+        let rows_before = db.orders().await;
+        // Another deployment claims the tables behind the running flusher's back.
+        db.execute("UPDATE seckill_deployment SET deployment_id = 'another'")
+            .await;
+        sell(&engine, 10, 20).await;
+        wait_until(|| running.status().errors_total > 0).await;
+        assert_eq!(db.orders().await, rows_before, "{}: nothing more written", db.kind());
+        let _ = running.shutdown(Duration::from_secs(1)).await;
+        engine.shutdown().await.expect("engine stops");
+    }
+}
+
+/// Polls `done` until it holds, for at most a generous bound (a hang check, not a timing).
+async fn wait_until(done: impl Fn() -> bool) {
+    for _ in 0..600 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the flusher never got there");
+}

@@ -163,19 +163,36 @@ impl Database {
     /// Writes the rows of a chunk and moves the cursor from `cursor_from` to `cursor_to`, in
     /// one transaction. If the cursor is not at `cursor_from` (another flusher on the same
     /// database moved it) nothing is written and the answer is [`SqlError::CursorMoved`].
+    ///
+    /// With `deployment`, the tables must still be that deployment's (checked in the same
+    /// transaction, so a deployment that took them over since the flusher started is seen
+    /// before anything of ours lands beside its rows): [`SqlError::OtherDeployment`].
     pub async fn write_chunk(
         &self,
         rows: &ChunkRows,
-        cursor_from: u64,
-        cursor_to: u64,
+        cursors: (u64, u64),
+        deployment: Option<&str>,
         now_ms: i64,
     ) -> Result<(), SqlError> {
+        let (cursor_from, cursor_to) = cursors;
         let mut tx = self.begin().await?;
         // The cursor first: on SQLite it takes the write lock, and it checks ownership
         // before any row is written.
         let moved = tx
             .execute(&queries::move_cursor(cursor_from, cursor_to, now_ms))
             .await?;
+        if let Some(ours) = deployment {
+            let found = tx
+                .fetch_text(&queries::read_deployment())
+                .await?
+                .unwrap_or_default();
+            if found != ours {
+                return Err(SqlError::OtherDeployment {
+                    found,
+                    ours: ours.to_owned(),
+                });
+            }
+        }
         if moved != 1 {
             return Err(SqlError::CursorMoved {
                 expected: cursor_from,

@@ -470,9 +470,13 @@ impl FlushLoop {
         if let Some(deadline) = deadline {
             timeout = timeout.min(deadline.saturating_duration_since(Instant::now()));
         }
-        let write = self
-            .database
-            .write_chunk(&rows, self.cursor, cursor_to, self.engine.now_ms());
+        let deployment = self.source.deployment_id();
+        let write = self.database.write_chunk(
+            &rows,
+            (self.cursor, cursor_to),
+            deployment.as_deref(),
+            self.engine.now_ms(),
+        );
         match tokio::time::timeout(timeout, write).await {
             Ok(result) => result?,
             Err(_) => {
