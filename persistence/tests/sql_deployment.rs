@@ -230,7 +230,12 @@ async fn a_running_flusher_stops_writing_once_another_deployment_took_the_tables
             .await;
         sell(&engine, 10, 20).await;
         wait_until(|| running.status().errors_total > 0).await;
-        assert_eq!(db.orders().await, rows_before, "{}: nothing more written", db.kind());
+        assert_eq!(
+            db.orders().await,
+            rows_before,
+            "{}: nothing more written",
+            db.kind()
+        );
         let _ = running.shutdown(Duration::from_secs(1)).await;
         engine.shutdown().await.expect("engine stops");
     }
