@@ -3,10 +3,11 @@
 //! (three servers on loopback, `sync_interval: always`, replicas 3).
 //!
 //! Each append stands for one shard batch for one partition, `events` purchase events of
-//! about 150 bytes each; each partition's writer has one append in flight at a time (see
-//! `PartitionLog` for why), so parallel partitions are where the throughput comes from.
+//! about 150 bytes each. Three ways: one partition, one append in flight; `partitions`
+//! partitions in parallel, one append in flight each; one partition with runs of `depth`
+//! pipelined appends (`PartitionLog::append_pipelined`).
 //!
-//! Run: `SECKILL_TEST_NATS_URLS=... cargo run --release -p seckill-benches --example jetstream_append -- [appends per partition] [events per append] [partitions]`.
+//! Run: `SECKILL_TEST_NATS_URLS=... cargo run --release -p seckill-benches --example jetstream_append -- [appends per partition] [events per append] [partitions] [depth]`.
 
 use std::time::Instant;
 
@@ -21,6 +22,7 @@ fn main() {
     let appends = next(1_000);
     let events = next(64);
     let partitions = next(16).max(1);
+    let depth = next(64).max(1);
     let urls =
         std::env::var("SECKILL_TEST_NATS_URLS").unwrap_or_else(|_| "nats://127.0.0.1:14222".into());
     let replicas = env_u64("SECKILL_BENCH_REPLICAS", 3) as usize;
@@ -32,7 +34,7 @@ fn main() {
         let client = async_nats::connect(servers).await.expect("NATS answers");
         let js = async_nats::jetstream::new(client);
         let payload = Bytes::from(vec![b'x'; (events * 150) as usize]);
-        for parallel in [1, partitions] {
+        for (parallel, run) in [(1, 1), (partitions, 1), (1, depth)] {
             let started = Instant::now();
             let mut writers = Vec::new();
             for _ in 0..parallel {
@@ -44,11 +46,19 @@ fn main() {
                 writers.push(tokio::spawn(async move {
                     let stream = format!("SECKILL_BENCH_{}", unique());
                     let subject = format!("seckill.bench.{stream}");
-                    let mut log = PartitionLog::open(js.clone(), &stream, &subject, &settings, "b")
+                    let mut log = PartitionLog::open(js.clone(), &stream, &subject, &settings, 1)
                         .await
                         .expect("stream");
-                    for _ in 0..appends {
-                        log.append(payload.clone()).await.expect("appended");
+                    let mut sent = 0;
+                    while sent < appends {
+                        let count = run.min(appends - sent);
+                        if count == 1 {
+                            log.append(payload.clone()).await.expect("appended");
+                        } else {
+                            let batch = (0..count).map(|_| payload.clone()).collect();
+                            log.append_pipelined(batch).await.expect("appended");
+                        }
+                        sent += count;
                     }
                     let _ = js.delete_stream(&stream).await;
                 }));
@@ -59,7 +69,7 @@ fn main() {
             let seconds = started.elapsed().as_secs_f64();
             let total = appends * parallel;
             println!(
-                "{parallel:>3} partition(s): {total} appends of {events} events in {seconds:.2} s: {:.0} appends/s, {:.0} events/s (replicas {replicas})",
+                "{parallel:>3} partition(s), runs of {run:>3}: {total} appends of {events} events in {seconds:.2} s: {:.0} appends/s, {:.0} events/s (replicas {replicas})",
                 total as f64 / seconds,
                 (total * events) as f64 / seconds,
             );

@@ -38,14 +38,14 @@ async fn a_replaced_writer_appends_nothing_after_the_takeover() {
     let stream = unique("SECKILL_TEST_P");
     let subject = format!("seckill.test.{stream}");
     let settings = StreamSettings::default();
-    let mut old = PartitionLog::open(js.clone(), &stream, &subject, &settings, "old-1")
+    let mut old = PartitionLog::open(js.clone(), &stream, &subject, &settings, 1)
         .await
         .expect("open");
     assert_eq!(old.append(Bytes::from_static(b"a1")).await, Ok(1));
     assert_eq!(old.append(Bytes::from_static(b"a2")).await, Ok(2));
 
     // The new owner replays to the tail and appends its takeover record on it.
-    let mut new = PartitionLog::open(js.clone(), &stream, &subject, &settings, "new-2")
+    let mut new = PartitionLog::open(js.clone(), &stream, &subject, &settings, 2)
         .await
         .expect("open");
     assert_eq!(new.last_seq(), 2);
@@ -115,4 +115,61 @@ async fn a_lease_has_one_holder_and_lapses_when_not_renewed() {
         .release()
         .await
         .expect("release");
+}
+
+#[tokio::test]
+async fn a_replaced_pipelined_writer_lands_nothing_that_counts() {
+    let Some(js) = jetstream().await else { return };
+    let stream = unique("SECKILL_TEST_P");
+    let subject = format!("seckill.test.{stream}");
+    let settings = StreamSettings::default();
+    let mut old = PartitionLog::open(js.clone(), &stream, &subject, &settings, 1)
+        .await
+        .expect("open");
+    let payloads: Vec<Bytes> = (1..=200).map(|n| Bytes::from(format!("m{n}"))).collect();
+    let seqs = old.append_pipelined(payloads).await.expect("appended");
+    assert_eq!(seqs, (1..=200).collect::<Vec<u64>>());
+
+    let mut new = PartitionLog::open(js.clone(), &stream, &subject, &settings, 2)
+        .await
+        .expect("open");
+    assert_eq!(new.append(Bytes::from_static(b"takeover")).await, Ok(201));
+    // The old writer's next run: the first is refused, and some of the rest may land after
+    // the takeover (they find the sequence they expect); none is acknowledged.
+    let late: Vec<Bytes> = (0..50).map(|n| Bytes::from(format!("late{n}"))).collect();
+    let refused = old.append_pipelined(late).await;
+    assert!(
+        matches!(refused, Err(AppendError::Fenced { .. })),
+        "{refused:?}"
+    );
+    assert_eq!(
+        old.last_seq(),
+        200,
+        "the old writer acknowledged nothing more"
+    );
+
+    // The new owner steps over whatever stale messages landed, and goes on.
+    let after = match new.append(Bytes::from_static(b"after")).await {
+        Ok(seq) => seq,
+        Err(AppendError::Fenced { .. }) => {
+            new.catch_up()
+                .await
+                .expect("only stale messages after the takeover");
+            new.append(Bytes::from_static(b"after"))
+                .await
+                .expect("append")
+        }
+        Err(error) => panic!("{error}"),
+    };
+    assert!(old.catch_up().await.is_err(), "the old writer stays fenced");
+    let kept = new.read_fenced(1, after).await.expect("read");
+    let payloads: Vec<Bytes> = kept.into_iter().map(|(_, payload)| payload).collect();
+    let mut expected: Vec<Bytes> = (1..=200).map(|n| Bytes::from(format!("m{n}"))).collect();
+    expected.push(Bytes::from_static(b"takeover"));
+    expected.push(Bytes::from_static(b"after"));
+    assert_eq!(
+        payloads, expected,
+        "no message of the old writer counts after the takeover"
+    );
+    let _ = js.delete_stream(&stream).await;
 }

@@ -34,20 +34,22 @@ impl Default for StreamSettings {
 
 /// The writer of one partition's stream.
 ///
-/// One append in flight at a time, on purpose. Pipelining several, the k-th expecting the
-/// stream at `last_seq + k`, is not fenced: once a new owner's takeover record landed where
-/// our refused k-th should have, our (k+1)-th finds the stream at the sequence it expects
-/// and lands after the takeover (seen in `tests/jetstream_fencing.rs` while building this).
-/// Adding `Nats-Expected-Last-Msg-Id` to chain the run closes that in principle, but on a
-/// clustered stream the 2.15.1 server then stopped the stream with "critical write error:
-/// last msgid mismatch" on every replica. Measured here (`benches/examples/jetstream_append`,
-/// replicas 3, `sync_interval: always`): one append at a time gives about 600 appends/s on
-/// one stream and only about 1,150/s over 16 streams (every stream fsyncs every append on
-/// every replica), while a pipelined run of 64 on one stream gave about 6,700/s (the server
-/// syncs a run together). The way to pipeline safely is a fence on the read side: message
-/// ids carry the owner's epoch, and a reader (the new owner included) ignores messages of a
-/// lower epoch after a takeover record; the old writer never acknowledges them, since it
-/// reads its acks in order and stops at the first refusal. That is the next step.
+/// Fencing has two halves. On the write side every append expects the stream's last
+/// sequence as this writer knows it. That alone fences single appends, but not a pipelined
+/// run: once a new owner's takeover record landed where our refused k-th append should
+/// have, our (k+1)-th finds the stream at the sequence it expects and lands after the
+/// takeover (seen in `tests/jetstream_fencing.rs`; chaining the run by
+/// `Nats-Expected-Last-Msg-Id` instead stopped the clustered stream on 2.15.1 with
+/// "critical write error: last msgid mismatch"). So on the read side every message id
+/// carries its writer's epoch (`e<epoch>-<seq>`), and a message of a lower epoch than one
+/// before it in the stream is stale: readers skip it ([`PartitionLog::read_fenced`]), and the
+/// new owner steps over it ([`PartitionLog::catch_up`]). Its writer never acknowledged it:
+/// a run's acks are read in order and the first refusal ends the run.
+///
+/// Measured here (`benches/examples/jetstream_append`, replicas 3, `sync_interval:
+/// always`): one append at a time about 600/s on one stream and about 1,150/s over 16
+/// streams (each stream fsyncs each append on each replica); a pipelined run of 64 on one
+/// stream about 6,700/s (the server syncs a run together).
 #[derive(Debug)]
 pub struct PartitionLog {
     js: Context,
@@ -55,20 +57,21 @@ pub struct PartitionLog {
     subject: String,
     /// The stream's last sequence as this writer knows it: every append expects it.
     last_seq: u64,
-    /// Unique to this writer's ownership of the partition: the prefix of its message ids.
-    writer: String,
+    /// This ownership's epoch (the lease revision it was taken at): its message ids are
+    /// `e<epoch>-<seq>`.
+    epoch: u64,
 }
 
 impl PartitionLog {
     /// Opens (creating it if absent: file storage, `settings.replicas` copies) the stream
-    /// `stream` with the one subject `subject`, and reads its last sequence. `writer` names
-    /// this ownership (node and lease revision): message ids are `<writer>-<seq>`.
+    /// `stream` with the one subject `subject`, and reads its last sequence. `epoch` is this
+    /// ownership's fencing epoch: higher than every earlier owner's.
     pub async fn open(
         js: Context,
         stream: &str,
         subject: &str,
         settings: &StreamSettings,
-        writer: &str,
+        epoch: u64,
     ) -> Result<PartitionLog, AppendError> {
         let config = Config {
             name: stream.to_owned(),
@@ -94,7 +97,7 @@ impl PartitionLog {
             stream: stream.to_owned(),
             subject: subject.to_owned(),
             last_seq,
-            writer: writer.to_owned(),
+            epoch,
         })
     }
 
@@ -109,7 +112,7 @@ impl PartitionLog {
     /// [`AppendError::Unknown`] (ask [`PartitionLog::resolve`]).
     pub async fn append(&mut self, payload: Bytes) -> Result<u64, AppendError> {
         let expected = self.last_seq;
-        let message_id = format!("{}-{}", self.writer, expected + 1);
+        let message_id = message_id(self.epoch, expected + 1);
         let mut last_error = None;
         for _ in 0..PUBLISH_ATTEMPTS {
             match self
@@ -181,8 +184,8 @@ impl PartitionLog {
                 .headers
                 .get(async_nats::header::NATS_MESSAGE_ID)
                 .map(|value| value.as_str().to_owned());
-            // This writer's ids are `<writer>-<seq>`: the sequence it expected them at.
-            if id != Some(format!("{}-{seq}", self.writer)) {
+            // This writer's ids name the sequence it expected them at.
+            if id != Some(message_id(self.epoch, seq)) {
                 return Err(AppendError::Fenced {
                     stream: self.stream.clone(),
                     expected: self.last_seq,
@@ -191,6 +194,114 @@ impl PartitionLog {
         }
         self.last_seq = last;
         Ok(true)
+    }
+
+    /// Appends `payloads` in order with all of them in flight at once (the k-th expecting
+    /// the stream at `last_seq + k`); returns their sequences. Every ack is read, in order;
+    /// the first refusal or unknown outcome ends the run with that error, and the writer
+    /// then knows the stream up to the last one acknowledged in order. Later messages of a
+    /// failed run that landed anyway are stale for every reader (see the type's docs).
+    pub async fn append_pipelined(
+        &mut self,
+        payloads: Vec<Bytes>,
+    ) -> Result<Vec<u64>, AppendError> {
+        let base = self.last_seq;
+        let mut acks = Vec::with_capacity(payloads.len());
+        for (offset, payload) in payloads.into_iter().enumerate() {
+            let expected = base + offset as u64;
+            let publish = PublishMessage::build()
+                .payload(payload)
+                .message_id(message_id(self.epoch, expected + 1))
+                .expected_last_sequence(expected);
+            match self.js.send_publish(self.subject.clone(), publish).await {
+                Ok(ack) => acks.push((expected, ack)),
+                Err(error) => {
+                    let error = self.classify(expected, &error);
+                    drain(acks).await;
+                    return Err(error);
+                }
+            }
+        }
+        let mut seqs = Vec::with_capacity(acks.len());
+        let mut acks = acks.into_iter();
+        for (expected, ack) in acks.by_ref() {
+            match ack.await {
+                Ok(ack) if ack.sequence == expected + 1 => {
+                    self.last_seq = ack.sequence;
+                    seqs.push(ack.sequence);
+                }
+                Ok(ack) => {
+                    drain(acks.collect()).await;
+                    return Err(AppendError::Unknown {
+                        stream: self.stream.clone(),
+                        reason: format!("acknowledged at {} for {}", ack.sequence, expected + 1),
+                    });
+                }
+                Err(error) => {
+                    let error = self.classify(expected, &error);
+                    drain(acks.collect()).await;
+                    return Err(error);
+                }
+            }
+        }
+        Ok(seqs)
+    }
+
+    /// After a refusal: steps over the messages after [`PartitionLog::last_seq`] when every
+    /// one of them is stale (a lower epoch than ours: an earlier owner's run that landed
+    /// after our takeover, which its writer never acknowledged). [`AppendError::Fenced`] when
+    /// one is of our epoch or a higher one: a newer owner took the partition.
+    pub async fn catch_up(&mut self) -> Result<(), AppendError> {
+        let mut handle = self
+            .js
+            .get_stream(&self.stream)
+            .await
+            .map_err(|e| unknown(&self.stream, e))?;
+        let last = handle
+            .info()
+            .await
+            .map_err(|e| unknown(&self.stream, e))?
+            .state
+            .last_sequence;
+        for seq in self.last_seq + 1..=last {
+            let message = handle
+                .get_raw_message(seq)
+                .await
+                .map_err(|e| unknown(&self.stream, e))?;
+            if id_epoch(&message.headers).is_none_or(|epoch| epoch >= self.epoch) {
+                return Err(AppendError::Fenced {
+                    stream: self.stream.clone(),
+                    expected: self.last_seq,
+                });
+            }
+        }
+        self.last_seq = last;
+        Ok(())
+    }
+
+    /// The payloads of `from..=to` that count: a message of a lower epoch than one before it
+    /// in the stream is stale and skipped (see the type's docs).
+    pub async fn read_fenced(&self, from: u64, to: u64) -> Result<Vec<(u64, Bytes)>, AppendError> {
+        let handle = self
+            .js
+            .get_stream(&self.stream)
+            .await
+            .map_err(|e| unknown(&self.stream, e))?;
+        let mut newest_epoch = 0;
+        let mut kept = Vec::new();
+        for seq in from..=to {
+            let message = handle
+                .get_raw_message(seq)
+                .await
+                .map_err(|e| unknown(&self.stream, e))?;
+            let epoch = id_epoch(&message.headers).unwrap_or(0);
+            if epoch < newest_epoch {
+                continue;
+            }
+            newest_epoch = epoch;
+            kept.push((seq, message.payload));
+        }
+        Ok(kept)
     }
 
     /// The payload stored at `seq` (for replay and tests).
@@ -243,6 +354,25 @@ fn is_wrong_last_sequence(error: &(dyn std::error::Error + 'static)) -> bool {
         source = cause.source();
     }
     false
+}
+
+/// The id of the message this epoch appends at `seq`.
+fn message_id(epoch: u64, seq: u64) -> String {
+    format!("e{epoch}-{seq}")
+}
+
+/// The writer epoch in a message's id, if it has one of ours.
+fn id_epoch(headers: &async_nats::HeaderMap) -> Option<u64> {
+    let id = headers.get(async_nats::header::NATS_MESSAGE_ID)?.as_str();
+    let (epoch, _) = id.strip_prefix('e')?.split_once('-')?;
+    epoch.parse().ok()
+}
+
+/// Reads every ack still in flight, so none is dropped unread.
+async fn drain(acks: Vec<(u64, async_nats::jetstream::context::PublishAckFuture)>) {
+    for (_, ack) in acks {
+        let _ = ack.await;
+    }
 }
 
 fn unknown(stream: &str, error: impl std::fmt::Display) -> AppendError {
