@@ -173,3 +173,36 @@ async fn a_replaced_pipelined_writer_lands_nothing_that_counts() {
     );
     let _ = js.delete_stream(&stream).await;
 }
+
+#[tokio::test]
+async fn what_an_old_writer_landed_before_the_takeover_is_never_stepped_over() {
+    let Some(js) = jetstream().await else { return };
+    let stream = unique("SECKILL_TEST_P");
+    let subject = format!("seckill.test.{stream}");
+    let settings = StreamSettings::default();
+    let mut old = PartitionLog::open(js.clone(), &stream, &subject, &settings, 1)
+        .await
+        .expect("open");
+    old.append(Bytes::from_static(b"m1")).await.expect("append");
+    // The new owner has replayed through 1; the old writer lands one more meanwhile (it may
+    // have told its caller yes).
+    let mut new = PartitionLog::open(js.clone(), &stream, &subject, &settings, 2)
+        .await
+        .expect("open");
+    assert_eq!(old.append(Bytes::from_static(b"m2")).await, Ok(2));
+    let takeover = new.append(Bytes::from_static(b"takeover")).await;
+    assert!(
+        matches!(takeover, Err(AppendError::Fenced { .. })),
+        "{takeover:?}"
+    );
+    assert!(
+        matches!(
+            new.catch_up().await,
+            Err(AppendError::Behind { after: 1, .. })
+        ),
+        "m2 counts: the new owner must replay it, not step over it"
+    );
+    let kept = new.read_fenced(1, 2).await.expect("read");
+    assert_eq!(kept.len(), 2);
+    let _ = js.delete_stream(&stream).await;
+}

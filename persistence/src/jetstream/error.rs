@@ -19,6 +19,10 @@ pub enum AppendError {
     /// or may not be in the stream; [`crate::jetstream::PartitionLog::resolve`] tells.
     #[error("append to {stream} did not complete: {reason}")]
     Unknown { stream: String, reason: String },
+    /// The stream holds messages after the ones this writer replayed, written before its
+    /// first append: they count, so the writer must replay them before it appends.
+    #[error("partition {stream} has messages after {after} to replay first")]
+    Behind { stream: String, after: u64 },
     /// Refused for a reason that no retry changes (a message too large, no such stream).
     #[error("append to {stream} refused: {reason}")]
     Refused { stream: String, reason: String },

@@ -60,6 +60,9 @@ pub struct PartitionLog {
     /// This ownership's epoch (the lease revision it was taken at): its message ids are
     /// `e<epoch>-<seq>`.
     epoch: u64,
+    /// Whether this writer has appended yet (its takeover record, first): only messages
+    /// after that one can be stale.
+    appended: bool,
 }
 
 impl PartitionLog {
@@ -98,6 +101,7 @@ impl PartitionLog {
             subject: subject.to_owned(),
             last_seq,
             epoch,
+            appended: false,
         })
     }
 
@@ -121,6 +125,7 @@ impl PartitionLog {
             {
                 Ok(seq) => {
                     self.last_seq = seq;
+                    self.appended = true;
                     return Ok(seq);
                 }
                 Err(error @ AppendError::Unknown { .. }) => last_error = Some(error),
@@ -228,6 +233,7 @@ impl PartitionLog {
             match ack.await {
                 Ok(ack) if ack.sequence == expected + 1 => {
                     self.last_seq = ack.sequence;
+                    self.appended = true;
                     seqs.push(ack.sequence);
                 }
                 Ok(ack) => {
@@ -248,9 +254,12 @@ impl PartitionLog {
     }
 
     /// After a refusal: steps over the messages after [`PartitionLog::last_seq`] when every
-    /// one of them is stale (a lower epoch than ours: an earlier owner's run that landed
-    /// after our takeover, which its writer never acknowledged). [`AppendError::Fenced`] when
-    /// one is of our epoch or a higher one: a newer owner took the partition.
+    /// one of them is stale (a lower epoch than ours, after our own first append: an earlier
+    /// owner's run that landed after our takeover, which its writer never acknowledged).
+    /// [`AppendError::Fenced`] when one is of our epoch or a higher one: a newer owner took
+    /// the partition. [`AppendError::Behind`] when we have not appended yet: what an earlier
+    /// owner wrote before our takeover counts (its writer may have acknowledged it) and must
+    /// be replayed, never stepped over.
     pub async fn catch_up(&mut self) -> Result<(), AppendError> {
         let mut handle = self
             .js
@@ -263,6 +272,12 @@ impl PartitionLog {
             .map_err(|e| unknown(&self.stream, e))?
             .state
             .last_sequence;
+        if last > self.last_seq && !self.appended {
+            return Err(AppendError::Behind {
+                stream: self.stream.clone(),
+                after: self.last_seq,
+            });
+        }
         for seq in self.last_seq + 1..=last {
             let message = handle
                 .get_raw_message(seq)
