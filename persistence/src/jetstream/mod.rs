@@ -11,7 +11,9 @@
 //! 10164 from servers that phrase it as a constant) and it must stop answering writes for
 //! the partition. A publish that times out is retried with the same `Nats-Msg-Id` (the
 //! stream's duplicate window makes that safe) and, failing that, resolved by reading the
-//! stream's tail.
+//! stream's tail. Pipelined runs need a second half, on the read side: message ids carry
+//! the owner's epoch and a message of a lower epoch than one before it is stale (see
+//! [`PartitionLog`]).
 //!
 //! Layout:
 //! - `error`: [`AppendError`], [`LeaseError`].
