@@ -3,11 +3,9 @@
 //! (three servers on loopback, `sync_interval: always`, replicas 3).
 //!
 //! Each append stands for one shard batch for one partition, `events` purchase events of
-//! about 150 bytes each. Three ways: one partition, one append in flight; `partitions`
-//! partitions in parallel, one append in flight each; one partition with runs of `depth`
-//! pipelined appends (`PartitionLog::append_pipelined`).
+//! about 150 bytes each; each writer has one append in flight (see `PartitionLog`).
 //!
-//! Run: `SECKILL_TEST_NATS_URLS=... cargo run --release -p seckill-benches --example jetstream_append -- [appends per partition] [events per append] [partitions] [depth]`.
+//! Run: `SECKILL_TEST_NATS_URLS=... cargo run --release -p seckill-benches --example jetstream_append -- [appends per partition] [events per append] [partitions]`.
 
 use std::time::Instant;
 
@@ -22,7 +20,6 @@ fn main() {
     let appends = next(1_000);
     let events = next(64);
     let partitions = next(16).max(1);
-    let depth = next(64).max(1);
     let urls =
         std::env::var("SECKILL_TEST_NATS_URLS").unwrap_or_else(|_| "nats://127.0.0.1:14222".into());
     let replicas = env_u64("SECKILL_BENCH_REPLICAS", 3) as usize;
@@ -34,7 +31,7 @@ fn main() {
         let client = async_nats::connect(servers).await.expect("NATS answers");
         let js = async_nats::jetstream::new(client);
         let payload = Bytes::from(vec![b'x'; (events * 150) as usize]);
-        for (parallel, run) in [(1, 1), (partitions, 1), (1, depth)] {
+        for parallel in [1, partitions] {
             let started = Instant::now();
             let mut writers = Vec::new();
             for _ in 0..parallel {
@@ -49,16 +46,8 @@ fn main() {
                     let mut log = PartitionLog::open(js.clone(), &stream, &subject, &settings, 1)
                         .await
                         .expect("stream");
-                    let mut sent = 0;
-                    while sent < appends {
-                        let count = run.min(appends - sent);
-                        if count == 1 {
-                            log.append(payload.clone()).await.expect("appended");
-                        } else {
-                            let batch = (0..count).map(|_| payload.clone()).collect();
-                            log.append_pipelined(batch).await.expect("appended");
-                        }
-                        sent += count;
+                    for _ in 0..appends {
+                        log.append(payload.clone()).await.expect("appended");
                     }
                     let _ = js.delete_stream(&stream).await;
                 }));
@@ -69,7 +58,7 @@ fn main() {
             let seconds = started.elapsed().as_secs_f64();
             let total = appends * parallel;
             println!(
-                "{parallel:>3} partition(s), runs of {run:>3}: {total} appends of {events} events in {seconds:.2} s: {:.0} appends/s, {:.0} events/s (replicas {replicas})",
+                "{parallel:>3} partition(s): {total} appends of {events} events in {seconds:.2} s: {:.0} appends/s, {:.0} events/s (replicas {replicas})",
                 total as f64 / seconds,
                 (total * events) as f64 / seconds,
             );

@@ -19,10 +19,6 @@ pub enum AppendError {
     /// or may not be in the stream; [`crate::jetstream::PartitionLog::resolve`] tells.
     #[error("append to {stream} did not complete: {reason}")]
     Unknown { stream: String, reason: String },
-    /// The stream holds messages after the ones this writer replayed, written before its
-    /// first append: they count, so the writer must replay them before it appends.
-    #[error("partition {stream} has messages after {after} to replay first")]
-    Behind { stream: String, after: u64 },
     /// Refused for a reason that no retry changes (a message too large, no such stream).
     #[error("append to {stream} refused: {reason}")]
     Refused { stream: String, reason: String },
@@ -37,4 +33,17 @@ pub enum LeaseError {
     /// NATS did not answer, or the bucket could not be read or written.
     #[error("partition lease {key}: {reason}")]
     Unavailable { key: String, reason: String },
+}
+
+/// True when the server's error under `error` is one of the two "wrong last sequence" codes.
+pub(crate) fn is_wrong_last_sequence(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        if let Some(server) = cause.downcast_ref::<async_nats::jetstream::Error>() {
+            let code = server.error_code().0;
+            return code == WRONG_LAST_SEQUENCE || code == WRONG_LAST_SEQUENCE_CONSTANT;
+        }
+        source = cause.source();
+    }
+    false
 }

@@ -6,14 +6,14 @@
 //! wrote it), releasing one a delete conditional on it. The revision a node took or renewed
 //! the lease at is its fencing epoch: it goes into the takeover record it appends.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::context::Context;
 use async_nats::jetstream::kv::{Config, CreateErrorKind, Store, UpdateErrorKind};
 use async_nats::jetstream::stream::StorageType;
 use serde::{Deserialize, Serialize};
 
-use super::error::LeaseError;
+use super::error::{is_wrong_last_sequence, LeaseError};
 
 /// The KV bucket of the partition leases.
 pub const LEASE_BUCKET: &str = "SECKILL_LEASES";
@@ -32,10 +32,22 @@ pub struct Lease {
     key: String,
     record: LeaseRecord,
     revision: u64,
+    /// The revision it was taken at: the owner's fencing epoch, fixed for this ownership.
+    epoch: u64,
+    ttl: Duration,
+    /// Until when this node may act as the owner: the TTL, less a margin, counted from
+    /// before the write that took or renewed it (the bucket counts from when it stored
+    /// it, later). Past it, another node may hold the lease already.
+    valid_until: Instant,
 }
 
+/// The share of the TTL a holder relies on: the rest covers clock rates and delays.
+const VALID_SHARE_OF_TTL: f64 = 0.75;
+
 impl Lease {
-    /// The lease bucket (created if absent): leases lapse `ttl` after their last renewal.
+    /// The lease bucket (created if absent): leases lapse `ttl` after their last renewal. A
+    /// bucket made with another TTL or history is refused (its revisions are the epochs, so
+    /// it is never recreated behind the streams' backs).
     pub async fn bucket(js: &Context, ttl: Duration, replicas: usize) -> Result<Store, LeaseError> {
         let config = Config {
             bucket: LEASE_BUCKET.to_owned(),
@@ -45,13 +57,10 @@ impl Lease {
             num_replicas: replicas,
             ..Config::default()
         };
-        match js.get_key_value(LEASE_BUCKET).await {
-            Ok(store) => Ok(store),
-            Err(_) => js
-                .create_key_value(config)
-                .await
-                .map_err(|e| unavailable(LEASE_BUCKET, e)),
-        }
+        // Creating a stream that exists with the same settings answers the existing one.
+        js.create_key_value(config)
+            .await
+            .map_err(|e| unavailable(LEASE_BUCKET, e))
     }
 
     /// The key of partition `partition`'s lease.
@@ -59,29 +68,54 @@ impl Lease {
         format!("partition.{partition}")
     }
 
-    /// Takes partition `partition`'s lease for `node`, if nobody holds it.
-    pub async fn acquire(store: &Store, partition: u32, node: &str) -> Result<Lease, LeaseError> {
+    /// Takes partition `partition`'s lease for `node`, if nobody holds it; `ttl` is the
+    /// bucket's.
+    pub async fn acquire(
+        store: &Store,
+        partition: u32,
+        node: &str,
+        ttl: Duration,
+    ) -> Result<Lease, LeaseError> {
         let key = Lease::key(partition);
         let record = LeaseRecord {
             node: node.to_owned(),
         };
+        let sent = Instant::now();
         match store.create(&key, encode(&record)).await {
             Ok(revision) => Ok(Lease {
                 store: store.clone(),
                 key,
                 record,
                 revision,
+                epoch: revision,
+                ttl,
+                valid_until: sent + ttl.mul_f64(VALID_SHARE_OF_TTL),
             }),
-            Err(error) if error.kind() == CreateErrorKind::AlreadyExists => {
+            Err(error)
+                if error.kind() == CreateErrorKind::AlreadyExists
+                    || is_wrong_last_sequence(&error) =>
+            {
                 Err(held(store, &key).await)
             }
             Err(error) => Err(unavailable(&key, error)),
         }
     }
 
-    /// The revision this lease was last taken or renewed at: the owner's fencing epoch.
+    /// The revision this lease was taken at: the owner's fencing epoch, above every earlier
+    /// owner's (revisions of one bucket only grow).
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// The revision of the last take or renewal (what the next renewal expects).
     pub fn revision(&self) -> u64 {
         self.revision
+    }
+
+    /// Whether this node may still act as the owner (see `valid_until`); past it, stop
+    /// answering writes for the partition until a renewal succeeds.
+    pub fn is_current(&self) -> bool {
+        Instant::now() < self.valid_until
     }
 
     pub fn partition_key(&self) -> &str {
@@ -90,6 +124,7 @@ impl Lease {
 
     /// Renews the lease; [`LeaseError::Held`] once another node has taken it (it lapsed).
     pub async fn renew(&mut self) -> Result<(), LeaseError> {
+        let sent = Instant::now();
         match self
             .store
             .update(&self.key, encode(&self.record), self.revision)
@@ -97,9 +132,14 @@ impl Lease {
         {
             Ok(revision) => {
                 self.revision = revision;
+                self.valid_until = sent + self.ttl.mul_f64(VALID_SHARE_OF_TTL);
                 Ok(())
             }
-            Err(error) if error.kind() == UpdateErrorKind::WrongLastRevision => {
+            // 10071, or 10164 when another conditional write of the key is in flight.
+            Err(error)
+                if error.kind() == UpdateErrorKind::WrongLastRevision
+                    || is_wrong_last_sequence(&error) =>
+            {
                 Err(held(&self.store, &self.key).await)
             }
             Err(error) => Err(unavailable(&self.key, error)),

@@ -11,9 +11,10 @@
 //! 10164 from servers that phrase it as a constant) and it must stop answering writes for
 //! the partition. A publish that times out is retried with the same `Nats-Msg-Id` (the
 //! stream's duplicate window makes that safe) and, failing that, resolved by reading the
-//! stream's tail. Pipelined runs need a second half, on the read side: message ids carry
-//! the owner's epoch and a message of a lower epoch than one before it is stale (see
-//! [`PartitionLog`]).
+//! stream's tail. One append is in flight per writer: pipelined runs are not fenced by
+//! sequences alone (see [`PartitionLog`]). The caller must renew its lease after reading
+//! the tail and before its takeover append, so that a node whose lease lapsed meanwhile
+//! never appends a takeover after a newer owner's.
 //!
 //! Layout:
 //! - `error`: [`AppendError`], [`LeaseError`].

@@ -8,7 +8,7 @@ use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::stream::{Config, StorageType};
 use bytes::Bytes;
 
-use super::error::{AppendError, WRONG_LAST_SEQUENCE, WRONG_LAST_SEQUENCE_CONSTANT};
+use super::error::{is_wrong_last_sequence, AppendError};
 
 /// How many times a publish whose answer did not come is sent again (same message id).
 const PUBLISH_ATTEMPTS: usize = 3;
@@ -34,22 +34,27 @@ impl Default for StreamSettings {
 
 /// The writer of one partition's stream.
 ///
-/// Fencing has two halves. On the write side every append expects the stream's last
-/// sequence as this writer knows it. That alone fences single appends, but not a pipelined
-/// run: once a new owner's takeover record landed where our refused k-th append should
-/// have, our (k+1)-th finds the stream at the sequence it expects and lands after the
-/// takeover (seen in `tests/jetstream_fencing.rs`; chaining the run by
-/// `Nats-Expected-Last-Msg-Id` instead stopped the clustered stream on 2.15.1 with
-/// "critical write error: last msgid mismatch"). So on the read side every message id
-/// carries its writer's epoch (`e<epoch>-<seq>`), and a message of a lower epoch than one
-/// before it in the stream is stale: readers skip it ([`PartitionLog::read_fenced`]), and the
-/// new owner steps over it ([`PartitionLog::catch_up`]). Its writer never acknowledged it:
-/// a run's acks are read in order and the first refusal ends the run.
+/// One append in flight at a time. Each expects the stream's last sequence as this writer
+/// knows it, and a refused or unanswered one does not move it, so no later append of this
+/// writer can ever match a stream that someone else appended to: after a new owner's
+/// takeover record, a replaced writer's appends are refused for good.
 ///
-/// Measured here (`benches/examples/jetstream_append`, replicas 3, `sync_interval:
-/// always`): one append at a time about 600/s on one stream and about 1,150/s over 16
-/// streams (each stream fsyncs each append on each replica); a pipelined run of 64 on one
-/// stream about 6,700/s (the server syncs a run together).
+/// Pipelining several appends, the k-th expecting `last_seq + k`, is not fenced that way:
+/// once a takeover record landed where our refused k-th should have, our (k+1)-th finds the
+/// stream at the sequence it expects and lands after it. Seen while building this: 49 of 50
+/// late messages landed. Chaining the run by `Nats-Expected-Last-Msg-Id` stopped the
+/// clustered 2.15.1 stream ("critical write error: last msgid mismatch" on every replica),
+/// and a read-side epoch rule reviewed cold had holes (an owner's own run after a stale
+/// tail, an older owner reopening after a newer takeover). So runs are left out until they
+/// can be fenced whole (JetStream's atomic batch publish is the candidate). Measured
+/// (`benches/examples/jetstream_append`, replicas 3, `sync_interval: always`): about 500
+/// appends/s on one stream and about 1,200/s over 16; a pipelined run of 64 gave about 4,000
+/// on one stream, which is what the journal will need.
+///
+/// Message ids are `e<epoch>-<seq>-<n>`: the owner's epoch, the position expected, and a
+/// count of this writer's appends, so a retry of one append reuses its id (the duplicate
+/// window makes it land once) while a different payload at the same position never passes
+/// for the earlier one's duplicate.
 #[derive(Debug)]
 pub struct PartitionLog {
     js: Context,
@@ -57,12 +62,10 @@ pub struct PartitionLog {
     subject: String,
     /// The stream's last sequence as this writer knows it: every append expects it.
     last_seq: u64,
-    /// This ownership's epoch (the lease revision it was taken at): its message ids are
-    /// `e<epoch>-<seq>`.
+    /// This ownership's epoch (the lease revision it was taken at).
     epoch: u64,
-    /// Whether this writer has appended yet (its takeover record, first): only messages
-    /// after that one can be stale.
-    appended: bool,
+    /// Appends this writer has made (each with its retries): part of its message ids.
+    appends: u64,
 }
 
 impl PartitionLog {
@@ -101,7 +104,7 @@ impl PartitionLog {
             subject: subject.to_owned(),
             last_seq,
             epoch,
-            appended: false,
+            appends: 0,
         })
     }
 
@@ -116,17 +119,23 @@ impl PartitionLog {
     /// [`AppendError::Unknown`] (ask [`PartitionLog::resolve`]).
     pub async fn append(&mut self, payload: Bytes) -> Result<u64, AppendError> {
         let expected = self.last_seq;
-        let message_id = message_id(self.epoch, expected + 1);
+        self.appends += 1;
+        let message_id = message_id(self.epoch, expected + 1, self.appends);
         let mut last_error = None;
         for _ in 0..PUBLISH_ATTEMPTS {
             match self
                 .publish_once(payload.clone(), expected, &message_id)
                 .await
             {
-                Ok(seq) => {
+                Ok(seq) if seq == expected + 1 => {
                     self.last_seq = seq;
-                    self.appended = true;
                     return Ok(seq);
+                }
+                Ok(seq) => {
+                    return Err(AppendError::Unknown {
+                        stream: self.stream.clone(),
+                        reason: format!("acknowledged at {seq}, expected {}", expected + 1),
+                    })
                 }
                 Err(error @ AppendError::Unknown { .. }) => last_error = Some(error),
                 Err(error) => return Err(error),
@@ -160,11 +169,13 @@ impl PartitionLog {
         Ok(ack.sequence)
     }
 
-    /// After an [`AppendError::Unknown`]: reads the stream's tail. `Ok(true)` when every
-    /// message after [`PartitionLog::last_seq`] is one this writer sent (they went in, in
-    /// order, and the writer now knows the stream up to them); `Ok(false)` when the stream
-    /// is still where the writer left it; [`AppendError::Fenced`] when someone else
-    /// appended.
+    /// After an [`AppendError::Unknown`]: reads the stream's tail. `Ok(true)` when the one
+    /// message after [`PartitionLog::last_seq`] is this writer's (its last append went in; the
+    /// writer now knows its sequence); `Ok(false)` when the stream is still where the writer
+    /// left it (it did not); [`AppendError::Fenced`] when anything else is there (someone
+    /// else appended: a new owner, or, before this writer's first append, the previous one,
+    /// whose messages must then be replayed). An error when the stream is behind what this
+    /// writer knows (it was purged or recreated).
     pub async fn resolve(&mut self) -> Result<bool, AppendError> {
         let mut handle = self
             .js
@@ -177,146 +188,32 @@ impl PartitionLog {
             .map_err(|e| unknown(&self.stream, e))?
             .state
             .last_sequence;
+        if last < self.last_seq {
+            return Err(AppendError::Refused {
+                stream: self.stream.clone(),
+                reason: format!("the stream ends at {last}, before {}", self.last_seq),
+            });
+        }
         if last == self.last_seq {
             return Ok(false);
         }
-        for seq in self.last_seq + 1..=last {
-            let message = handle
-                .get_raw_message(seq)
-                .await
-                .map_err(|e| unknown(&self.stream, e))?;
-            let id = message
-                .headers
-                .get(async_nats::header::NATS_MESSAGE_ID)
-                .map(|value| value.as_str().to_owned());
-            // This writer's ids name the sequence it expected them at.
-            if id != Some(message_id(self.epoch, seq)) {
-                return Err(AppendError::Fenced {
-                    stream: self.stream.clone(),
-                    expected: self.last_seq,
-                });
-            }
-        }
-        self.last_seq = last;
-        Ok(true)
-    }
-
-    /// Appends `payloads` in order with all of them in flight at once (the k-th expecting
-    /// the stream at `last_seq + k`); returns their sequences. Every ack is read, in order;
-    /// the first refusal or unknown outcome ends the run with that error, and the writer
-    /// then knows the stream up to the last one acknowledged in order. Later messages of a
-    /// failed run that landed anyway are stale for every reader (see the type's docs).
-    pub async fn append_pipelined(
-        &mut self,
-        payloads: Vec<Bytes>,
-    ) -> Result<Vec<u64>, AppendError> {
-        let base = self.last_seq;
-        let mut acks = Vec::with_capacity(payloads.len());
-        for (offset, payload) in payloads.into_iter().enumerate() {
-            let expected = base + offset as u64;
-            let publish = PublishMessage::build()
-                .payload(payload)
-                .message_id(message_id(self.epoch, expected + 1))
-                .expected_last_sequence(expected);
-            match self.js.send_publish(self.subject.clone(), publish).await {
-                Ok(ack) => acks.push((expected, ack)),
-                Err(error) => {
-                    let error = self.classify(expected, &error);
-                    drain(acks).await;
-                    return Err(error);
-                }
-            }
-        }
-        let mut seqs = Vec::with_capacity(acks.len());
-        let mut acks = acks.into_iter();
-        for (expected, ack) in acks.by_ref() {
-            match ack.await {
-                Ok(ack) if ack.sequence == expected + 1 => {
-                    self.last_seq = ack.sequence;
-                    self.appended = true;
-                    seqs.push(ack.sequence);
-                }
-                Ok(ack) => {
-                    drain(acks.collect()).await;
-                    return Err(AppendError::Unknown {
-                        stream: self.stream.clone(),
-                        reason: format!("acknowledged at {} for {}", ack.sequence, expected + 1),
-                    });
-                }
-                Err(error) => {
-                    let error = self.classify(expected, &error);
-                    drain(acks.collect()).await;
-                    return Err(error);
-                }
-            }
-        }
-        Ok(seqs)
-    }
-
-    /// After a refusal: steps over the messages after [`PartitionLog::last_seq`] when every
-    /// one of them is stale (a lower epoch than ours, after our own first append: an earlier
-    /// owner's run that landed after our takeover, which its writer never acknowledged).
-    /// [`AppendError::Fenced`] when one is of our epoch or a higher one: a newer owner took
-    /// the partition. [`AppendError::Behind`] when we have not appended yet: what an earlier
-    /// owner wrote before our takeover counts (its writer may have acknowledged it) and must
-    /// be replayed, never stepped over.
-    pub async fn catch_up(&mut self) -> Result<(), AppendError> {
-        let mut handle = self
-            .js
-            .get_stream(&self.stream)
+        let message = handle
+            .get_raw_message(self.last_seq + 1)
             .await
             .map_err(|e| unknown(&self.stream, e))?;
-        let last = handle
-            .info()
-            .await
-            .map_err(|e| unknown(&self.stream, e))?
-            .state
-            .last_sequence;
-        if last > self.last_seq && !self.appended {
-            return Err(AppendError::Behind {
-                stream: self.stream.clone(),
-                after: self.last_seq,
-            });
+        let id = message
+            .headers
+            .get(async_nats::header::NATS_MESSAGE_ID)
+            .map(|value| value.as_str().to_owned());
+        let ours = message_id(self.epoch, self.last_seq + 1, self.appends);
+        if last == self.last_seq + 1 && id.as_deref() == Some(ours.as_str()) {
+            self.last_seq = last;
+            return Ok(true);
         }
-        for seq in self.last_seq + 1..=last {
-            let message = handle
-                .get_raw_message(seq)
-                .await
-                .map_err(|e| unknown(&self.stream, e))?;
-            if id_epoch(&message.headers).is_none_or(|epoch| epoch >= self.epoch) {
-                return Err(AppendError::Fenced {
-                    stream: self.stream.clone(),
-                    expected: self.last_seq,
-                });
-            }
-        }
-        self.last_seq = last;
-        Ok(())
-    }
-
-    /// The payloads of `from..=to` that count: a message of a lower epoch than one before it
-    /// in the stream is stale and skipped (see the type's docs).
-    pub async fn read_fenced(&self, from: u64, to: u64) -> Result<Vec<(u64, Bytes)>, AppendError> {
-        let handle = self
-            .js
-            .get_stream(&self.stream)
-            .await
-            .map_err(|e| unknown(&self.stream, e))?;
-        let mut newest_epoch = 0;
-        let mut kept = Vec::new();
-        for seq in from..=to {
-            let message = handle
-                .get_raw_message(seq)
-                .await
-                .map_err(|e| unknown(&self.stream, e))?;
-            let epoch = id_epoch(&message.headers).unwrap_or(0);
-            if epoch < newest_epoch {
-                continue;
-            }
-            newest_epoch = epoch;
-            kept.push((seq, message.payload));
-        }
-        Ok(kept)
+        Err(AppendError::Fenced {
+            stream: self.stream.clone(),
+            expected: self.last_seq,
+        })
     }
 
     /// The payload stored at `seq` (for replay and tests).
@@ -358,36 +255,9 @@ impl PartitionLog {
     }
 }
 
-/// True when the server's error under `error` is one of the two "wrong last sequence" codes.
-fn is_wrong_last_sequence(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        if let Some(server) = cause.downcast_ref::<async_nats::jetstream::Error>() {
-            let code = server.error_code().0;
-            return code == WRONG_LAST_SEQUENCE || code == WRONG_LAST_SEQUENCE_CONSTANT;
-        }
-        source = cause.source();
-    }
-    false
-}
-
-/// The id of the message this epoch appends at `seq`.
-fn message_id(epoch: u64, seq: u64) -> String {
-    format!("e{epoch}-{seq}")
-}
-
-/// The writer epoch in a message's id, if it has one of ours.
-fn id_epoch(headers: &async_nats::HeaderMap) -> Option<u64> {
-    let id = headers.get(async_nats::header::NATS_MESSAGE_ID)?.as_str();
-    let (epoch, _) = id.strip_prefix('e')?.split_once('-')?;
-    epoch.parse().ok()
-}
-
-/// Reads every ack still in flight, so none is dropped unread.
-async fn drain(acks: Vec<(u64, async_nats::jetstream::context::PublishAckFuture)>) {
-    for (_, ack) in acks {
-        let _ = ack.await;
-    }
+/// The id of this writer's `n`-th append, expected at `seq`.
+fn message_id(epoch: u64, seq: u64, n: u64) -> String {
+    format!("e{epoch}-{seq}-{n}")
 }
 
 fn unknown(stream: &str, error: impl std::fmt::Display) -> AppendError {
