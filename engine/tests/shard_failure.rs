@@ -23,21 +23,26 @@ fn skus_by_shard(shards: usize) -> Vec<(String, usize)> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dead_shard_is_contained() {
+/// An engine of two shards with promotion `p` of 16 items; a sku on shard 0, one on 1.
+async fn two_shards() -> (common::Harness, String, String) {
     let h = start(2);
     let skus = skus_by_shard(2);
-    assert!(skus.iter().any(|(_, s)| *s == 0) && skus.iter().any(|(_, s)| *s == 1));
     let items: Vec<(&str, u64, u32)> = skus.iter().map(|(sku, _)| (sku.as_str(), 100, 5)).collect();
     h.create(spec("p", &items, false)).await;
-    let (on_0, _) = skus
-        .iter()
-        .find(|(_, s)| *s == 0)
-        .expect("an item on shard 0");
-    let (on_1, _) = skus
-        .iter()
-        .find(|(_, s)| *s == 1)
-        .expect("an item on shard 1");
+    let on = |shard: usize| {
+        skus.iter()
+            .find(|(_, s)| *s == shard)
+            .map(|(sku, _)| sku.clone())
+            .expect("an item on each shard")
+    };
+    let (on_0, on_1) = (on(0), on(1));
+    (h, on_0, on_1)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_shard_is_contained() {
+    let (h, on_0, on_1) = two_shards().await;
+    let (on_0, on_1) = (on_0.as_str(), on_1.as_str());
     let before = h.buy("p", on_1, "u1", "r1").await;
 
     h.engine.inject_shard_panic(0);
@@ -112,15 +117,8 @@ async fn a_dead_shard_is_contained() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_brings_the_dead_shards_items_back() {
-    let h = start(2);
-    let skus = skus_by_shard(2);
-    let items: Vec<(&str, u64, u32)> = skus.iter().map(|(sku, _)| (sku.as_str(), 100, 5)).collect();
-    h.create(spec("p", &items, false)).await;
-    let (on_0, _) = skus
-        .iter()
-        .find(|(_, s)| *s == 0)
-        .expect("an item on shard 0");
-    let order = h.buy("p", on_0, "u1", "r1").await;
+    let (h, on_0, _) = two_shards().await;
+    let order = h.buy("p", &on_0, "u1", "r1").await;
     h.engine.inject_shard_panic(0);
     while h.engine.dead_shards().is_empty() {
         tokio::time::sleep(Duration::from_millis(5)).await;

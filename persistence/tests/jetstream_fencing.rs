@@ -32,22 +32,40 @@ fn unique(prefix: &str) -> String {
     format!("{prefix}_{:016x}", rand::random::<u64>())
 }
 
+/// A fresh partition stream's name and subject.
+fn fresh_stream() -> (String, String) {
+    let stream = unique("SECKILL_TEST_P");
+    let subject = format!("seckill.test.{stream}");
+    (stream, subject)
+}
+
+/// The writer of epoch `epoch` on `stream`, as an owner opens it after its replay.
+async fn writer(
+    js: &async_nats::jetstream::Context,
+    (stream, subject): &(String, String),
+    epoch: u64,
+) -> PartitionLog {
+    PartitionLog::open(
+        js.clone(),
+        stream,
+        subject,
+        &StreamSettings::default(),
+        epoch,
+    )
+    .await
+    .expect("the stream opens")
+}
+
 #[tokio::test]
 async fn a_replaced_writer_appends_nothing_after_the_takeover() {
     let Some(js) = jetstream().await else { return };
-    let stream = unique("SECKILL_TEST_P");
-    let subject = format!("seckill.test.{stream}");
-    let settings = StreamSettings::default();
-    let mut old = PartitionLog::open(js.clone(), &stream, &subject, &settings, 1)
-        .await
-        .expect("open");
+    let names = fresh_stream();
+    let mut old = writer(&js, &names, 1).await;
     assert_eq!(old.append(Bytes::from_static(b"a1")).await, Ok(1));
     assert_eq!(old.append(Bytes::from_static(b"a2")).await, Ok(2));
 
     // The new owner replays to the tail and appends its takeover record on it.
-    let mut new = PartitionLog::open(js.clone(), &stream, &subject, &settings, 2)
-        .await
-        .expect("open");
+    let mut new = writer(&js, &names, 2).await;
     assert_eq!(new.last_seq(), 2);
     assert_eq!(new.append(Bytes::from_static(b"takeover")).await, Ok(3));
 
@@ -68,7 +86,7 @@ async fn a_replaced_writer_appends_nothing_after_the_takeover() {
         old.resolve().await,
         Err(AppendError::Fenced { .. })
     ));
-    let _ = js.delete_stream(&stream).await;
+    let _ = js.delete_stream(&names.0).await;
 }
 
 #[tokio::test]
@@ -121,18 +139,12 @@ async fn a_lease_has_one_holder_and_lapses_when_not_renewed() {
 #[tokio::test]
 async fn what_an_old_writer_landed_before_the_takeover_is_replayed_not_skipped() {
     let Some(js) = jetstream().await else { return };
-    let stream = unique("SECKILL_TEST_P");
-    let subject = format!("seckill.test.{stream}");
-    let settings = StreamSettings::default();
-    let mut old = PartitionLog::open(js.clone(), &stream, &subject, &settings, 1)
-        .await
-        .expect("open");
+    let names = fresh_stream();
+    let mut old = writer(&js, &names, 1).await;
     old.append(Bytes::from_static(b"m1")).await.expect("append");
     // The new owner has replayed through 1; the old writer lands one more meanwhile (it may
     // have told its caller yes).
-    let mut new = PartitionLog::open(js.clone(), &stream, &subject, &settings, 2)
-        .await
-        .expect("open");
+    let mut new = writer(&js, &names, 2).await;
     assert_eq!(old.append(Bytes::from_static(b"m2")).await, Ok(2));
     let takeover = new.append(Bytes::from_static(b"takeover")).await;
     assert!(
@@ -144,12 +156,10 @@ async fn what_an_old_writer_landed_before_the_takeover_is_replayed_not_skipped()
         "a message that is not the new owner's follows what it replayed"
     );
     // So the new owner replays again (m2 counts), then takes over after it.
-    let mut new = PartitionLog::open(js.clone(), &stream, &subject, &settings, 2)
-        .await
-        .expect("reopen");
+    let mut new = writer(&js, &names, 2).await;
     assert_eq!(new.last_seq(), 2);
     assert_eq!(new.read(2).await.expect("read"), Bytes::from_static(b"m2"));
     assert_eq!(new.append(Bytes::from_static(b"takeover")).await, Ok(3));
     assert!(old.append(Bytes::from_static(b"m3")).await.is_err());
-    let _ = js.delete_stream(&stream).await;
+    let _ = js.delete_stream(&names.0).await;
 }
