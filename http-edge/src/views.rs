@@ -95,8 +95,17 @@ pub struct PurchaseBody {
 pub struct PayBody {
     pub payment_ref: String,
     /// The amount the payment notice says was paid: when present, it must be the order's
-    /// `amount_cents` (else 409 `amount_mismatch`, and nothing changes).
+    /// `amount_cents` (else 409 `amount_mismatch`, and nothing changes). Present means a
+    /// number: `null` is refused (400) rather than read as "not checked".
+    #[serde(default, deserialize_with = "present_number")]
     pub amount_cents: Option<i64>,
+}
+
+/// A field that, when present, must be an integer (not `null`).
+fn present_number<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<i64>, D::Error> {
+    i64::deserialize(deserializer).map(Some)
 }
 
 impl PayBody {

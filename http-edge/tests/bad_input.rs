@@ -572,6 +572,14 @@ fn cases() -> Vec<Case> {
             "invalid_request",
             Some("amount_cents"),
         ),
+        case(
+            "pay: amount_cents null",
+            Route::Pay,
+            Body::Json(json!({"payment_ref": "p", "amount_cents": null})),
+            400,
+            "invalid_request",
+            Some("amount_cents"),
+        ),
     ];
     // --- 1 MiB to every route that takes a body
     for (name, route) in [
