@@ -6,45 +6,14 @@
 
 mod sql_common;
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use seckill_engine::{Engine, EngineConfig, Event, ManualClock, MemoryJournal, NullSink, Ports};
-use seckill_persistence::journal::{JournalOptions, RocksJournal};
+use seckill_engine::{Engine, Event, ManualClock, MemoryJournal};
 use seckill_persistence::sql::{EventSource, Flusher, FlusherHandle, SqlError};
 use sql_common::*;
 
 const GRACE: Duration = Duration::from_secs(120);
-
-async fn databases(test: &str) -> Vec<TestDb> {
-    let mut all = vec![TestDb::sqlite()];
-    if let Some(url) = postgres_url(test) {
-        all.push(TestDb::postgres(&url).await);
-    }
-    all
-}
-
-/// An engine journaled in RocksDB in `data_dir`.
-fn start(data_dir: &Path, clock: Arc<ManualClock>) -> (Engine, Arc<RocksJournal>) {
-    let options = JournalOptions {
-        data_dir: data_dir.to_path_buf(),
-        ..JournalOptions::default()
-    };
-    let (journal, recovery) = RocksJournal::open(&options).expect("journal opens");
-    let config = EngineConfig {
-        shards: 2,
-        snapshot_every_events: 0,
-        ..EngineConfig::default()
-    };
-    let ports = Ports {
-        journal: journal.clone(),
-        clock,
-        sink: Arc::new(NullSink),
-    };
-    let engine = Engine::start(config, ports, recovery).expect("engine starts");
-    (engine, journal)
-}
 
 async fn flusher(db: &TestDb, source: Arc<dyn EventSource>, engine: &Engine) -> FlusherHandle {
     Flusher::start(options(db.flusher_url()), source, engine.clone())
@@ -57,7 +26,7 @@ async fn a_database_written_by_another_data_directory_is_refused() {
     for db in databases("a_database_written_by_another_data_directory_is_refused").await {
         let clock = ManualClock::new(START_MS);
         let first_dir = tempfile::tempdir().expect("temp dir");
-        let (engine, journal) = start(first_dir.path(), clock.clone());
+        let (engine, journal) = start_on_rocks(first_dir.path(), clock.clone());
         let first_id = journal.deployment_id().to_owned();
         let running = flusher(&db, journal.clone(), &engine).await;
         create_promotion(&engine).await;
@@ -78,7 +47,7 @@ async fn a_database_written_by_another_data_directory_is_refused() {
         // Another data directory is another deployment: its order ids may be the ones
         // already in the tables.
         let other_dir = tempfile::tempdir().expect("temp dir");
-        let (other, other_journal) = start(other_dir.path(), clock.clone());
+        let (other, other_journal) = start_on_rocks(other_dir.path(), clock.clone());
         let refused = Flusher::start(
             options(db.flusher_url()),
             other_journal.clone(),
@@ -111,7 +80,7 @@ async fn a_database_written_by_another_data_directory_is_refused() {
         drop(other_journal);
 
         // The data directory that wrote them goes on where it stopped.
-        let (engine, journal) = start(first_dir.path(), clock.clone());
+        let (engine, journal) = start_on_rocks(first_dir.path(), clock.clone());
         let running = flusher(&db, journal.clone(), &engine).await;
         ids.extend(sell(&engine, 100, 50).await);
         running.shutdown(GRACE).await.expect("drained");
@@ -219,7 +188,7 @@ async fn a_running_flusher_stops_writing_once_another_deployment_took_the_tables
     for db in databases(test).await {
         let clock = ManualClock::new(START_MS);
         let dir = tempfile::tempdir().expect("temp dir");
-        let (engine, journal) = start(dir.path(), clock.clone());
+        let (engine, journal) = start_on_rocks(dir.path(), clock.clone());
         let running = flusher(&db, journal.clone(), &engine).await;
         create_promotion(&engine).await;
         let sold = sell(&engine, 0, 10).await;

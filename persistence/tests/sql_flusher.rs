@@ -14,14 +14,6 @@ use sql_common::*;
 /// Enough time for any drain in a test; the tests assert outcomes, not speed.
 const GRACE: Duration = Duration::from_secs(120);
 
-async fn databases(test: &str) -> Vec<TestDb> {
-    let mut all = vec![TestDb::sqlite()];
-    if let Some(url) = postgres_url(test) {
-        all.push(TestDb::postgres(&url).await);
-    }
-    all
-}
-
 /// A sale of 3,000 orders: paid, cancelled, expired, and pending ones bought after the
 /// expiry freed stock.
 async fn sale(test: &TestEngine) -> Vec<String> {

@@ -4,35 +4,13 @@
 
 mod sql_common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use seckill_engine::{Engine, EngineConfig, ManualClock, NullSink, Ports};
-use seckill_persistence::journal::{JournalOptions, RocksJournal};
+use seckill_engine::ManualClock;
 use seckill_persistence::sql::Flusher;
 use sql_common::*;
 
 const GRACE: Duration = Duration::from_secs(120);
-
-fn start(data_dir: &std::path::Path, clock: Arc<ManualClock>) -> (Engine, Arc<RocksJournal>) {
-    let options = JournalOptions {
-        data_dir: data_dir.to_path_buf(),
-        ..JournalOptions::default()
-    };
-    let (journal, recovery) = RocksJournal::open(&options).expect("journal opens");
-    let config = EngineConfig {
-        shards: 2,
-        snapshot_every_events: 0,
-        ..EngineConfig::default()
-    };
-    let ports = Ports {
-        journal: journal.clone(),
-        clock,
-        sink: Arc::new(NullSink),
-    };
-    let engine = Engine::start(config, ports, recovery).expect("engine starts");
-    (engine, journal)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sale_on_the_rocks_journal_lands_in_sql_and_survives_a_restart() {
@@ -40,7 +18,7 @@ async fn a_sale_on_the_rocks_journal_lands_in_sql_and_survives_a_restart() {
     let db = TestDb::sqlite();
     let clock = ManualClock::new(START_MS);
 
-    let (engine, journal) = start(data_dir.path(), clock.clone());
+    let (engine, journal) = start_on_rocks(data_dir.path(), clock.clone());
     let flusher = Flusher::start(options(db.flusher_url()), journal.clone(), engine.clone())
         .await
         .expect("flusher starts");
@@ -54,7 +32,7 @@ async fn a_sale_on_the_rocks_journal_lands_in_sql_and_survives_a_restart() {
     drop(engine);
     drop(journal);
 
-    let (engine, journal) = start(data_dir.path(), clock.clone());
+    let (engine, journal) = start_on_rocks(data_dir.path(), clock.clone());
     ids.extend(sell(&engine, 2_000, 500).await);
     let flusher = Flusher::start(options(db.flusher_url()), journal.clone(), engine.clone())
         .await
@@ -76,7 +54,7 @@ async fn the_journal_never_trims_past_the_flusher_cursor() {
     let data_dir = tempfile::tempdir().expect("temp dir");
     let mut db = TestDb::sqlite();
     let clock = ManualClock::new(START_MS);
-    let (engine, journal) = start(data_dir.path(), clock.clone());
+    let (engine, journal) = start_on_rocks(data_dir.path(), clock.clone());
     let flusher = Flusher::start(options(db.flusher_url()), journal.clone(), engine.clone())
         .await
         .expect("flusher starts");

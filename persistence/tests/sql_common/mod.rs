@@ -15,6 +15,7 @@ use seckill_engine::{
     Engine, EngineConfig, ItemSpec, ManualClock, MemoryJournal, NullSink, Order, Ports,
     PromotionSpec, PurchaseRequest, Recovery,
 };
+use seckill_persistence::journal::{JournalOptions, RocksJournal};
 use seckill_persistence::sql::{
     ms_from_rfc3339, order_updated_at_ms, Flusher, FlusherHandle, FlusherOptions, SqlError,
 };
@@ -480,6 +481,43 @@ impl Proxy {
 }
 
 /// The test options: short pauses so a test runs quickly.
+/// SQLite always, and PostgreSQL when `SECKILL_TEST_DATABASE_URL` is set.
+pub async fn databases(test: &str) -> Vec<TestDb> {
+    let mut all = vec![TestDb::sqlite()];
+    if let Some(url) = postgres_url(test) {
+        all.push(TestDb::postgres(&url).await);
+    }
+    all
+}
+
+/// The engine of these tests: two shards, no snapshot thread.
+pub fn engine_config() -> EngineConfig {
+    EngineConfig {
+        shards: 2,
+        snapshot_every_events: 0,
+        ..EngineConfig::default()
+    }
+}
+
+/// An engine journaled in RocksDB in `data_dir`.
+pub fn start_on_rocks(
+    data_dir: &std::path::Path,
+    clock: Arc<ManualClock>,
+) -> (Engine, Arc<RocksJournal>) {
+    let options = JournalOptions {
+        data_dir: data_dir.to_path_buf(),
+        ..JournalOptions::default()
+    };
+    let (journal, recovery) = RocksJournal::open(&options).expect("journal opens");
+    let ports = Ports {
+        journal: journal.clone(),
+        clock,
+        sink: Arc::new(NullSink),
+    };
+    let engine = Engine::start(engine_config(), ports, recovery).expect("engine starts");
+    (engine, journal)
+}
+
 pub fn options(url: String) -> FlusherOptions {
     FlusherOptions {
         database_url: url,
@@ -508,17 +546,12 @@ impl TestEngine {
         } else {
             journal.recovery()
         };
-        let config = EngineConfig {
-            shards: 2,
-            snapshot_every_events: 0,
-            ..EngineConfig::default()
-        };
         let ports = Ports {
             journal: journal.clone(),
             clock: clock.clone(),
             sink: Arc::new(NullSink),
         };
-        let engine = Engine::start(config, ports, recovery).expect("engine starts");
+        let engine = Engine::start(engine_config(), ports, recovery).expect("engine starts");
         TestEngine {
             engine,
             journal,
