@@ -315,18 +315,11 @@ async fn restart_keeps_windows_and_orders() {
 
 #[tokio::test]
 async fn ended_items_leave_memory_and_stay_readable() {
-    let clock = seckill_engine::ManualClock::new(T0_MS);
-    let journal = seckill_engine::MemoryJournal::new();
-    let config = seckill_engine::EngineConfig {
+    let h = common::start_with(seckill_engine::EngineConfig {
         retain_ended_s: 60,
         ..common::config(2)
-    };
-    let engine = Engine::start(
-        config.clone(),
-        common::ports(&clock, &journal),
-        seckill_engine::Recovery::empty(),
-    )
-    .expect("start");
+    });
+    let engine = &h.engine;
     engine
         .create_promotion(spec("p", &[("a", 5, 1), ("b", 5, 1)], false))
         .await
@@ -352,22 +345,20 @@ async fn ended_items_leave_memory_and_stay_readable() {
     let stats_before = engine.promotion_stats("p").await.expect("stats");
 
     engine.stop_promotion("p").await.expect("stopped");
-    clock.advance_ms(59_000);
+    h.clock.advance_ms(59_000);
     engine.tick().await.expect("tick");
     let image = engine.snapshot().await.expect("snapshot");
     assert_eq!(image.items.len(), 2, "kept for --retain-ended-s");
-    clock.advance_ms(2_000);
+    h.clock.advance_ms(2_000);
     engine.tick().await.expect("tick");
     let image = engine.snapshot().await.expect("snapshot");
     assert!(image.items.is_empty(), "both items left memory");
 
-    check_archived(&engine, &paid, &cancelled, &stats_before.items).await;
-    engine.shutdown().await.expect("shutdown");
+    check_archived(engine, &paid, &cancelled, &stats_before.items).await;
     // A restart replays the archiving and reads the archive the same way.
-    let restarted = Engine::start(config, common::ports(&clock, &journal), journal.recovery())
-        .expect("restart");
-    check_archived(&restarted, &paid, &cancelled, &stats_before.items).await;
-    restarted.shutdown().await.expect("shutdown");
+    let h = h.restart().await;
+    check_archived(&h.engine, &paid, &cancelled, &stats_before.items).await;
+    h.engine.shutdown().await.expect("shutdown");
 }
 
 async fn check_archived(

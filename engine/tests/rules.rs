@@ -387,20 +387,11 @@ async fn unpaid_orders_expire_and_free_their_stock() {
 #[tokio::test]
 async fn expiry_happens_without_any_request_on_the_real_tick() {
     // The shard's own timer, not a request, expires the order (api.md: within 2 s).
-    let clock = seckill_engine::ManualClock::new(T0_MS);
-    let journal = seckill_engine::MemoryJournal::new();
-    let config = seckill_engine::EngineConfig {
-        shards: 1,
+    let h = common::start_with(seckill_engine::EngineConfig {
         expiry_tick_ms: 20,
-        snapshot_every_events: 0,
-        ..Default::default()
-    };
-    let engine = seckill_engine::Engine::start(
-        config,
-        common::ports(&clock, &journal),
-        seckill_engine::Recovery::empty(),
-    )
-    .expect("start");
+        ..common::config(1)
+    });
+    let (engine, clock) = (&h.engine, &h.clock);
     let mut s = spec("p", &[("a", 1, 1)], false);
     s.payment_timeout_s = 10;
     engine.create_promotion(s).await.expect("created");

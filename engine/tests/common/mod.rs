@@ -32,9 +32,13 @@ pub fn config(shards: usize) -> EngineConfig {
 }
 
 pub fn start(shards: usize) -> Harness {
+    start_with(config(shards))
+}
+
+/// An engine run by `config` on a fresh manual clock and in-memory journal.
+pub fn start_with(config: EngineConfig) -> Harness {
     let clock = ManualClock::new(T0_MS);
     let journal = MemoryJournal::new();
-    let config = config(shards);
     let engine = Engine::start(config.clone(), ports(&clock, &journal), Recovery::empty())
         .expect("engine starts");
     Harness {
