@@ -24,6 +24,7 @@ use seckill_engine::{Event, Journal, JournalError, MemoryJournal, Order, OrderSt
 use seckill_persistence::journal::{Durability, JournalOptions, RocksJournal};
 use seckill_persistence::sql::{
     drop_postgres_schema, EventSource, Flusher, FlusherHandle, FlusherOptions, SqlError,
+    SINGLE_LANE,
 };
 use tokio::task::JoinSet;
 
@@ -72,12 +73,21 @@ impl Journal for TeeLog {
     }
 }
 
+/// One log, so one lane: lane 0.
 impl EventSource for TeeLog {
+    fn lanes(&self) -> Vec<u32> {
+        vec![SINGLE_LANE]
+    }
+
     fn read_batches(
         &self,
+        lane: u32,
         after_seq: u64,
         batches_max: usize,
     ) -> Result<Vec<(u64, Vec<Event>)>, SqlError> {
+        if lane != SINGLE_LANE {
+            return Ok(Vec::new());
+        }
         let batches = self
             .batches()
             .ok_or_else(|| SqlError::Source(POISONED.into()))?;
@@ -85,11 +95,18 @@ impl EventSource for TeeLog {
         Ok(batches.range(from..).take(batches_max).cloned().collect())
     }
 
-    fn last_seq(&self) -> u64 {
-        self.last_seq.load(Ordering::SeqCst)
+    fn last_seq(&self, lane: u32) -> u64 {
+        if lane == SINGLE_LANE {
+            self.last_seq.load(Ordering::SeqCst)
+        } else {
+            0
+        }
     }
 
-    fn set_retain_floor(&self, seq: u64) {
+    fn set_retain_floor(&self, lane: u32, seq: u64) {
+        if lane != SINGLE_LANE {
+            return;
+        }
         if let Some(mut batches) = self.batches() {
             while batches.front().is_some_and(|(s, _)| *s <= seq) {
                 batches.pop_front();
@@ -310,7 +327,7 @@ async fn sale_lag(target: &Target, seconds: u64, kind: SaleLog) {
     }
     let sale_s = started.elapsed().as_secs_f64();
     let drain_started = Instant::now();
-    let log_end = source.last_seq();
+    let log_end = source.last_seq(SINGLE_LANE);
     while flusher.status().cursor_seq < log_end {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }

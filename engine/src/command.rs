@@ -83,6 +83,21 @@ pub(crate) enum Command {
 }
 
 impl Command {
+    /// True for the commands that may journal something (a suspended shard refuses them and
+    /// still answers the others: reads, installs, stops).
+    pub fn may_write(&self) -> bool {
+        matches!(
+            self,
+            Command::JournalCatalog { .. }
+                | Command::Token { .. }
+                | Command::Purchase { .. }
+                | Command::Cancel { .. }
+                | Command::Pay { .. }
+                | Command::Tick { .. }
+                | Command::Pause { .. }
+        )
+    }
+
     /// Answers the command with `error` instead of running it (a fenced shard).
     pub fn refuse(self, error: Error, replies: &mut Vec<Reply>) {
         match self {

@@ -114,8 +114,8 @@ pub use model::{
 };
 pub use order_log::OrderLog;
 pub use ports::{
-    BatchStream, Clock, Journal, ManualClock, MemoryJournal, NullSink, OrderSink, Ports, Recovery,
-    SystemClock,
+    BatchStream, Clock, Journal, ManualClock, MemoryJournal, NullSink, OrderSink, PendingAppend,
+    Ports, Recovery, SystemClock,
 };
 pub use pump::ReplyPump;
 pub use tokens::{TokenBook, TokenRecord};

@@ -60,6 +60,24 @@ pub trait Journal: Send + Sync + 'static {
     /// The highest sequence number handed out so far (0 when none).
     fn last_seq(&self) -> u64;
 
+    /// Asked by a shard, on its own thread, after its `append` failed: whether the journal
+    /// goes on writing that batch in the background (a replicated log waiting out an
+    /// election or an outage, retrying with the same message id). While it does, the shard
+    /// refuses writes and answers reads; once the batch lands, it carries on as if the append
+    /// had returned. The default: a failure is final ([`PendingAppend::Final`]), the shard
+    /// stays fenced until a restart.
+    fn pending_append(&self) -> PendingAppend {
+        PendingAppend::Final
+    }
+
+    /// Called by the snapshot taker while every shard is paused (nothing is being appended):
+    /// the point of the log the image will hold, which becomes `image.through_seq`. A log
+    /// of several streams notes where each one stands for the `save_snapshot` that follows.
+    /// The default: [`Journal::last_seq`].
+    fn snapshot_cut(&self) -> u64 {
+        self.last_seq()
+    }
+
     /// Stores a snapshot of the whole engine; the events up to `image.through_seq` are then
     /// no longer needed for recovery. The default keeps no snapshots.
     fn save_snapshot(&self, image: &EngineImage) -> Result<(), JournalError> {
@@ -99,6 +117,20 @@ pub trait Journal: Send + Sync + 'static {
         let _ = (key, user, request);
         Ok(None)
     }
+}
+
+/// What became of a batch whose `append` failed (see [`Journal::pending_append`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PendingAppend {
+    /// The failure stands: the batch may or may not be in the log, and nothing more will
+    /// be done about it in this process.
+    Final,
+    /// Still being written in the background; ask again later.
+    Waiting,
+    /// It is in the log after all, with this sequence number.
+    Landed(u64),
+    /// It never will be (the partition was taken over): the failure stands.
+    Failed(JournalError),
 }
 
 /// Time, as the engine sees it: unix milliseconds.

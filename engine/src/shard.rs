@@ -20,7 +20,7 @@ use crate::event::Event;
 use crate::item::{DecideContext, Decision, ItemState, Payment};
 use crate::model::ArchivedItem;
 use crate::model::{ItemStats, Order, PurchaseRequest, Purchased, TokenGrant};
-use crate::ports::{Clock, Journal, OrderSink};
+use crate::ports::{Clock, Journal, OrderSink, PendingAppend};
 use crate::pump::PumpBatch;
 use crate::shard_state::{ShardState, Slot};
 
@@ -66,8 +66,11 @@ pub(crate) struct Shard {
     /// The batch's answers for callers on threads with a [`crate::ReplyPump`].
     pumps: PumpBatch,
     touched: Vec<u64>,
-    /// Set once a journal write failed: every later command is refused.
+    /// Set once a journal write failed for good: every later command is refused.
     fenced: Option<Error>,
+    /// A batch whose append the journal goes on writing in the background: its effects are
+    /// in memory, so writes wait (refused) until it lands; reads are answered meanwhile.
+    suspended: Option<Suspended>,
     stopping: Option<tokio::sync::oneshot::Sender<Result<()>>>,
     /// This batch paused for a snapshot.
     paused: bool,
@@ -99,6 +102,7 @@ impl Shard {
             pumps: PumpBatch::default(),
             touched: Vec::new(),
             fenced: None,
+            suspended: None,
             stopping: None,
             paused: false,
             last_housekeeping: Instant::now(),
@@ -113,6 +117,9 @@ impl Shard {
                 Err(RecvTimeoutError::Timeout) => None,
                 Err(RecvTimeoutError::Disconnected) => break,
             };
+            if self.suspended.is_some() {
+                self.check_suspended();
+            }
             let now_ms = self.ports.clock.now_ms();
             self.upkeep(now_ms);
             if let Some(command) = first {
@@ -140,7 +147,7 @@ impl Shard {
 
     /// Expiries on every pass; the item scan of housekeeping once per tick.
     fn upkeep(&mut self, now_ms: i64) {
-        if self.fenced.is_some() {
+        if self.fenced.is_some() || self.suspended.is_some() {
             return;
         }
         // Housekeeping first: the gates it publishes then show journaled state only.
@@ -226,32 +233,99 @@ impl Shard {
         self.touched.clear();
     }
 
-    /// Appends the batch's events; on failure fences the shard.
+    /// Appends the batch's events; on failure suspends the shard (the journal goes on
+    /// writing the batch) or fences it (it does not).
     fn journal_batch(&mut self) -> Result<()> {
         let started = Instant::now();
         match self.ports.journal.append(&self.events) {
             Ok(seq) => {
                 metrics::histogram!("seckill_journal_append_seconds")
                     .record(started.elapsed().as_secs_f64());
-                metrics::histogram!("seckill_journal_batch_events")
-                    .record(self.events.len() as f64);
-                self.ports
-                    .counters
-                    .events_since_snapshot
-                    .fetch_add(self.events.len() as u64, Ordering::Relaxed);
-                self.publish_gates();
-                self.ports.sink.publish(seq, &self.events);
+                self.after_durable(seq);
                 Ok(())
             }
             Err(error) => {
-                tracing::error!(shard = self.settings.index, %error, "journal append failed; shard fenced until restart");
                 metrics::counter!("seckill_journal_errors_total").increment(1);
-                // Later commands were never tried: "not done". This batch may be on disk all
-                // the same (a write that reached the log before its fsync failed is replayed
-                // after a restart), so its callers learn the outcome by repeating the call.
-                self.fenced = Some(Error::Unavailable(error.to_string()));
-                Err(Error::OutcomeUnknown)
+                match self.ports.journal.pending_append() {
+                    PendingAppend::Landed(seq) => {
+                        self.after_durable(seq);
+                        Ok(())
+                    }
+                    PendingAppend::Waiting if self.events.iter().any(is_catalog_event) => {
+                        // The control thread heard "unknown" for this catalog change and
+                        // will not learn that it landed; only a restart's replay tells.
+                        self.fence(&error);
+                        Err(Error::OutcomeUnknown)
+                    }
+                    PendingAppend::Waiting => {
+                        tracing::warn!(shard = self.settings.index, %error, "journal append not answered in time; writes wait for it, reads go on");
+                        metrics::gauge!("seckill_shards_suspended").increment(1.0);
+                        self.suspended = Some(Suspended {
+                            events: std::mem::take(&mut self.events),
+                            touched: std::mem::take(&mut self.touched),
+                        });
+                        // The batch lands later, or never: its callers learn which by
+                        // repeating the call.
+                        Err(Error::OutcomeUnknown)
+                    }
+                    PendingAppend::Final | PendingAppend::Failed(_) => {
+                        self.fence(&error);
+                        Err(Error::OutcomeUnknown)
+                    }
+                }
             }
+        }
+    }
+
+    /// Later commands were never tried: "not done". The failed batch may be in the log all
+    /// the same (a write that reached it before its fsync failed is replayed after a
+    /// restart), so its callers learn the outcome by repeating the call.
+    fn fence(&mut self, error: &crate::error::JournalError) {
+        tracing::error!(shard = self.settings.index, %error, "journal append failed; shard fenced until restart");
+        self.fenced = Some(Error::Unavailable(error.to_string()));
+    }
+
+    /// What follows a durable batch: counters, gates, the sink.
+    fn after_durable(&mut self, seq: u64) {
+        metrics::histogram!("seckill_journal_batch_events").record(self.events.len() as f64);
+        self.ports
+            .counters
+            .events_since_snapshot
+            .fetch_add(self.events.len() as u64, Ordering::Relaxed);
+        self.publish_gates();
+        self.ports.sink.publish(seq, &self.events);
+    }
+
+    /// Asks the journal about the suspended batch: landed (carry on), lost for good
+    /// (fence), or still on its way.
+    fn check_suspended(&mut self) {
+        let outcome = self.ports.journal.pending_append();
+        if outcome == PendingAppend::Waiting {
+            return;
+        }
+        let Some(suspended) = self.suspended.take() else {
+            return;
+        };
+        metrics::gauge!("seckill_shards_suspended").decrement(1.0);
+        match outcome {
+            PendingAppend::Landed(seq) => {
+                tracing::info!(
+                    shard = self.settings.index,
+                    seq,
+                    "the suspended batch landed; writes resume"
+                );
+                debug_assert!(self.events.is_empty() && self.touched.is_empty());
+                self.events = suspended.events;
+                self.touched = suspended.touched;
+                self.after_durable(seq);
+                self.events.clear();
+                self.touched.clear();
+            }
+            PendingAppend::Failed(error) => self.fence(&error),
+            PendingAppend::Final => self.fence(&crate::error::JournalError(
+                "the journal gave up on a suspended batch".into(),
+            )),
+            PendingAppend::Waiting => unreachable!("returned above"),
         }
     }
 
@@ -274,6 +348,9 @@ impl Shard {
             Command::Shutdown { reply } => self.stopping = Some(reply),
             command => match self.fenced.clone() {
                 Some(error) => command.refuse(error, &mut self.replies),
+                None if self.suspended.is_some() && command.may_write() => {
+                    command.refuse(suspended_error(), &mut self.replies);
+                }
                 None => self.run_command(command, now_ms),
             },
         }
@@ -368,6 +445,11 @@ impl Shard {
             let _ = image.send(Err(error.clone()));
             return;
         }
+        if self.suspended.is_some() {
+            // The commit above may have left a batch pending: memory is ahead of the log.
+            let _ = image.send(Err(suspended_error()));
+            return;
+        }
         let copy = self
             .state
             .items
@@ -450,6 +532,15 @@ impl Shard {
     }
 
     fn read_order(&self, order: &OrderAddress, user_id: Option<&str>) -> Result<Order> {
+        if self
+            .suspended
+            .as_ref()
+            .is_some_and(|s| s.changes_order(&order.order_id))
+        {
+            // Its last change is not in the log yet and may never be: no answer beats a
+            // state the log may not confirm.
+            return Err(suspended_error());
+        }
         match self.state.items.get(&order.key) {
             Some(slot) => slot
                 .state
@@ -530,4 +621,27 @@ impl Shard {
 /// A fresh purchase token: 128 random bits, so tokens cannot be guessed from each other.
 fn new_token() -> String {
     format!("{:032x}", rand::random::<u128>())
+}
+
+/// A batch the journal is still writing (see `Shard::suspended`).
+#[derive(Debug)]
+struct Suspended {
+    events: Vec<Event>,
+    touched: Vec<u64>,
+}
+
+impl Suspended {
+    fn changes_order(&self, order_id: &str) -> bool {
+        self.events
+            .iter()
+            .any(|event| event.order().is_some_and(|o| o.order_id == order_id))
+    }
+}
+
+fn is_catalog_event(event: &Event) -> bool {
+    event.item_key().is_none()
+}
+
+fn suspended_error() -> Error {
+    Error::Unavailable("the journal is not answering; writes resume once it is back".into())
 }

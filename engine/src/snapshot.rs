@@ -74,8 +74,9 @@ fn take(core: &Core) -> Result<EngineImage> {
             Err(_) => return Err(Error::ShardDown(shard)),
         }
     }
-    // Every shard is parked: nothing is being appended.
-    let through_seq = core.journal.last_seq();
+    // Every shard is parked: nothing is being appended. The journal notes where its log
+    // stands now (a log of several streams notes each one), before the shards resume.
+    let through_seq = core.journal.snapshot_cut();
     let promotions = promotion_images(core);
     core.counters
         .events_since_snapshot

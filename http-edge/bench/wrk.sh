@@ -14,8 +14,22 @@
 # the servers. 256 connections: a flash sale is many concurrent shoppers, and the durable
 # path's rate is (requests waiting per fsync) / (fsync latency), so it grows with them.
 #
+# The journal behind the accept path (SECKILL_WRK_JOURNAL):
+#   rocksdb    the embedded RocksDB journal, a fresh data dir, --durability sync (the default
+#              when SECKILL_WRK_NATS_URLS is unset);
+#   jetstream  a one-node cluster on NATS JetStream: --cluster "$SECKILL_WRK_NATS_URLS"
+#              --partitions 16 --replicas 3 under a cluster prefix of its own (W + random hex,
+#              so runs sharing the NATS cluster never meet) and --database-url
+#              "$SECKILL_WRK_DATABASE_URL" (a cluster needs PostgreSQL); a 2xx means a quorum
+#              of NATS servers has the order;
+#   both       rocksdb, then jetstream, one after the other, each with its own nginx rounds,
+#              and the ratio of their accept paths (the default when SECKILL_WRK_NATS_URLS is
+#              set).
+#
 # Usage: http-edge/bench/wrk.sh   (env: DURATION=5s ROUNDS=3 THREADS=2 CONNECTIONS=256
 #        SHARDS=N to pass --shards; default: the engine's, one per core)
+#   SECKILL_WRK_NATS_URLS=nats://127.0.0.1:14222,nats://127.0.0.1:14223,nats://127.0.0.1:14224 \
+#   SECKILL_WRK_DATABASE_URL=postgres://postgres@127.0.0.1:5432/seckill_wrk http-edge/bench/wrk.sh
 # Needs wrk and nginx (Debian: apt-get install -y wrk nginx-light; done here when missing).
 set -euo pipefail
 
@@ -25,6 +39,24 @@ DURATION="${DURATION:-5s}"
 ROUNDS="${ROUNDS:-3}"
 THREADS="${THREADS:-2}"
 CONNECTIONS="${CONNECTIONS:-256}"
+# Lower-case names, so that an exported DATABASE_URL (read by sqlx, by cargo builds) is left alone.
+nats_urls="${SECKILL_WRK_NATS_URLS:-}"
+database_url="${SECKILL_WRK_DATABASE_URL:-}"
+if [ -n "$nats_urls" ]; then journal_mode="${SECKILL_WRK_JOURNAL:-both}"; else journal_mode="${SECKILL_WRK_JOURNAL:-rocksdb}"; fi
+case "$journal_mode" in
+  rocksdb) journals=(rocksdb) ;;
+  jetstream) journals=(jetstream) ;;
+  both) journals=(rocksdb jetstream) ;;
+  *) echo "wrk.sh: SECKILL_WRK_JOURNAL must be rocksdb, jetstream or both, not '$journal_mode'" >&2; exit 2 ;;
+esac
+if [ "$journal_mode" != rocksdb ]; then
+  [ -n "$nats_urls" ] || { echo "wrk.sh: SECKILL_WRK_JOURNAL=$journal_mode needs SECKILL_WRK_NATS_URLS (nats://HOST:PORT,...)" >&2; exit 2; }
+  # Checked before anything is built or started: --cluster refuses the SQLite default.
+  case "$database_url" in
+    postgres://*|postgresql://*) ;;
+    *) echo "wrk.sh: SECKILL_WRK_JOURNAL=$journal_mode needs SECKILL_WRK_DATABASE_URL=postgres://... (or SECKILL_WRK_JOURNAL=rocksdb)" >&2; exit 2 ;;
+  esac
+fi
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 # shellcheck source=/dev/null
 source "$root/.ci/env"
@@ -40,17 +72,33 @@ echo "building seckill (release)" >&2
 seckill="$CARGO_TARGET_DIR/release/seckill"
 
 work="$(mktemp -d)"
-pids=()
+nginx_pid=""
+server_pid=""
+# Stops the current seckill server by its pid: SIGTERM (a clean stop hands a cluster node's
+# partition leases back), then SIGKILL if it is still there after 10 s.
+stop_seckill() {
+  [ -n "$server_pid" ] || return 0
+  kill -TERM "$server_pid" 2>/dev/null || true
+  for _ in $(seq 1 100); do
+    kill -0 "$server_pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  kill -KILL "$server_pid" 2>/dev/null || true
+  wait "$server_pid" 2>/dev/null || true
+  server_pid=""
+}
 cleanup() {
-  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
+  stop_seckill
+  if [ -n "$nginx_pid" ]; then
+    kill -TERM "$nginx_pid" 2>/dev/null || true
+    wait "$nginx_pid" 2>/dev/null || true
+  fi
   rm -rf "$work"
 }
 trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 nginx_port="$(free_port)"
-seckill_port="$(free_port)"
 
 # --- nginx: a static 200, no logging
 mkdir -p "$work/nginx"
@@ -73,9 +121,9 @@ http {
 }
 EOF
 nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" -g 'daemon off;' &
-pids+=("$!")
+nginx_pid="$!"
 
-# --- seckill: header mode, rate limits off, fresh data dir, sync durability
+# --- seckill: header mode, rate limits off
 cat > "$work/seckill.toml" <<EOF
 [rate_limit.token]
 per_s = 0
@@ -87,26 +135,54 @@ burst = 0
 per_s = 0
 burst = 0
 EOF
-RUST_LOG=warn "$seckill" serve --auth header --admin-key bench-admin-key \
-  --data-dir "$work/data" --listen "127.0.0.1:$seckill_port" --config "$work/seckill.toml" \
-  --durability sync ${SHARDS:+--shards "$SHARDS"} > "$work/seckill.out" 2> "$work/seckill.err" &
-pids+=("$!")
 
-for _ in $(seq 1 200); do
-  if curl -sf "http://127.0.0.1:$seckill_port/readyz" >/dev/null \
-     && curl -sf "http://127.0.0.1:$nginx_port/" >/dev/null; then
-    break
-  fi
-  sleep 0.1
-done
-curl -sf "http://127.0.0.1:$seckill_port/readyz" >/dev/null || { cat "$work/seckill.err" >&2; exit 1; }
+# Starts seckill on journal $1 on a new port, with its own data dir, and creates the
+# promotion; sets seckill_port, server_pid and promotion (its id: a new one per run on a
+# cluster, whose PostgreSQL database outlives the run).
+start_seckill() {
+  local journal="$1"
+  seckill_port="$(free_port)"
+  local -a journal_args
+  case "$journal" in
+    rocksdb)
+      promotion="bench"
+      journal_args=(--durability sync)
+      ;;
+    jetstream)
+      local tag
+      tag="$(printf '%04X%04X%04X%04X' "$RANDOM" "$RANDOM" "$RANDOM" "$RANDOM")"
+      promotion="bench-w$tag"
+      journal_args=(--cluster "$nats_urls" --node-id wrk --advertise "http://127.0.0.1:$seckill_port"
+        --partitions 16 --replicas 3 --cluster-prefix "W$tag" --database-url "$database_url")
+      ;;
+  esac
+  RUST_LOG=warn "$seckill" serve --auth header --admin-key bench-admin-key \
+    --data-dir "$work/data-$journal" --listen "127.0.0.1:$seckill_port" --config "$work/seckill.toml" \
+    "${journal_args[@]}" ${SHARDS:+--shards "$SHARDS"} \
+    > "$work/seckill-$journal.out" 2> "$work/seckill-$journal.err" &
+  server_pid="$!"
+  # Up to 60 s: a cluster node creates its streams and takes its partitions' leases first.
+  for _ in $(seq 1 600); do
+    if curl -sf "http://127.0.0.1:$seckill_port/readyz" >/dev/null \
+       && curl -sf "http://127.0.0.1:$nginx_port/" >/dev/null; then
+      break
+    fi
+    kill -0 "$server_pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  curl -sf "http://127.0.0.1:$seckill_port/readyz" >/dev/null || {
+    echo "wrk.sh: seckill on $journal is not ready:" >&2
+    cat "$work/seckill-$journal.err" >&2
+    exit 1
+  }
 
-curl -sf -X POST "http://127.0.0.1:$seckill_port/admin/promotions" \
-  -H 'Authorization: Bearer bench-admin-key' -H 'Content-Type: application/json' \
-  -d '{"id": "bench", "name": "Bench", "starts_at": "2020-01-01T00:00:00Z",
-       "ends_at": "2099-01-01T00:00:00Z", "require_token": false,
-       "items": [{"sku": "gone", "stock": 0, "price_cents": 100},
-                 {"sku": "plenty", "stock": 1000000000, "price_cents": 100}]}' >/dev/null
+  curl -sf -X POST "http://127.0.0.1:$seckill_port/admin/promotions" \
+    -H 'Authorization: Bearer bench-admin-key' -H 'Content-Type: application/json' \
+    -d '{"id": "'"$promotion"'", "name": "Bench", "starts_at": "2020-01-01T00:00:00Z",
+         "ends_at": "2099-01-01T00:00:00Z", "require_token": false,
+         "items": [{"sku": "gone", "stock": 0, "price_cents": 100},
+                   {"sku": "plenty", "stock": 1000000000, "price_cents": 100}]}' >/dev/null
+}
 
 # One new shopper per request: run tag (unique per wrk run) + thread number + counter. Without
 # the run tag a later round would replay earlier rounds' request ids and measure the
@@ -147,37 +223,69 @@ measure() {
 }
 
 median() { sort -g | awk '{v[NR]=$1} END { if (NR == 0) print "?"; else print v[int((NR + 1) / 2)] }'; }
-: > "$work/nginx.txt"; : > "$work/storm.txt"; : > "$work/accept.txt"
-for round in $(seq 1 "$ROUNDS"); do
-  echo "round $round of $ROUNDS" >&2
-  measure "nginx static 200" "http://127.0.0.1:$nginx_port/promotions/bench/items/gone/purchase" \
-    -s "$work/purchase.lua" >> "$work/nginx.txt"
-  measure "sold-out storm" "http://127.0.0.1:$seckill_port/promotions/bench/items/gone/purchase" \
-    -s "$work/purchase.lua" >> "$work/storm.txt"
-  measure "durable accept path" "http://127.0.0.1:$seckill_port/promotions/bench/items/plenty/purchase" \
-    -s "$work/purchase.lua" >> "$work/accept.txt"
-done
 column_median() { awk -v c="$2" '{print $c}' "$1" | median; }
-nginx_rps="$(column_median "$work/nginx.txt" 1)"; nginx_p99="$(column_median "$work/nginx.txt" 2)"
-storm_rps="$(column_median "$work/storm.txt" 1)"; storm_p99="$(column_median "$work/storm.txt" 2)"
-accept_rps="$(column_median "$work/accept.txt" 1)"; accept_p99="$(column_median "$work/accept.txt" 2)"
-storm_non2xx="$(awk '{s += $3} END {print s}' "$work/storm.txt")"
-accept_non2xx="$(awk '{s += $3} END {print s}' "$work/accept.txt")"
-
-fsync="$(curl -sf "http://127.0.0.1:$seckill_port/metrics" | awk '
-  /^seckill_log_fsync_seconds_sum/ {s=$2} /^seckill_log_fsync_seconds_count/ {c=$2}
-  /^seckill_log_batch_events_sum/ {es=$2} /^seckill_log_batch_events_count/ {ec=$2}
-  END { if (c > 0 && ec > 0) printf "fsync %.2f ms avg, %.1f events per append", 1000*s/c, es/ec }')"
-stats="$(curl -sf "http://127.0.0.1:$seckill_port/admin/promotions/bench" -H 'Authorization: Bearer bench-admin-key')"
-sold_or_reserved="$(python3 -c 'import json,sys; d=json.load(sys.stdin); i=[x for x in d["items"] if x["sku"]=="plenty"][0]; print(i["reserved"]+i["sold"])' <<<"$stats")"
-
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
+
+# Measures journal $1 on a server of its own, stopped afterwards: ROUNDS interleaved rounds of
+# nginx, storm and accept path (nginx in every phase, so that a phase's ratios compare servers
+# measured at the same time), then its journal metrics and accepted orders. Leaves its table
+# rows in "$work/$1.summary" and its accept path's median req/s in "$work/$1.accept".
+bench_journal() {
+  local journal="$1"
+  start_seckill "$journal"
+  local base="http://127.0.0.1:$seckill_port/promotions/$promotion/items"
+  : > "$work/$journal-nginx.txt"; : > "$work/$journal-storm.txt"; : > "$work/$journal-accept.txt"
+  for round in $(seq 1 "$ROUNDS"); do
+    echo "$journal: round $round of $ROUNDS" >&2
+    measure "$journal: nginx static 200" "http://127.0.0.1:$nginx_port/promotions/bench/items/gone/purchase" \
+      -s "$work/purchase.lua" >> "$work/$journal-nginx.txt"
+    measure "$journal: sold-out storm" "$base/gone/purchase" \
+      -s "$work/purchase.lua" >> "$work/$journal-storm.txt"
+    measure "$journal: durable accept path" "$base/plenty/purchase" \
+      -s "$work/purchase.lua" >> "$work/$journal-accept.txt"
+  done
+  local nginx_rps nginx_p99 storm_rps storm_p99 accept_rps accept_p99 storm_non2xx accept_non2xx
+  nginx_rps="$(column_median "$work/$journal-nginx.txt" 1)"; nginx_p99="$(column_median "$work/$journal-nginx.txt" 2)"
+  storm_rps="$(column_median "$work/$journal-storm.txt" 1)"; storm_p99="$(column_median "$work/$journal-storm.txt" 2)"
+  accept_rps="$(column_median "$work/$journal-accept.txt" 1)"; accept_p99="$(column_median "$work/$journal-accept.txt" 2)"
+  storm_non2xx="$(awk '{s += $3} END {print s}' "$work/$journal-storm.txt")"
+  accept_non2xx="$(awk '{s += $3} END {print s}' "$work/$journal-accept.txt")"
+
+  local metrics stats sold_or_reserved
+  metrics="$(curl -sf "http://127.0.0.1:$seckill_port/metrics" | awk '
+    /^seckill_log_fsync_seconds_sum/ {s=$2} /^seckill_log_fsync_seconds_count/ {c=$2}
+    /^seckill_log_batch_events_sum/ {es=$2} /^seckill_log_batch_events_count/ {ec=$2}
+    END {
+      if (c > 0) printf "fsync %.2f ms avg", 1000*s/c
+      if (c > 0 && ec > 0) printf ", "
+      if (ec > 0) printf "%.1f events per append", es/ec
+    }' || true)"
+  stats="$(curl -sf "http://127.0.0.1:$seckill_port/admin/promotions/$promotion" \
+    -H 'Authorization: Bearer bench-admin-key' || true)"
+  sold_or_reserved="$(python3 -c 'import json,sys; d=json.load(sys.stdin); i=[x for x in d["items"] if x["sku"]=="plenty"][0]; print(i["reserved"]+i["sold"])' <<<"$stats" 2>/dev/null || echo "?")"
+  stop_seckill
+
+  {
+    printf '%-34s %12s %10s %s\n' "[$journal] nginx static 200" "$nginx_rps" "$nginx_p99" "ceiling"
+    printf '%-34s %12s %10s %s\n' "[$journal] sold-out storm" "$storm_rps" "$storm_p99" \
+      "ratio $(ratio "$storm_rps" "$nginx_rps") (target 0.7); $storm_non2xx answers 409 sold_out"
+    printf '%-34s %12s %10s %s\n' "[$journal] durable accept path" "$accept_rps" "$accept_p99" \
+      "ratio $(ratio "$accept_rps" "$nginx_rps") (target 0.4); $sold_or_reserved orders accepted, $accept_non2xx non-2xx"
+    echo "[$journal] journal: ${metrics:-no fsync or batch metrics}"
+  } > "$work/$journal.summary"
+  echo "$accept_rps" > "$work/$journal.accept"
+}
+
+for journal in "${journals[@]}"; do
+  bench_journal "$journal"
+done
+
 echo
-echo "seckill HTTP edge, wrk -t$THREADS -c$CONNECTIONS -d$DURATION, median of $ROUNDS interleaved rounds, $(nproc) cores, same machine"
-printf '%-22s %12s %10s %s\n' "scenario" "req/s" "p99 ms" "notes"
-printf '%-22s %12s %10s %s\n' "nginx static 200" "$nginx_rps" "$nginx_p99" "ceiling"
-printf '%-22s %12s %10s %s\n' "sold-out storm" "$storm_rps" "$storm_p99" \
-  "ratio $(ratio "$storm_rps" "$nginx_rps") (target 0.7); $storm_non2xx answers 409 sold_out"
-printf '%-22s %12s %10s %s\n' "durable accept path" "$accept_rps" "$accept_p99" \
-  "ratio $(ratio "$accept_rps" "$nginx_rps") (target 0.4); $sold_or_reserved orders accepted, $accept_non2xx non-2xx"
-echo "journal: $fsync"
+echo "seckill HTTP edge, wrk -t$THREADS -c$CONNECTIONS -d$DURATION, median of $ROUNDS interleaved rounds per journal, $(nproc) cores, same machine"
+printf '%-34s %12s %10s %s\n' "scenario" "req/s" "p99 ms" "notes"
+for journal in "${journals[@]}"; do
+  cat "$work/$journal.summary"
+done
+if [ "${#journals[@]}" -gt 1 ]; then
+  echo "durable accept path, jetstream / rocksdb: $(ratio "$(cat "$work/jetstream.accept")" "$(cat "$work/rocksdb.accept")")"
+fi

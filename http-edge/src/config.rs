@@ -33,6 +33,23 @@ pub const SHARDS_MAX: u16 = 1024;
 pub const DEFAULT_RETAIN_ENDED_S: u64 = 86_400;
 /// Longest `retain_ended_s` accepted: ten years.
 pub const RETAIN_ENDED_S_MAX: u64 = 10 * 365 * 86_400;
+/// Most partitions a cluster may be cut into (`--partitions`).
+pub const PARTITIONS_MAX: u32 = 4096;
+/// Default copies of every stream on the NATS servers: three, so one server may be lost.
+pub const DEFAULT_REPLICAS: u8 = 3;
+/// Most copies accepted: JetStream itself replicates a stream at most five times.
+pub const REPLICAS_MAX: u8 = 5;
+/// Default name prefix of the journal's streams and buckets in NATS.
+pub const DEFAULT_CLUSTER_PREFIX: &str = "SECKILL";
+/// Longest prefix accepted: stream and bucket names are built from it and stay short.
+pub const CLUSTER_PREFIX_LEN_MAX: usize = 32;
+/// Default time a partition lease lives after its last renewal: a dead node's partitions
+/// are taken over about this long after it died.
+pub const DEFAULT_LEASE_TTL_S: u64 = 6;
+/// Longest lease accepted: beyond a minute a dead node's items stay unavailable too long.
+pub const LEASE_TTL_S_MAX: u64 = 60;
+/// Longest `--node-id` accepted.
+pub const NODE_ID_LEN_MAX: usize = 64;
 
 /// The command line.
 #[derive(Debug, Parser)]
@@ -132,6 +149,37 @@ pub struct ServeArgs {
     /// stay readable [default: 86400]
     #[arg(long, env = "SECKILL_RETAIN_ENDED_S", value_name = "SECONDS")]
     pub retain_ended_s: Option<u64>,
+    /// Runs this node in a cluster whose journal is NATS JetStream: the NATS servers,
+    /// comma-separated (nats://HOST:4222,...); needs --node-id, --advertise and a PostgreSQL
+    /// --database-url
+    #[arg(long, env = "SECKILL_CLUSTER", value_name = "URLS")]
+    #[arg(hide_env_values = true)]
+    pub cluster: Option<String>,
+    /// This node's name in the cluster (1 to 64 of A-Z a-z 0-9 - _), unique among its nodes
+    #[arg(long, env = "SECKILL_NODE_ID", value_name = "NAME")]
+    pub node_id: Option<String>,
+    /// Where the other nodes reach this one: http://HOST:PORT
+    #[arg(long, env = "SECKILL_ADVERTISE", value_name = "URL")]
+    pub advertise: Option<String>,
+    /// Partitions of the item space, fixed when the cluster is first started (1..=4096)
+    /// [default: the cluster's own count, or 64 for a new cluster]
+    #[arg(long, env = "SECKILL_PARTITIONS", value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(PARTITIONS_MAX)))]
+    pub partitions: Option<u32>,
+    /// Copies of every stream on the NATS servers; a write is acknowledged once a quorum of
+    /// them has it (1..=5) [default: 3]
+    #[arg(long, env = "SECKILL_REPLICAS", value_name = "N",
+          value_parser = clap::value_parser!(u8).range(1..=i64::from(REPLICAS_MAX)))]
+    pub replicas: Option<u8>,
+    /// Name prefix of the journal's streams and buckets in NATS (A-Z 0-9 _), so that several
+    /// deployments or tests can share one NATS cluster [default: SECKILL]
+    #[arg(long, env = "SECKILL_CLUSTER_PREFIX", value_name = "NAME")]
+    pub cluster_prefix: Option<String>,
+    /// Seconds a partition lease lives after its last renewal: a dead node's partitions are
+    /// taken over after about this long (1..=60) [default: 6]
+    #[arg(long, env = "SECKILL_LEASE_TTL_S", value_name = "SECONDS",
+          value_parser = clap::value_parser!(u64).range(1..=LEASE_TTL_S_MAX))]
+    pub lease_ttl_s: Option<u64>,
     /// TOML file with the same keys (and `[rate_limit]`, `request_timeout_ms`)
     #[arg(long, env = "SECKILL_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -194,6 +242,13 @@ pub struct FileConfig {
     pub durability: Option<Durability>,
     pub shards: Option<u16>,
     pub retain_ended_s: Option<u64>,
+    pub cluster: Option<String>,
+    pub node_id: Option<String>,
+    pub advertise: Option<String>,
+    pub partitions: Option<u32>,
+    pub replicas: Option<u8>,
+    pub cluster_prefix: Option<String>,
+    pub lease_ttl_s: Option<u64>,
     pub request_timeout_ms: Option<u64>,
     pub shutdown_grace_s: Option<u64>,
     pub rate_limit: Option<RateLimitConfig>,
@@ -223,6 +278,63 @@ pub struct Config {
     pub shutdown_grace_s: u64,
     pub rate_limit: RateLimitConfig,
     pub unsafe_memory_journal: bool,
+    /// Some: this node is part of a cluster and its journal is NATS JetStream.
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// `--cluster` and its companions, checked: this node's place in a cluster whose journal is
+/// NATS JetStream.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// The NATS servers, each `nats://` or `tls://`.
+    pub urls: Vec<String>,
+    /// This node's name: the holder its partition leases name.
+    pub node_id: String,
+    /// `http://HOST:PORT`, where the other nodes reach this one.
+    pub advertise: String,
+    /// None: the count the cluster stored when it was created, or the journal's default
+    /// for a new cluster.
+    pub partitions: Option<u32>,
+    /// Copies of every stream and bucket; an append is acknowledged on a quorum of them.
+    pub replicas: usize,
+    /// Prefix of every stream and bucket name in NATS.
+    pub prefix: String,
+    /// A partition lease lapses this long after its last renewal.
+    pub lease_ttl_s: u64,
+}
+
+impl ClusterConfig {
+    /// The NATS URLs for a log line: comma-separated, without credentials.
+    pub fn urls_for_log(&self) -> String {
+        let urls: Vec<String> = self.urls.iter().map(|u| without_credentials(u)).collect();
+        urls.join(",")
+    }
+}
+
+impl std::fmt::Debug for ClusterConfig {
+    // A NATS URL may carry a user and password: they never reach a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterConfig")
+            .field("urls", &self.urls_for_log())
+            .field("node_id", &self.node_id)
+            .field("advertise", &self.advertise)
+            .field("partitions", &self.partitions)
+            .field("replicas", &self.replicas)
+            .field("prefix", &self.prefix)
+            .field("lease_ttl_s", &self.lease_ttl_s)
+            .finish()
+    }
+}
+
+/// `url` with any `user:password@` replaced by `***@`, for logs and messages.
+pub fn without_credentials(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => match rest.rsplit_once('@') {
+            Some((_, host)) => format!("{scheme}://***@{host}"),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
 }
 
 impl std::fmt::Debug for Config {
@@ -239,6 +351,7 @@ impl std::fmt::Debug for Config {
             .field("retain_ended_s", &self.retain_ended_s)
             .field("request_timeout_ms", &self.request_timeout_ms)
             .field("rate_limit", &self.rate_limit)
+            .field("cluster", &self.cluster)
             .finish_non_exhaustive()
     }
 }
@@ -259,6 +372,27 @@ pub enum ConfigError {
     Empty { field: &'static str },
     #[error("{field}: {reason}")]
     OutOfRange { field: &'static str, reason: String },
+    #[error(
+        "{flag} only applies to a node of a cluster: add --cluster nats://HOST:4222,... or \
+         leave {flag} out"
+    )]
+    NeedsCluster { flag: &'static str },
+    #[error("--cluster needs {flag}: pass {flag} {value} or set {env}")]
+    ClusterNeeds {
+        flag: &'static str,
+        value: &'static str,
+        env: &'static str,
+    },
+    #[error(
+        "a cluster needs PostgreSQL (--database-url postgres://...): every node writes the \
+         same orders database, and the SQLite default is one node's file"
+    )]
+    ClusterNeedsPostgres,
+    #[error(
+        "--cluster and --unsafe-memory-journal cannot be used together: a cluster's journal is \
+         NATS JetStream"
+    )]
+    ClusterWithMemoryJournal,
 }
 
 impl Config {
@@ -274,11 +408,12 @@ impl Config {
     }
 
     /// Fills what flags and environment left unset from the file, then from the defaults.
-    pub fn resolve(args: ServeArgs) -> Result<Config, ConfigError> {
-        let file = match &args.config {
+    pub fn resolve(mut args: ServeArgs) -> Result<Config, ConfigError> {
+        let mut file = match &args.config {
             Some(path) => read_file(path)?,
             None => FileConfig::default(),
         };
+        let cluster = ClusterInput::take(&mut args, &mut file);
         let data_dir = args
             .data_dir
             .or(file.data_dir)
@@ -289,6 +424,7 @@ impl Config {
             resolve_admin_key(args.admin_key.or(file.admin_key))?;
         let database_url = args.database_url.or(file.database_url);
         let database_url = resolve_database_url(database_url, &data_dir)?;
+        let cluster = resolve_cluster(cluster, &database_url, args.unsafe_memory_journal)?;
         let shards = resolve_shards(args.shards.or(file.shards))?;
         let request_timeout_ms = resolve_request_timeout_ms(file.request_timeout_ms)?;
         let rate_limit = resolve_rate_limit(file.rate_limit)?;
@@ -315,7 +451,199 @@ impl Config {
             shutdown_grace_s: file.shutdown_grace_s.unwrap_or(DEFAULT_SHUTDOWN_GRACE_S),
             rate_limit,
             unsafe_memory_journal: args.unsafe_memory_journal,
+            cluster,
         })
+    }
+}
+
+/// The cluster settings as given (flag or environment, else the file), not yet checked.
+#[derive(Debug, Default)]
+struct ClusterInput {
+    urls: Option<String>,
+    node_id: Option<String>,
+    advertise: Option<String>,
+    partitions: Option<u32>,
+    replicas: Option<u8>,
+    prefix: Option<String>,
+    lease_ttl_s: Option<u64>,
+}
+
+impl ClusterInput {
+    fn take(args: &mut ServeArgs, file: &mut FileConfig) -> ClusterInput {
+        ClusterInput {
+            urls: args.cluster.take().or(file.cluster.take()),
+            node_id: args.node_id.take().or(file.node_id.take()),
+            advertise: args.advertise.take().or(file.advertise.take()),
+            partitions: args.partitions.or(file.partitions),
+            replicas: args.replicas.or(file.replicas),
+            prefix: args.cluster_prefix.take().or(file.cluster_prefix.take()),
+            lease_ttl_s: args.lease_ttl_s.or(file.lease_ttl_s),
+        }
+    }
+
+    /// The first setting given that only a cluster node uses, as its flag.
+    fn first_cluster_only_flag(&self) -> Option<&'static str> {
+        [
+            ("--node-id", self.node_id.is_some()),
+            ("--advertise", self.advertise.is_some()),
+            ("--partitions", self.partitions.is_some()),
+            ("--replicas", self.replicas.is_some()),
+            ("--cluster-prefix", self.prefix.is_some()),
+            ("--lease-ttl-s", self.lease_ttl_s.is_some()),
+        ]
+        .into_iter()
+        .find_map(|(flag, given)| given.then_some(flag))
+    }
+}
+
+/// `None` without `--cluster` (and then no cluster-only setting may be given); otherwise
+/// every cluster setting checked, with PostgreSQL and a durable journal required.
+fn resolve_cluster(
+    input: ClusterInput,
+    database_url: &str,
+    unsafe_memory_journal: bool,
+) -> Result<Option<ClusterConfig>, ConfigError> {
+    let urls = match input.urls.as_deref() {
+        None => {
+            return match input.first_cluster_only_flag() {
+                Some(flag) => Err(ConfigError::NeedsCluster { flag }),
+                None => Ok(None),
+            };
+        }
+        Some(urls) => resolve_cluster_urls(urls)?,
+    };
+    if unsafe_memory_journal {
+        return Err(ConfigError::ClusterWithMemoryJournal);
+    }
+    if !is_postgres(database_url) {
+        return Err(ConfigError::ClusterNeedsPostgres);
+    }
+    Ok(Some(ClusterConfig {
+        urls,
+        node_id: resolve_node_id(input.node_id)?,
+        advertise: resolve_advertise(input.advertise)?,
+        partitions: resolve_partitions(input.partitions)?,
+        replicas: resolve_replicas(input.replicas)?,
+        prefix: resolve_cluster_prefix(input.prefix)?,
+        lease_ttl_s: resolve_lease_ttl_s(input.lease_ttl_s)?,
+    }))
+}
+
+fn is_postgres(database_url: &str) -> bool {
+    database_url.starts_with("postgres://") || database_url.starts_with("postgresql://")
+}
+
+/// The comma-separated NATS URLs; each must name a host after `nats://` or `tls://`.
+fn resolve_cluster_urls(list: &str) -> Result<Vec<String>, ConfigError> {
+    let urls: Vec<String> = list
+        .split(',')
+        .map(str::trim)
+        .filter(|url| !url.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if urls.is_empty() {
+        return Err(ConfigError::Empty { field: "cluster" });
+    }
+    for url in &urls {
+        let host = url
+            .strip_prefix("nats://")
+            .or_else(|| url.strip_prefix("tls://"));
+        if host.is_none_or(str::is_empty) {
+            return Err(ConfigError::OutOfRange {
+                field: "cluster",
+                reason: format!(
+                    "{} is not a NATS URL: each must start with nats:// (or tls://)",
+                    without_credentials(url)
+                ),
+            });
+        }
+    }
+    Ok(urls)
+}
+
+fn resolve_node_id(node_id: Option<String>) -> Result<String, ConfigError> {
+    let Some(node_id) = node_id else {
+        return Err(ConfigError::ClusterNeeds {
+            flag: "--node-id",
+            value: "NAME",
+            env: "SECKILL_NODE_ID",
+        });
+    };
+    let allowed = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
+    if node_id.is_empty() || node_id.len() > NODE_ID_LEN_MAX || !node_id.chars().all(allowed) {
+        return Err(ConfigError::OutOfRange {
+            field: "node_id",
+            reason: format!("must be 1 to {NODE_ID_LEN_MAX} of A-Z, a-z, 0-9, - and _"),
+        });
+    }
+    Ok(node_id)
+}
+
+fn resolve_advertise(advertise: Option<String>) -> Result<String, ConfigError> {
+    let Some(url) = advertise else {
+        return Err(ConfigError::ClusterNeeds {
+            flag: "--advertise",
+            value: "http://HOST:PORT",
+            env: "SECKILL_ADVERTISE",
+        });
+    };
+    http_host_port(&url).ok_or_else(|| ConfigError::OutOfRange {
+        field: "advertise",
+        reason: format!("{url:?} must be http://HOST:PORT"),
+    })
+}
+
+/// `url` as `http://HOST:PORT` (a trailing `/` dropped), or None when it is not one: the
+/// address the other nodes call, so it needs a host and a port and nothing else.
+fn http_host_port(url: &str) -> Option<String> {
+    let rest = url.strip_prefix("http://")?;
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    let (host, port) = rest.rsplit_once(':')?;
+    let host_ok =
+        !host.is_empty() && !host.contains(|c: char| c == '/' || c == '@' || c.is_whitespace());
+    let port_ok = port.parse::<u16>().is_ok_and(|port| port > 0);
+    (host_ok && port_ok).then(|| format!("http://{rest}"))
+}
+
+fn resolve_partitions(partitions: Option<u32>) -> Result<Option<u32>, ConfigError> {
+    match partitions {
+        Some(n) if n == 0 || n > PARTITIONS_MAX => Err(ConfigError::OutOfRange {
+            field: "partitions",
+            reason: format!("must be 1..={PARTITIONS_MAX}"),
+        }),
+        other => Ok(other),
+    }
+}
+
+fn resolve_replicas(replicas: Option<u8>) -> Result<usize, ConfigError> {
+    match replicas.unwrap_or(DEFAULT_REPLICAS) {
+        n if n == 0 || n > REPLICAS_MAX => Err(ConfigError::OutOfRange {
+            field: "replicas",
+            reason: format!("must be 1..={REPLICAS_MAX}"),
+        }),
+        n => Ok(usize::from(n)),
+    }
+}
+
+fn resolve_cluster_prefix(prefix: Option<String>) -> Result<String, ConfigError> {
+    let prefix = prefix.unwrap_or_else(|| DEFAULT_CLUSTER_PREFIX.to_owned());
+    let allowed = |c: char| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_';
+    if prefix.is_empty() || prefix.len() > CLUSTER_PREFIX_LEN_MAX || !prefix.chars().all(allowed) {
+        return Err(ConfigError::OutOfRange {
+            field: "cluster_prefix",
+            reason: format!("must be 1 to {CLUSTER_PREFIX_LEN_MAX} of A-Z, 0-9 and _"),
+        });
+    }
+    Ok(prefix)
+}
+
+fn resolve_lease_ttl_s(ttl_s: Option<u64>) -> Result<u64, ConfigError> {
+    match ttl_s.unwrap_or(DEFAULT_LEASE_TTL_S) {
+        ttl_s if ttl_s == 0 || ttl_s > LEASE_TTL_S_MAX => Err(ConfigError::OutOfRange {
+            field: "lease_ttl_s",
+            reason: format!("must be 1..={LEASE_TTL_S_MAX}"),
+        }),
+        ttl_s => Ok(ttl_s),
     }
 }
 
@@ -524,5 +852,195 @@ mod tests {
         assert!(!error.contains('\n'));
         let error = parse(&["--nope"]).expect_err("unknown flag");
         assert!(error.contains("--nope"), "{error}");
+    }
+
+    /// A valid cluster node's flags, each with its value.
+    const CLUSTER_NODE: [(&str, &str); 5] = [
+        ("--auth", "header"),
+        ("--cluster", "nats://127.0.0.1:4222, nats://127.0.0.1:4223"),
+        ("--node-id", "node-1"),
+        ("--advertise", "http://10.0.0.1:8080"),
+        ("--database-url", "postgres://seckill@db.internal/seckill"),
+    ];
+
+    /// [`CLUSTER_NODE`] without the flag `without` (and its value), then `extra`.
+    fn cluster_node(without: &str, extra: &[&str]) -> Result<Config, String> {
+        let mut args: Vec<&str> = Vec::new();
+        for &(flag, value) in CLUSTER_NODE.iter().filter(|(flag, _)| *flag != without) {
+            args.push(flag);
+            args.push(value);
+        }
+        args.extend_from_slice(extra);
+        parse(&args)
+    }
+
+    #[test]
+    fn a_cluster_node_gets_typed_settings_with_defaults() {
+        let config = cluster_node("", &[]).expect("valid");
+        let cluster = config.cluster.expect("a cluster node");
+        assert_eq!(
+            cluster.urls,
+            ["nats://127.0.0.1:4222", "nats://127.0.0.1:4223"]
+        );
+        assert_eq!(cluster.node_id, "node-1");
+        assert_eq!(cluster.advertise, "http://10.0.0.1:8080");
+        assert_eq!(cluster.partitions, None, "None: the stored count, or 64");
+        assert_eq!(cluster.replicas, usize::from(DEFAULT_REPLICAS));
+        assert_eq!(cluster.prefix, DEFAULT_CLUSTER_PREFIX);
+        assert_eq!(cluster.lease_ttl_s, DEFAULT_LEASE_TTL_S);
+
+        let config = cluster_node(
+            "",
+            &[
+                "--partitions",
+                "3",
+                "--replicas",
+                "1",
+                "--cluster-prefix",
+                "T_0A",
+                "--lease-ttl-s",
+                "2",
+            ],
+        )
+        .expect("valid");
+        let cluster = config.cluster.expect("a cluster node");
+        assert_eq!(cluster.partitions, Some(3));
+        assert_eq!(cluster.replicas, 1);
+        assert_eq!(cluster.prefix, "T_0A");
+        assert_eq!(cluster.lease_ttl_s, 2);
+
+        let single = parse(&["--auth", "header"]).expect("valid");
+        assert!(single.cluster.is_none());
+    }
+
+    #[test]
+    fn cluster_settings_come_from_the_file_too_and_are_checked_there() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("seckill.toml");
+        std::fs::write(
+            &file,
+            "auth = \"header\"\ncluster = \"tls://nats.internal:4222\"\nnode_id = \"b\"\n\
+             advertise = \"http://b.internal:8080/\"\npartitions = 8\nreplicas = 5\n\
+             database_url = \"postgresql://db/seckill\"\n",
+        )
+        .expect("write");
+        let file = file.to_string_lossy().into_owned();
+        let config = parse(&["--config", &file, "--node-id", "from-flag"]).expect("valid");
+        let cluster = config.cluster.expect("a cluster node");
+        assert_eq!(cluster.urls, ["tls://nats.internal:4222"]);
+        assert_eq!(cluster.node_id, "from-flag");
+        assert_eq!(cluster.advertise, "http://b.internal:8080");
+        assert_eq!(cluster.partitions, Some(8));
+        assert_eq!(cluster.replicas, 5);
+
+        let out_of_range = dir.path().join("bad.toml");
+        std::fs::write(&out_of_range, "partitions = 5000\nreplicas = 0\n").expect("write");
+        let out_of_range = out_of_range.to_string_lossy().into_owned();
+        let error = cluster_node("", &["--config", &out_of_range]).expect_err("range");
+        assert!(error.contains("partitions"), "{error}");
+    }
+
+    #[test]
+    fn a_cluster_without_postgres_is_refused() {
+        let error = cluster_node("--database-url", &[]).expect_err("SQLite default");
+        assert!(error.contains("PostgreSQL"), "{error}");
+        assert!(error.contains("--database-url postgres://"), "{error}");
+        let error = cluster_node("--database-url", &["--database-url", "sqlite:///tmp/o.db"])
+            .expect_err("SQLite named");
+        assert!(error.contains("PostgreSQL"), "{error}");
+    }
+
+    #[test]
+    fn a_cluster_needs_a_node_id_and_an_advertised_address() {
+        let error = cluster_node("--node-id", &[]).expect_err("no node id");
+        assert!(error.contains("--node-id"), "{error}");
+        assert!(error.contains("SECKILL_NODE_ID"), "{error}");
+        let error = cluster_node("--advertise", &[]).expect_err("no advertise");
+        assert!(error.contains("--advertise"), "{error}");
+        assert!(error.contains("SECKILL_ADVERTISE"), "{error}");
+    }
+
+    #[test]
+    fn bad_node_ids_and_addresses_are_refused() {
+        let too_long = "n".repeat(NODE_ID_LEN_MAX + 1);
+        for node_id in ["", "node 1", "node/1", "nœud", too_long.as_str()] {
+            let error =
+                cluster_node("--node-id", &["--node-id", node_id]).expect_err("bad node id");
+            assert!(error.contains("node_id"), "{node_id:?}: {error}");
+        }
+        let longest = "n".repeat(NODE_ID_LEN_MAX);
+        cluster_node("--node-id", &["--node-id", &longest]).expect("64 characters are fine");
+        for advertise in [
+            "10.0.0.1:8080",
+            "https://10.0.0.1:8080",
+            "http://10.0.0.1",
+            "http://10.0.0.1:0",
+            "http://10.0.0.1:8080/path",
+            "http://:8080",
+        ] {
+            let error = cluster_node("--advertise", &["--advertise", advertise])
+                .expect_err("bad advertise");
+            assert!(error.contains("http://HOST:PORT"), "{advertise:?}: {error}");
+        }
+    }
+
+    #[test]
+    fn every_cluster_url_must_be_a_nats_url() {
+        for urls in [
+            "http://127.0.0.1:4222",
+            "nats://127.0.0.1:4222,127.0.0.1:4223",
+            "nats://",
+        ] {
+            let error = cluster_node("--cluster", &["--cluster", urls]).expect_err("bad url");
+            assert!(error.contains("nats://"), "{urls:?}: {error}");
+        }
+        let error = cluster_node("--cluster", &["--cluster", " , "]).expect_err("no url");
+        assert!(error.contains("cluster"), "{error}");
+        // A password in a refused URL is not repeated back.
+        let error = cluster_node("--cluster", &["--cluster", "http://user:secret@nats:4222"])
+            .expect_err("bad url");
+        assert!(!error.contains("secret"), "{error}");
+    }
+
+    #[test]
+    fn a_cluster_with_the_memory_journal_is_refused() {
+        let error = cluster_node("", &["--unsafe-memory-journal"]).expect_err("memory");
+        assert!(error.contains("--unsafe-memory-journal"), "{error}");
+    }
+
+    #[test]
+    fn cluster_only_flags_without_cluster_are_refused() {
+        for (flag, value) in [
+            ("--node-id", "node-1"),
+            ("--advertise", "http://10.0.0.1:8080"),
+            ("--partitions", "3"),
+            ("--replicas", "3"),
+            ("--cluster-prefix", "T1"),
+            ("--lease-ttl-s", "3"),
+        ] {
+            let error = parse(&["--auth", "header", flag, value]).expect_err("no --cluster");
+            assert!(error.contains(flag), "{flag}: {error}");
+            assert!(error.contains("--cluster"), "{flag}: {error}");
+            assert!(!error.contains('\n'), "{error}");
+        }
+    }
+
+    #[test]
+    fn cluster_numbers_and_prefix_out_of_range_are_refused_in_one_line() {
+        for extra in [
+            ["--partitions", "0"],
+            ["--partitions", "4097"],
+            ["--replicas", "0"],
+            ["--replicas", "6"],
+            ["--lease-ttl-s", "0"],
+            ["--lease-ttl-s", "61"],
+            ["--cluster-prefix", "lower"],
+            ["--cluster-prefix", ""],
+            ["--cluster-prefix", "A-B"],
+        ] {
+            let error = cluster_node("", &extra).expect_err("out of range");
+            assert!(!error.contains('\n'), "{extra:?}: {error}");
+        }
+        cluster_node("", &["--partitions", "4096"]).expect("the largest count is fine");
     }
 }

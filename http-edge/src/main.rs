@@ -2,6 +2,7 @@
 //! runs the server until SIGTERM or Ctrl-C.
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::error::ErrorKind;
 use clap::Parser;
@@ -15,6 +16,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Exit code of every refusal to start (bad flag, data directory, database).
 const EXIT_REFUSED: u8 = 2;
+/// How long the runtime's leftover blocking work may hold up the exit once `serve` is done.
+const RUNTIME_STOP_LIMIT: Duration = Duration::from_secs(2);
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -59,6 +62,9 @@ fn main() -> ExitCode {
             })?;
         serve(config, listener, shutdown).await
     });
+    // A standby told to stop while it waited for its cluster's partitions leaves that open
+    // behind on a blocking thread; dropping the runtime would wait for it forever.
+    runtime.shutdown_timeout(RUNTIME_STOP_LIMIT);
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(StartError::Serve(reason)) => {

@@ -8,6 +8,7 @@
 
 use std::future::Future;
 use std::io;
+use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -119,11 +120,11 @@ pub async fn serve_with_hook(
     let listen_addr = listener
         .local_addr()
         .map_or_else(|_| config.listen.to_string(), |a| a.to_string());
-    // Opening RocksDB reads files: off the async workers.
-    let open_config = config.clone();
-    let mut storage = tokio::task::spawn_blocking(move || Storage::open(&open_config))
-        .await
-        .map_err(|e| StartError::Journal(e.to_string()))??;
+    let mut shutdown = Box::pin(shutdown);
+    let Some(mut storage) = open_storage(&config, &mut shutdown).await? else {
+        tracing::info!("seckill stopped while it waited for the journal");
+        return Ok(());
+    };
 
     let state = AppState::new(Settings::from_config(&config));
     let serving = Serving::start(listener, &state);
@@ -158,6 +159,32 @@ pub async fn serve_with_hook(
         Ok(Err(error)) => Err(StartError::Serve(error.to_string())),
         Err(error) => Err(StartError::Serve(error.to_string())),
     }
+}
+
+/// Opens the storage on a blocking thread (RocksDB reads files; JetStream's open waits on
+/// the network). With `--cluster` a standby waits there for as long as another node holds
+/// the partitions, so `shutdown` is watched meanwhile: `None` when it came first (the open
+/// left behind ends with the process).
+async fn open_storage<S>(
+    config: &Config,
+    shutdown: &mut Pin<Box<S>>,
+) -> Result<Option<Storage>, StartError>
+where
+    S: Future<Output = ()> + Send,
+{
+    let open_config = config.clone();
+    let mut opening = tokio::task::spawn_blocking(move || Storage::open(&open_config));
+    let opened = if config.cluster.is_some() {
+        tokio::select! {
+            opened = &mut opening => opened,
+            () = shutdown.as_mut() => return Ok(None),
+        }
+    } else {
+        opening.await
+    };
+    opened
+        .map_err(|e| StartError::Journal(e.to_string()))?
+        .map(Some)
 }
 
 /// The HTTP workers and the limiter sweeper: they answer (`/healthz`, and 503 on the rest)

@@ -15,8 +15,17 @@ pub enum StartError {
          another --data-dir"
     )]
     DataDirLocked { path: String },
+    /// Also every failure of the JetStream journal's open (NATS unreachable, a partition
+    /// still held, a cluster written by a newer build): the message says which.
     #[error("cannot open the journal: {0}")]
     Journal(String),
+    /// `--partitions` differs from the count the cluster was created with; nothing changed.
+    #[error(
+        "the cluster was created with {stored} partitions, and this node was started with \
+         --partitions {given}: the count is fixed when a cluster is first started; start with \
+         --partitions {stored} or without --partitions"
+    )]
+    PartitionsMismatch { stored: u32, given: u32 },
     #[error(
         "this build has no durable journal (built without the `persistence` feature); \
          --unsafe-memory-journal runs without durability, for development only"

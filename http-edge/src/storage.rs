@@ -1,9 +1,12 @@
 //! Where the engine's log and the orders go: the only module that names the persistence
 //! crate, so the rest of the edge builds whatever state that crate is in.
 //!
-//! Two backends:
+//! Three backends:
 //! - durable (feature `persistence`, the default): the RocksDB journal in the data directory
 //!   and the SQL flusher keeping `orders` in step.
+//! - cluster (`--cluster`, feature `persistence`): the journal on NATS JetStream (an append
+//!   is acknowledged once a quorum of the NATS servers has it) and the same SQL flusher
+//!   reading it. Nothing durable goes to the data directory then.
 //! - memory (`--unsafe-memory-journal`, development only): nothing survives a restart, and
 //!   the server says so loudly. Without the `persistence` feature it is the only backend,
 //!   and the server refuses to start unless it is asked for by name: it never claims a
@@ -37,6 +40,8 @@ enum Backend {
     Memory,
     #[cfg(feature = "persistence")]
     Durable(durable::Durable),
+    #[cfg(feature = "persistence")]
+    Cluster(cluster::Cluster),
 }
 
 /// Checks that `dir` exists (creating it) and that files can be written in it.
@@ -53,8 +58,11 @@ pub fn check_data_dir(dir: &Path) -> Result<(), StartError> {
 }
 
 impl Storage {
-    /// Opens the log (taking the data directory's lock) and reads what recovery needs.
+    /// Opens the log (taking the data directory's lock, or with `--cluster` the partitions'
+    /// leases) and reads what recovery needs. Blocking: with `--cluster` it waits, as a
+    /// standby, for as long as another node holds the partitions.
     pub fn open(config: &Config) -> Result<Storage, StartError> {
+        // Checked with --cluster too: other files (a generated user secret) live there.
         check_data_dir(&config.data_dir)?;
         if config.unsafe_memory_journal {
             return Ok(Storage {
@@ -67,6 +75,14 @@ impl Storage {
         }
         #[cfg(feature = "persistence")]
         {
+            if let Some(cluster_config) = &config.cluster {
+                let (cluster, journal, recovery) = cluster::Cluster::open(cluster_config)?;
+                return Ok(Storage {
+                    journal,
+                    recovery: Some(recovery),
+                    backend: Backend::Cluster(cluster),
+                });
+            }
             let (durable, journal, recovery) = durable::Durable::open(config)?;
             Ok(Storage {
                 journal,
@@ -89,7 +105,8 @@ impl Storage {
     }
 
     /// How long acknowledged writes may wait for their fsync in `--durability async` mode:
-    /// the window of loss on power failure. `None` for the memory log (everything is lost).
+    /// the window of loss on power failure. `None` for the memory log (everything is lost);
+    /// 0 for the cluster, where every acknowledgement waits for a quorum of NATS servers.
     pub fn async_loss_window_ms(&self) -> Option<u64> {
         match self.backend {
             Backend::Memory => None,
@@ -97,6 +114,8 @@ impl Storage {
             Backend::Durable(_) => {
                 Some(seckill_persistence::journal::DEFAULT_ASYNC_SYNC_INTERVAL_MS)
             }
+            #[cfg(feature = "persistence")]
+            Backend::Cluster(_) => Some(0),
         }
     }
 
@@ -124,10 +143,13 @@ impl Storage {
             }
             #[cfg(feature = "persistence")]
             Backend::Durable(durable) => durable.start_flusher(config, engine).await,
+            #[cfg(feature = "persistence")]
+            Backend::Cluster(cluster) => cluster.start_flusher(config, engine).await,
         }
     }
 
-    /// After the engine has stopped: syncs the log and lets the flusher drain within `grace`.
+    /// After the engine has stopped: syncs the log and lets the flusher drain within `grace`
+    /// (and with `--cluster`, then hands the partitions' leases back).
     pub async fn shutdown(self, grace: Duration) {
         match self.backend {
             Backend::Memory => {
@@ -135,6 +157,8 @@ impl Storage {
             }
             #[cfg(feature = "persistence")]
             Backend::Durable(durable) => durable.shutdown(grace).await,
+            #[cfg(feature = "persistence")]
+            Backend::Cluster(cluster) => cluster.shutdown(grace).await,
         }
     }
 }
@@ -154,6 +178,22 @@ mod durable {
 
     use crate::config::{Config, Durability};
     use crate::start_error::StartError;
+
+    /// Starts the SQL flusher on `source`: an unreachable database (or one another
+    /// deployment wrote) is an error here, so the server refuses to start.
+    pub async fn start_sql_flusher(
+        config: &Config,
+        source: Arc<dyn EventSource>,
+        engine: &Engine,
+    ) -> Result<FlusherHandle, StartError> {
+        let options = FlusherOptions {
+            database_url: config.database_url.clone(),
+            ..FlusherOptions::default()
+        };
+        Flusher::start(options, source, engine.clone())
+            .await
+            .map_err(|e| StartError::Database(e.to_string()))
+    }
 
     pub struct Durable {
         journal: Arc<RocksJournal>,
@@ -192,15 +232,8 @@ mod durable {
             config: &Config,
             engine: &Engine,
         ) -> Result<(), StartError> {
-            let options = FlusherOptions {
-                database_url: config.database_url.clone(),
-                ..FlusherOptions::default()
-            };
             let source: Arc<dyn EventSource> = Arc::clone(&self.journal) as Arc<dyn EventSource>;
-            let handle = Flusher::start(options, source, engine.clone())
-                .await
-                .map_err(|e| StartError::Database(e.to_string()))?;
-            self.flusher = Some(handle);
+            self.flusher = Some(start_sql_flusher(config, source, engine).await?);
             Ok(())
         }
 
@@ -213,6 +246,112 @@ mod durable {
                     tracing::warn!(%error, "SQL flusher stopped before the tables caught up");
                 }
             }
+        }
+    }
+}
+
+#[cfg(feature = "persistence")]
+mod cluster {
+    //! The journal on NATS JetStream (`--cluster`) and the SQL flusher reading it.
+
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use seckill_engine::{Engine, Journal, Recovery};
+    use seckill_persistence::jetstream::{ClusterError, ClusterOptions, JetStreamJournal};
+    use seckill_persistence::sql::{EventSource, FlusherHandle};
+
+    use super::durable::start_sql_flusher;
+    use crate::config::{ClusterConfig, Config};
+    use crate::start_error::StartError;
+
+    /// How long an append waits for JetStream before its callers hear "outcome unknown";
+    /// well inside the default request timeout, so the answer is 503, not a timeout.
+    const APPEND_PATIENCE: Duration = Duration::from_secs(2);
+
+    pub struct Cluster {
+        journal: Arc<JetStreamJournal>,
+        flusher: Option<FlusherHandle>,
+    }
+
+    impl Cluster {
+        /// Connects and takes every partition. Blocking; with another node holding the
+        /// partitions it waits (a standby, which the journal logs) until they are free.
+        pub fn open(
+            cluster: &ClusterConfig,
+        ) -> Result<(Cluster, Arc<dyn Journal>, Recovery), StartError> {
+            let (journal, recovery) =
+                JetStreamJournal::open(&options(cluster)).map_err(start_error)?;
+            tracing::info!(
+                journal = "NATS JetStream",
+                nats = %cluster.urls_for_log(),
+                partitions = journal.partitions(),
+                replicas = cluster.replicas,
+                node_id = journal.node_id(),
+                deployment_id = journal.deployment_id(),
+                epoch = journal.epoch(),
+                advertise = %cluster.advertise,
+                "journal: NATS JetStream; a write is acknowledged once a quorum of the replicas \
+                 has it"
+            );
+            let dyn_journal: Arc<dyn Journal> = journal.clone();
+            Ok((
+                Cluster {
+                    journal,
+                    flusher: None,
+                },
+                dyn_journal,
+                recovery,
+            ))
+        }
+
+        pub async fn start_flusher(
+            &mut self,
+            config: &Config,
+            engine: &Engine,
+        ) -> Result<(), StartError> {
+            let source: Arc<dyn EventSource> = Arc::clone(&self.journal) as Arc<dyn EventSource>;
+            self.flusher = Some(start_sql_flusher(config, source, engine).await?);
+            Ok(())
+        }
+
+        pub async fn shutdown(self, grace: Duration) {
+            // The shards have stopped and every acknowledged batch is on a quorum already:
+            // nothing to sync. The flusher copies the tail to SQL, then the leases go back
+            // so that another node can take the partitions at once instead of after a TTL.
+            if let Some(flusher) = self.flusher {
+                if let Err(error) = flusher.shutdown(grace).await {
+                    tracing::warn!(%error, "SQL flusher stopped before the tables caught up");
+                }
+            }
+            let journal = self.journal;
+            if let Err(error) = tokio::task::spawn_blocking(move || journal.shutdown()).await {
+                tracing::warn!(%error, "handing the partition leases back failed; they lapse");
+            }
+        }
+    }
+
+    fn options(cluster: &ClusterConfig) -> ClusterOptions {
+        ClusterOptions {
+            urls: cluster.urls.clone(),
+            node_id: cluster.node_id.clone(),
+            partitions: cluster.partitions,
+            replicas: cluster.replicas,
+            prefix: cluster.prefix.clone(),
+            lease_ttl: Duration::from_secs(cluster.lease_ttl_s),
+            // A second node waits as a standby for as long as the first one runs.
+            lease_wait: None,
+            append_patience: APPEND_PATIENCE,
+            ..ClusterOptions::default()
+        }
+    }
+
+    fn start_error(error: ClusterError) -> StartError {
+        match error {
+            ClusterError::PartitionsMismatch { stored, given } => {
+                StartError::PartitionsMismatch { stored, given }
+            }
+            other => StartError::Journal(other.to_string()),
         }
     }
 }

@@ -93,7 +93,10 @@ async fn a_replaced_writer_appends_nothing_after_the_takeover() {
 async fn a_lease_has_one_holder_and_lapses_when_not_renewed() {
     let Some(js) = jetstream().await else { return };
     let ttl = Duration::from_secs(2);
-    let store = Lease::bucket(&js, ttl, 3).await.expect("lease bucket");
+    let bucket = format!("TLEASES{:016X}", rand::random::<u64>());
+    let store = Lease::bucket(&js, &bucket, ttl, 3)
+        .await
+        .expect("lease bucket");
     let partition = rand::random::<u32>();
     let mut a = Lease::acquire(&store, partition, "node-a", ttl)
         .await

@@ -107,19 +107,24 @@ impl Deployed {
 }
 
 impl EventSource for Deployed {
+    fn lanes(&self) -> Vec<u32> {
+        EventSource::lanes(&*self.journal)
+    }
+
     fn read_batches(
         &self,
+        lane: u32,
         after_seq: u64,
         batches_max: usize,
     ) -> Result<Vec<(u64, Vec<Event>)>, SqlError> {
-        EventSource::read_batches(&*self.journal, after_seq, batches_max)
+        EventSource::read_batches(&*self.journal, lane, after_seq, batches_max)
     }
 
-    fn last_seq(&self) -> u64 {
-        EventSource::last_seq(&*self.journal)
+    fn last_seq(&self, lane: u32) -> u64 {
+        EventSource::last_seq(&*self.journal, lane)
     }
 
-    fn set_retain_floor(&self, _seq: u64) {}
+    fn set_retain_floor(&self, _lane: u32, _seq: u64) {}
 
     fn deployment_id(&self) -> Option<String> {
         Some(self.id.to_owned())

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use seckill_engine::{Event, Order, OrderStatus};
-use seckill_persistence::sql::{EventSource, Flusher, SqlError};
+use seckill_persistence::sql::{EventSource, Flusher, SqlError, SINGLE_LANE};
 use sql_common::*;
 
 /// A log whose batch 2 is withheld until the test releases it.
@@ -18,8 +18,13 @@ struct HoleyLog {
 }
 
 impl EventSource for HoleyLog {
+    fn lanes(&self) -> Vec<u32> {
+        vec![SINGLE_LANE]
+    }
+
     fn read_batches(
         &self,
+        _lane: u32,
         after_seq: u64,
         batches_max: usize,
     ) -> Result<Vec<(u64, Vec<Event>)>, SqlError> {
@@ -32,11 +37,11 @@ impl EventSource for HoleyLog {
             .collect())
     }
 
-    fn last_seq(&self) -> u64 {
+    fn last_seq(&self, _lane: u32) -> u64 {
         3
     }
 
-    fn set_retain_floor(&self, _seq: u64) {}
+    fn set_retain_floor(&self, _lane: u32, _seq: u64) {}
 }
 
 impl HoleyLog {
@@ -92,10 +97,11 @@ async fn a_late_batch_is_waited_for_not_skipped() {
         .expect("flusher starts");
     match flusher.shutdown(Duration::from_millis(300)).await {
         Err(SqlError::NotDrained {
+            lane,
             cursor_seq,
             last_seq,
         }) => {
-            assert_eq!((cursor_seq, last_seq), (1, 3));
+            assert_eq!((lane, cursor_seq, last_seq), (SINGLE_LANE, 1, 3));
         }
         other => panic!("expected NotDrained at the hole, got {other:?}"),
     }

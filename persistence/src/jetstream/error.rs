@@ -47,3 +47,46 @@ pub(crate) fn is_wrong_last_sequence(error: &(dyn std::error::Error + 'static)) 
     }
     false
 }
+
+/// Why the journal on JetStream could not open.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ClusterError {
+    /// No NATS server answered within the connect timeout.
+    #[error("NATS unreachable at {urls}: {reason}")]
+    Unreachable { urls: String, reason: String },
+    /// The cluster was created with another partition count; nothing was changed.
+    #[error("the cluster was created with {stored} partitions; --partitions {given} is refused (the partition count is fixed when a cluster is first started)")]
+    PartitionsMismatch { stored: u32, given: u32 },
+    /// Another node holds a partition and did not let go within the wait.
+    #[error("partition {partition} is held by node {holder}")]
+    LeaseHeld { partition: String, holder: String },
+    /// The cluster was written by a newer build; nothing was changed.
+    #[error("the cluster was written with event version {found}, this build supports up to {supported}; upgrade seckill (nothing was changed)")]
+    NewerVersion { found: u32, supported: u32 },
+    /// JetStream refused or failed a request, or what it holds cannot be decoded.
+    #[error("JetStream: {0}")]
+    Nats(String),
+}
+
+impl From<LeaseError> for ClusterError {
+    fn from(error: LeaseError) -> Self {
+        match error {
+            LeaseError::Held { key, holder } => ClusterError::LeaseHeld {
+                partition: key,
+                holder,
+            },
+            LeaseError::Unavailable { .. } => ClusterError::Nats(error.to_string()),
+        }
+    }
+}
+
+impl From<AppendError> for ClusterError {
+    fn from(error: AppendError) -> Self {
+        ClusterError::Nats(error.to_string())
+    }
+}
+
+/// Any displayable failure as [`ClusterError::Nats`].
+pub(crate) fn nats(what: &str, error: impl std::fmt::Display) -> ClusterError {
+    ClusterError::Nats(format!("{what}: {error}"))
+}

@@ -23,6 +23,10 @@ pub const LEASE_BUCKET: &str = "SECKILL_LEASES";
 pub struct LeaseRecord {
     /// The node that holds it.
     pub node: String,
+    /// Drawn at each take: tells this holder's own writes from anyone else's, so a renewal
+    /// whose answer was lost (it went through) is recognised, not taken for a loss.
+    #[serde(default)]
+    pub nonce: u64,
 }
 
 /// A lease this node holds.
@@ -48,9 +52,14 @@ impl Lease {
     /// The lease bucket (created if absent): leases lapse `ttl` after their last renewal. A
     /// bucket made with another TTL or history is refused (its revisions are the epochs, so
     /// it is never recreated behind the streams' backs).
-    pub async fn bucket(js: &Context, ttl: Duration, replicas: usize) -> Result<Store, LeaseError> {
+    pub async fn bucket(
+        js: &Context,
+        name: &str,
+        ttl: Duration,
+        replicas: usize,
+    ) -> Result<Store, LeaseError> {
         let config = Config {
-            bucket: LEASE_BUCKET.to_owned(),
+            bucket: name.to_owned(),
             history: 1,
             max_age: ttl,
             storage: StorageType::File,
@@ -60,7 +69,7 @@ impl Lease {
         // Creating a stream that exists with the same settings answers the existing one.
         js.create_key_value(config)
             .await
-            .map_err(|e| unavailable(LEASE_BUCKET, e))
+            .map_err(|e| unavailable(name, e))
     }
 
     /// The key of partition `partition`'s lease.
@@ -76,9 +85,19 @@ impl Lease {
         node: &str,
         ttl: Duration,
     ) -> Result<Lease, LeaseError> {
-        let key = Lease::key(partition);
+        Lease::acquire_key(store, Lease::key(partition), node, ttl).await
+    }
+
+    /// Takes the lease under `key` (a partition's, or the catalog's) for `node`.
+    pub async fn acquire_key(
+        store: &Store,
+        key: String,
+        node: &str,
+        ttl: Duration,
+    ) -> Result<Lease, LeaseError> {
         let record = LeaseRecord {
             node: node.to_owned(),
+            nonce: rand::random(),
         };
         let sent = Instant::now();
         match store.create(&key, encode(&record)).await {
@@ -122,6 +141,16 @@ impl Lease {
         &self.key
     }
 
+    /// Until when this node may act as the owner (see [`Lease::is_current`]).
+    pub fn valid_until(&self) -> Instant {
+        self.valid_until
+    }
+
+    /// How often to renew: a third of the TTL, so two renewals can fail before it lapses.
+    pub fn renew_every(&self) -> Duration {
+        self.ttl / 3
+    }
+
     /// Renews the lease; [`LeaseError::Held`] once another node has taken it (it lapsed).
     pub async fn renew(&mut self) -> Result<(), LeaseError> {
         let sent = Instant::now();
@@ -140,10 +169,38 @@ impl Lease {
                 if error.kind() == UpdateErrorKind::WrongLastRevision
                     || is_wrong_last_sequence(&error) =>
             {
-                Err(held(&self.store, &self.key).await)
+                self.adopt_own_write().await
             }
             Err(error) => Err(unavailable(&self.key, error)),
         }
+    }
+
+    /// After a refused renewal: if the key holds our own record (an earlier renewal went
+    /// through but its answer was lost), takes its revision and stays the holder; the
+    /// validity is not extended (the next renewal does that). Otherwise it is held by
+    /// someone else, or lapsed.
+    async fn adopt_own_write(&mut self) -> Result<(), LeaseError> {
+        match self.store.entry(&self.key).await {
+            Ok(Some(entry)) => {
+                let ours = serde_json::from_slice::<LeaseRecord>(&entry.value)
+                    .is_ok_and(|record| record == self.record);
+                if ours && entry.revision > self.revision {
+                    self.revision = entry.revision;
+                    return Ok(());
+                }
+                Err(held(&self.store, &self.key).await)
+            }
+            Ok(None) => Err(held(&self.store, &self.key).await),
+            Err(error) => Err(unavailable(&self.key, error)),
+        }
+    }
+
+    /// Takes the same key again after this lease lapsed, if nobody else holds it now: a new
+    /// ownership with a new epoch, which must append its own takeover record before any
+    /// write (conditional on the stream's tail as this node knows it, so it fails if
+    /// anyone else wrote meanwhile).
+    pub async fn reacquire(&self) -> Result<Lease, LeaseError> {
+        Lease::acquire_key(&self.store, self.key.clone(), &self.record.node, self.ttl).await
     }
 
     /// Gives the lease up (a clean hand-over), if it is still ours.

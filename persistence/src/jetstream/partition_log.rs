@@ -13,6 +13,9 @@ use super::error::{is_wrong_last_sequence, AppendError};
 /// How many times a publish whose answer did not come is sent again (same message id).
 const PUBLISH_ATTEMPTS: usize = 3;
 
+/// The header of a takeover record: `<node>/<epoch>` of the owner that appended it.
+pub const TAKEOVER_HEADER: &str = "Seckill-Takeover";
+
 /// How a partition's stream is made.
 #[derive(Debug, Clone)]
 pub struct StreamSettings {
@@ -108,6 +111,23 @@ impl PartitionLog {
         })
     }
 
+    /// Reads the stream's last sequence again (before a takeover record, when someone
+    /// appended since `open`: their batches are then replayed too).
+    pub async fn refresh(&mut self) -> Result<u64, AppendError> {
+        let mut handle = self
+            .js
+            .get_stream(&self.stream)
+            .await
+            .map_err(|e| unknown(&self.stream, e))?;
+        self.last_seq = handle
+            .info()
+            .await
+            .map_err(|e| unknown(&self.stream, e))?
+            .state
+            .last_sequence;
+        Ok(self.last_seq)
+    }
+
     /// The stream's last sequence as this writer knows it.
     pub fn last_seq(&self) -> u64 {
         self.last_seq
@@ -118,25 +138,11 @@ impl PartitionLog {
     /// id, so it lands once; if no attempt is answered the outcome is
     /// [`AppendError::Unknown`] (ask [`PartitionLog::resolve`]).
     pub async fn append(&mut self, payload: Bytes) -> Result<u64, AppendError> {
-        let expected = self.last_seq;
-        self.appends += 1;
-        let message_id = message_id(self.epoch, expected + 1, self.appends);
+        let message_id = self.next_message_id();
         let mut last_error = None;
         for _ in 0..PUBLISH_ATTEMPTS {
-            match self
-                .publish_once(payload.clone(), expected, &message_id)
-                .await
-            {
-                Ok(seq) if seq == expected + 1 => {
-                    self.last_seq = seq;
-                    return Ok(seq);
-                }
-                Ok(seq) => {
-                    return Err(AppendError::Unknown {
-                        stream: self.stream.clone(),
-                        reason: format!("acknowledged at {seq}, expected {}", expected + 1),
-                    })
-                }
+            match self.publish(payload.clone(), &message_id, None).await {
+                Ok(seq) => return Ok(seq),
                 Err(error @ AppendError::Unknown { .. }) => last_error = Some(error),
                 Err(error) => return Err(error),
             }
@@ -147,16 +153,51 @@ impl PartitionLog {
         }))
     }
 
+    /// The message id of this writer's next append, expected right after
+    /// [`PartitionLog::last_seq`]. Every attempt of that append must use it.
+    pub fn next_message_id(&mut self) -> String {
+        self.appends += 1;
+        message_id(self.epoch, self.last_seq + 1, self.appends)
+    }
+
+    /// One attempt at appending `payload` with `message_id` (from
+    /// [`PartitionLog::next_message_id`]) after [`PartitionLog::last_seq`]; on success the
+    /// writer knows the new last sequence. `takeover` marks a takeover record (its header
+    /// names the new owner and its epoch).
+    pub async fn publish(
+        &mut self,
+        payload: Bytes,
+        message_id: &str,
+        takeover: Option<&str>,
+    ) -> Result<u64, AppendError> {
+        let expected = self.last_seq;
+        let seq = self
+            .publish_once(payload, expected, message_id, takeover)
+            .await?;
+        if seq != expected + 1 {
+            return Err(AppendError::Unknown {
+                stream: self.stream.clone(),
+                reason: format!("acknowledged at {seq}, expected {}", expected + 1),
+            });
+        }
+        self.last_seq = seq;
+        Ok(seq)
+    }
+
     async fn publish_once(
         &self,
         payload: Bytes,
         expected: u64,
         message_id: &str,
+        takeover: Option<&str>,
     ) -> Result<u64, AppendError> {
-        let publish = PublishMessage::build()
+        let mut publish = PublishMessage::build()
             .payload(payload)
             .message_id(message_id)
             .expected_last_sequence(expected);
+        if let Some(owner) = takeover {
+            publish = publish.header(TAKEOVER_HEADER, owner);
+        }
         // The ack future is always awaited: dropping one unread would leave its outcome
         // unknown to us while the server may have stored the message.
         let ack = self
@@ -177,6 +218,12 @@ impl PartitionLog {
     /// whose messages must then be replayed). An error when the stream is behind what this
     /// writer knows (it was purged or recreated).
     pub async fn resolve(&mut self) -> Result<bool, AppendError> {
+        let ours = message_id(self.epoch, self.last_seq + 1, self.appends);
+        self.resolve_id(&ours).await
+    }
+
+    /// [`PartitionLog::resolve`] for the append whose message id is `ours`.
+    pub async fn resolve_id(&mut self, ours: &str) -> Result<bool, AppendError> {
         let mut handle = self
             .js
             .get_stream(&self.stream)
@@ -205,8 +252,7 @@ impl PartitionLog {
             .headers
             .get(async_nats::header::NATS_MESSAGE_ID)
             .map(|value| value.as_str().to_owned());
-        let ours = message_id(self.epoch, self.last_seq + 1, self.appends);
-        if last == self.last_seq + 1 && id.as_deref() == Some(ours.as_str()) {
+        if last == self.last_seq + 1 && id.as_deref() == Some(ours) {
             self.last_seq = last;
             return Ok(true);
         }
@@ -214,6 +260,23 @@ impl PartitionLog {
             stream: self.stream.clone(),
             expected: self.last_seq,
         })
+    }
+
+    /// This ownership's epoch.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// A new ownership of the same writer (its lease was taken again): later message ids
+    /// carry `epoch`.
+    pub fn set_epoch(&mut self, epoch: u64) {
+        self.epoch = epoch;
+        self.appends = 0;
+    }
+
+    /// The stream's name.
+    pub fn stream(&self) -> &str {
+        &self.stream
     }
 
     /// The payload stored at `seq` (for replay and tests).
@@ -238,12 +301,12 @@ impl PartitionLog {
         let stream = self.stream.clone();
         match error.kind() {
             PublishErrorKind::WrongLastSequence => AppendError::Fenced { stream, expected },
-            PublishErrorKind::StreamNotFound | PublishErrorKind::MaxPayloadExceeded => {
-                AppendError::Refused {
-                    stream,
-                    reason: error.to_string(),
-                }
-            }
+            // Not "no such stream": the client says so for "no responders", which is what a
+            // stream between two leaders answers during an election. Retried as unknown.
+            PublishErrorKind::MaxPayloadExceeded => AppendError::Refused {
+                stream,
+                reason: error.to_string(),
+            },
             PublishErrorKind::Other if is_wrong_last_sequence(error) => {
                 AppendError::Fenced { stream, expected }
             }

@@ -55,7 +55,7 @@
 mod archive;
 mod error;
 mod identity;
-mod layout;
+pub(crate) mod layout;
 mod open;
 mod options;
 mod recovery;

@@ -1,5 +1,6 @@
 //! The two databases the flusher writes to, behind one small interface: connect, migrate,
-//! read the cursor, write a chunk with its cursor in one transaction, write the stats.
+//! read a lane's cursor, write a chunk with its lane's cursor in one transaction, write the
+//! stats.
 //!
 //! Every statement is written once (`queries`) and runs on either database through one
 //! seam (`dialect`); only the orders upsert has a path per database (`orders`, which says
@@ -22,6 +23,7 @@ use super::error::SqlError;
 use super::orders::{postgres_orders, sqlite_orders};
 use super::queries;
 use super::rows::ChunkRows;
+use super::source::SINGLE_LANE;
 
 static POSTGRES_MIGRATOR: Migrator = sqlx::migrate!("migrations/postgres");
 static SQLITE_MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
@@ -31,7 +33,7 @@ static SQLITE_MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
 /// Rust. A new migration gets a line here; a unit test checks that none is missing.
 /// Only the test reads it: its point is the file dependency.
 #[cfg_attr(not(test), allow(dead_code))]
-const MIGRATION_FILES: [(&str, &str); 6] = [
+const MIGRATION_FILES: [(&str, &str); 8] = [
     (
         "postgres/0001_orders.sql",
         include_str!("../../migrations/postgres/0001_orders.sql"),
@@ -45,6 +47,10 @@ const MIGRATION_FILES: [(&str, &str); 6] = [
         include_str!("../../migrations/postgres/0003_tokens_outstanding.sql"),
     ),
     (
+        "postgres/0004_flusher_lanes.sql",
+        include_str!("../../migrations/postgres/0004_flusher_lanes.sql"),
+    ),
+    (
         "sqlite/0001_orders.sql",
         include_str!("../../migrations/sqlite/0001_orders.sql"),
     ),
@@ -55,6 +61,10 @@ const MIGRATION_FILES: [(&str, &str); 6] = [
     (
         "sqlite/0003_tokens_outstanding.sql",
         include_str!("../../migrations/sqlite/0003_tokens_outstanding.sql"),
+    ),
+    (
+        "sqlite/0004_flusher_lanes.sql",
+        include_str!("../../migrations/sqlite/0004_flusher_lanes.sql"),
     ),
 ];
 
@@ -149,20 +159,29 @@ impl Database {
         })
     }
 
-    /// The sequence number up to which the tables hold the log.
-    pub async fn read_cursor(&self) -> Result<u64, SqlError> {
+    /// The sequence number up to which the tables hold `lane`. A lane above 0 seen for the
+    /// first time gets its row here, at 0, so that the moves of [`Database::write_chunk`]
+    /// always find one.
+    pub async fn read_cursor(&self, lane: u32, now_ms: i64) -> Result<u64, SqlError> {
         let mut tx = self.begin().await?;
+        if lane != SINGLE_LANE {
+            tx.execute(&queries::add_lane(lane, now_ms)).await?;
+        }
         let seq = tx
-            .fetch_i64(&queries::read_cursor())
+            .fetch_i64(&queries::read_cursor(lane))
             .await?
-            .ok_or_else(|| SqlError::Database("the flusher cursor row is missing".into()))?;
+            .ok_or_else(|| {
+                SqlError::Database(format!("the flusher cursor row of lane {lane} is missing"))
+            })?;
         tx.commit().await?;
-        u64::try_from(seq).map_err(|_| SqlError::Database(format!("negative cursor {seq}")))
+        u64::try_from(seq)
+            .map_err(|_| SqlError::Database(format!("negative cursor {seq} of lane {lane}")))
     }
 
-    /// Writes the rows of a chunk and moves the cursor from `cursor_from` to `cursor_to`, in
-    /// one transaction. If the cursor is not at `cursor_from` (another flusher on the same
-    /// database moved it) nothing is written and the answer is [`SqlError::CursorMoved`].
+    /// Writes the rows of a chunk of `lane` and moves that lane's cursor from `cursor_from`
+    /// to `cursor_to`, in one transaction. If the cursor is not at `cursor_from` (another
+    /// flusher on the same database moved it) nothing is written and the answer is
+    /// [`SqlError::CursorMoved`].
     ///
     /// With `deployment`, the tables must still be that deployment's (checked in the same
     /// transaction, so a deployment that took them over since the flusher started is seen
@@ -170,6 +189,7 @@ impl Database {
     pub async fn write_chunk(
         &self,
         rows: &ChunkRows,
+        lane: u32,
         cursors: (u64, u64),
         deployment: Option<&str>,
         now_ms: i64,
@@ -179,7 +199,7 @@ impl Database {
         // The cursor first: on SQLite it takes the write lock, and it checks ownership
         // before any row is written.
         let moved = tx
-            .execute(&queries::move_cursor(cursor_from, cursor_to, now_ms))
+            .execute(&queries::move_cursor(lane, cursor_from, cursor_to, now_ms))
             .await?;
         if let Some(ours) = deployment {
             let found = tx
@@ -195,6 +215,7 @@ impl Database {
         }
         if moved != 1 {
             return Err(SqlError::CursorMoved {
+                lane,
                 expected: cursor_from,
             });
         }
@@ -206,10 +227,10 @@ impl Database {
         tx.commit().await
     }
 
-    /// Sets the cursor, whatever it was (start-up, when the log is behind the tables).
-    pub async fn reset_cursor(&self, seq: u64, now_ms: i64) -> Result<(), SqlError> {
+    /// Sets `lane`'s cursor, whatever it was (start-up, when the log is behind the tables).
+    pub async fn reset_cursor(&self, lane: u32, seq: u64, now_ms: i64) -> Result<(), SqlError> {
         let mut tx = self.begin().await?;
-        tx.execute(&queries::set_cursor(seq, now_ms)).await?;
+        tx.execute(&queries::set_cursor(lane, seq, now_ms)).await?;
         tx.commit().await
     }
 

@@ -8,8 +8,8 @@
 //!   before ids were recorded (an older build, or a log without an id); they are kept, with
 //!   a warning.
 //! - its own id: it goes on.
-//! - another id over tables that hold nothing yet (no order, no promotion, the cursor at
-//!   0): it records its own in its place.
+//! - another id over tables that hold nothing yet (no order, no promotion, every lane's
+//!   cursor at 0): it records its own in its place.
 //! - another id over tables that hold something: it refuses to start
 //!   ([`SqlError::OtherDeployment`]) and changes nothing.
 

@@ -28,13 +28,22 @@ pub enum SqlError {
     #[error("the database did not answer within {timeout_ms} ms")]
     Timeout { timeout_ms: u64 },
     #[error(
-        "the flusher cursor is no longer at {expected}: another flusher writes to this database"
+        "the flusher cursor of lane {lane} is no longer at {expected}: another flusher writes \
+         to this database"
     )]
-    CursorMoved { expected: u64 },
+    CursorMoved { lane: u32, expected: u64 },
     #[error("cannot read the journal: {0}")]
     Source(String),
-    #[error("shut down with the SQL tables behind the log (cursor {cursor_seq}, log {last_seq}); the rest is written at the next start")]
-    NotDrained { cursor_seq: u64, last_seq: u64 },
+    /// `lane` is the first lane (in reading order) that was still behind.
+    #[error(
+        "shut down with the SQL tables behind the log (lane {lane}: cursor {cursor_seq}, log \
+         {last_seq}); the rest is written at the next start"
+    )]
+    NotDrained {
+        lane: u32,
+        cursor_seq: u64,
+        last_seq: u64,
+    },
     #[error("the flusher task failed: {0}")]
     Task(String),
 }

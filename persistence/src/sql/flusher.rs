@@ -1,12 +1,22 @@
-//! The flusher task: read the log after the cursor, write a chunk and its cursor in one
-//! transaction, let the log trim, refresh the stats, and say how far behind it is.
+//! The flusher task: each round, for every lane of the log in the source's order, read after
+//! the lane's cursor, write a chunk and that lane's cursor in one transaction, and let the
+//! lane trim; then refresh the stats and say how far behind it is.
+//!
+//! A source is one or more lanes, each a log with its own sequence numbers and its own
+//! cursor in SQL ([`EventSource`]). A round takes up the lanes that appeared (from their
+//! stored cursors), drops those the source no longer has, and writes one chunk of each lane,
+//! in order: the catalog lane comes first, so the promotions that partitions' rows refer to
+//! are in SQL before them. A failure ends the round, and the next one starts, after the
+//! backoff, from the first lane again: a database that is down fails every lane alike and
+//! should see one attempt per backoff, not one per lane; and a chunk that fails (a foreign
+//! key, a timeout) is tried again, never skipped, before the lanes after it move on.
 
-use std::collections::VecDeque;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use seckill_engine::{Engine, Event};
+use seckill_engine::Engine;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -14,8 +24,9 @@ use tokio::time::Instant;
 use super::db::Database;
 use super::deployment;
 use super::error::SqlError;
-use super::rows::{event_time_ms, ChunkRows};
-use super::source::EventSource;
+use super::lane::Lane;
+use super::rows::ChunkRows;
+use super::source::{EventSource, LANE_MAX, SINGLE_LANE};
 
 /// Default bound on batches read from the log at once.
 pub const DEFAULT_READ_BATCHES_MAX: usize = 1_024;
@@ -32,7 +43,7 @@ pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(5);
 pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default bound on making a connection.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Default wait before a hole in the log's sequence numbers is taken as permanent (an append
+/// Default wait before a hole in a lane's sequence numbers is taken as permanent (an append
 /// that failed after taking its number) rather than a batch still being written.
 pub const DEFAULT_GAP_WAIT: Duration = Duration::from_secs(30);
 
@@ -74,14 +85,26 @@ impl Default for FlusherOptions {
 }
 
 /// Where a flusher stands (also exported as metrics).
+///
+/// `cursor_seq` and `last_seq` are lane 0's: the whole log for a source of one lane
+/// (RocksDB, the memory journal), as before lanes. A source of several lanes (the JetStream
+/// journal, which has no lane 0) has no single position, and a sum of positions in
+/// unrelated logs would mean nothing: both stay 0 there, and `lag_events`, `lag_ms` and
+/// `lanes_behind` say how far behind the tables are, over every lane.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FlusherStatus {
-    /// The log is in SQL up to and including this sequence number.
+    /// Lane 0 is in SQL up to and including this sequence number.
     pub cursor_seq: u64,
-    /// The log's last sequence number when last looked at.
+    /// Lane 0's last sequence number when last looked at.
     pub last_seq: u64,
+    /// Events not in SQL yet, summed over the lanes (estimated from the mean batch size for
+    /// batches not read yet).
     pub lag_events: u64,
+    /// The age of the oldest event not in SQL, over every lane.
     pub lag_ms: i64,
+    /// Lanes whose cursor is below their log's last sequence number when last looked at: 0
+    /// when the tables hold everything the log held then, whatever the source.
+    pub lanes_behind: u32,
     pub rows_written_total: u64,
     pub errors_total: u64,
     pub gaps_skipped_total: u64,
@@ -94,6 +117,7 @@ struct Shared {
     last_seq: AtomicU64,
     lag_events: AtomicU64,
     lag_ms: AtomicI64,
+    lanes_behind: AtomicU32,
     rows_written_total: AtomicU64,
     errors_total: AtomicU64,
     gaps_skipped_total: AtomicU64,
@@ -116,9 +140,10 @@ pub struct FlusherHandle {
 
 impl Flusher {
     /// Connects, runs the migrations, checks that the tables belong to the source's
-    /// deployment and starts the task. An unreachable database, a bad url, a schema newer
-    /// than this build or tables of another deployment ([`SqlError::OtherDeployment`]) is an
-    /// error here, so a server can refuse to start instead of running half-working.
+    /// deployment, takes up the source's lanes and starts the task. An unreachable database,
+    /// a bad url, a schema newer than this build or tables of another deployment
+    /// ([`SqlError::OtherDeployment`]) is an error here, so a server can refuse to start
+    /// instead of running half-working.
     pub async fn start(
         options: FlusherOptions,
         source: Arc<dyn EventSource>,
@@ -131,33 +156,28 @@ impl Flusher {
             options.connect_timeout,
         )
         .await?;
-        let cursor = match start_cursor(&database, source.as_ref(), &engine).await {
-            Ok(cursor) => cursor,
-            Err(error) => {
-                database.close().await;
-                return Err(error);
-            }
-        };
+        let mut lanes = BTreeMap::new();
+        if let Err(error) = start_lanes(&database, source.as_ref(), &engine, &mut lanes).await {
+            database.close().await;
+            return Err(error);
+        }
         let shared = Arc::new(Shared::default());
-        shared.cursor_seq.store(cursor, Ordering::Release);
-        shared.last_seq.store(source.last_seq(), Ordering::Release);
         let (stop, stop_rx) = watch::channel(None);
         let task = FlushLoop {
-            database: database.clone(),
-            source,
-            engine,
             backoff: options.backoff_min,
-            options,
-            shared: Arc::clone(&shared),
-            cursor,
-            read_seq: cursor,
-            pending: VecDeque::new(),
-            pending_events: 0,
-            gap: None,
+            copier: Copier {
+                database: database.clone(),
+                source,
+                engine,
+                options,
+                shared: Arc::clone(&shared),
+                events_read_total: 0,
+                batches_read_total: 0,
+            },
+            lanes,
             stats_due: Instant::now(),
-            events_read_total: 0,
-            batches_read_total: 0,
         };
+        task.publish_lag();
         let task = tokio::spawn(task.run(stop_rx));
         Ok(FlusherHandle {
             shared,
@@ -184,19 +204,76 @@ fn check_options(options: &FlusherOptions) {
     );
 }
 
-/// Settles whose tables these are, then where the flusher takes up: the stored cursor, or
-/// the log's end when the tables are ahead of it.
-async fn start_cursor(
+/// Settles whose tables these are, then takes up every lane the source has now.
+async fn start_lanes(
     database: &Database,
     source: &dyn EventSource,
     engine: &Engine,
-) -> Result<u64, SqlError> {
+    lanes: &mut BTreeMap<u32, Lane>,
+) -> Result<(), SqlError> {
     if let Some(ours) = source.deployment_id() {
         deployment::claim(database, &ours, engine.now_ms()).await?;
     }
-    let cursor = database.read_cursor().await?;
-    let last_seq = source.last_seq();
+    sync_lanes(database, source, lanes, engine.now_ms()).await?;
+    Ok(())
+}
+
+/// Brings `lanes` in line with the source's lanes now: takes up those that appeared, from
+/// their stored cursors, and drops those the source no longer has (another node writes them
+/// now, and what was read of them is its to write). Returns the lanes in reading order.
+async fn sync_lanes(
+    database: &Database,
+    source: &dyn EventSource,
+    lanes: &mut BTreeMap<u32, Lane>,
+    now_ms: i64,
+) -> Result<Vec<u32>, SqlError> {
+    let order = source.lanes();
+    lanes.retain(|id, _| {
+        let kept = order.contains(id);
+        if !kept {
+            tracing::info!(lane = *id, "SQL flusher: the log no longer has this lane");
+        }
+        kept
+    });
+    for &id in &order {
+        if lanes.contains_key(&id) {
+            continue;
+        }
+        let cursor = take_up(database, source, id, now_ms).await?;
+        tracing::debug!(lane = id, cursor, "SQL flusher: lane taken up");
+        lanes.insert(id, Lane::new(id, cursor));
+    }
+    Ok(order)
+}
+
+/// Where the flusher takes `lane` up: its stored cursor (a lane above 0 gets its row, at 0,
+/// the first time), or, for lane 0, the log's end when the tables are ahead of it.
+async fn take_up(
+    database: &Database,
+    source: &dyn EventSource,
+    lane: u32,
+    now_ms: i64,
+) -> Result<u64, SqlError> {
+    if lane > LANE_MAX {
+        return Err(SqlError::Source(format!(
+            "lane {lane} is above {LANE_MAX}, the largest lane the tables hold"
+        )));
+    }
+    let cursor = database.read_cursor(lane, now_ms).await?;
+    let last_seq = source.last_seq(lane);
     if cursor <= last_seq {
+        return Ok(cursor);
+    }
+    if lane != SINGLE_LANE {
+        // A lane above 0 is a log whose numbers are never reused (a JetStream stream): a
+        // cursor past what this node has seen of it is another node's flusher further on,
+        // not a lost tail, and it is not this node's to move back. The lane waits.
+        tracing::warn!(
+            lane,
+            cursor,
+            last_seq,
+            "the SQL cursor of this lane is ahead of the log as this node sees it; waiting"
+        );
         return Ok(cursor);
     }
     // The tables are ahead of the log: an async-mode log that lost its unsynced tail (or a
@@ -207,7 +284,7 @@ async fn start_cursor(
         last_seq,
         "the SQL cursor is ahead of the log; rewinding it to the log's end"
     );
-    database.reset_cursor(last_seq, engine.now_ms()).await?;
+    database.reset_cursor(lane, last_seq, now_ms).await?;
     Ok(last_seq)
 }
 
@@ -219,15 +296,16 @@ impl FlusherHandle {
             last_seq: shared.last_seq.load(Ordering::Acquire),
             lag_events: shared.lag_events.load(Ordering::Relaxed),
             lag_ms: shared.lag_ms.load(Ordering::Relaxed),
+            lanes_behind: shared.lanes_behind.load(Ordering::Acquire),
             rows_written_total: shared.rows_written_total.load(Ordering::Relaxed),
             errors_total: shared.errors_total.load(Ordering::Relaxed),
             gaps_skipped_total: shared.gaps_skipped_total.load(Ordering::Relaxed),
         }
     }
 
-    /// Writes what the log holds now (and the stats, if the engine still answers), for at
-    /// most `grace`, then stops. `Err(NotDrained)` when the database did not let it finish:
-    /// nothing is lost, the next start goes on from the cursor.
+    /// Writes what every lane of the log holds now (and the stats, if the engine still
+    /// answers), for at most `grace`, then stops. `Err(NotDrained)` when the database did not
+    /// let it finish: nothing is lost, the next start goes on from the cursors.
     pub async fn shutdown(self, grace: Duration) -> Result<(), SqlError> {
         // Ignored error: the task may have ended already; its result says how.
         let _ = self.stop.send(Some(Instant::now() + grace));
@@ -240,35 +318,28 @@ impl FlusherHandle {
     }
 }
 
-/// A hole in the sequence numbers right after `read_seq`, and since when it is there.
-#[derive(Debug, Clone, Copy)]
-struct Gap {
-    after_seq: u64,
-    since: Instant,
-}
-
-struct FlushLoop {
+/// What a lane's read and write use: the database, the log, the engine, the options and the
+/// counters. Apart from the lanes, so that a lane can be lent to it.
+struct Copier {
     database: Database,
     source: Arc<dyn EventSource>,
     engine: Engine,
     options: FlusherOptions,
     shared: Arc<Shared>,
-    /// The log is in SQL up to here (the committed cursor).
-    cursor: u64,
-    /// The log is in `pending` up to here.
-    read_seq: u64,
-    /// Batches read and not yet committed, contiguous from `cursor + 1` to `read_seq`.
-    pending: VecDeque<(u64, Vec<Event>)>,
-    pending_events: usize,
-    gap: Option<Gap>,
-    backoff: Duration,
-    stats_due: Instant,
-    /// For the estimate of events in batches not read yet.
+    /// For the estimate of events in batches not read yet, over every lane.
     events_read_total: u64,
     batches_read_total: u64,
 }
 
-/// What one step of the loop did.
+struct FlushLoop {
+    copier: Copier,
+    /// Every lane being copied, by lane.
+    lanes: BTreeMap<u32, Lane>,
+    backoff: Duration,
+    stats_due: Instant,
+}
+
+/// What one step (of a lane, or of a round over every lane) did.
 enum Step {
     /// Wrote a chunk; there may be more.
     Wrote,
@@ -285,13 +356,13 @@ impl FlushLoop {
             if let Some(deadline) = deadline {
                 return self.drain(deadline).await;
             }
-            let pause = match self.step(None).await {
+            let pause = match self.round(None).await {
                 // Caught up with what was read: let the next transaction gather a poll
                 // interval's worth of orders instead of committing (and fsyncing SQLite) once
                 // per journal batch, which under a storm cost the hot path CPU and disk.
-                Step::Wrote if self.pending.is_empty() => Some(self.options.poll_interval),
+                Step::Wrote if self.nothing_pending() => Some(self.copier.options.poll_interval),
                 Step::Wrote => None,
-                Step::Idle => Some(self.options.poll_interval),
+                Step::Idle => Some(self.copier.options.poll_interval),
                 Step::Failed => Some(self.next_backoff()),
             };
             if self.stats_due <= Instant::now() {
@@ -304,7 +375,7 @@ impl FlushLoop {
                     changed = stop.changed() => {
                         if changed.is_err() {
                             // The handle is gone without a shutdown: nobody waits for a
-                            // drain, and the cursor keeps what was written.
+                            // drain, and the cursors keep what was written.
                             return Ok(());
                         }
                     }
@@ -313,20 +384,21 @@ impl FlushLoop {
         }
     }
 
-    /// Writes up to the log's end as it is now, until `deadline`.
+    /// Writes every lane up to its log's end as it is now, until `deadline`.
     async fn drain(&mut self, deadline: Instant) -> Result<(), SqlError> {
-        let target = self.source.last_seq();
-        while self.cursor < target {
+        let targets = self.drain_targets();
+        while let Some((lane, cursor_seq, last_seq)) = self.first_behind(&targets) {
             if Instant::now() >= deadline {
                 self.publish_lag();
                 return Err(SqlError::NotDrained {
-                    cursor_seq: self.cursor,
-                    last_seq: target,
+                    lane,
+                    cursor_seq,
+                    last_seq,
                 });
             }
-            let pause = match self.step(Some(deadline)).await {
+            let pause = match self.round(Some(deadline)).await {
                 Step::Wrote => None,
-                Step::Idle => Some(self.options.poll_interval),
+                Step::Idle => Some(self.copier.options.poll_interval),
                 Step::Failed => Some(self.next_backoff()),
             };
             if let Some(pause) = pause {
@@ -338,177 +410,154 @@ impl FlushLoop {
         Ok(())
     }
 
+    /// Every lane the source has now, with its log's last sequence number now.
+    fn drain_targets(&self) -> Vec<(u32, u64)> {
+        let source = &self.copier.source;
+        source
+            .lanes()
+            .into_iter()
+            .map(|lane| (lane, source.last_seq(lane)))
+            .collect()
+    }
+
+    /// The first of `targets` whose cursor is below its target, as (lane, cursor, target). A
+    /// lane not taken up yet counts from 0 (its stored cursor is read when it is); a lane the
+    /// source no longer has is another node's to write.
+    fn first_behind(&self, targets: &[(u32, u64)]) -> Option<(u32, u64, u64)> {
+        let current = self.copier.source.lanes();
+        targets.iter().find_map(|&(id, target)| {
+            let cursor = match self.lanes.get(&id) {
+                Some(lane) => lane.cursor,
+                None if !current.contains(&id) => return None,
+                None => 0,
+            };
+            (cursor < target).then_some((id, cursor, target))
+        })
+    }
+
+    fn nothing_pending(&self) -> bool {
+        self.lanes.values().all(|lane| lane.pending.is_empty())
+    }
+
     fn next_backoff(&mut self) -> Duration {
         let pause = self.backoff;
-        self.backoff = (self.backoff * 2).min(self.options.backoff_max);
+        self.backoff = (self.backoff * 2).min(self.copier.options.backoff_max);
         pause
     }
 
-    fn count_error(&self, what: &str, error: &SqlError) {
-        self.shared.errors_total.fetch_add(1, Ordering::Relaxed);
+    fn count_error(&self, what: &str, lane: Option<u32>, error: &SqlError) {
+        self.copier
+            .shared
+            .errors_total
+            .fetch_add(1, Ordering::Relaxed);
         metrics::counter!("seckill_flusher_errors_total").increment(1);
-        tracing::warn!(%error, cursor = self.cursor, "SQL flusher: {what} failed; retrying");
+        let cursor = lane
+            .and_then(|id| self.lanes.get(&id))
+            .map(|lane| lane.cursor);
+        tracing::warn!(%error, ?lane, ?cursor, "SQL flusher: {what} failed; retrying");
     }
 
-    /// One read-and-write step.
-    async fn step(&mut self, deadline: Option<Instant>) -> Step {
-        if self.pending.is_empty() {
-            if let Err(error) = self.fill().await {
-                self.count_error("reading the log", &error);
+    /// One round: the lanes brought in line with the source's, then one step of each, in
+    /// the source's order. A failure ends the round (see the module documentation).
+    async fn round(&mut self, deadline: Option<Instant>) -> Step {
+        let now_ms = self.copier.engine.now_ms();
+        let synced = sync_lanes(
+            &self.copier.database,
+            self.copier.source.as_ref(),
+            &mut self.lanes,
+            now_ms,
+        )
+        .await;
+        let order = match synced {
+            Ok(order) => order,
+            Err(error) => {
+                self.count_error("taking up a lane", None, &error);
                 return Step::Failed;
             }
-            // Before the write as well as after: the age of what is about to be written is
-            // the lag a reader of the tables sees meanwhile.
-            self.publish_lag();
+        };
+        let mut wrote = false;
+        for id in order {
+            if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+                // Shutting down and out of time: the drain says how far it got.
+                break;
+            }
+            match self.lane_step(id, deadline).await {
+                Step::Wrote => wrote = true,
+                Step::Idle => {}
+                Step::Failed => return Step::Failed,
+            }
         }
-        if self.pending.is_empty() {
+        if !wrote {
             return Step::Idle;
         }
-        match self.write_chunk(deadline).await {
-            Ok(()) => {
-                self.backoff = self.options.backoff_min;
-                Step::Wrote
-            }
-            Err(SqlError::CursorMoved { expected }) => {
-                let error = SqlError::CursorMoved { expected };
-                self.count_error("moving the cursor", &error);
+        self.backoff = self.copier.options.backoff_min;
+        Step::Wrote
+    }
+
+    /// One read-and-write step of lane `id`: a read when nothing of it is pending, then the
+    /// write of its next chunk.
+    async fn lane_step(&mut self, id: u32, deadline: Option<Instant>) -> Step {
+        if let Err(error) = self.fill(id).await {
+            self.count_error("reading the log", Some(id), &error);
+            return Step::Failed;
+        }
+        let Some(lane) = self.lanes.get_mut(&id) else {
+            return Step::Idle;
+        };
+        if lane.pending.is_empty() {
+            return Step::Idle;
+        }
+        match self.copier.write_chunk(lane, deadline).await {
+            Ok(()) => Step::Wrote,
+            Err(error @ SqlError::CursorMoved { .. }) => {
+                self.count_error("moving the cursor", Some(id), &error);
                 // Take up from wherever the other writer left the tables.
-                if let Ok(cursor) = self.database.read_cursor().await {
-                    self.cursor = cursor;
-                    self.read_seq = cursor;
-                    self.pending.clear();
-                    self.pending_events = 0;
-                    self.shared.cursor_seq.store(cursor, Ordering::Release);
-                }
+                self.take_up_again(id).await;
                 Step::Failed
             }
             Err(error) => {
-                self.count_error("writing a chunk", &error);
+                self.count_error("writing a chunk", Some(id), &error);
                 Step::Failed
             }
         }
     }
 
-    /// Reads the batches after `read_seq`, keeping only the run that continues it.
-    async fn fill(&mut self) -> Result<(), SqlError> {
-        let source = Arc::clone(&self.source);
-        let after_seq = self.read_seq;
-        let batches_max = self.options.read_batches_max;
-        // The log may be on disk: its reads must not hold up the runtime's workers.
-        let batches =
-            tokio::task::spawn_blocking(move || source.read_batches(after_seq, batches_max))
-                .await
-                .map_err(|e| SqlError::Task(e.to_string()))??;
-        for (seq, events) in batches {
-            if seq <= self.read_seq {
-                continue;
-            }
-            if seq != self.read_seq + 1 && !self.gap_is_permanent(seq) {
-                break;
-            }
-            self.gap = None;
-            self.read_seq = seq;
-            self.pending_events += events.len();
-            self.events_read_total += events.len() as u64;
-            self.batches_read_total += 1;
-            self.pending.push_back((seq, events));
-        }
-        Ok(())
-    }
-
-    /// Whether the hole before `seq` has lasted long enough to be skipped.
-    fn gap_is_permanent(&mut self, seq: u64) -> bool {
-        let now = Instant::now();
-        let gap = match self.gap {
-            Some(gap) if gap.after_seq == self.read_seq => gap,
-            _ => {
-                let gap = Gap {
-                    after_seq: self.read_seq,
-                    since: now,
-                };
-                self.gap = Some(gap);
-                gap
-            }
+    /// Reads lane `id` after what is read of it, when nothing of it is pending.
+    async fn fill(&mut self, id: u32) -> Result<(), SqlError> {
+        let Some(lane) = self.lanes.get_mut(&id) else {
+            return Ok(());
         };
-        if now.duration_since(gap.since) < self.options.gap_wait {
-            return false;
+        if !lane.pending.is_empty() {
+            return Ok(());
         }
-        tracing::error!(
-            after_seq = self.read_seq,
-            next_seq = seq,
-            "the log has no batches between these sequence numbers; skipping the hole"
-        );
-        self.shared
-            .gaps_skipped_total
-            .fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("seckill_flusher_gaps_skipped_total").increment(1);
-        true
-    }
-
-    /// How many pending batches the next transaction takes: whole batches up to the events
-    /// bound, and at least one.
-    fn chunk_len(&self) -> usize {
-        let mut events = 0;
-        let mut batches = 0;
-        for (_, batch) in &self.pending {
-            if batches > 0 && events + batch.len() > self.options.transaction_events_max {
-                break;
-            }
-            events += batch.len();
-            batches += 1;
-        }
-        batches
-    }
-
-    async fn write_chunk(&mut self, deadline: Option<Instant>) -> Result<(), SqlError> {
-        let batches = self.chunk_len();
-        debug_assert!(batches > 0);
-        let rows = ChunkRows::from_batches(self.pending.iter().take(batches));
-        let cursor_to = self.pending[batches - 1].0;
-        debug_assert!(cursor_to > self.cursor);
-        let mut timeout = self.options.write_timeout;
-        if let Some(deadline) = deadline {
-            timeout = timeout.min(deadline.saturating_duration_since(Instant::now()));
-        }
-        let deployment = self.source.deployment_id();
-        let write = self.database.write_chunk(
-            &rows,
-            (self.cursor, cursor_to),
-            deployment.as_deref(),
-            self.engine.now_ms(),
-        );
-        match tokio::time::timeout(timeout, write).await {
-            Ok(result) => result?,
-            Err(_) => {
-                return Err(SqlError::Timeout {
-                    timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
-                })
-            }
-        }
-        self.pending.drain(..batches);
-        self.pending_events -= rows.events;
-        self.cursor = cursor_to;
-        self.shared.cursor_seq.store(cursor_to, Ordering::Release);
-        self.shared
-            .rows_written_total
-            .fetch_add(rows.orders.len() as u64, Ordering::Relaxed);
-        metrics::counter!("seckill_flusher_rows_written_total").increment(rows.orders.len() as u64);
-        metrics::gauge!("seckill_flusher_cursor_seq").set(cursor_to as f64);
-        // Only after the commit: the log keeps everything the tables do not have.
-        self.source.set_retain_floor(cursor_to);
+        self.copier.fill(lane).await?;
+        // Before the write as well as after: the age of what is about to be written is the
+        // lag a reader of the tables sees meanwhile.
+        self.publish_lag();
         Ok(())
+    }
+
+    /// Takes lane `id` up again at its cursor as the tables have it. An error leaves it as
+    /// it is: its next write fails the same way and tries again.
+    async fn take_up_again(&mut self, id: u32) {
+        let now_ms = self.copier.engine.now_ms();
+        if let Ok(cursor) = self.copier.database.read_cursor(id, now_ms).await {
+            if let Some(lane) = self.lanes.get_mut(&id) {
+                lane.restart_at(cursor);
+            }
+        }
     }
 
     /// Copies the engine's stats into `promotions` and `promotion_items`. A busy engine or
     /// database skips a round; the next one catches up.
     async fn refresh_stats(&mut self, deadline: Option<Instant>) {
-        self.stats_due = Instant::now() + self.options.stats_interval;
-        let mut timeout = self.options.write_timeout;
+        self.stats_due = Instant::now() + self.copier.options.stats_interval;
+        let mut timeout = self.copier.options.write_timeout;
         if let Some(deadline) = deadline {
             timeout = timeout.min(deadline.saturating_duration_since(Instant::now()));
         }
-        let engine = self.engine.clone();
-        let database = self.database.clone();
+        let engine = self.copier.engine.clone();
+        let database = self.copier.database.clone();
         let refresh = async move {
             let stats = match engine.list_promotion_stats().await {
                 Ok(stats) => stats,
@@ -522,48 +571,138 @@ impl FlushLoop {
         };
         match tokio::time::timeout(timeout, refresh).await {
             Ok(Ok(())) => {}
-            Ok(Err(error)) => self.count_error("refreshing the stats", &error),
+            Ok(Err(error)) => self.count_error("refreshing the stats", None, &error),
             Err(_) => self.count_error(
                 "refreshing the stats",
+                None,
                 &SqlError::Timeout {
-                    timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+                    timeout_ms: timeout_ms(timeout),
                 },
             ),
         }
     }
 
-    /// Sets the lag gauges: events (exact for what is read, estimated from the mean batch
-    /// size for what is not) and seconds (the age of the oldest event not in SQL).
+    /// Sets the status and the lag gauges, over every lane: events (exact for what is read,
+    /// estimated from the mean batch size for what is not), summed; seconds (the age of the
+    /// oldest event not in SQL), the largest; and the lanes behind their log.
     fn publish_lag(&self) {
-        let last_seq = self.source.last_seq().max(self.read_seq);
-        let unread_batches = last_seq - self.read_seq;
-        let events_per_batch = if self.batches_read_total == 0 {
+        let source = &self.copier.source;
+        let events_per_batch = self.copier.events_per_batch();
+        let now_ms = self.copier.engine.now_ms();
+        let (mut lag_events, mut lag_ms, mut lanes_behind) = (0_u64, 0_i64, 0_u32);
+        let (mut cursor_seq, mut last_seq) = (0_u64, 0_u64);
+        for lane in self.lanes.values() {
+            let lane_last_seq = source.last_seq(lane.id).max(lane.read_seq);
+            let lane_lag_events = lane.lag_events(lane_last_seq, events_per_batch);
+            lag_events = lag_events.saturating_add(lane_lag_events);
+            lag_ms = lag_ms.max(lane.lag_ms(lane_last_seq, now_ms));
+            lanes_behind += u32::from(lane.cursor < lane_last_seq);
+            if lane.id == SINGLE_LANE {
+                (cursor_seq, last_seq) = (lane.cursor, lane_last_seq);
+            }
+        }
+        let shared = &self.copier.shared;
+        shared.cursor_seq.store(cursor_seq, Ordering::Release);
+        shared.last_seq.store(last_seq, Ordering::Release);
+        shared.lag_events.store(lag_events, Ordering::Relaxed);
+        shared.lag_ms.store(lag_ms, Ordering::Relaxed);
+        // Release, and last: a reader that sees the lanes caught up sees the lag and the
+        // counters that go with it.
+        shared.lanes_behind.store(lanes_behind, Ordering::Release);
+        metrics::gauge!("seckill_flusher_lag_events").set(lag_events as f64);
+        metrics::gauge!("seckill_flusher_lag_seconds").set(lag_ms as f64 / 1000.0);
+        metrics::gauge!("seckill_flusher_lanes_behind").set(f64::from(lanes_behind));
+    }
+}
+
+impl Copier {
+    /// Reads `lane` after what is read of it, keeping only the run that continues it.
+    async fn fill(&mut self, lane: &mut Lane) -> Result<(), SqlError> {
+        if self.source.last_seq(lane.id) <= lane.read_seq {
+            // Nothing new: no read (a thread hop, and for some logs a round trip to a broker,
+            // once per lane and poll).
+            return Ok(());
+        }
+        let source = Arc::clone(&self.source);
+        let (id, after_seq) = (lane.id, lane.read_seq);
+        let batches_max = self.options.read_batches_max;
+        // The log may be on disk or across the network: its reads must not hold up the
+        // runtime's workers.
+        let batches =
+            tokio::task::spawn_blocking(move || source.read_batches(id, after_seq, batches_max))
+                .await
+                .map_err(|e| SqlError::Task(e.to_string()))??;
+        let taken = lane.take(batches, Instant::now(), self.options.gap_wait);
+        self.events_read_total += taken.events;
+        self.batches_read_total += taken.batches;
+        if taken.gaps_skipped > 0 {
+            self.shared
+                .gaps_skipped_total
+                .fetch_add(taken.gaps_skipped, Ordering::Relaxed);
+            metrics::counter!("seckill_flusher_gaps_skipped_total").increment(taken.gaps_skipped);
+        }
+        Ok(())
+    }
+
+    /// Writes `lane`'s next chunk and moves its cursor, in one transaction; then lets the
+    /// lane's log trim up to there.
+    async fn write_chunk(
+        &mut self,
+        lane: &mut Lane,
+        deadline: Option<Instant>,
+    ) -> Result<(), SqlError> {
+        let batches = lane.chunk_len(self.options.transaction_events_max);
+        debug_assert!(batches > 0);
+        let rows = ChunkRows::from_batches(lane.pending.iter().take(batches));
+        let cursor_to = lane.pending[batches - 1].0;
+        let mut timeout = self.options.write_timeout;
+        if let Some(deadline) = deadline {
+            timeout = timeout.min(deadline.saturating_duration_since(Instant::now()));
+        }
+        let deployment = self.source.deployment_id();
+        let write = self.database.write_chunk(
+            &rows,
+            lane.id,
+            (lane.cursor, cursor_to),
+            deployment.as_deref(),
+            self.engine.now_ms(),
+        );
+        match tokio::time::timeout(timeout, write).await {
+            Ok(result) => result?,
+            Err(_) => {
+                return Err(SqlError::Timeout {
+                    timeout_ms: timeout_ms(timeout),
+                })
+            }
+        }
+        lane.committed(batches, rows.events, cursor_to);
+        if lane.id == SINGLE_LANE {
+            // Before the floor moves: the status never shows a cursor below what the log
+            // may have trimmed.
+            self.shared.cursor_seq.store(cursor_to, Ordering::Release);
+        }
+        let orders = rows.orders.len() as u64;
+        self.shared
+            .rows_written_total
+            .fetch_add(orders, Ordering::Relaxed);
+        metrics::counter!("seckill_flusher_rows_written_total").increment(orders);
+        metrics::gauge!("seckill_flusher_cursor_seq", "lane" => lane.id.to_string())
+            .set(cursor_to as f64);
+        // Only after the commit: the log keeps everything the tables do not have.
+        self.source.set_retain_floor(lane.id, cursor_to);
+        Ok(())
+    }
+
+    fn events_per_batch(&self) -> f64 {
+        if self.batches_read_total == 0 {
             1.0
         } else {
             self.events_read_total as f64 / self.batches_read_total as f64
-        };
-        let lag_events =
-            self.pending_events as u64 + (unread_batches as f64 * events_per_batch).round() as u64;
-        let lag_ms = if self.cursor >= last_seq {
-            0
-        } else {
-            let oldest_ms = self
-                .pending
-                .iter()
-                .flat_map(|(_, events)| events.iter())
-                .find_map(event_time_ms);
-            match (oldest_ms, self.gap) {
-                (Some(oldest_ms), _) => (self.engine.now_ms() - oldest_ms).max(0),
-                (None, Some(gap)) => {
-                    i64::try_from(gap.since.elapsed().as_millis()).unwrap_or(i64::MAX)
-                }
-                (None, None) => 0,
-            }
-        };
-        self.shared.last_seq.store(last_seq, Ordering::Release);
-        self.shared.lag_events.store(lag_events, Ordering::Relaxed);
-        self.shared.lag_ms.store(lag_ms, Ordering::Relaxed);
-        metrics::gauge!("seckill_flusher_lag_events").set(lag_events as f64);
-        metrics::gauge!("seckill_flusher_lag_seconds").set(lag_ms as f64 / 1000.0);
+        }
     }
+}
+
+/// A timeout in whole ms, for [`SqlError::Timeout`].
+fn timeout_ms(timeout: Duration) -> u64 {
+    u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX)
 }

@@ -6,6 +6,7 @@ use seckill_engine::{ItemState, ItemStats, PromotionRecord, PromotionStats, Prom
 
 use super::dialect::{placeholder_rows, Statement, Value};
 use super::rows::PromotionChange;
+use super::source::SINGLE_LANE;
 
 /// Item rows per multi-row statement: [`ITEM_COLUMN_COUNT`] parameters each stays far below
 /// SQLite's 32,766 and PostgreSQL's 65,535.
@@ -31,25 +32,66 @@ const ITEM_STATS_CONFLICT: &str = " ON CONFLICT (promotion_id, sku) DO UPDATE SE
      tokens_issued = excluded.tokens_issued, tokens_outstanding = excluded.tokens_outstanding, \
      updated_at = excluded.updated_at";
 
-/// The sequence number up to which the tables hold the log.
-pub(crate) fn read_cursor() -> Statement {
-    Statement::plain("SELECT seq FROM flusher_cursor WHERE id = 1")
-}
+// Lane 0 (a single log) keeps the one-row table of the first migration, so tables written
+// before lanes existed go on from their cursor; every other lane has its row in
+// `flusher_lane_cursor` (migration 0004). `Value::small` never saturates here: lanes are at
+// most `LANE_MAX`, checked when the flusher takes a lane up.
 
-/// Moves the cursor from `from` to `to`; touches no row if it is not at `from` (another
-/// flusher moved it).
-pub(crate) fn move_cursor(from: u64, to: u64, now_ms: i64) -> Statement {
+/// The sequence number up to which the tables hold `lane`.
+pub(crate) fn read_cursor(lane: u32) -> Statement {
+    if lane == SINGLE_LANE {
+        return Statement::plain("SELECT seq FROM flusher_cursor WHERE id = 1");
+    }
     Statement::new(
-        "UPDATE flusher_cursor SET seq = ?, updated_at = ? WHERE id = 1 AND seq = ?",
-        vec![Value::count(to), Value::Time(now_ms), Value::count(from)],
+        "SELECT seq FROM flusher_lane_cursor WHERE lane = ?",
+        vec![Value::small(lane)],
     )
 }
 
-/// Sets the cursor, whatever it was.
-pub(crate) fn set_cursor(seq: u64, now_ms: i64) -> Statement {
+/// The row of a lane above 0, at 0, unless it has one already (then it touches no row).
+pub(crate) fn add_lane(lane: u32, now_ms: i64) -> Statement {
+    debug_assert_ne!(
+        lane, SINGLE_LANE,
+        "lane 0's row comes with the first migration"
+    );
     Statement::new(
-        "UPDATE flusher_cursor SET seq = ?, updated_at = ? WHERE id = 1",
-        vec![Value::count(seq), Value::Time(now_ms)],
+        "INSERT INTO flusher_lane_cursor (lane, seq, updated_at) VALUES (?, 0, ?) \
+         ON CONFLICT (lane) DO NOTHING",
+        vec![Value::small(lane), Value::Time(now_ms)],
+    )
+}
+
+/// Moves `lane`'s cursor from `from` to `to`; touches no row if it is not at `from`
+/// (another flusher moved it).
+pub(crate) fn move_cursor(lane: u32, from: u64, to: u64, now_ms: i64) -> Statement {
+    if lane == SINGLE_LANE {
+        return Statement::new(
+            "UPDATE flusher_cursor SET seq = ?, updated_at = ? WHERE id = 1 AND seq = ?",
+            vec![Value::count(to), Value::Time(now_ms), Value::count(from)],
+        );
+    }
+    Statement::new(
+        "UPDATE flusher_lane_cursor SET seq = ?, updated_at = ? WHERE lane = ? AND seq = ?",
+        vec![
+            Value::count(to),
+            Value::Time(now_ms),
+            Value::small(lane),
+            Value::count(from),
+        ],
+    )
+}
+
+/// Sets `lane`'s cursor, whatever it was.
+pub(crate) fn set_cursor(lane: u32, seq: u64, now_ms: i64) -> Statement {
+    if lane == SINGLE_LANE {
+        return Statement::new(
+            "UPDATE flusher_cursor SET seq = ?, updated_at = ? WHERE id = 1",
+            vec![Value::count(seq), Value::Time(now_ms)],
+        );
+    }
+    Statement::new(
+        "UPDATE flusher_lane_cursor SET seq = ?, updated_at = ? WHERE lane = ?",
+        vec![Value::count(seq), Value::Time(now_ms), Value::small(lane)],
     )
 }
 
@@ -234,12 +276,15 @@ pub(crate) fn replace_deployment(found: &str, ours: &str, now_ms: i64) -> Statem
     )
 }
 
-/// Zero when the tables hold nothing at all (no order, no promotion, the cursor at 0), more
-/// otherwise. `COUNT` over `LIMIT 1`: whether a row exists, without counting them all.
+/// Zero when the tables hold nothing at all (no order, no promotion, every lane's cursor at
+/// 0), more otherwise. `COUNT` over `LIMIT 1`: whether a row exists, without counting them
+/// all (and a `BIGINT` on PostgreSQL, where `SUM` of the lanes would be `NUMERIC`). A lane's
+/// row at 0 is only a lane seen, not written.
 pub(crate) fn tables_written() -> Statement {
     Statement::plain(
         "SELECT (SELECT COUNT(*) FROM (SELECT 1 FROM orders LIMIT 1) AS o) \
          + (SELECT COUNT(*) FROM (SELECT 1 FROM promotions LIMIT 1) AS p) \
+         + (SELECT COUNT(*) FROM (SELECT 1 FROM flusher_lane_cursor WHERE seq > 0 LIMIT 1) AS l) \
          + COALESCE((SELECT seq FROM flusher_cursor WHERE id = 1), 0)",
     )
 }
@@ -261,6 +306,26 @@ mod tests {
             tokens_issued: 0,
             tokens_outstanding: 0,
         }
+    }
+
+    #[test]
+    fn lane_0_keeps_the_first_cursor_table_and_other_lanes_have_rows_of_their_own() {
+        assert_eq!(
+            read_cursor(SINGLE_LANE).postgres_sql(),
+            "SELECT seq FROM flusher_cursor WHERE id = 1"
+        );
+        assert_eq!(
+            move_cursor(SINGLE_LANE, 4, 9, 0).postgres_sql(),
+            "UPDATE flusher_cursor SET seq = $1, updated_at = $2 WHERE id = 1 AND seq = $3"
+        );
+        assert_eq!(
+            read_cursor(3).postgres_sql(),
+            "SELECT seq FROM flusher_lane_cursor WHERE lane = $1"
+        );
+        assert_eq!(
+            move_cursor(3, 4, 9, 0).postgres_sql(),
+            "UPDATE flusher_lane_cursor SET seq = $1, updated_at = $2 WHERE lane = $3 AND seq = $4"
+        );
     }
 
     #[test]

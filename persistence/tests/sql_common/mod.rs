@@ -297,6 +297,31 @@ impl TestDb {
 }
 
 impl TestDb {
+    /// Every row of `flusher_lane_cursor` (the cursors of lanes above 0) as (lane, seq),
+    /// sorted by lane.
+    pub async fn lane_cursors(&self) -> Vec<(i64, i64)> {
+        // The cast: `lane` is an INTEGER, int4 on PostgreSQL.
+        let sql = "SELECT CAST(lane AS BIGINT), seq FROM flusher_lane_cursor ORDER BY lane";
+        match self {
+            TestDb::Sqlite { url, .. } => {
+                let mut c = sqlite_connection(url).await;
+                sqlx::query_as(sql)
+                    .fetch_all(&mut c)
+                    .await
+                    .expect("lane cursors")
+            }
+            TestDb::Postgres { direct_url, .. } => {
+                let mut c = sqlx::PgConnection::connect(direct_url)
+                    .await
+                    .expect("connect");
+                sqlx::query_as(sql)
+                    .fetch_all(&mut c)
+                    .await
+                    .expect("lane cursors")
+            }
+        }
+    }
+
     /// The deployment recorded beside the tables, if any.
     pub async fn deployment_id(&self) -> Option<String> {
         let sql = "SELECT deployment_id FROM seckill_deployment WHERE id = 1";

@@ -1,0 +1,393 @@
+//! `seckill serve --cluster ...` through the real binary: the flag combinations it refuses
+//! (exit 2, one line), and, when NATS and PostgreSQL are at hand, a node whose order survives
+//! a restart on the JetStream journal and a restart that names another partition count.
+//!
+//! The NATS test needs `SECKILL_TEST_NATS_URLS` (a JetStream cluster, see `./dev test`) and
+//! `SECKILL_TEST_DATABASE_URL`; it is skipped without either. It runs under a random prefix
+//! of its own in NATS and a schema of its own in PostgreSQL, so tests sharing both never meet.
+
+mod common;
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use common::process::{free_port, path_arg, run_to_exit, seckill};
+use common::{live_promotion, send, ADMIN_KEY};
+
+/// A bound on any one process's start or exit; it means "hung", not "slow".
+const PROCESS_LIMIT: Duration = Duration::from_secs(60);
+/// A bound on one HTTP request to a node.
+const REQUEST_LIMIT: Duration = Duration::from_secs(10);
+/// The shopper of the NATS test.
+const SHOPPER: &str = "alice";
+
+/// The lines seckill wrote to stderr, without empty ones.
+fn stderr_lines(stderr: &str) -> Vec<String> {
+    stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Exit code 2 and exactly one line, `seckill: ...`, that contains every one of `needles`.
+#[track_caller]
+fn assert_refused(status: ExitStatus, stderr: &str, needles: &[&str]) {
+    let lines = stderr_lines(stderr);
+    assert_eq!(status.code(), Some(2), "stderr: {lines:?}");
+    assert_eq!(lines.len(), 1, "exactly one line on stderr, got {lines:?}");
+    assert!(lines[0].starts_with("seckill: "), "{lines:?}");
+    for needle in needles {
+        assert!(
+            lines[0].contains(needle),
+            "{:?} must mention {needle:?}",
+            lines[0]
+        );
+    }
+}
+
+#[test]
+fn a_cluster_without_postgres_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = path_arg(&dir.path().join("data"));
+    let output = run_to_exit(
+        &[
+            "serve",
+            "--auth",
+            "header",
+            "--admin-key",
+            "k",
+            "--data-dir",
+            &data,
+            "--cluster",
+            "nats://127.0.0.1:1",
+            "--node-id",
+            "a",
+            "--advertise",
+            "http://127.0.0.1:1",
+        ],
+        PROCESS_LIMIT,
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_refused(output.status, &stderr, &["PostgreSQL", "--database-url"]);
+}
+
+#[test]
+fn cluster_flags_without_cluster_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = path_arg(&dir.path().join("data"));
+    for (flag, value) in [("--node-id", "a"), ("--partitions", "3")] {
+        let output = run_to_exit(
+            &[
+                "serve",
+                "--auth",
+                "header",
+                "--admin-key",
+                "k",
+                "--data-dir",
+                &data,
+                flag,
+                value,
+            ],
+            PROCESS_LIMIT,
+        );
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_refused(output.status, &stderr, &[flag, "--cluster"]);
+    }
+}
+
+/// What every node of the NATS test shares: the NATS servers, its prefix there, its
+/// PostgreSQL schema, and a directory for the nodes' data directories and logs.
+struct Deployment {
+    nats_urls: String,
+    database_url: String,
+    prefix: String,
+    dir: PathBuf,
+}
+
+/// A `seckill` child process. Dropping it kills it (by its pid), so no path of a test,
+/// a panic included, leaves a process behind.
+struct Node {
+    child: Option<Child>,
+    base: String,
+    stderr_path: PathBuf,
+    client: reqwest::Client,
+}
+
+impl Node {
+    /// Spawns node `node_id` with `--partitions partitions`; stderr goes to a file (a pipe
+    /// nobody reads could fill and stall the child), logging at `log_level`.
+    fn spawn(deployment: &Deployment, node_id: &str, partitions: u32, log_level: &str) -> Node {
+        let port = free_port();
+        let listen = format!("127.0.0.1:{port}");
+        let base = format!("http://{listen}");
+        let data = path_arg(&deployment.dir.join(format!("data-{node_id}")));
+        let stderr_path = deployment
+            .dir
+            .join(format!("{node_id}-p{partitions}-{port}.stderr"));
+        let stderr = File::create(&stderr_path).expect("stderr file");
+        let partitions = partitions.to_string();
+        let child = seckill()
+            .args(["serve", "--auth", "header", "--admin-key", ADMIN_KEY])
+            .args(["--data-dir", &data, "--listen", &listen])
+            .args(["--database-url", &deployment.database_url])
+            .args(["--cluster", &deployment.nats_urls])
+            .args(["--cluster-prefix", &deployment.prefix])
+            .args(["--node-id", node_id, "--advertise", &base])
+            .args(["--partitions", &partitions, "--replicas", "3"])
+            // Short leases: a lease left behind by a node that died in a failed run lapses
+            // quickly instead of holding the next start for the default TTL.
+            .args(["--lease-ttl-s", "3"])
+            .env("RUST_LOG", log_level)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(stderr))
+            .spawn()
+            .expect("spawn seckill");
+        let client = reqwest::Client::builder()
+            .timeout(REQUEST_LIMIT)
+            .build()
+            .expect("HTTP client");
+        Node {
+            child: Some(child),
+            base,
+            stderr_path,
+            client,
+        }
+    }
+
+    /// Spawns the node and waits until it answers `/readyz` 200 (and `/healthz` 200).
+    async fn start(deployment: &Deployment, node_id: &str, partitions: u32) -> Node {
+        let mut node = Node::spawn(deployment, node_id, partitions, "info");
+        node.wait_ready().await;
+        node
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    fn child(&mut self) -> &mut Child {
+        self.child.as_mut().expect("the node is running")
+    }
+
+    async fn wait_ready(&mut self) {
+        let deadline = Instant::now() + PROCESS_LIMIT;
+        loop {
+            if let Ok(Some(status)) = self.child().try_wait() {
+                panic!("seckill exited at start with {status}: {}", self.stderr());
+            }
+            let ready = self.client.get(self.url("/readyz")).send().await;
+            if ready.is_ok_and(|r| r.status() == StatusCode::OK) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "seckill not ready within {PROCESS_LIMIT:?}: {}",
+                self.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let health = self.client.get(self.url("/healthz")).send().await;
+        assert!(
+            health.is_ok_and(|r| r.status() == StatusCode::OK),
+            "/healthz after /readyz 200"
+        );
+    }
+
+    /// Waits at most [`PROCESS_LIMIT`] for the process to exit on its own.
+    async fn wait_exit(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + PROCESS_LIMIT;
+        loop {
+            if let Some(status) = self.child().try_wait().expect("try_wait") {
+                self.child = None;
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "seckill did not exit within {PROCESS_LIMIT:?}: {}",
+                self.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGTERM (to its pid), then its exit status.
+    async fn terminate(&mut self) -> ExitStatus {
+        let pid = self.child().id().to_string();
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -TERM {pid}");
+        self.wait_exit().await
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    fn admin(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        self.client
+            .request(method, self.url(path))
+            .bearer_auth(ADMIN_KEY)
+    }
+
+    fn shopper(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        self.client
+            .request(method, self.url(path))
+            .header("X-User-Id", SHOPPER)
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // Child::kill signals this child's own pid, nothing else.
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A PostgreSQL schema for this test alone; the URL puts the server's tables in it.
+struct TestSchema {
+    admin: sqlx::PgPool,
+    name: String,
+    url: String,
+}
+
+impl TestSchema {
+    async fn create(base_url: &str) -> TestSchema {
+        let admin = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .connect(base_url)
+            .await
+            .expect("PostgreSQL from SECKILL_TEST_DATABASE_URL reachable");
+        let name = format!(
+            "seckill_cluster_{}_{:016x}",
+            std::process::id(),
+            rand::random::<u64>()
+        );
+        sqlx::query(&format!("CREATE SCHEMA {name}"))
+            .execute(&admin)
+            .await
+            .expect("create schema");
+        let separator = if base_url.contains('?') { '&' } else { '?' };
+        let url = format!("{base_url}{separator}options=-c%20search_path%3D{name}");
+        TestSchema { admin, name, url }
+    }
+
+    async fn drop_schema(self) {
+        sqlx::query(&format!("DROP SCHEMA {} CASCADE", self.name))
+            .execute(&self.admin)
+            .await
+            .expect("drop schema");
+        self.admin.close().await;
+    }
+}
+
+fn env_value(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|value| !value.is_empty())
+}
+
+/// Creates a live promotion and buys one unit of it; the order as answered.
+async fn buy_one(node: &Node) -> Value {
+    let (status, body) = send(
+        node.admin(Method::POST, "/admin/promotions")
+            .json(&live_promotion("cluster-sale", &[("mug", 5)], false)),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, order) = send(
+        node.shopper(Method::POST, "/promotions/cluster-sale/items/mug/purchase")
+            .json(&json!({"request_id": "alice-1"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{order}");
+    assert!(order["order_id"].is_string(), "{order}");
+    order
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_survives_a_restart_and_another_partition_count_is_refused() {
+    if cfg!(not(feature = "persistence")) {
+        println!("skipped: built without the persistence feature (no JetStream journal)");
+        return;
+    }
+    let Some(nats_urls) = env_value("SECKILL_TEST_NATS_URLS") else {
+        println!("skipped: SECKILL_TEST_NATS_URLS not set");
+        return;
+    };
+    let Some(base_database_url) = env_value("SECKILL_TEST_DATABASE_URL") else {
+        println!("skipped: SECKILL_TEST_DATABASE_URL not set");
+        return;
+    };
+    let prefix = format!("T{:016X}", rand::random::<u64>());
+    println!("NATS prefix {prefix}");
+    let schema = TestSchema::create(&base_database_url).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let deployment = Deployment {
+        nats_urls,
+        database_url: schema.url.clone(),
+        prefix,
+        dir: dir.path().to_owned(),
+    };
+
+    let mut first = Node::start(&deployment, "node-a", 3).await;
+    let order = buy_one(&first).await;
+    let status = first.terminate().await;
+    assert_eq!(status.code(), Some(0), "{}", first.stderr());
+
+    // The cluster stored 3 partitions: 4 is refused before anything is changed. Logged at
+    // `warn` so the NATS client's connection lines do not count as lines of the refusal.
+    let mut refused = Node::spawn(&deployment, "node-b", 4, "warn");
+    let status = refused.wait_exit().await;
+    assert_refused(
+        status,
+        &refused.stderr(),
+        &["3 partitions", "--partitions 4"],
+    );
+
+    // Another node, with the stored count and a data directory of its own, reads the order
+    // from the journal.
+    let mut second = Node::start(&deployment, "node-b", 3).await;
+    let order_id = order["order_id"].as_str().expect("order id");
+    let (status, seen) = send(second.shopper(Method::GET, &format!("/orders/{order_id}"))).await;
+    assert_eq!(status, StatusCode::OK, "{seen}");
+    assert_eq!(seen["order_id"], order["order_id"]);
+    assert_eq!(seen["status"], order["status"]);
+    assert_eq!(seen["status"], "pending_payment");
+    let status = second.terminate().await;
+    assert_eq!(status.code(), Some(0), "{}", second.stderr());
+
+    schema.drop_schema().await;
+    assert_data_dirs_hold_no_journal(&deployment.dir);
+}
+
+/// With `--cluster` nothing durable goes to the data directory: no RocksDB there.
+fn assert_data_dirs_hold_no_journal(dir: &Path) {
+    for node in ["data-node-a", "data-node-b"] {
+        let data = dir.join(node);
+        let entries: Vec<String> = std::fs::read_dir(&data)
+            .map(|entries| {
+                entries
+                    .filter_map(Result::ok)
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert!(
+            !entries
+                .iter()
+                .any(|name| name.contains("journal") || name.ends_with(".db")),
+            "{}: {entries:?}",
+            data.display()
+        );
+    }
+}
