@@ -60,6 +60,8 @@ pub struct JetStreamJournal {
     epoch: u64,
     node_id: String,
     patience: Duration,
+    /// The largest message sent (see [`MESSAGE_BYTES_MAX`]).
+    message_bytes_max: usize,
     /// Indexed by lane.
     lanes: HashMap<u32, LaneHandle>,
     snapshots: ObjectStore,
@@ -71,7 +73,7 @@ pub struct JetStreamJournal {
     floors: HashMap<u32, AtomicU64>,
     /// Per lane: the last sequence the latest snapshot holds.
     snapshot_seqs: HashMap<u32, AtomicU64>,
-    stop_leases: watch::Sender<bool>,
+    stop_leases: Arc<watch::Sender<bool>>,
     /// Where every lane stood at the last `snapshot_cut` (the shards paused), with the
     /// local sequence it was taken at.
     cut: Mutex<Option<Cut>>,
@@ -194,7 +196,7 @@ impl JetStreamJournal {
                 .get(&lane)
                 .ok_or_else(|| JournalError(format!("lane {lane} is not this node's")))?;
             let mut payloads = Vec::new();
-            encode_parts(&part, &mut payloads)?;
+            encode_parts(&part, self.message_bytes_max, &mut payloads)?;
             // In order, to one writer: a prefix of an item's events is a valid history, so
             // a batch cut into messages that land one by one is never inconsistent.
             for payload in payloads {
@@ -280,20 +282,24 @@ impl JetStreamJournal {
     }
 }
 
-/// The largest message the journal sends: half of NATS's default `max_payload` (1 MiB),
-/// so a server left at its default takes every message.
+/// The largest message the journal sends (less when the server's `max_payload` is under
+/// twice this): half of NATS's default `max_payload` (1 MiB).
 const MESSAGE_BYTES_MAX: usize = 512 * 1024;
 
 /// Encodes `events` as one message, or as several in order when one would be too large.
-fn encode_parts(events: &[Event], out: &mut Vec<Bytes>) -> Result<(), JournalError> {
+fn encode_parts(
+    events: &[Event],
+    bytes_max: usize,
+    out: &mut Vec<Bytes>,
+) -> Result<(), JournalError> {
     let payload = encode_batch(events).map_err(JournalError::from)?;
-    if payload.len() <= MESSAGE_BYTES_MAX || events.len() == 1 {
+    if payload.len() <= bytes_max || events.len() == 1 {
         out.push(Bytes::from(payload));
         return Ok(());
     }
     let (first, second) = events.split_at(events.len() / 2);
-    encode_parts(first, out)?;
-    encode_parts(second, out)
+    encode_parts(first, bytes_max, out)?;
+    encode_parts(second, bytes_max, out)
 }
 
 enum Waited {
@@ -422,11 +428,12 @@ struct Opened {
     epoch: u64,
     node_id: String,
     patience: Duration,
+    message_bytes_max: usize,
     lanes: HashMap<u32, LaneHandle>,
     snapshots: ObjectStore,
     snapshot_seqs: Vec<(u32, u64)>,
     recovery: Recovery,
-    stop_leases: watch::Sender<bool>,
+    stop_leases: Arc<watch::Sender<bool>>,
 }
 
 impl Opened {
@@ -446,6 +453,7 @@ impl Opened {
             epoch: self.epoch,
             node_id: self.node_id,
             patience: self.patience,
+            message_bytes_max: self.message_bytes_max,
             floors: lanes_all.iter().map(|&l| (l, AtomicU64::new(0))).collect(),
             snapshot_seqs: lanes_all
                 .iter()
@@ -467,7 +475,7 @@ async fn open_async(
     runtime: &tokio::runtime::Handle,
 ) -> Result<Opened, ClusterError> {
     let names = Names::new(&options.prefix);
-    let js = connect(options).await?;
+    let (js, message_bytes_max) = connect(options).await?;
     // A cluster that just started (or is electing) answers "timed out" for a while: every
     // step of opening is retried until the connect timeout.
     let deadline = Instant::now() + options.connect_timeout;
@@ -486,9 +494,18 @@ async fn open_async(
     .await?;
     let lanes = all_lanes(record.partitions);
     let (stop_leases, stopped) = watch::channel(false);
+    let stop_leases = Arc::new(stop_leases);
     // Each lease is kept (renewed) from the moment it is taken: taking the others may
     // wait for a long time.
-    let leases = take_leases(&lease_store, &names, &lanes, options, runtime, &stopped).await?;
+    let leases = take_leases(
+        &lease_store,
+        &names,
+        &lanes,
+        options,
+        runtime,
+        (&stopped, &stop_leases),
+    )
+    .await?;
     // After the leases: a node that waited as a standby must number its orders above the
     // epochs of every start before it took over.
     let epoch = retry(deadline, || meta::next_epoch(&meta_store)).await?;
@@ -574,6 +591,7 @@ async fn open_async(
         epoch,
         node_id: options.node_id.clone(),
         patience: options.append_patience,
+        message_bytes_max,
         lanes: handles,
         snapshots,
         snapshot_seqs,
@@ -619,7 +637,8 @@ fn check_image(image: &EngineImage) -> Result<(), ClusterError> {
     Ok(())
 }
 
-async fn connect(options: &ClusterOptions) -> Result<Context, ClusterError> {
+/// The JetStream context and the largest message the journal may send on it.
+async fn connect(options: &ClusterOptions) -> Result<(Context, usize), ClusterError> {
     let urls = options.urls.join(",");
     let unreachable = |reason: String| ClusterError::Unreachable {
         urls: urls.clone(),
@@ -644,10 +663,14 @@ async fn connect(options: &ClusterOptions) -> Result<Context, ClusterError> {
             Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
         }
     };
-    check_server_version(&client.server_info().version)?;
+    let info = client.server_info();
+    check_server_version(&info.version)?;
+    // Half the server's limit: room for headers, and for a server whose limit is lower
+    // than its neighbours'.
+    let message_bytes_max = MESSAGE_BYTES_MAX.min(info.max_payload / 2).max(1);
     let mut js = async_nats::jetstream::new(client);
     js.set_timeout(REQUEST_TIMEOUT);
-    Ok(js)
+    Ok((js, message_bytes_max))
 }
 
 /// The oldest nats-server the conditional appends are sound on (fixes of nats-server
@@ -678,11 +701,14 @@ async fn take_leases(
     lanes: &[u32],
     options: &ClusterOptions,
     runtime: &tokio::runtime::Handle,
-    stopped: &watch::Receiver<bool>,
+    (stopped, give_up): (&watch::Receiver<bool>, &Arc<watch::Sender<bool>>),
 ) -> Result<Vec<(u64, Arc<LeaseState>)>, ClusterError> {
     let started = Instant::now();
     let mut leases = Vec::with_capacity(lanes.len());
     let mut warned = false;
+    // Since when NATS has failed every lease request in a row (a standby may wait for
+    // hours, and must not give up on the first blip after its connect timeout).
+    let mut unavailable_since: Option<Instant> = None;
     for &lane in lanes {
         loop {
             match Lease::acquire_key(
@@ -696,10 +722,16 @@ async fn take_leases(
                 Ok(lease) => {
                     let state = LeaseState::new(&options.node_id, lease.valid_until());
                     leases.push((lease.epoch(), Arc::clone(&state)));
-                    runtime.spawn(keep_lease(lease, state, stopped.clone()));
+                    runtime.spawn(keep_lease(
+                        lease,
+                        state,
+                        stopped.clone(),
+                        Arc::clone(give_up),
+                    ));
                     break;
                 }
                 Err(LeaseError::Held { key, holder }) => {
+                    unavailable_since = None;
                     let waited_too_long = options
                         .lease_wait
                         .is_some_and(|wait| started.elapsed() >= wait);
@@ -716,7 +748,8 @@ async fn take_leases(
                     tokio::time::sleep(LEASE_POLL).await;
                 }
                 Err(error @ LeaseError::Unavailable { .. }) => {
-                    if started.elapsed() >= options.connect_timeout {
+                    let unreachable_for = *unavailable_since.get_or_insert_with(Instant::now);
+                    if unreachable_for.elapsed() >= options.connect_timeout {
                         return Err(error.into());
                     }
                     tokio::time::sleep(LEASE_POLL).await;

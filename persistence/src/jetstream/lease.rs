@@ -169,8 +169,26 @@ impl Lease {
                 if error.kind() == UpdateErrorKind::WrongLastRevision
                     || is_wrong_last_sequence(&error) =>
             {
-                self.adopt_own_write().await
+                self.adopt_own_write().await?;
+                // Ours after all: renew on the revision found, so the validity moves on.
+                self.renew_once_more(sent).await
             }
+            Err(error) => Err(unavailable(&self.key, error)),
+        }
+    }
+
+    async fn renew_once_more(&mut self, sent: Instant) -> Result<(), LeaseError> {
+        match self
+            .store
+            .update(&self.key, encode(&self.record), self.revision)
+            .await
+        {
+            Ok(revision) => {
+                self.revision = revision;
+                self.valid_until = sent + self.ttl.mul_f64(VALID_SHARE_OF_TTL);
+                Ok(())
+            }
+            // Still ours (adopted above) but not renewed: the keeper tries again.
             Err(error) => Err(unavailable(&self.key, error)),
         }
     }
@@ -184,8 +202,9 @@ impl Lease {
             Ok(Some(entry)) => {
                 let ours = serde_json::from_slice::<LeaseRecord>(&entry.value)
                     .is_ok_and(|record| record == self.record);
-                if ours && entry.revision > self.revision {
-                    self.revision = entry.revision;
+                if ours {
+                    // Our own earlier write (its answer lost, or still in flight).
+                    self.revision = self.revision.max(entry.revision);
                     return Ok(());
                 }
                 Err(held(&self.store, &self.key).await)

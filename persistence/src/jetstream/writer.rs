@@ -91,9 +91,17 @@ impl LeaseState {
         self.settled.load(Ordering::Acquire)
     }
 
-    /// Not lost, and renewed recently enough that no other node can hold it yet.
+    /// Not lost, renewed recently enough that no other node can hold it yet, and not
+    /// taken again without the takeover record that must follow (until then this node's
+    /// memory may be behind the stream).
     pub fn is_held(&self) -> bool {
-        !self.is_lost() && self.is_current()
+        !self.is_lost()
+            && self.is_current()
+            && self
+                .retaken
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .is_none()
     }
 
     pub fn is_current(&self) -> bool {
@@ -143,8 +151,12 @@ async fn write_loop(
 ) {
     while let Some(job) = queue.recv().await {
         let outcome = append_until_known(&mut log, job.payload, &state).await;
-        if let Ok(seq) = outcome {
-            acked_seq.store(seq, Ordering::Release);
+        match &outcome {
+            Ok(seq) => acked_seq.store(*seq, Ordering::Release),
+            // A refused part of a batch must not be followed by its later parts (the
+            // stream would hold a history with a hole): the lane takes nothing more.
+            Err(AppendError::Refused { .. }) => state.lose(),
+            Err(_) => {}
         }
         // A caller that stopped waiting is no error; the outcome is in `acked_seq` anyway.
         let _ = job.done.send(outcome);
@@ -286,10 +298,14 @@ fn fenced(log: &PartitionLog) -> AppendError {
 
 /// Renews `lease` every third of its TTL until `stop` says so (then releases it, a clean
 /// hand-over) or until another node holds it (then the lane is lost for good).
+///
+/// One node owns every lane: once it loses one it gives up all of them (`give_up`), so a
+/// standby waiting for the whole set can take over instead of both waiting forever.
 pub(crate) async fn keep_lease(
     mut lease: Lease,
     state: Arc<LeaseState>,
     mut stop: watch::Receiver<bool>,
+    give_up: Arc<watch::Sender<bool>>,
 ) {
     let every = lease.renew_every();
     loop {
@@ -297,7 +313,12 @@ pub(crate) async fn keep_lease(
             _ = tokio::time::sleep(every) => {}
             _ = stop.changed() => break,
         }
-        if *stop.borrow() || state.is_lost() {
+        if *stop.borrow() {
+            break;
+        }
+        if state.is_lost() {
+            // Lost by its writer (the stream held someone else's append): the others go.
+            give_up.send_replace(true);
             break;
         }
         match lease.renew().await {
@@ -315,9 +336,10 @@ pub(crate) async fn keep_lease(
                 }
                 Err(LeaseError::Unavailable { .. }) => {}
                 Err(LeaseError::Held { .. }) => {
-                    tracing::error!(lease = %key, %holder, "lease lost to another node; its lane is fenced");
+                    tracing::error!(lease = %key, %holder, "lease lost to another node; this node gives up every lane (restart it to serve again)");
                     state.lose();
                     state.settled.store(true, Ordering::Release);
+                    give_up.send_replace(true);
                     return;
                 }
             },
