@@ -154,6 +154,25 @@ impl Lease {
     /// Renews the lease; [`LeaseError::Held`] once another node has taken it (it lapsed).
     pub async fn renew(&mut self) -> Result<(), LeaseError> {
         let sent = Instant::now();
+        match self.update(sent).await {
+            Ok(()) => Ok(()),
+            // 10071, or 10164 when another conditional write of the key is in flight.
+            Err(Refused::Revision) => {
+                self.adopt_own_write().await?;
+                // Ours after all: renew on the revision found, so the validity moves on. A
+                // refusal now leaves it ours but not renewed: the keeper tries again.
+                self.update(sent).await.map_err(|refused| match refused {
+                    Refused::Revision => unavailable(&self.key, "our own record keeps moving"),
+                    Refused::Other(error) => error,
+                })
+            }
+            Err(Refused::Other(error)) => Err(error),
+        }
+    }
+
+    /// One compare-and-set of our record on the revision we hold; on success the validity
+    /// runs from `sent`.
+    async fn update(&mut self, sent: Instant) -> Result<(), Refused> {
         match self
             .store
             .update(&self.key, encode(&self.record), self.revision)
@@ -164,32 +183,13 @@ impl Lease {
                 self.valid_until = sent + self.ttl.mul_f64(VALID_SHARE_OF_TTL);
                 Ok(())
             }
-            // 10071, or 10164 when another conditional write of the key is in flight.
             Err(error)
                 if error.kind() == UpdateErrorKind::WrongLastRevision
                     || is_wrong_last_sequence(&error) =>
             {
-                self.adopt_own_write().await?;
-                // Ours after all: renew on the revision found, so the validity moves on.
-                self.renew_once_more(sent).await
+                Err(Refused::Revision)
             }
-            Err(error) => Err(unavailable(&self.key, error)),
-        }
-    }
-
-    async fn renew_once_more(&mut self, sent: Instant) -> Result<(), LeaseError> {
-        match self
-            .store
-            .update(&self.key, encode(&self.record), self.revision)
-            .await
-        {
-            Ok(revision) => {
-                self.revision = revision;
-                self.valid_until = sent + self.ttl.mul_f64(VALID_SHARE_OF_TTL);
-                Ok(())
-            }
-            // Still ours (adopted above) but not renewed: the keeper tries again.
-            Err(error) => Err(unavailable(&self.key, error)),
+            Err(error) => Err(Refused::Other(unavailable(&self.key, error))),
         }
     }
 
@@ -229,6 +229,13 @@ impl Lease {
             .await
             .map_err(|e| unavailable(&self.key, e))
     }
+}
+
+/// Why one compare-and-set of a lease did not go through.
+enum Refused {
+    /// The key is not at the revision we hold.
+    Revision,
+    Other(LeaseError),
 }
 
 fn encode(record: &LeaseRecord) -> bytes::Bytes {
