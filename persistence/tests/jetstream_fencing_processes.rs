@@ -192,8 +192,10 @@ fn a_paused_writer_acknowledges_nothing_after_it_was_replaced() {
     if let Some(left) = continue_at.checked_duration_since(Instant::now()) {
         std::thread::sleep(left);
     }
-    paused.signal("CONT");
+    // Taken before the signal: the child runs (and may print) as soon as it is delivered,
+    // before `kill` returns.
     let continued_at = Instant::now();
+    paused.signal("CONT");
     std::thread::sleep(AFTER_CONTINUE);
     stop_selling.store(true, Ordering::Relaxed);
     let mut ours = Vec::new();
@@ -398,6 +400,21 @@ async fn only_the_owner_wrote_after_its_takeover(
 /// Waits until the stopped child's pipe has been read to its end: no new line for
 /// [`QUIET_FOR`] (bounded by [`PIPE_DRAIN_MAX`] after the first quiet moment is missed).
 fn wait_until_quiet(child: &mut ChildProcess, stopped_at: Instant) -> Instant {
+    // First: the kernel says every thread of it is stopped (state T), so nothing more can
+    // be written after this point; only the pipe's backlog can still arrive.
+    let stat = format!("/proc/{}/stat", child.pid());
+    while stopped_at.elapsed() < PIPE_DRAIN_MAX * 10 {
+        let state = std::fs::read_to_string(&stat).unwrap_or_default();
+        // The state follows the command name in parentheses: "pid (name) T ...".
+        if state
+            .rsplit(") ")
+            .next()
+            .is_some_and(|rest| rest.starts_with('T'))
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
     let mut seen = child.lines_so_far().len();
     let mut quiet_since = Instant::now();
     while quiet_since.elapsed() < QUIET_FOR && stopped_at.elapsed() < PIPE_DRAIN_MAX * 10 {
@@ -412,4 +429,4 @@ fn wait_until_quiet(child: &mut ChildProcess, stopped_at: Instant) -> Instant {
 }
 
 /// How long the reader must stay without a line before the pipe counts as drained.
-const QUIET_FOR: Duration = Duration::from_millis(300);
+const QUIET_FOR: Duration = Duration::from_millis(1_000);
