@@ -3,7 +3,8 @@
 # itself (temporary data directory, free port), and fails if any invariant check fails.
 # Each scenario takes seconds (pay-or-expire waits ~12 s for its 10 s payment timeout).
 # Then a short bounded-memory soak (100,000 shoppers per phase instead of 2,000,000): fails
-# if the server's RSS grows more than 64 MiB while it refuses them.
+# if the server's RSS grows more than 64 MiB while it refuses them. Then a small bots-and-people
+# comparison (500 bot ids, 50 people, 4 modes, seconds each).
 #
 # Usage: scenarios/ci.sh            (called by .ci/run)
 #   SECKILL_CI_PROFILE=release      build and play release binaries instead of debug
@@ -55,6 +56,19 @@ if CI=1 "$load" soak --spawn "$seckill" --shoppers 100000 --max-duration-s 900 \
   :
 else
   failed+=("soak --shoppers 100000")
+fi
+
+# Bots and people (see the README's "Bots and people"): every invariant in each mode of the
+# checks, and people must get a larger share of the stock with pow+limit than with off: the
+# address limit holds the farm's 8 addresses to about a unit each per 2 s while people, who
+# start up to 300 ms late, buy the rest, so the margin is wide (the README says why).
+bots_args=(--bots 500 --people 50 --stock 20 --bot-concurrency 64 --pow-difficulty-bits 12)
+echo "=== bots ${bots_args[*]}"
+if CI=1 "$load" bots --spawn "$seckill" "${bots_args[@]}" --expect-people-gain \
+    --json "$out/bots.json"; then
+  :
+else
+  failed+=("bots ${bots_args[*]}")
 fi
 
 if [ -n "${SECKILL_TEST_REDIS_URL:-}" ]; then

@@ -76,6 +76,7 @@ pub fn unique() -> u64 {
 pub fn live_promotion(items: usize, stock: u64) -> PromotionSpec {
     let now_ms = SystemClock.now_ms();
     PromotionSpec {
+        guard: Default::default(),
         id: Some(format!("bench-{}", unique())),
         name: "bench".into(),
         starts_at_ms: now_ms - 1_000,

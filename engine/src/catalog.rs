@@ -256,6 +256,7 @@ impl PromotionEntry {
             require_token: record.require_token,
             token_multiplier: record.token_multiplier,
             created_at_ms: record.created_at_ms,
+            guard: record.guard.clone(),
             items: record
                 .items
                 .iter()
@@ -318,6 +319,7 @@ impl PromotionEntry {
             server_time_ms: now_ms,
             require_token: self.record.require_token,
             items: self.gates.iter().map(|gate| gate.public_view()).collect(),
+            guard: self.record.guard.clone(),
         }
     }
 }

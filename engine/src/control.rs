@@ -185,9 +185,7 @@ fn create(core: &Core, record: PromotionRecord) -> Result<CreateOutcome> {
     if let Some(&down) = by_shard.keys().find(|&&shard| core.shards.is_down(shard)) {
         return Err(Error::ShardDown(down));
     }
-    let event = Event::PromotionCreated {
-        promotion: record.clone(),
-    };
+    let event = Event::promotion_created(record.clone());
     if let Err(error) = journal_catalog(core, &record.id, event) {
         if error == Error::OutcomeUnknown {
             // Until a restart reads the log, nobody may reuse the id or the SKUs.

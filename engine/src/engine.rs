@@ -21,6 +21,7 @@ use crate::config::EngineConfig;
 use crate::control::{self, Control, ControlOp, CreateOutcome};
 use crate::core::Core;
 use crate::error::{Error, Result};
+use crate::guard::{check_eligibility, check_human, Admission, ClaimSource, HumanCheck, NoClaims};
 use crate::ids::{is_valid_id, parse_order_id};
 use crate::image::EngineImage;
 use crate::model::{
@@ -283,21 +284,50 @@ impl Engine {
         views
     }
 
-    /// Hands a purchase token to `user_id` for one item.
+    /// Hands a purchase token to `user_id` for one item of an open promotion (one without a
+    /// human check or an eligibility rule: the others refuse, see
+    /// [`Engine::issue_token_admitted`]).
     pub async fn issue_token(
         &self,
         promotion_id: &str,
         sku: &str,
         user_id: &str,
     ) -> Result<TokenGrant> {
+        self.issue_token_admitted(promotion_id, sku, user_id, Admission::none())
+            .await
+    }
+
+    /// What a token request for this item still has to pass once the gate's own refusals
+    /// (banned, not live, sold out) and the promotion's eligibility rule let it through:
+    /// the human check to verify before [`Engine::issue_token_admitted`]. Lets a caller spend
+    /// a costly check (a captcha verifier's round trip) only on requests that could succeed.
+    pub fn token_precheck(
+        &self,
+        promotion_id: &str,
+        sku: &str,
+        user_id: &str,
+        claims: &dyn ClaimSource,
+    ) -> Result<HumanCheck> {
         check_id("user_id", user_id)?;
         let (entry, gate) = self.core().catalog.gate(promotion_id, sku)?;
-        let status = entry.status(self.now_ms());
-        if let Some(refusal) =
-            token_gate_refusal(status, gate.is_sold_out(), || entry.is_banned(user_id))
-        {
-            return Err(refusal);
-        }
+        self.token_refusal(&entry, &gate, user_id, claims)?;
+        Ok(entry.record.guard.human_check)
+    }
+
+    /// Hands a purchase token to `user_id`, with the claims and the human check's outcome
+    /// the caller brings. Order of refusals: 404, banned, not live, sold out, not eligible,
+    /// human check failed; all at the gate, before a shard is asked.
+    pub async fn issue_token_admitted(
+        &self,
+        promotion_id: &str,
+        sku: &str,
+        user_id: &str,
+        admission: Admission<'_>,
+    ) -> Result<TokenGrant> {
+        check_id("user_id", user_id)?;
+        let (entry, gate) = self.core().catalog.gate(promotion_id, sku)?;
+        self.token_refusal(&entry, &gate, user_id, admission.claims)?;
+        check_human(&entry.record.guard, admission.human_check_passed)?;
         let (reply, rx) = Responder::channel();
         let command = Command::Token {
             key: gate.key,
@@ -310,14 +340,45 @@ impl Engine {
         answer_write(rx).await
     }
 
-    /// Buys. `created` tells a new order (201) from the original order of a repeated
-    /// request id (200).
+    fn token_refusal(
+        &self,
+        entry: &crate::catalog::PromotionEntry,
+        gate: &ItemGate,
+        user_id: &str,
+        claims: &dyn ClaimSource,
+    ) -> Result<()> {
+        let status = entry.status(self.now_ms());
+        if let Some(refusal) =
+            token_gate_refusal(status, gate.is_sold_out(), || entry.is_banned(user_id))
+        {
+            return Err(refusal);
+        }
+        check_eligibility(&entry.record.guard, claims)
+    }
+
+    /// Buys, as a shopper without claims (a promotion with an eligibility rule refuses, see
+    /// [`Engine::purchase_admitted`]). `created` tells a new order (201) from the original
+    /// order of a repeated request id (200).
     pub async fn purchase(
         &self,
         promotion_id: &str,
         sku: &str,
         user_id: &str,
         request: PurchaseRequest,
+    ) -> Result<Purchased> {
+        self.purchase_admitted(promotion_id, sku, user_id, request, &NoClaims)
+            .await
+    }
+
+    /// Buys, as a shopper with `claims` (checked against the promotion's eligibility rule
+    /// at the gate, after its own refusals).
+    pub async fn purchase_admitted(
+        &self,
+        promotion_id: &str,
+        sku: &str,
+        user_id: &str,
+        request: PurchaseRequest,
+        claims: &dyn ClaimSource,
     ) -> Result<Purchased> {
         check_id("user_id", user_id)?;
         check_id("request_id", &request.request_id)?;
@@ -332,6 +393,7 @@ impl Engine {
         if let Some(refusal) = self.purchase_refusal(&entry, &gate, user_id) {
             return Err(refusal);
         }
+        check_eligibility(&entry.record.guard, claims)?;
         if request.quantity == 0 {
             return Err(Error::invalid("quantity", "must be at least 1"));
         }

@@ -35,6 +35,13 @@ pub enum Error {
     TokensExhausted,
     #[error("this user is banned from the promotion")]
     Banned,
+    /// The promotion's eligibility rule does not admit the shopper's claims.
+    #[error("this shopper is not eligible for the promotion")]
+    NotEligible,
+    /// The promotion's human check (proof of work or captcha) is missing, wrong, expired or
+    /// reused.
+    #[error("the human check is missing, wrong, expired or already used")]
+    HumanCheckFailed,
     #[error("the purchase token is missing, used, expired or not for this purchase")]
     TokenInvalid,
     #[error("the order is cancelled or expired and cannot be paid")]
@@ -78,6 +85,8 @@ impl Error {
             Error::LimitExceeded => "limit_exceeded",
             Error::TokensExhausted => "tokens_exhausted",
             Error::Banned => "banned",
+            Error::NotEligible => "not_eligible",
+            Error::HumanCheckFailed => "human_check_failed",
             Error::TokenInvalid => "token_invalid",
             Error::NotPayable => "not_payable",
             Error::AlreadyPaid => "already_paid",

@@ -7,14 +7,17 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::guard::PromotionGuard;
 use crate::model::{Order, PromotionRecord};
 
 /// The version of the event and snapshot encoding this build writes and reads. A log or a
 /// snapshot stamped with a higher version was written by a newer build and must be refused.
 ///
 /// Version 2 added [`Event::ItemArchived`] (at the end, so version 1 logs read unchanged)
-/// and order ids that carry the engine start's epoch.
-pub const EVENT_VERSION: u32 = 2;
+/// and order ids that carry the engine start's epoch. Version 3 added
+/// [`Event::PromotionGuarded`] (at the end likewise) and the guards of the snapshot image
+/// ([`crate::EngineImage::guards`]; a version 2 image is read as one without guards).
+pub const EVENT_VERSION: u32 = 3;
 
 /// One fact in the log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,9 +64,38 @@ pub enum Event {
     /// The item of an ended promotion left memory: its stats and orders are in the journal's
     /// archive (written, durably, before this event), and they are read from there.
     ItemArchived { item_key: u64 },
+    /// A promotion with a human check or an eligibility rule came into being: the record
+    /// (whose encoding leaves the guard out) and its guard, in one event.
+    PromotionGuarded {
+        promotion: PromotionRecord,
+        guard: PromotionGuard,
+    },
 }
 
 impl Event {
+    /// The event that creates `promotion`: the version 1 variant when it guards nothing (so
+    /// such logs stay readable by older builds), [`Event::PromotionGuarded`] otherwise.
+    pub fn promotion_created(promotion: PromotionRecord) -> Event {
+        if promotion.guard.is_open() {
+            Event::PromotionCreated { promotion }
+        } else {
+            let guard = promotion.guard.clone();
+            Event::PromotionGuarded { promotion, guard }
+        }
+    }
+
+    /// The promotion this event creates, with its guard.
+    pub fn created_promotion(&self) -> Option<PromotionRecord> {
+        match self {
+            Event::PromotionCreated { promotion } => Some(promotion.clone()),
+            Event::PromotionGuarded { promotion, guard } => Some(PromotionRecord {
+                guard: guard.clone(),
+                ..promotion.clone()
+            }),
+            _ => None,
+        }
+    }
+
     /// The order this event creates or changes, as it is after the event.
     pub fn order(&self) -> Option<&Order> {
         match self {

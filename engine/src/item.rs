@@ -404,6 +404,7 @@ impl ItemState {
             }
             // Promotion events go to the catalog, archiving to the shard that drops the item.
             Event::PromotionCreated { .. }
+            | Event::PromotionGuarded { .. }
             | Event::PromotionStarted { .. }
             | Event::PromotionStopped { .. }
             | Event::ItemArchived { .. } => None,

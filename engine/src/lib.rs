@@ -47,6 +47,7 @@
 //! let engine = Engine::start(EngineConfig::default(), ports, Recovery::empty())?;
 //! let now_ms = engine.now_ms();
 //! engine.create_promotion(PromotionSpec {
+//!     guard: Default::default(),
 //!     id: Some("double11".into()),
 //!     name: "Double 11".into(),
 //!     starts_at_ms: now_ms,
@@ -80,6 +81,7 @@ mod core;
 mod engine;
 mod error;
 mod event;
+mod guard;
 mod ids;
 mod image;
 mod item;
@@ -103,8 +105,13 @@ pub use config::{
 pub use engine::Engine;
 pub use error::{Error, JournalError, JournalResult, Result};
 pub use event::{Event, EVENT_VERSION};
+pub use guard::{
+    check_eligibility, check_human, Admission, ClaimSource, ClaimValue, Eligibility,
+    EligibilityRule, HumanCheck, NoClaims, PromotionGuard, ANY_OF_VALUES_MAX,
+    CLAIM_VALUE_BYTES_MAX,
+};
 pub use ids::{format_order_id, is_valid_id, item_key, parse_order_id, OrderRef, ID_LENGTH_MAX};
-pub use image::{EngineImage, PromotionImage};
+pub use image::{EngineImage, EngineImageV2, GuardImage, PromotionImage};
 pub use item::{Buyer, ItemState, STRIKES_TO_BAN};
 pub use model::{
     ArchivedItem, Creation, ItemRecord, ItemSpec, ItemStats, Order, OrderStatus, PromotionRecord,

@@ -5,6 +5,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::guard::PromotionGuard;
+
 /// Default `payment_timeout_s` of api.md.
 pub const DEFAULT_PAYMENT_TIMEOUT_S: u32 = 900;
 /// Default `token_multiplier` of api.md.
@@ -24,6 +26,8 @@ pub struct PromotionSpec {
     pub require_token: bool,
     pub token_multiplier: u32,
     pub items: Vec<ItemSpec>,
+    /// The human check and who is eligible (open by default).
+    pub guard: PromotionGuard,
 }
 
 /// One item of a [`PromotionSpec`].
@@ -50,6 +54,11 @@ pub struct PromotionRecord {
     pub token_multiplier: u32,
     pub created_at_ms: i64,
     pub items: Vec<ItemRecord>,
+    /// Not in the record's encoding: logs and snapshots of versions 1 and 2 read unchanged,
+    /// and a guarded promotion is journaled as [`crate::Event::PromotionGuarded`], which
+    /// carries the guard beside the record.
+    #[serde(skip)]
+    pub guard: PromotionGuard,
 }
 
 impl PromotionRecord {
@@ -218,6 +227,7 @@ pub struct PromotionStats {
     pub token_multiplier: u32,
     pub created_at_ms: i64,
     pub items: Vec<ItemStats>,
+    pub guard: PromotionGuard,
 }
 
 /// One item in the shoppers' view; `remaining` may lag the shard by one batch.
@@ -242,6 +252,7 @@ pub struct PublicPromotion {
     pub server_time_ms: i64,
     pub require_token: bool,
     pub items: Vec<PublicItem>,
+    pub guard: PromotionGuard,
 }
 
 /// What stays of an archived item besides its orders.

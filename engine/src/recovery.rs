@@ -100,12 +100,14 @@ fn restore_image(rebuilt: &mut Rebuilt, image: EngineImage) -> Result<u64> {
             image.version, EVENT_VERSION
         )));
     }
-    for promotion in image.promotions {
+    let through_seq = image.through_seq;
+    let (promotions, items) = image.promotions_with_guards();
+    for promotion in promotions {
         let entry = rebuilt.catalog.insert(promotion.record)?;
         entry.set_window(promotion.starts_at_ms, promotion.ends_at_ms);
     }
     let shards = rebuilt.states.len();
-    for item in image.items {
+    for item in items {
         let entry = rebuilt
             .catalog
             .entry(&item.promotion_id)
@@ -116,13 +118,16 @@ fn restore_image(rebuilt: &mut Rebuilt, image: EngineImage) -> Result<u64> {
             .ok_or_else(|| Error::Unavailable("snapshot item without gate".into()))?;
         rebuilt.states[shard_index(item.key, shards)].restore(item, &entry, &gate);
     }
-    Ok(image.through_seq)
+    Ok(through_seq)
 }
 
 /// Applies one journaled event.
 fn replay(rebuilt: &mut Rebuilt, event: &Event, config: &EngineConfig, now_ms: i64) {
     match event {
-        Event::PromotionCreated { promotion } => {
+        Event::PromotionCreated { .. } | Event::PromotionGuarded { .. } => {
+            let Some(promotion) = event.created_promotion() else {
+                return;
+            };
             if let Some(entry) = register(&rebuilt.catalog, promotion) {
                 let keys = item_keys(&entry.record).into_iter();
                 for (shard, keys) in keys_by_shard(keys, rebuilt.states.len()) {
@@ -148,13 +153,13 @@ fn replay(rebuilt: &mut Rebuilt, event: &Event, config: &EngineConfig, now_ms: i
 /// Adds a journaled promotion to the catalog. A second creation of one id (older builds could
 /// journal one when a caller gave up half-way and retried) keeps the first and says so: the
 /// log stays readable instead of refusing every restart.
-fn register(catalog: &Catalog, record: &PromotionRecord) -> Option<Arc<PromotionEntry>> {
+fn register(catalog: &Catalog, record: PromotionRecord) -> Option<Arc<PromotionEntry>> {
     if let Ok(existing) = catalog.entry(&record.id) {
-        let same = existing.record.same_body(record);
+        let same = existing.record.same_body(&record);
         tracing::warn!(promotion = %record.id, same_body = same, "the log creates this promotion again; the first creation stands");
         return None;
     }
-    catalog.insert(record.clone()).ok()
+    catalog.insert(record).ok()
 }
 
 /// The epoch in the id of the order an event places (0 for other events and old ids).

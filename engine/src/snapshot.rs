@@ -15,7 +15,7 @@ use crate::command::Command;
 use crate::core::Core;
 use crate::error::{Error, Result};
 use crate::event::EVENT_VERSION;
-use crate::image::{EngineImage, PromotionImage};
+use crate::image::{EngineImage, GuardImage, PromotionImage};
 use crate::item::ItemState;
 
 /// Takes a consistent image of the engine and saves it through the journal. Blocks: call it
@@ -89,12 +89,30 @@ fn take(core: &Core) -> Result<EngineImage> {
     core.counters
         .records_in_last_snapshot
         .store(records as u64, Ordering::Relaxed);
+    let (promotions, guards) = split_guards(promotions);
     Ok(EngineImage {
         version: EVENT_VERSION,
         through_seq,
         promotions,
         items,
+        guards,
     })
+}
+
+/// Moves each promotion's guard out of its record into the image's `guards`, the form the
+/// encoding keeps (a record's encoding leaves its guard out): an image equals its decoding.
+fn split_guards(mut promotions: Vec<PromotionImage>) -> (Vec<PromotionImage>, Vec<GuardImage>) {
+    let mut guards = Vec::new();
+    for promotion in &mut promotions {
+        let guard = std::mem::take(&mut promotion.record.guard);
+        if !guard.is_open() {
+            guards.push(GuardImage {
+                promotion_id: promotion.record.id.clone(),
+                guard,
+            });
+        }
+    }
+    (promotions, guards)
 }
 
 fn promotion_images(core: &Core) -> Vec<PromotionImage> {

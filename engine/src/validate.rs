@@ -3,6 +3,7 @@
 use rustc_hash::FxHashSet;
 
 use crate::error::{Error, Result};
+use crate::guard::validate_guard;
 use crate::ids::is_valid_id;
 use crate::model::{ItemRecord, PromotionRecord, PromotionSpec};
 
@@ -82,6 +83,7 @@ pub fn validate_promotion(
             per_user_limit: item.per_user_limit,
         });
     }
+    validate_guard(&spec.guard, spec.require_token)?;
     Ok(PromotionRecord {
         id,
         name: spec.name.clone(),
@@ -92,6 +94,7 @@ pub fn validate_promotion(
         token_multiplier: spec.token_multiplier,
         created_at_ms,
         items,
+        guard: spec.guard.clone(),
     })
 }
 
@@ -116,6 +119,7 @@ mod tests {
                 price_cents: 100,
                 per_user_limit: 1,
             }],
+            guard: Default::default(),
         }
     }
 

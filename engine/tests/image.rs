@@ -13,6 +13,18 @@ async fn an_encoded_image_restarts_the_same_engine() {
         .create_promotion(spec("p", &[("a", 10_000, 1), ("b", 10, 1)], false))
         .await
         .expect("created");
+    // A guarded promotion: its guard is left out of the record's encoding and carried by
+    // the image's `guards`.
+    let mut guarded = spec("g", &[("c", 5, 1)], true);
+    guarded.guard = seckill_engine::PromotionGuard {
+        human_check: seckill_engine::HumanCheck::Pow,
+        eligibility: Some(seckill_engine::Eligibility {
+            claim: "tier".into(),
+            rule: seckill_engine::EligibilityRule::AnyOf(vec!["gold".into()]),
+        }),
+    };
+    let guard = guarded.guard.clone();
+    h.engine.create_promotion(guarded).await.expect("created");
     // More than one 4096-order chunk on item "a".
     for user in 0..5_000 {
         h.engine
@@ -38,6 +50,11 @@ async fn an_encoded_image_restarts_the_same_engine() {
     )
     .expect("restart from the decoded image");
     assert_eq!(restarted.promotion_stats("p").await.expect("stats"), before);
+    assert_eq!(
+        restarted.promotion_stats("g").await.expect("stats").guard,
+        guard,
+        "the guard came back from the encoded image"
+    );
     let order = restarted
         .purchase("p", "a", "u4999", request("r1", 1, None))
         .await

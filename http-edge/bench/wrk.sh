@@ -26,8 +26,19 @@
 #              and the ratio of their accept paths (the default when SECKILL_WRK_NATS_URLS is
 #              set).
 #
+# The checks against bots (CHECKS, api.md "v2: keeping bots out"):
+#   off        the storm as above (the default);
+#   on | both  also the same storm against a second seckill started with
+#              --trusted-proxies 127.0.0.1/32 and a [rate_limit.ip] too high to refuse
+#              (1,000,000/s, burst 1,000,000), on a promotion with "human_check": "pow" and
+#              "eligibility": {"claim": "level", "min": 1} (so require_token: true), each
+#              request carrying an X-Forwarded-For of its own and X-User-Claim-level: 5; in
+#              the same interleaved rounds, and the ratio of the two storms. The sold-out
+#              refusal comes before the eligibility and human checks, so this measures what
+#              the checks cost a refused request: the client address and the per-address limiter.
+#
 # Usage: http-edge/bench/wrk.sh   (env: DURATION=5s ROUNDS=3 THREADS=2 CONNECTIONS=256
-#        SHARDS=N to pass --shards; default: the engine's, one per core)
+#        SHARDS=N to pass --shards; default: the engine's, one per core; CHECKS=off|on|both)
 #   SECKILL_WRK_NATS_URLS=nats://127.0.0.1:14222,nats://127.0.0.1:14223,nats://127.0.0.1:14224 \
 #   SECKILL_WRK_DATABASE_URL=postgres://postgres@127.0.0.1:5432/seckill_wrk http-edge/bench/wrk.sh
 # Needs wrk and nginx (Debian: apt-get install -y wrk nginx-light; done here when missing).
@@ -39,6 +50,13 @@ DURATION="${DURATION:-5s}"
 ROUNDS="${ROUNDS:-3}"
 THREADS="${THREADS:-2}"
 CONNECTIONS="${CONNECTIONS:-256}"
+CHECKS="${CHECKS:-off}"
+case "$CHECKS" in
+  off) checks_on=0 ;;
+  # The storm with the checks is only worth its ratio to the one without, measured anyway.
+  on|both) checks_on=1 ;;
+  *) echo "wrk.sh: CHECKS must be off, on or both, not '$CHECKS'" >&2; exit 2 ;;
+esac
 # Lower-case names, so that an exported DATABASE_URL (read by sqlx, by cargo builds) is left alone.
 nats_urls="${SECKILL_WRK_NATS_URLS:-}"
 database_url="${SECKILL_WRK_DATABASE_URL:-}"
@@ -74,6 +92,9 @@ seckill="$CARGO_TARGET_DIR/release/seckill"
 work="$(mktemp -d)"
 nginx_pid=""
 server_pid=""
+# The seckill with the checks on (CHECKS=on), up for the whole run next to the current one.
+checked_pid=""
+checked_port=""
 # Stops the current seckill server by its pid: SIGTERM (a clean stop hands a cluster node's
 # partition leases back), then SIGKILL if it is still there after 10 s.
 stop_seckill() {
@@ -89,6 +110,11 @@ stop_seckill() {
 }
 cleanup() {
   stop_seckill
+  if [ -n "$checked_pid" ]; then
+    server_pid="$checked_pid"
+    checked_pid=""
+    stop_seckill
+  fi
   if [ -n "$nginx_pid" ]; then
     kill -TERM "$nginx_pid" 2>/dev/null || true
     wait "$nginx_pid" 2>/dev/null || true
@@ -135,18 +161,32 @@ burst = 0
 per_s = 0
 burst = 0
 EOF
+# The same, and a per-address limit too high to refuse: the storm with the checks on pays for
+# the limiter's bookkeeping, not for refusals.
+{ cat "$work/seckill.toml"; printf '[rate_limit.ip]\nper_s = 1000000\nburst = 1000000\n'; } \
+  > "$work/seckill-checked.toml"
 
 # Starts seckill on journal $1 on a new port, with its own data dir, and creates the
 # promotion; sets seckill_port, server_pid and promotion (its id: a new one per run on a
-# cluster, whose PostgreSQL database outlives the run).
+# cluster, whose PostgreSQL database outlives the run). Journal "checked" is rocksdb with the
+# checks against bots on (CHECKS=on).
 start_seckill() {
   local journal="$1"
   seckill_port="$(free_port)"
   local -a journal_args
+  local config="$work/seckill.toml"
+  local guard='"require_token": false'
   case "$journal" in
     rocksdb)
       promotion="bench"
       journal_args=(--durability sync)
+      ;;
+    checked)
+      promotion="bench"
+      journal_args=(--durability sync --trusted-proxies 127.0.0.1/32)
+      config="$work/seckill-checked.toml"
+      # A human check is passed on the token route, so it needs tokens.
+      guard='"require_token": true, "human_check": "pow", "eligibility": {"claim": "level", "min": 1}'
       ;;
     jetstream)
       local tag
@@ -157,7 +197,7 @@ start_seckill() {
       ;;
   esac
   RUST_LOG=warn "$seckill" serve --auth header --admin-key bench-admin-key \
-    --data-dir "$work/data-$journal" --listen "127.0.0.1:$seckill_port" --config "$work/seckill.toml" \
+    --data-dir "$work/data-$journal" --listen "127.0.0.1:$seckill_port" --config "$config" \
     "${journal_args[@]}" ${SHARDS:+--shards "$SHARDS"} \
     > "$work/seckill-$journal.out" 2> "$work/seckill-$journal.err" &
   server_pid="$!"
@@ -179,9 +219,32 @@ start_seckill() {
   curl -sf -X POST "http://127.0.0.1:$seckill_port/admin/promotions" \
     -H 'Authorization: Bearer bench-admin-key' -H 'Content-Type: application/json' \
     -d '{"id": "'"$promotion"'", "name": "Bench", "starts_at": "2020-01-01T00:00:00Z",
-         "ends_at": "2099-01-01T00:00:00Z", "require_token": false,
+         "ends_at": "2099-01-01T00:00:00Z", '"$guard"',
          "items": [{"sku": "gone", "stock": 0, "price_cents": 100},
-                   {"sku": "plenty", "stock": 1000000000, "price_cents": 100}]}' >/dev/null
+                   {"sku": "plenty", "stock": 1000000000, "price_cents": 100}]}' >/dev/null || {
+    echo "wrk.sh: creating the promotion on $journal failed:" >&2
+    cat "$work/seckill-$journal.err" >&2
+    exit 1
+  }
+}
+
+# The storm must measure the refusal it means to: a purchase of the sold-out item answered
+# 409 sold_out (not 403 not_eligible or token_invalid, 429 rate_limited or 400). $1 names it,
+# $2 is the URL, the rest are extra curl arguments (headers). Asked for up to 2 s, as the
+# item's gate may learn it is sold out a moment after the promotion is created.
+expect_sold_out() {
+  local label="$1" url="$2"; shift 2
+  local answer=""
+  for _ in $(seq 1 20); do
+    answer="$(curl -s -X POST "$url" -H 'X-User-Id: wrk-probe' -H 'Content-Type: application/json' \
+      "$@" -d '{"request_id":"wrk-probe"}' || true)"
+    case "$answer" in
+      *'"sold_out"'*) return 0 ;;
+    esac
+    sleep 0.1
+  done
+  echo "wrk.sh: the sold-out storm ($label) would not be refused sold_out: $answer" >&2
+  exit 1
 }
 
 # One new shopper per request: run tag (unique per wrk run) + thread number + counter. Without
@@ -203,6 +266,31 @@ request = function()
   local user = "u" .. run .. "-" .. tid .. "-" .. counter
   return wrk.format("POST", nil,
     {["X-User-Id"] = user, ["Content-Type"] = "application/json"},
+    '{"request_id":"r' .. counter .. '"}')
+end
+EOF
+
+# The same with the checks on: each request from a client address of its own behind the
+# trusted proxy (10.<thread>.x.y, 65,536 per thread before they repeat) and with the claim the
+# promotion asks for.
+cat > "$work/checked.lua" <<'EOF'
+local threads = 0
+function setup(thread)
+  threads = threads + 1
+  thread:set("tid", threads)
+end
+local run = "0"
+function init(args)
+  run = args[1] or "0"
+end
+local counter = 0
+request = function()
+  counter = counter + 1
+  local user = "u" .. run .. "-" .. tid .. "-" .. counter
+  local address = "10." .. tid .. "." .. (math.floor(counter / 256) % 256) .. "." .. (counter % 256)
+  return wrk.format("POST", nil,
+    {["X-User-Id"] = user, ["Content-Type"] = "application/json",
+     ["X-Forwarded-For"] = address, ["X-User-Claim-level"] = "5"},
     '{"request_id":"r' .. counter .. '"}')
 end
 EOF
@@ -234,13 +322,20 @@ bench_journal() {
   local journal="$1"
   start_seckill "$journal"
   local base="http://127.0.0.1:$seckill_port/promotions/$promotion/items"
+  local checked_base="http://127.0.0.1:$checked_port/promotions/bench/items"
+  expect_sold_out "$journal" "$base/gone/purchase"
   : > "$work/$journal-nginx.txt"; : > "$work/$journal-storm.txt"; : > "$work/$journal-accept.txt"
+  : > "$work/$journal-checked.txt"
   for round in $(seq 1 "$ROUNDS"); do
     echo "$journal: round $round of $ROUNDS" >&2
     measure "$journal: nginx static 200" "http://127.0.0.1:$nginx_port/promotions/bench/items/gone/purchase" \
       -s "$work/purchase.lua" >> "$work/$journal-nginx.txt"
     measure "$journal: sold-out storm" "$base/gone/purchase" \
       -s "$work/purchase.lua" >> "$work/$journal-storm.txt"
+    if [ "$checks_on" = 1 ]; then
+      measure "$journal: sold-out storm, checks on" "$checked_base/gone/purchase" \
+        -s "$work/checked.lua" >> "$work/$journal-checked.txt"
+    fi
     measure "$journal: durable accept path" "$base/plenty/purchase" \
       -s "$work/purchase.lua" >> "$work/$journal-accept.txt"
   done
@@ -269,6 +364,14 @@ bench_journal() {
     printf '%-34s %12s %10s %s\n' "[$journal] nginx static 200" "$nginx_rps" "$nginx_p99" "ceiling"
     printf '%-34s %12s %10s %s\n' "[$journal] sold-out storm" "$storm_rps" "$storm_p99" \
       "ratio $(ratio "$storm_rps" "$nginx_rps") (target 0.7); $storm_non2xx answers 409 sold_out"
+    if [ "$checks_on" = 1 ]; then
+      local checked_rps checked_p99 checked_non2xx
+      checked_rps="$(column_median "$work/$journal-checked.txt" 1)"
+      checked_p99="$(column_median "$work/$journal-checked.txt" 2)"
+      checked_non2xx="$(awk '{s += $3} END {print s}' "$work/$journal-checked.txt")"
+      printf '%-34s %12s %10s %s\n' "[$journal] sold-out storm, checks on" "$checked_rps" "$checked_p99" \
+        "ratio $(ratio "$checked_rps" "$nginx_rps"); checks on / off $(ratio "$checked_rps" "$storm_rps"); $checked_non2xx answers 409 sold_out"
+    fi
     printf '%-34s %12s %10s %s\n' "[$journal] durable accept path" "$accept_rps" "$accept_p99" \
       "ratio $(ratio "$accept_rps" "$nginx_rps") (target 0.4); $sold_or_reserved orders accepted, $accept_non2xx non-2xx"
     echo "[$journal] journal: ${metrics:-no fsync or batch metrics}"
@@ -276,12 +379,22 @@ bench_journal() {
   echo "$accept_rps" > "$work/$journal.accept"
 }
 
+if [ "$checks_on" = 1 ]; then
+  # Up for the whole run, so that its storm is measured in every journal's rounds.
+  start_seckill checked
+  checked_port="$seckill_port"
+  checked_pid="$server_pid"
+  server_pid=""
+  expect_sold_out "checks on" "http://127.0.0.1:$checked_port/promotions/bench/items/gone/purchase" \
+    -H 'X-Forwarded-For: 10.0.0.1' -H 'X-User-Claim-level: 5'
+fi
+
 for journal in "${journals[@]}"; do
   bench_journal "$journal"
 done
 
 echo
-echo "seckill HTTP edge, wrk -t$THREADS -c$CONNECTIONS -d$DURATION, median of $ROUNDS interleaved rounds per journal, $(nproc) cores, same machine"
+echo "seckill HTTP edge, wrk -t$THREADS -c$CONNECTIONS -d$DURATION, median of $ROUNDS interleaved rounds per journal, $(nproc) cores, same machine, checks against bots $CHECKS"
 printf '%-34s %12s %10s %s\n' "scenario" "req/s" "p99 ms" "notes"
 for journal in "${journals[@]}"; do
   cat "$work/$journal.summary"

@@ -11,6 +11,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use subtle::ConstantTimeEq;
 
+use crate::claims::ShopperClaims;
 use crate::error::AppError;
 
 /// Clock skew tolerated on `exp` and `nbf`, in seconds: shop and server clocks drift a little
@@ -230,6 +231,32 @@ where
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, AppError> {
         state.shopper_auth().user_id(&parts.headers).map(Shopper)
+    }
+}
+
+/// The authenticated shopper with their claims (for the token and purchase routes, whose
+/// promotions may admit only some shoppers).
+#[derive(Debug)]
+pub struct ShopperWithClaims {
+    pub user_id: String,
+    pub claims: ShopperClaims,
+}
+
+impl<S> FromRequestParts<S> for ShopperWithClaims
+where
+    S: AuthSource + Send + Sync,
+{
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, AppError> {
+        let auth = state.shopper_auth();
+        let user_id = auth.user_id(&parts.headers)?;
+        // Only after the credential was checked: the claims are as trusted as it is.
+        let claims = match auth {
+            ShopperAuth::Jwt { .. } => ShopperClaims::of_verified_jwt(&parts.headers),
+            ShopperAuth::Header => ShopperClaims::of_headers(&parts.headers),
+        };
+        Ok(ShopperWithClaims { user_id, claims })
     }
 }
 

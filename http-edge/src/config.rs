@@ -12,6 +12,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
 use thiserror::Error;
 
+use crate::client_addr::TrustedProxies;
+
 /// Default listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 /// Default data directory (journal, snapshots, embedded SQLite).
@@ -27,6 +29,21 @@ pub const DEFAULT_PURCHASE_PER_S: u32 = 5;
 pub const DEFAULT_PURCHASE_BURST: u32 = 10;
 pub const DEFAULT_ORDERS_PER_S: u32 = 20;
 pub const DEFAULT_ORDERS_BURST: u32 = 40;
+/// Default per-address limit (`[rate_limit.ip]`): off, so that shoppers behind one NAT or
+/// proxy are not refused until the operator sizes it for them.
+pub const DEFAULT_IP_PER_S: u32 = 0;
+pub const DEFAULT_IP_BURST: u32 = 0;
+/// Default leading zero bits a proof-of-work answer needs: about a million hashes, under a
+/// second in a browser, while a bot asking a million times pays 10^12 of them.
+pub const DEFAULT_POW_DIFFICULTY_BITS: u8 = 20;
+/// Most zero bits accepted: beyond 40 (about 10^12 hashes) no honest browser finishes.
+pub const POW_DIFFICULTY_BITS_MAX: u8 = 40;
+/// Default bound on one captcha siteverify call.
+pub const DEFAULT_CAPTCHA_TIMEOUT_MS: u64 = 3_000;
+/// Shortest captcha timeout accepted: below it a healthy verifier across the internet fails.
+pub const CAPTCHA_TIMEOUT_MS_MIN: u64 = 100;
+/// Longest captcha timeout accepted: a shopper waits this long at most for a token.
+pub const CAPTCHA_TIMEOUT_MS_MAX: u64 = 60_000;
 /// Most shards accepted (the engine refuses more).
 pub const SHARDS_MAX: u16 = 1024;
 /// Default time an ended promotion stays in memory (its orders and stats stay readable after).
@@ -180,7 +197,23 @@ pub struct ServeArgs {
     #[arg(long, env = "SECKILL_LEASE_TTL_S", value_name = "SECONDS",
           value_parser = clap::value_parser!(u64).range(1..=LEASE_TTL_S_MAX))]
     pub lease_ttl_s: Option<u64>,
-    /// TOML file with the same keys (and `[rate_limit]`, `request_timeout_ms`)
+    /// Proxies whose X-Forwarded-For / Forwarded headers name the client: CIDR[,CIDR...],
+    /// a bare address being one host [default: none; the client is the TCP peer]
+    #[arg(long, env = "SECKILL_TRUSTED_PROXIES", value_name = "CIDRS")]
+    pub trusted_proxies: Option<String>,
+    /// Leading zero bits of SHA-256 a proof-of-work answer needs (1..=40) [default: 20]
+    #[arg(long, env = "SECKILL_POW_DIFFICULTY_BITS", value_name = "N")]
+    pub pow_difficulty_bits: Option<u64>,
+    /// The captcha provider's siteverify URL (hCaptcha, Turnstile, reCAPTCHA), http:// or
+    /// https://; needs --captcha-secret
+    #[arg(long, env = "SECKILL_CAPTCHA_VERIFY_URL", value_name = "URL")]
+    pub captcha_verify_url: Option<String>,
+    /// The secret the captcha provider issued for this site; needs --captcha-verify-url
+    #[arg(long, env = "SECKILL_CAPTCHA_SECRET", value_name = "SECRET")]
+    #[arg(hide_env_values = true)]
+    pub captcha_secret: Option<String>,
+    /// TOML file with the same keys (and `[rate_limit]`, `request_timeout_ms`,
+    /// `captcha_timeout_ms`)
     #[arg(long, env = "SECKILL_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Development only: keep the log in memory. Nothing survives a restart.
@@ -196,7 +229,7 @@ pub struct RouteLimit {
     pub burst: u32,
 }
 
-/// `[rate_limit]` of the TOML file: per shopper and per route.
+/// `[rate_limit]` of the TOML file: per shopper and per route, and per client address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RateLimitConfig {
@@ -206,6 +239,9 @@ pub struct RateLimitConfig {
     pub purchase: RouteLimit,
     /// `GET /orders/{id}` and `POST /orders/{id}/cancel`
     pub orders: RouteLimit,
+    /// `[rate_limit.ip]`: per client address, one budget shared by the token and purchase
+    /// routes; off (`per_s = 0`) by default.
+    pub ip: RouteLimit,
 }
 
 impl Default for RateLimitConfig {
@@ -223,8 +259,24 @@ impl Default for RateLimitConfig {
                 per_s: DEFAULT_ORDERS_PER_S,
                 burst: DEFAULT_ORDERS_BURST,
             },
+            ip: RouteLimit {
+                per_s: DEFAULT_IP_PER_S,
+                burst: DEFAULT_IP_BURST,
+            },
         }
     }
+}
+
+/// `trusted_proxies` in the TOML file: the flag's `"CIDR,CIDR"` string, or an array with
+/// one range per string.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(
+    untagged,
+    expecting = "trusted_proxies must be a string \"CIDR,CIDR\" or an array of CIDR strings"
+)]
+pub enum ProxyList {
+    Joined(String),
+    Each(Vec<String>),
 }
 
 /// The TOML file: the flags' keys plus settings that only live here.
@@ -249,6 +301,11 @@ pub struct FileConfig {
     pub replicas: Option<u8>,
     pub cluster_prefix: Option<String>,
     pub lease_ttl_s: Option<u64>,
+    pub trusted_proxies: Option<ProxyList>,
+    pub pow_difficulty_bits: Option<u64>,
+    pub captcha_verify_url: Option<String>,
+    pub captcha_secret: Option<String>,
+    pub captcha_timeout_ms: Option<u64>,
     pub request_timeout_ms: Option<u64>,
     pub shutdown_grace_s: Option<u64>,
     pub rate_limit: Option<RateLimitConfig>,
@@ -280,6 +337,35 @@ pub struct Config {
     pub unsafe_memory_journal: bool,
     /// Some: this node is part of a cluster and its journal is NATS JetStream.
     pub cluster: Option<ClusterConfig>,
+    /// The proxies whose forwarding headers name the client; empty: the client is the peer.
+    pub trusted_proxies: TrustedProxies,
+    /// Leading zero bits a proof-of-work answer needs (1..=40).
+    pub pow_difficulty_bits: u8,
+    /// Some: promotions may ask for a captcha, checked at this verifier.
+    pub captcha: Option<CaptchaConfig>,
+}
+
+/// `--captcha-verify-url` and `--captcha-secret`, checked: where and how a captcha answer
+/// is verified (the siteverify protocol of hCaptcha, Turnstile and reCAPTCHA).
+#[derive(Clone, PartialEq, Eq)]
+pub struct CaptchaConfig {
+    /// The siteverify endpoint, `http://` or `https://`.
+    pub verify_url: String,
+    /// The site's secret, sent with every verification; never logged.
+    pub secret: String,
+    /// Bound on one verification call; past it the check fails closed (503).
+    pub timeout_ms: u64,
+}
+
+impl std::fmt::Debug for CaptchaConfig {
+    // The secret never reaches a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CaptchaConfig")
+            .field("verify_url", &without_credentials(&self.verify_url))
+            .field("secret", &"***")
+            .field("timeout_ms", &self.timeout_ms)
+            .finish()
+    }
 }
 
 /// `--cluster` and its companions, checked: this node's place in a cluster whose journal is
@@ -352,6 +438,9 @@ impl std::fmt::Debug for Config {
             .field("request_timeout_ms", &self.request_timeout_ms)
             .field("rate_limit", &self.rate_limit)
             .field("cluster", &self.cluster)
+            .field("trusted_proxies", &self.trusted_proxies)
+            .field("pow_difficulty_bits", &self.pow_difficulty_bits)
+            .field("captcha", &self.captcha)
             .finish_non_exhaustive()
     }
 }
@@ -393,6 +482,20 @@ pub enum ConfigError {
          NATS JetStream"
     )]
     ClusterWithMemoryJournal,
+    /// A setting given but unusable, named by its flag (its TOML key is the same in
+    /// snake_case).
+    #[error("{flag}: {reason}")]
+    BadFlag { flag: &'static str, reason: String },
+    #[error(
+        "{given} needs {flag}: pass {flag} {value} or set {env} (a captcha is checked with \
+         both the verify URL and the secret)"
+    )]
+    CaptchaNeeds {
+        given: &'static str,
+        flag: &'static str,
+        value: &'static str,
+        env: &'static str,
+    },
 }
 
 impl Config {
@@ -428,6 +531,15 @@ impl Config {
         let shards = resolve_shards(args.shards.or(file.shards))?;
         let request_timeout_ms = resolve_request_timeout_ms(file.request_timeout_ms)?;
         let rate_limit = resolve_rate_limit(file.rate_limit)?;
+        let trusted_proxies = args.trusted_proxies.map(ProxyList::Joined);
+        let trusted_proxies = resolve_trusted_proxies(trusted_proxies.or(file.trusted_proxies))?;
+        let pow_difficulty_bits =
+            resolve_pow_difficulty_bits(args.pow_difficulty_bits.or(file.pow_difficulty_bits))?;
+        let captcha = resolve_captcha(
+            args.captcha_verify_url.or(file.captcha_verify_url),
+            args.captcha_secret.or(file.captcha_secret),
+            file.captcha_timeout_ms,
+        )?;
         Ok(Config {
             listen: args
                 .listen
@@ -452,6 +564,9 @@ impl Config {
             rate_limit,
             unsafe_memory_journal: args.unsafe_memory_journal,
             cluster,
+            trusted_proxies,
+            pow_difficulty_bits,
+            captcha,
         })
     }
 }
@@ -722,6 +837,7 @@ fn resolve_rate_limit(limits: Option<RateLimitConfig>) -> Result<RateLimitConfig
         ("rate_limit.token.burst", limits.token),
         ("rate_limit.purchase.burst", limits.purchase),
         ("rate_limit.orders.burst", limits.orders),
+        ("rate_limit.ip.burst", limits.ip),
     ] {
         if limit.per_s > 0 && limit.burst == 0 {
             return Err(ConfigError::OutOfRange {
@@ -731,6 +847,104 @@ fn resolve_rate_limit(limits: Option<RateLimitConfig>) -> Result<RateLimitConfig
         }
     }
     Ok(limits)
+}
+
+/// `--trusted-proxies`, from the flag (or environment) string or the file's string or array.
+fn resolve_trusted_proxies(list: Option<ProxyList>) -> Result<TrustedProxies, ConfigError> {
+    let parsed = match &list {
+        None => return Ok(TrustedProxies::default()),
+        Some(ProxyList::Joined(text)) => TrustedProxies::parse(text),
+        Some(ProxyList::Each(entries)) => {
+            TrustedProxies::from_entries(entries.iter().map(String::as_str))
+        }
+    };
+    parsed.map_err(|error| ConfigError::BadFlag {
+        flag: "--trusted-proxies",
+        reason: error.to_string(),
+    })
+}
+
+fn resolve_pow_difficulty_bits(bits: Option<u64>) -> Result<u8, ConfigError> {
+    let bits = bits.unwrap_or(u64::from(DEFAULT_POW_DIFFICULTY_BITS));
+    match u8::try_from(bits) {
+        Ok(bits) if (1..=POW_DIFFICULTY_BITS_MAX).contains(&bits) => Ok(bits),
+        _ => Err(ConfigError::BadFlag {
+            flag: "--pow-difficulty-bits",
+            reason: format!("must be 1..={POW_DIFFICULTY_BITS_MAX}, not {bits}"),
+        }),
+    }
+}
+
+/// `None` without a captcha verifier; otherwise the URL and the secret, each needing the
+/// other, and the timeout.
+fn resolve_captcha(
+    verify_url: Option<String>,
+    secret: Option<String>,
+    timeout_ms: Option<u64>,
+) -> Result<Option<CaptchaConfig>, ConfigError> {
+    let timeout_ms = resolve_captcha_timeout_ms(timeout_ms)?;
+    match (verify_url, secret) {
+        (None, None) => Ok(None),
+        (Some(_), None) => Err(ConfigError::CaptchaNeeds {
+            given: "--captcha-verify-url",
+            flag: "--captcha-secret",
+            value: "SECRET",
+            env: "SECKILL_CAPTCHA_SECRET",
+        }),
+        (None, Some(_)) => Err(ConfigError::CaptchaNeeds {
+            given: "--captcha-secret",
+            flag: "--captcha-verify-url",
+            value: "URL",
+            env: "SECKILL_CAPTCHA_VERIFY_URL",
+        }),
+        (Some(verify_url), Some(secret)) => {
+            let verify_url = resolve_captcha_verify_url(verify_url)?;
+            if secret.is_empty() {
+                return Err(ConfigError::Empty {
+                    field: "--captcha-secret",
+                });
+            }
+            Ok(Some(CaptchaConfig {
+                verify_url,
+                secret,
+                timeout_ms,
+            }))
+        }
+    }
+}
+
+/// The verify URL: `http://` or `https://` and a host (plain http is for a verifier on the
+/// same host or a test double; the secret crosses the network in the clear otherwise).
+fn resolve_captcha_verify_url(url: String) -> Result<String, ConfigError> {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"));
+    let names_a_host = rest.is_some_and(|rest| {
+        !rest.is_empty() && !rest.starts_with('/') && !rest.contains(char::is_whitespace)
+    });
+    if names_a_host {
+        Ok(url)
+    } else {
+        Err(ConfigError::BadFlag {
+            flag: "--captcha-verify-url",
+            reason: format!(
+                "{:?} must be an http:// or https:// URL",
+                without_credentials(&url)
+            ),
+        })
+    }
+}
+
+fn resolve_captcha_timeout_ms(timeout_ms: Option<u64>) -> Result<u64, ConfigError> {
+    match timeout_ms.unwrap_or(DEFAULT_CAPTCHA_TIMEOUT_MS) {
+        timeout_ms if (CAPTCHA_TIMEOUT_MS_MIN..=CAPTCHA_TIMEOUT_MS_MAX).contains(&timeout_ms) => {
+            Ok(timeout_ms)
+        }
+        _ => Err(ConfigError::OutOfRange {
+            field: "captcha_timeout_ms",
+            reason: format!("must be {CAPTCHA_TIMEOUT_MS_MIN}..={CAPTCHA_TIMEOUT_MS_MAX}"),
+        }),
+    }
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
@@ -1042,5 +1256,236 @@ mod tests {
             assert!(!error.contains('\n'), "{extra:?}: {error}");
         }
         cluster_node("", &["--partitions", "4096"]).expect("the largest count is fine");
+    }
+
+    /// `text` written to `name` in `dir`, as a `--config` argument.
+    fn config_file(dir: &tempfile::TempDir, name: &str, text: &str) -> String {
+        let file = dir.path().join(name);
+        std::fs::write(&file, text).expect("write");
+        file.to_string_lossy().into_owned()
+    }
+
+    fn addr(text: &str) -> std::net::IpAddr {
+        text.parse().expect("an address")
+    }
+
+    #[test]
+    fn bot_defences_are_off_by_default_with_twenty_pow_bits() {
+        let config = parse(&["--auth", "header"]).expect("valid");
+        assert!(config.trusted_proxies.is_empty());
+        assert_eq!(config.pow_difficulty_bits, DEFAULT_POW_DIFFICULTY_BITS);
+        assert!(config.captcha.is_none());
+        assert_eq!(config.rate_limit.ip, RouteLimit { per_s: 0, burst: 0 });
+    }
+
+    #[test]
+    fn the_per_address_limit_comes_from_the_rate_limit_table() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = config_file(
+            &dir,
+            "ip.toml",
+            "auth = \"header\"\n[rate_limit.ip]\nper_s = 2\nburst = 4\n",
+        );
+        let config = parse(&["--config", &file]).expect("valid");
+        assert_eq!(config.rate_limit.ip, RouteLimit { per_s: 2, burst: 4 });
+        assert_eq!(config.rate_limit.token.per_s, DEFAULT_TOKEN_PER_S);
+
+        let file = config_file(
+            &dir,
+            "no-burst.toml",
+            "auth = \"header\"\n[rate_limit.ip]\nper_s = 2\nburst = 0\n",
+        );
+        let error = parse(&["--config", &file]).expect_err("no burst");
+        assert!(error.contains("rate_limit.ip.burst"), "{error}");
+    }
+
+    #[test]
+    fn trusted_proxies_come_from_the_flag_then_the_file_as_a_string_or_an_array() {
+        let flag = [
+            "--auth",
+            "header",
+            "--trusted-proxies",
+            "10.0.0.0/8, 2001:db8::1",
+        ];
+        let config = parse(&flag).expect("valid");
+        assert!(config.trusted_proxies.contains(addr("10.1.2.3")));
+        assert!(config.trusted_proxies.contains(addr("2001:db8::1")));
+        assert!(!config.trusted_proxies.contains(addr("2001:db8::2")));
+        assert!(!config.trusted_proxies.contains(addr("192.168.0.1")));
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let array = config_file(
+            &dir,
+            "array.toml",
+            "auth = \"header\"\ntrusted_proxies = [\"192.168.0.0/16\", \"10.0.0.1\"]\n",
+        );
+        let config = parse(&["--config", &array]).expect("valid");
+        assert_eq!(
+            config.trusted_proxies.to_string(),
+            "192.168.0.0/16,10.0.0.1/32"
+        );
+        let config =
+            parse(&["--config", &array, "--trusted-proxies", "172.16.0.0/12"]).expect("valid");
+        assert_eq!(config.trusted_proxies.to_string(), "172.16.0.0/12");
+
+        let joined = config_file(
+            &dir,
+            "joined.toml",
+            "auth = \"header\"\ntrusted_proxies = \"192.168.0.0/16,10.0.0.1\"\n",
+        );
+        let config = parse(&["--config", &joined]).expect("valid");
+        assert_eq!(
+            config.trusted_proxies.to_string(),
+            "192.168.0.0/16,10.0.0.1/32"
+        );
+    }
+
+    #[test]
+    fn malformed_trusted_proxies_are_refused_naming_the_flag() {
+        for bad in [
+            "10.0.0.300/8",
+            "10.0.0.0/33",
+            "proxy.internal",
+            "10.0.0.0/8 192.168.0.0/16",
+        ] {
+            let error =
+                parse(&["--auth", "header", "--trusted-proxies", bad]).expect_err("malformed");
+            assert!(error.contains("--trusted-proxies"), "{bad}: {error}");
+            assert!(error.contains(bad), "{bad}: {error}");
+            assert!(!error.contains('\n'), "{error}");
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = config_file(
+            &dir,
+            "bad-entry.toml",
+            "auth = \"header\"\ntrusted_proxies = [\"10.0.0.0/8\", \"nope\"]\n",
+        );
+        let error = parse(&["--config", &file]).expect_err("malformed entry");
+        assert!(error.contains("--trusted-proxies"), "{error}");
+        let file = config_file(&dir, "bad-type.toml", "trusted_proxies = 8\n");
+        let error = parse(&["--auth", "header", "--config", &file]).expect_err("a number");
+        assert!(error.contains("trusted_proxies"), "{error}");
+        assert!(!error.contains('\n'), "{error}");
+    }
+
+    #[test]
+    fn pow_difficulty_comes_from_the_flag_then_the_file_and_is_checked() {
+        for bits in ["1", "40"] {
+            let config = parse(&["--auth", "header", "--pow-difficulty-bits", bits]).expect("ok");
+            assert_eq!(config.pow_difficulty_bits.to_string(), bits);
+        }
+        for bits in ["0", "41", "300"] {
+            let error = parse(&["--auth", "header", "--pow-difficulty-bits", bits])
+                .expect_err("out of range");
+            assert!(error.contains("--pow-difficulty-bits"), "{bits}: {error}");
+            assert!(!error.contains('\n'), "{error}");
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = config_file(
+            &dir,
+            "pow.toml",
+            "auth = \"header\"\npow_difficulty_bits = 12\n",
+        );
+        assert_eq!(
+            parse(&["--config", &file]).expect("ok").pow_difficulty_bits,
+            12
+        );
+        let config = parse(&["--config", &file, "--pow-difficulty-bits", "16"]).expect("ok");
+        assert_eq!(config.pow_difficulty_bits, 16);
+        let file = config_file(
+            &dir,
+            "hard.toml",
+            "auth = \"header\"\npow_difficulty_bits = 99\n",
+        );
+        let error = parse(&["--config", &file]).expect_err("out of range");
+        assert!(error.contains("--pow-difficulty-bits"), "{error}");
+    }
+
+    #[test]
+    fn a_captcha_needs_both_its_url_and_its_secret_which_debug_hides() {
+        const URL: &str = "https://hcaptcha.com/siteverify";
+        let both = [
+            "--auth",
+            "header",
+            "--captcha-verify-url",
+            URL,
+            "--captcha-secret",
+            "s3cr3t-value",
+        ];
+        let config = parse(&both).expect("valid");
+        let captcha = config.captcha.clone().expect("a captcha verifier");
+        assert_eq!(captcha.verify_url, URL);
+        assert_eq!(captcha.secret, "s3cr3t-value");
+        assert_eq!(captcha.timeout_ms, DEFAULT_CAPTCHA_TIMEOUT_MS);
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("s3cr3t-value"), "{debug}");
+        assert!(debug.contains("hcaptcha.com"), "{debug}");
+
+        let error = parse(&["--auth", "header", "--captcha-verify-url", URL]).expect_err("secret");
+        assert!(error.contains("--captcha-secret"), "{error}");
+        assert!(error.contains("SECKILL_CAPTCHA_SECRET"), "{error}");
+        let error = parse(&["--auth", "header", "--captcha-secret", "s"]).expect_err("url");
+        assert!(error.contains("--captcha-verify-url"), "{error}");
+        assert!(error.contains("SECKILL_CAPTCHA_VERIFY_URL"), "{error}");
+        for bad in [
+            "ftp://hcaptcha.com/siteverify",
+            "hcaptcha.com/siteverify",
+            "https://",
+            "http:///siteverify",
+            "",
+        ] {
+            let args = [
+                "--auth",
+                "header",
+                "--captcha-verify-url",
+                bad,
+                "--captcha-secret",
+                "s",
+            ];
+            let error = parse(&args).expect_err("bad url");
+            assert!(error.contains("--captcha-verify-url"), "{bad:?}: {error}");
+            assert!(!error.contains('\n'), "{error}");
+        }
+        let args = [
+            "--auth",
+            "header",
+            "--captcha-verify-url",
+            URL,
+            "--captcha-secret",
+            "",
+        ];
+        let error = parse(&args).expect_err("empty secret");
+        assert!(error.contains("--captcha-secret"), "{error}");
+    }
+
+    #[test]
+    fn captcha_settings_come_from_the_file_with_a_checked_timeout() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = config_file(
+            &dir,
+            "captcha.toml",
+            "auth = \"header\"\ncaptcha_verify_url = \"http://127.0.0.1:9/siteverify\"\n\
+             captcha_secret = \"from-file\"\ncaptcha_timeout_ms = 500\n",
+        );
+        let captcha = parse(&["--config", &file]).expect("valid").captcha;
+        let captcha = captcha.expect("a captcha verifier");
+        assert_eq!(captcha.verify_url, "http://127.0.0.1:9/siteverify");
+        assert_eq!(captcha.secret, "from-file");
+        assert_eq!(captcha.timeout_ms, 500);
+        let config = parse(&["--config", &file, "--captcha-secret", "from-flag"]).expect("valid");
+        assert_eq!(config.captcha.expect("on").secret, "from-flag");
+
+        for timeout_ms in [CAPTCHA_TIMEOUT_MS_MIN - 1, CAPTCHA_TIMEOUT_MS_MAX + 1] {
+            let file = config_file(
+                &dir,
+                "timeout.toml",
+                &format!("auth = \"header\"\ncaptcha_timeout_ms = {timeout_ms}\n"),
+            );
+            let error = parse(&["--config", &file]).expect_err("out of range");
+            assert!(
+                error.contains("captcha_timeout_ms"),
+                "{timeout_ms}: {error}"
+            );
+        }
     }
 }

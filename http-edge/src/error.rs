@@ -29,7 +29,7 @@ pub enum AppError {
     MethodNotAllowed,
     #[error("the request body is larger than 64 KiB")]
     PayloadTooLarge,
-    #[error("too many requests from this shopper on this route; retry after {retry_after_s} s")]
+    #[error("too many requests from this shopper or this address on this route; retry after {retry_after_s} s")]
     RateLimited { retry_after_s: u64 },
     /// The request did not finish within the request timeout before it could reach the
     /// engine (a read, or a write whose body was still arriving): nothing was done.
@@ -93,7 +93,10 @@ fn engine_status(error: &EngineError) -> StatusCode {
     match error {
         EngineError::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
         EngineError::NotFound => StatusCode::NOT_FOUND,
-        EngineError::Banned | EngineError::TokenInvalid => StatusCode::FORBIDDEN,
+        EngineError::Banned
+        | EngineError::TokenInvalid
+        | EngineError::NotEligible
+        | EngineError::HumanCheckFailed => StatusCode::FORBIDDEN,
         EngineError::AlreadyExists
         | EngineError::SkuInOtherPromotion { .. }
         | EngineError::NotStarted
@@ -195,6 +198,8 @@ mod tests {
             (EngineError::TokensExhausted, 409),
             (EngineError::Banned, 403),
             (EngineError::TokenInvalid, 403),
+            (EngineError::NotEligible, 403),
+            (EngineError::HumanCheckFailed, 403),
             (EngineError::NotPayable, 409),
             (EngineError::AlreadyPaid, 409),
             (EngineError::NotCancellable, 409),

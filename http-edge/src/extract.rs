@@ -46,25 +46,52 @@ where
 {
     type Rejection = AppError;
 
-    async fn from_request(mut request: Request, _state: &S) -> Result<Self, AppError> {
-        let declared = request
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > BODY_DRAIN_BYTES_MAX as u64) {
-            return Err(AppError::PayloadTooLarge);
-        }
-        let pending = request.extensions_mut().remove::<BodyPending>();
-        if let Some(pending) = &pending {
-            pending.set(true);
-        }
-        let bytes = read_limited(request.into_body()).await;
-        if let Some(pending) = &pending {
-            pending.set(false);
-        }
-        parse_json(&bytes?).map(JsonBody)
+    async fn from_request(request: Request, _state: &S) -> Result<Self, AppError> {
+        parse_json(&read_body(request).await?).map(JsonBody)
     }
+}
+
+/// A JSON body that may be absent: an empty (or all-whitespace) body is `None`. For routes
+/// whose body only some requests need (the token route's human-check answer).
+#[derive(Debug)]
+pub struct OptionalJsonBody<T>(pub Option<T>);
+
+impl<S, T> FromRequest<S> for OptionalJsonBody<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+{
+    type Rejection = AppError;
+
+    async fn from_request(request: Request, _state: &S) -> Result<Self, AppError> {
+        let bytes = read_body(request).await?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(OptionalJsonBody(None));
+        }
+        parse_json(&bytes).map(|value| OptionalJsonBody(Some(value)))
+    }
+}
+
+/// The body of `request`, at most [`BODY_BYTES_MAX`], with its [`BodyPending`] flag set
+/// while it arrives.
+async fn read_body(mut request: Request) -> Result<Bytes, AppError> {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > BODY_DRAIN_BYTES_MAX as u64) {
+        return Err(AppError::PayloadTooLarge);
+    }
+    let pending = request.extensions_mut().remove::<BodyPending>();
+    if let Some(pending) = &pending {
+        pending.set(true);
+    }
+    let bytes = read_limited(request.into_body()).await;
+    if let Some(pending) = &pending {
+        pending.set(false);
+    }
+    bytes
 }
 
 /// Reads a body of at most [`BODY_BYTES_MAX`] bytes.

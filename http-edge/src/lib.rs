@@ -10,10 +10,17 @@
 //! - `auth`: admin bearer key (constant-time), HS256 JWT (`exp`, `nbf`, optional `aud` /
 //!   `iss`, a pinned algorithm), or the trusted `X-User-Id` header. Its extractors read the
 //!   credentials through the `AuthSource` trait, which `state` implements.
+//! - `claims`: a shopper's claims (JWT payload or `X-User-Claim-*`), read lazily, for the
+//!   promotions with an eligibility rule.
+//! - `human`: the human checks: stateless proof-of-work challenges (good once) and the
+//!   captcha verifier (siteverify).
+//! - `client_addr`: the client's address (the peer, or behind `--trusted-proxies` the
+//!   rightmost untrusted `X-Forwarded-For` / `Forwarded` address).
 //! - `error`: `AppError`, the one place where every failure gets its status and api.md code.
 //! - `extract`: JSON body and path extractors whose rejections are `AppError`s (64 KiB limit,
 //!   400 naming the field).
-//! - `limit`: per-shopper, per-route rate limits (governor), with a bounded keyspace.
+//! - `limit`: per-shopper, per-route rate limits and a per-address limit (governor), with
+//!   bounded keyspaces.
 //! - `views`: api.md's JSON shapes and the RFC 3339 conversions.
 //! - `routes`: the router, its handlers, JSON 404/405, and the metrics/timeout/panic layers.
 //! - `storage`: the only module naming the persistence crate: RocksDB journal + SQL flusher,
@@ -24,9 +31,12 @@
 //!   `serve_with_hook` hands in-process tests the engine once ready.
 
 pub mod auth;
+pub mod claims;
+pub mod client_addr;
 pub mod config;
 pub mod error;
 pub mod extract;
+pub mod human;
 pub mod limit;
 pub mod routes;
 pub mod server;

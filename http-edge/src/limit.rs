@@ -1,7 +1,17 @@
-//! Per-shopper, per-route rate limits (governor's GCRA, one keyed limiter per route).
+//! Per-shopper, per-route rate limits and the per-address limit (governor's GCRA, one keyed
+//! limiter per route, and one keyed by client address).
 //!
 //! A refused request never reaches a shard: the check is a hash-map lookup and an atomic
 //! compare-and-swap.
+//!
+//! The per-address limit (`[rate_limit.ip]`, off by default) is one limiter shared by the
+//! token and purchase routes rather than one per route: a bot behind one address spends one
+//! budget whichever route it hammers, and one table of addresses costs half the memory of
+//! two. An honest shopper spends two requests a purchase (a token, then the purchase), which
+//! `per_s` and `burst` must allow for every shopper behind one address (an office, a mobile
+//! carrier's NAT). An IPv6 client is counted by its /64: one host, or one home router,
+//! usually owns a whole /64 and can pick any address in it, so counting single IPv6
+//! addresses would give such a client 2^64 budgets.
 //!
 //! Memory is bounded (api.md, "Bounded memory"): each route's limiter holds at most
 //! [`LIMITER_KEYS_MAX`] shoppers. An entry is dropped as soon as its shopper is back at full
@@ -14,7 +24,11 @@
 //! one second into 429s. A storm of distinct ids costs no memory either way, and meets the
 //! shard's own gate (sold out, ended) or the per-address limit. The cap is only met when more
 //! than [`LIMITER_KEYS_MAX`] shoppers were active on one route within about one burst's time.
+//! The address limiter is bounded and swept the same way, by [`LIMITER_KEYS_MAX`] addresses
+//! (IPv6 /64s); past the cap a new address passes as one seen for the first time.
 
+use std::hash::Hash;
+use std::net::{IpAddr, Ipv6Addr};
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -44,11 +58,14 @@ pub enum LimitedRoute {
     Orders,
 }
 
-/// One limiter per limited route; `None` where the limit is turned off (`per_s = 0`).
+/// One limiter per limited route, and the per-address one; `None` where a limit is turned
+/// off (`per_s = 0`).
 pub struct RateLimits {
-    token: Option<RouteLimiter>,
-    purchase: Option<RouteLimiter>,
-    orders: Option<RouteLimiter>,
+    token: Option<RouteLimiter<String>>,
+    purchase: Option<RouteLimiter<String>>,
+    orders: Option<RouteLimiter<String>>,
+    /// Per client address, shared by the token and purchase routes (see the module docs).
+    address: Option<RouteLimiter<AddressKey>>,
     /// The zero of [`RouteLimiter::next_full_sweep_ms`].
     started: Instant,
 }
@@ -59,13 +76,32 @@ impl std::fmt::Debug for RateLimits {
             .field("token", &self.token.is_some())
             .field("purchase", &self.purchase.is_some())
             .field("orders", &self.orders.is_some())
+            .field("address", &self.address.is_some())
             .finish()
     }
 }
 
-/// A keyed state store that holds at most `keys_max` shoppers; see the module docs.
-struct BoundedStore {
-    keys: DashMapStateStore<String>,
+/// What the per-address limiter counts: an IPv4 address, or an IPv6 address's /64 (see the
+/// module docs). `Copy` and 17 bytes: no allocation per request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct AddressKey(IpAddr);
+
+impl AddressKey {
+    fn of(addr: IpAddr) -> AddressKey {
+        match addr.to_canonical() {
+            IpAddr::V4(v4) => AddressKey(IpAddr::V4(v4)),
+            IpAddr::V6(v6) => {
+                let prefix_64 = u128::from(v6) & (u128::MAX << 64);
+                AddressKey(IpAddr::V6(Ipv6Addr::from(prefix_64)))
+            }
+        }
+    }
+}
+
+/// A keyed state store that holds at most `keys_max` keys (shoppers, or addresses); see
+/// the module docs.
+struct BoundedStore<K: Hash + Eq + Clone> {
+    keys: DashMapStateStore<K>,
     keys_max: usize,
     /// Shoppers admitted since the last sweep counted them: never less than `keys.len()`
     /// (a count is taken before the entry is made), so `keys` never outgrows `keys_max`
@@ -73,8 +109,8 @@ struct BoundedStore {
     admitted: Arc<AtomicUsize>,
 }
 
-impl StateStore for BoundedStore {
-    type Key = String;
+impl<K: Hash + Eq + Clone> StateStore for BoundedStore<K> {
+    type Key = K;
 
     fn measure_and_replace<T, F, E>(&self, key: &Self::Key, f: F) -> Result<T, E>
     where
@@ -101,7 +137,7 @@ fn admit(admitted: &AtomicUsize, keys_max: usize) -> bool {
         .is_ok()
 }
 
-impl ShrinkableKeyedStateStore<String> for BoundedStore {
+impl<K: Hash + Eq + Clone> ShrinkableKeyedStateStore<K> for BoundedStore<K> {
     fn retain_recent(&self, drop_below: Nanos) {
         ShrinkableKeyedStateStore::retain_recent(&self.keys, drop_below);
         self.admitted.store(self.keys.len(), Ordering::Release);
@@ -120,9 +156,9 @@ impl ShrinkableKeyedStateStore<String> for BoundedStore {
     }
 }
 
-/// One route's limiter, and what it takes to sweep it when it is full.
-struct RouteLimiter {
-    limiter: RateLimiter<String, BoundedStore, DefaultClock>,
+/// One route's limiter (or the address limiter), and what it takes to sweep it when full.
+struct RouteLimiter<K: Hash + Eq + Clone> {
+    limiter: RateLimiter<K, BoundedStore<K>, DefaultClock>,
     keys_max: usize,
     /// The store's count of admitted shoppers, read to see whether it is full.
     admitted: Arc<AtomicUsize>,
@@ -130,8 +166,8 @@ struct RouteLimiter {
     next_full_sweep_ms: AtomicU64,
 }
 
-impl RouteLimiter {
-    fn new(limit: RouteLimit, keys_max: usize) -> Option<RouteLimiter> {
+impl<K: Hash + Eq + Clone> RouteLimiter<K> {
+    fn new(limit: RouteLimit, keys_max: usize) -> Option<RouteLimiter<K>> {
         let per_s = NonZeroU32::new(limit.per_s)?;
         // A burst below the rate would refuse traffic the rate allows.
         let burst = NonZeroU32::new(limit.burst.max(limit.per_s)).unwrap_or(per_s);
@@ -175,40 +211,12 @@ impl RouteLimiter {
             self.sweep(false);
         }
     }
-}
 
-impl RateLimits {
-    pub fn new(config: &RateLimitConfig) -> Self {
-        RateLimits::with_keys_max(config, LIMITER_KEYS_MAX)
-    }
-
-    /// [`RateLimits::new`] holding at most `keys_max` shoppers per route.
-    pub fn with_keys_max(config: &RateLimitConfig, keys_max: usize) -> Self {
-        RateLimits {
-            token: RouteLimiter::new(config.token, keys_max),
-            purchase: RouteLimiter::new(config.purchase, keys_max),
-            orders: RouteLimiter::new(config.orders, keys_max),
-            started: Instant::now(),
-        }
-    }
-
-    fn route(&self, route: LimitedRoute) -> Option<&RouteLimiter> {
-        match route {
-            LimitedRoute::Token => self.token.as_ref(),
-            LimitedRoute::Purchase => self.purchase.as_ref(),
-            LimitedRoute::Orders => self.orders.as_ref(),
-        }
-    }
-
-    /// Ok when `user_id` may make one more request on `route` now; else 429 with the wait.
-    pub fn check(&self, route: LimitedRoute, user_id: &String) -> Result<(), AppError> {
-        let Some(route) = self.route(route) else {
-            return Ok(());
-        };
-        let now_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        route.sweep_if_full(now_ms);
-        let limiter = &route.limiter;
-        limiter.check_key(user_id).map_err(|not_until| {
+    /// Ok when `key` may make one more request now; else 429 with the wait. `now_ms` is
+    /// the time since [`RateLimits::started`].
+    fn check(&self, key: &K, now_ms: u64) -> Result<(), AppError> {
+        self.sweep_if_full(now_ms);
+        self.limiter.check_key(key).map_err(|not_until| {
             let wait = not_until.wait_time_from(DefaultClock::default().now());
             // Retry-After is whole seconds; rounding down would invite a retry that fails.
             let retry_after_s = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
@@ -217,19 +225,83 @@ impl RateLimits {
             }
         })
     }
+}
+
+impl RateLimits {
+    pub fn new(config: &RateLimitConfig) -> Self {
+        RateLimits::with_keys_max(config, LIMITER_KEYS_MAX)
+    }
+
+    /// [`RateLimits::new`] holding at most `keys_max` shoppers per route, and at most
+    /// `keys_max` addresses.
+    pub fn with_keys_max(config: &RateLimitConfig, keys_max: usize) -> Self {
+        RateLimits {
+            token: RouteLimiter::new(config.token, keys_max),
+            purchase: RouteLimiter::new(config.purchase, keys_max),
+            orders: RouteLimiter::new(config.orders, keys_max),
+            address: RouteLimiter::new(config.ip, keys_max),
+            started: Instant::now(),
+        }
+    }
+
+    fn route(&self, route: LimitedRoute) -> Option<&RouteLimiter<String>> {
+        match route {
+            LimitedRoute::Token => self.token.as_ref(),
+            LimitedRoute::Purchase => self.purchase.as_ref(),
+            LimitedRoute::Orders => self.orders.as_ref(),
+        }
+    }
+
+    /// Milliseconds since [`RateLimits::started`].
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Ok when `user_id` may make one more request on `route` now; else 429 with the wait.
+    pub fn check(&self, route: LimitedRoute, user_id: &String) -> Result<(), AppError> {
+        match self.route(route) {
+            Some(limiter) => limiter.check(user_id, self.now_ms()),
+            None => Ok(()),
+        }
+    }
+
+    /// Ok when the client at `addr` may make one more request on `route` now; else the same
+    /// 429 `rate_limited` with `Retry-After` as [`RateLimits::check`]. The token and
+    /// purchase routes share one budget per address (IPv6: per /64); the other routes have
+    /// no per-address limit (api.md), and no route has one while `[rate_limit.ip]` is off.
+    pub fn check_ip(&self, route: LimitedRoute, addr: IpAddr) -> Result<(), AppError> {
+        match route {
+            LimitedRoute::Token | LimitedRoute::Purchase => {}
+            LimitedRoute::Orders => return Ok(()),
+        }
+        match &self.address {
+            Some(limiter) => limiter.check(&AddressKey::of(addr), self.now_ms()),
+            None => Ok(()),
+        }
+    }
 
     /// The number of shoppers `route`'s limiter holds now (0 when the limit is off).
     pub fn keys(&self, route: LimitedRoute) -> usize {
         self.route(route).map_or(0, |route| route.limiter.len())
     }
 
-    /// Drops the entries of shoppers who have been idle long enough to be back at full burst.
+    /// The number of addresses (IPv6: /64s) the per-address limiter holds now (0 when off).
+    pub fn address_keys(&self) -> usize {
+        self.address
+            .as_ref()
+            .map_or(0, |limiter| limiter.limiter.len())
+    }
+
+    /// Drops the entries of shoppers and addresses idle long enough to be back at full burst.
     pub fn sweep(&self) {
         for route in [&self.token, &self.purchase, &self.orders]
             .into_iter()
             .flatten()
         {
             route.sweep(true);
+        }
+        if let Some(address) = &self.address {
+            address.sweep(true);
         }
     }
 }
@@ -244,6 +316,7 @@ mod tests {
             token: RouteLimit { per_s: 1, burst: 2 },
             purchase: RouteLimit { per_s: 0, burst: 0 },
             orders: RouteLimit { per_s: 1, burst: 1 },
+            ip: RouteLimit { per_s: 0, burst: 0 },
         });
         let alice = "alice".to_owned();
         let bob = "bob".to_owned();
@@ -267,6 +340,7 @@ mod tests {
             token: RouteLimit { per_s: 1, burst: 3 },
             purchase: RouteLimit { per_s: 1, burst: 3 },
             orders: RouteLimit { per_s: 0, burst: 0 },
+            ip: RouteLimit { per_s: 0, burst: 0 },
         };
         let limits = RateLimits::with_keys_max(&config, KEYS_MAX);
         let held: Vec<String> = (0..KEYS_MAX).map(|i| format!("held-{i}")).collect();
@@ -290,5 +364,120 @@ mod tests {
         limits.sweep();
         assert!(limits.keys(LimitedRoute::Token) <= KEYS_MAX);
         assert_eq!(limits.keys(LimitedRoute::Orders), 0);
+    }
+
+    /// Only the per-address limit on: 1 a second, a burst of `burst`.
+    fn address_limits(burst: u32, keys_max: usize) -> RateLimits {
+        let off = RouteLimit { per_s: 0, burst: 0 };
+        let config = RateLimitConfig {
+            token: off,
+            purchase: off,
+            orders: off,
+            ip: RouteLimit { per_s: 1, burst },
+        };
+        RateLimits::with_keys_max(&config, keys_max)
+    }
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().expect("an address")
+    }
+
+    fn is_rate_limited(answer: Result<(), AppError>) -> bool {
+        match answer {
+            Ok(()) => false,
+            Err(AppError::RateLimited { retry_after_s }) => {
+                assert!(retry_after_s >= 1);
+                true
+            }
+            Err(other) => panic!("expected rate_limited, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_address_past_its_burst_is_refused_on_token_and_purchase_alike() {
+        let limits = address_limits(3, LIMITER_KEYS_MAX);
+        let bot = ip("203.0.113.7");
+        assert!(limits.check_ip(LimitedRoute::Token, bot).is_ok());
+        assert!(limits.check_ip(LimitedRoute::Purchase, bot).is_ok());
+        assert!(limits.check_ip(LimitedRoute::Token, bot).is_ok());
+        // One budget for both routes: the fourth request is refused on either.
+        assert!(is_rate_limited(
+            limits.check_ip(LimitedRoute::Purchase, bot)
+        ));
+        assert!(is_rate_limited(limits.check_ip(LimitedRoute::Token, bot)));
+        // Another address has its own budget; the orders routes have no address limit.
+        assert!(limits
+            .check_ip(LimitedRoute::Token, ip("203.0.113.8"))
+            .is_ok());
+        for _ in 0..10 {
+            assert!(limits.check_ip(LimitedRoute::Orders, bot).is_ok());
+        }
+        // The per-shopper limits are off here: the address limit does not touch them.
+        assert!(limits
+            .check(LimitedRoute::Token, &"alice".to_owned())
+            .is_ok());
+        assert_eq!(limits.address_keys(), 2);
+    }
+
+    #[test]
+    fn the_address_limit_is_off_by_default() {
+        let limits = RateLimits::new(&RateLimitConfig::default());
+        let bot = ip("203.0.113.7");
+        for _ in 0..1_000 {
+            assert!(limits.check_ip(LimitedRoute::Token, bot).is_ok());
+        }
+        assert_eq!(limits.address_keys(), 0);
+    }
+
+    #[test]
+    fn an_ipv6_client_is_counted_by_its_64() {
+        let limits = address_limits(2, LIMITER_KEYS_MAX);
+        assert!(limits
+            .check_ip(LimitedRoute::Token, ip("2001:db8:1:2::1"))
+            .is_ok());
+        assert!(limits
+            .check_ip(LimitedRoute::Token, ip("2001:db8:1:2:ffff::9"))
+            .is_ok());
+        // A third address in the same /64 shares the spent budget.
+        let same_64 = ip("2001:db8:1:2:abcd::1");
+        assert!(is_rate_limited(
+            limits.check_ip(LimitedRoute::Token, same_64)
+        ));
+        assert!(limits
+            .check_ip(LimitedRoute::Token, ip("2001:db8:1:3::1"))
+            .is_ok());
+        // An IPv4-mapped address is its IPv4 address.
+        assert!(limits
+            .check_ip(LimitedRoute::Token, ip("192.0.2.1"))
+            .is_ok());
+        assert!(limits
+            .check_ip(LimitedRoute::Token, ip("::ffff:192.0.2.1"))
+            .is_ok());
+        let mapped = ip("::ffff:192.0.2.1");
+        assert!(is_rate_limited(
+            limits.check_ip(LimitedRoute::Token, mapped)
+        ));
+        assert_eq!(limits.address_keys(), 3);
+    }
+
+    #[test]
+    fn a_storm_of_distinct_addresses_stays_within_the_cap() {
+        const KEYS_MAX: usize = 100;
+        let limits = address_limits(2, KEYS_MAX);
+        let held = ip("198.51.100.1");
+        assert!(limits.check_ip(LimitedRoute::Token, held).is_ok());
+        for i in 0..u32::try_from(KEYS_MAX * 100).expect("small") {
+            let addr = IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+            assert!(
+                limits.check_ip(LimitedRoute::Purchase, addr).is_ok(),
+                "{addr}"
+            );
+            assert!(limits.address_keys() <= KEYS_MAX, "{i}");
+        }
+        // The address held keeps its bucket (1 of 2 left), untouched by the storm.
+        assert!(limits.check_ip(LimitedRoute::Token, held).is_ok());
+        assert!(is_rate_limited(limits.check_ip(LimitedRoute::Token, held)));
+        limits.sweep();
+        assert!(limits.address_keys() <= KEYS_MAX);
     }
 }

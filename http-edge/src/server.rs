@@ -8,6 +8,7 @@
 
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
 
@@ -33,6 +34,9 @@ use crate::storage::Storage;
 /// request never needs a second thread to be woken: with a work-stealing pool on a 2-core
 /// machine the futex wake-ups and task hand-offs between workers cost more CPU than the
 /// requests themselves in a sold-out storm (see ARCHITECTURE.md, "Figures").
+///
+/// Every request carries its connection's peer address as axum's `ConnectInfo<SocketAddr>`,
+/// which `client_addr::ClientAddr` reads.
 pub async fn run(
     listener: TcpListener,
     app: Router,
@@ -74,6 +78,7 @@ pub async fn run_workers(
                             // batch instead of one cross-thread wake-up per request.
                             seckill_engine::ReplyPump::install_on_this_thread();
                             let listener = TcpListener::from_std(socket)?;
+                            let app = app.into_make_service_with_connect_info::<SocketAddr>();
                             axum::serve(listener, app)
                                 .with_graceful_shutdown(async move {
                                     let _ = stopped.wait_for(|stop| *stop).await;
@@ -121,12 +126,15 @@ pub async fn serve_with_hook(
         .local_addr()
         .map_or_else(|_| config.listen.to_string(), |a| a.to_string());
     let mut shutdown = Box::pin(shutdown);
+    // Before the journal is opened: a setting that cannot be put to use stops the start
+    // with nothing taken (no lock, no lease).
+    let state = AppState::new(Settings::from_config(&config))
+        .map_err(|e| StartError::Config(e.to_string()))?;
     let Some(mut storage) = open_storage(&config, &mut shutdown).await? else {
         tracing::info!("seckill stopped while it waited for the journal");
         return Ok(());
     };
 
-    let state = AppState::new(Settings::from_config(&config));
     let serving = Serving::start(listener, &state);
 
     let started = Instant::now();
@@ -300,6 +308,13 @@ fn announce(
         recovery_ms = u64::try_from(recovery.as_millis()).unwrap_or(u64::MAX),
         "seckill ready"
     );
+    if !config.trusted_proxies.is_empty() {
+        tracing::info!(
+            trusted_proxies = %config.trusted_proxies,
+            "the client address of a request from these proxies is read from X-Forwarded-For \
+             or Forwarded"
+        );
+    }
     if config.auth == AuthMode::Header {
         tracing::warn!(
             "--auth header: X-User-Id is trusted as is; run this server only behind a gateway \
@@ -321,7 +336,8 @@ fn announce(
     }
 }
 
-/// Drops idle shoppers from the rate limiters now and then, so they cannot grow forever.
+/// Drops idle shoppers and addresses from the rate limiters now and then, so they cannot
+/// grow forever.
 fn spawn_limiter_sweeper(state: AppState) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut every = tokio::time::interval(Duration::from_secs(LIMITER_SWEEP_S));

@@ -38,6 +38,10 @@ pub enum StartError {
     Recovery(String),
     #[error("cannot listen on {addr}: {reason}")]
     Listen { addr: String, reason: String },
+    /// A setting that passed the config checks but could not be put to use (the captcha
+    /// verifier's HTTP client).
+    #[error("{0}")]
+    Config(String),
     #[error("the HTTP server failed: {0}")]
     Serve(String),
 }

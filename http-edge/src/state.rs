@@ -1,5 +1,5 @@
 //! What every handler shares: the engine (once recovery has finished), the credentials, the
-//! rate limiters and the metrics registry.
+//! rate limiters, the trusted proxies, the human-check settings and the metrics registry.
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -8,8 +8,11 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use seckill_engine::Engine;
 
 use crate::auth::{AuthSource, JwtClaimRules, ShopperAuth};
-use crate::config::{AuthMode, Config, RateLimitConfig};
+use crate::client_addr::{TrustedProxies, TrustedProxySource};
+use crate::config::{AuthMode, CaptchaConfig, Config, RateLimitConfig};
 use crate::error::AppError;
+use crate::human::captcha::{CaptchaSetupError, CaptchaVerifier};
+use crate::human::pow::PowIssuer;
 use crate::limit::RateLimits;
 
 /// Histogram buckets for latencies, in seconds: 50 us to 10 s.
@@ -36,6 +39,16 @@ struct Inner {
     admin_key: Vec<u8>,
     shopper_auth: ShopperAuth,
     limits: RateLimits,
+    /// Whose forwarding headers name the client (`--trusted-proxies`).
+    trusted_proxies: TrustedProxies,
+    /// Zero bits a proof-of-work answer needs (`--pow-difficulty-bits`).
+    pow_difficulty_bits: u8,
+    /// Where captcha answers are verified; None: no captcha verifier is configured.
+    captcha: Option<CaptchaConfig>,
+    /// Issues and checks the proof-of-work challenges.
+    pow: PowIssuer,
+    /// Asks the captcha verifier; None: none is configured.
+    captcha_verifier: Option<CaptchaVerifier>,
     metrics: PrometheusHandle,
     request_timeout: Duration,
 }
@@ -52,6 +65,12 @@ pub struct Settings {
     pub jwt_issuer: Option<String>,
     pub rate_limit: RateLimitConfig,
     pub request_timeout_ms: u64,
+    /// `--trusted-proxies`: whose X-Forwarded-For / Forwarded are believed (empty: nobody's).
+    pub trusted_proxies: TrustedProxies,
+    /// `--pow-difficulty-bits`: leading zero bits a proof-of-work answer needs.
+    pub pow_difficulty_bits: u8,
+    /// `--captcha-verify-url` and `--captcha-secret`; None: no captcha verifier.
+    pub captcha: Option<CaptchaConfig>,
 }
 
 impl Settings {
@@ -64,12 +83,43 @@ impl Settings {
             jwt_issuer: config.jwt_issuer.clone(),
             rate_limit: config.rate_limit,
             request_timeout_ms: config.request_timeout_ms,
+            trusted_proxies: config.trusted_proxies.clone(),
+            pow_difficulty_bits: config.pow_difficulty_bits,
+            captcha: config.captcha.clone(),
         }
     }
 }
 
+/// How long a proof-of-work challenge stays good: long enough for a slow phone to solve the
+/// default difficulty, short enough that the used-challenge memory stays small.
+pub const POW_CHALLENGE_LIFETIME_MS: i64 = 120_000;
+
+/// The key challenges are signed with: from the admin key and the user secret, so every node
+/// of a deployment (and a restarted one) verifies the challenges of the others, and rotating
+/// either key voids the outstanding ones.
+fn pow_secret(settings: &Settings) -> Vec<u8> {
+    let mut secret = b"seckill-pow\0".to_vec();
+    secret.extend_from_slice(settings.admin_key.as_bytes());
+    secret.push(0);
+    if let Some(user_secret) = &settings.user_secret {
+        secret.extend_from_slice(user_secret.as_bytes());
+    }
+    secret
+}
+
 impl AppState {
-    pub fn new(settings: Settings) -> Self {
+    /// The handlers' state; fails only when the captcha verifier cannot be built.
+    pub fn new(settings: Settings) -> Result<Self, CaptchaSetupError> {
+        let captcha_verifier = settings
+            .captcha
+            .as_ref()
+            .map(|c| CaptchaVerifier::new(c.verify_url.clone(), c.secret.clone(), c.timeout_ms))
+            .transpose()?;
+        let pow = PowIssuer::new(
+            &pow_secret(&settings),
+            settings.pow_difficulty_bits,
+            POW_CHALLENGE_LIFETIME_MS,
+        );
         let rules = JwtClaimRules {
             audience: settings.jwt_audience,
             issuer: settings.jwt_issuer,
@@ -81,16 +131,29 @@ impl AppState {
             (AuthMode::Jwt, None) => ShopperAuth::jwt(&rand::random::<[u8; 32]>(), rules),
             (AuthMode::Header, _) => ShopperAuth::Header,
         };
-        AppState {
+        Ok(AppState {
             inner: Arc::new(Inner {
                 engine: OnceLock::new(),
                 admin_key: settings.admin_key.into_bytes(),
                 shopper_auth,
                 limits: RateLimits::new(&settings.rate_limit),
+                trusted_proxies: settings.trusted_proxies,
+                pow_difficulty_bits: settings.pow_difficulty_bits,
+                captcha: settings.captcha,
                 metrics: metrics_handle(),
                 request_timeout: Duration::from_millis(settings.request_timeout_ms.max(1)),
+                pow,
+                captcha_verifier,
             }),
-        }
+        })
+    }
+
+    pub fn pow(&self) -> &PowIssuer {
+        &self.inner.pow
+    }
+
+    pub fn captcha(&self) -> Option<&CaptchaVerifier> {
+        self.inner.captcha_verifier.as_ref()
     }
 
     /// Marks recovery finished: engine routes start answering and `/readyz` says 200.
@@ -117,6 +180,27 @@ impl AppState {
 
     pub fn request_timeout(&self) -> Duration {
         self.inner.request_timeout
+    }
+
+    /// The proxies whose forwarding headers name the client (empty: the client is the peer).
+    pub fn trusted_proxies(&self) -> &TrustedProxies {
+        &self.inner.trusted_proxies
+    }
+
+    /// Leading zero bits of SHA-256 a proof-of-work answer needs.
+    pub fn pow_difficulty_bits(&self) -> u8 {
+        self.inner.pow_difficulty_bits
+    }
+
+    /// The captcha verifier's settings; None when none is configured.
+    pub fn captcha_config(&self) -> Option<&CaptchaConfig> {
+        self.inner.captcha.as_ref()
+    }
+}
+
+impl TrustedProxySource for AppState {
+    fn trusted_proxies(&self) -> &TrustedProxies {
+        &self.inner.trusted_proxies
     }
 }
 

@@ -8,12 +8,13 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use seckill_engine::{
-    ItemSpec, ItemStats, Order, PromotionSpec, PromotionStats, PromotionStatus, PublicItem,
-    PublicPromotion, TokenGrant, DEFAULT_PAYMENT_TIMEOUT_S, DEFAULT_PER_USER_LIMIT,
-    DEFAULT_TOKEN_MULTIPLIER,
+    Eligibility, EligibilityRule, HumanCheck, ItemSpec, ItemStats, Order, PromotionGuard,
+    PromotionSpec, PromotionStats, PromotionStatus, PublicItem, PublicPromotion, TokenGrant,
+    DEFAULT_PAYMENT_TIMEOUT_S, DEFAULT_PER_USER_LIMIT, DEFAULT_TOKEN_MULTIPLIER,
 };
 
 use crate::error::AppError;
+use crate::human::pow::PowChallenge;
 
 /// Unix milliseconds as RFC 3339 UTC (`2026-11-11T00:00:00.123Z`).
 pub fn rfc3339(ms: i64) -> String {
@@ -44,6 +45,83 @@ pub struct CreatePromotion {
     pub require_token: Option<bool>,
     pub token_multiplier: Option<u32>,
     pub items: Vec<CreateItem>,
+    /// `"none"` (default), `"pow"` or `"captcha"`. A string here, checked in `into_spec`:
+    /// serde_json reports a non-string where an enum is expected as a syntax error, whose
+    /// message could not name the field.
+    pub human_check: Option<String>,
+    pub eligibility: Option<EligibilityBody>,
+}
+
+fn parse_human_check(value: Option<&str>) -> Result<HumanCheck, AppError> {
+    match value {
+        None | Some("none") => Ok(HumanCheck::None),
+        Some("pow") => Ok(HumanCheck::Pow),
+        Some("captcha") => Ok(HumanCheck::Captcha),
+        Some(_) => Err(AppError::invalid(
+            "human_check",
+            "must be \"none\", \"pow\" or \"captcha\"",
+        )),
+    }
+}
+
+/// `"eligibility"`: a claim and exactly one of `min` and `any_of`; the same shape is shown
+/// back in the promotion views.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EligibilityBody {
+    pub claim: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub any_of: Option<Vec<String>>,
+}
+
+impl EligibilityBody {
+    fn into_rule(self) -> Result<Eligibility, AppError> {
+        let rule = match (self.min, self.any_of) {
+            (Some(min), None) => EligibilityRule::Min(min),
+            (None, Some(values)) => EligibilityRule::AnyOf(values),
+            _ => {
+                return Err(AppError::invalid(
+                    "eligibility",
+                    "must carry exactly one of min and any_of",
+                ))
+            }
+        };
+        Ok(Eligibility {
+            claim: self.claim,
+            rule,
+        })
+    }
+
+    fn of(eligibility: &Eligibility) -> Self {
+        let (min, any_of) = match &eligibility.rule {
+            EligibilityRule::Min(min) => (Some(*min), None),
+            EligibilityRule::AnyOf(values) => (None, Some(values.clone())),
+        };
+        EligibilityBody {
+            claim: eligibility.claim.clone(),
+            min,
+            any_of,
+        }
+    }
+}
+
+/// The guard as the promotion views show it.
+#[derive(Debug, Serialize)]
+pub struct GuardView {
+    pub human_check: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eligibility: Option<EligibilityBody>,
+}
+
+impl From<&PromotionGuard> for GuardView {
+    fn from(guard: &PromotionGuard) -> Self {
+        GuardView {
+            human_check: guard.human_check.as_str(),
+            eligibility: guard.eligibility.as_ref().map(EligibilityBody::of),
+        }
+    }
 }
 
 /// One item of [`CreatePromotion`].
@@ -59,7 +137,15 @@ pub struct CreateItem {
 impl CreatePromotion {
     /// The engine's spec, with api.md's defaults filled in; the engine validates the rest.
     pub fn into_spec(self) -> Result<PromotionSpec, AppError> {
+        let guard = PromotionGuard {
+            human_check: parse_human_check(self.human_check.as_deref())?,
+            eligibility: self
+                .eligibility
+                .map(EligibilityBody::into_rule)
+                .transpose()?,
+        };
         Ok(PromotionSpec {
+            guard,
             id: self.id,
             name: self.name,
             starts_at_ms: parse_rfc3339_ms("starts_at", &self.starts_at)?,
@@ -88,6 +174,39 @@ pub struct PurchaseBody {
     pub request_id: String,
     pub quantity: Option<u32>,
     pub token: Option<String>,
+}
+
+/// `POST /promotions/{id}/items/{sku}/token` body (optional): the human check's answer.
+#[derive(Debug, Deserialize)]
+pub struct TokenBody {
+    pub pow: Option<PowAnswer>,
+    /// The captcha widget's response.
+    pub captcha: Option<String>,
+}
+
+/// A solved proof-of-work challenge.
+#[derive(Debug, Deserialize)]
+pub struct PowAnswer {
+    pub challenge: String,
+    pub nonce: String,
+}
+
+/// `POST /promotions/{id}/items/{sku}/challenge` answer.
+#[derive(Debug, Serialize)]
+pub struct ChallengeView {
+    pub challenge: String,
+    pub difficulty_bits: u8,
+    pub expires_at: String,
+}
+
+impl From<PowChallenge> for ChallengeView {
+    fn from(c: PowChallenge) -> Self {
+        ChallengeView {
+            challenge: c.challenge,
+            difficulty_bits: c.difficulty_bits,
+            expires_at: rfc3339(c.expires_at_ms),
+        }
+    }
 }
 
 /// `POST /admin/orders/{order_id}/pay` body.
@@ -206,6 +325,8 @@ pub struct OperatorPart {
     pub require_token: bool,
     pub token_multiplier: u32,
     pub created_at: String,
+    #[serde(flatten)]
+    pub guard: GuardView,
     pub items: Vec<ItemStats>,
 }
 
@@ -214,6 +335,9 @@ pub struct OperatorPart {
 pub struct ShopperPart {
     pub server_time: String,
     pub require_token: bool,
+    /// Shoppers' pages need it to know whether to solve a challenge or show a captcha.
+    #[serde(flatten)]
+    pub guard: GuardView,
     pub items: Vec<PublicItem>,
 }
 
@@ -224,6 +348,7 @@ impl From<PromotionStats> for PromotionView {
             require_token: p.require_token,
             token_multiplier: p.token_multiplier,
             created_at: rfc3339(p.created_at_ms),
+            guard: GuardView::from(&p.guard),
             items: p.items,
         };
         PromotionOf::new(p.id, p.name, p.status, (p.starts_at_ms, p.ends_at_ms), rest)
@@ -235,6 +360,7 @@ impl From<PublicPromotion> for PublicPromotionView {
         let rest = ShopperPart {
             server_time: rfc3339(p.server_time_ms),
             require_token: p.require_token,
+            guard: GuardView::from(&p.guard),
             items: p.items,
         };
         PromotionOf::new(p.id, p.name, p.status, (p.starts_at_ms, p.ends_at_ms), rest)

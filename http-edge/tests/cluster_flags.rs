@@ -149,6 +149,7 @@ impl Node {
             .stderr(Stdio::from(stderr))
             .spawn()
             .expect("spawn seckill");
+        seckill_http_edge::human::captcha::install_crypto_provider();
         let client = reqwest::Client::builder()
             .timeout(REQUEST_LIMIT)
             .build()

@@ -33,7 +33,7 @@ async fn the_walkthrough_works_as_written() {
     let port = free_port();
     let server = ServerProcess::start(&args, port).await;
     let base = server.base.clone();
-    let http = reqwest::Client::new();
+    let http = common::client();
 
     // curl -X POST /admin/promotions ...
     let (status, promotion) = answer(

@@ -340,6 +340,7 @@ fn cluster_options(urls: &[String], prefix: &str, node_id: &str) -> ClusterOptio
 
 fn promotion(now_ms: i64) -> PromotionSpec {
     PromotionSpec {
+        guard: Default::default(),
         id: Some(PROMOTION.into()),
         name: "nats faults".into(),
         starts_at_ms: now_ms - 1_000,

@@ -104,6 +104,7 @@ impl EventSource for LanedLog {
 fn promotion_created() -> Event {
     Event::PromotionCreated {
         promotion: PromotionRecord {
+            guard: Default::default(),
             id: LANE_PROMOTION.into(),
             name: "Lanes".into(),
             starts_at_ms: START_MS,

@@ -15,10 +15,16 @@
 //! - `compare`: plays the same scenario against seckill and the baseline, side by side.
 //! - `soak`: millions of distinct shoppers refused (sold out, ended, rate limited) while the
 //!   server's resident memory is sampled; fails when it grows past a bound.
+//! - `pow`: proof-of-work answers as a shopper's page computes them, on a thread of the
+//!   shopper's own or on one shared by every shopper behind an address.
+//! - `bots`: a bot farm and people compete for one item under each setting of the checks
+//!   against bots (per-address limit, proof of work); who got the stock, and the invariants.
 
+pub mod bots;
 pub mod check;
 pub mod client;
 pub mod compare;
+pub mod pow;
 pub mod report;
 pub mod run;
 pub mod scenario;

@@ -95,6 +95,7 @@ impl Harness {
 /// A live promotion (T0 .. T0 + 1 h) with the given items: (sku, stock, per_user_limit).
 pub fn spec(id: &str, items: &[(&str, u64, u32)], require_token: bool) -> PromotionSpec {
     PromotionSpec {
+        guard: Default::default(),
         id: Some(id.to_owned()),
         name: format!("promotion {id}"),
         starts_at_ms: T0_MS,

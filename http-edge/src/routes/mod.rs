@@ -28,6 +28,10 @@ pub fn app(state: AppState) -> Router {
         .route("/promotions", get(shopper::list_promotions))
         .route("/promotions/{id}", get(shopper::get_promotion))
         .route(
+            "/promotions/{id}/items/{sku}/challenge",
+            post(shopper::issue_challenge),
+        )
+        .route(
             "/promotions/{id}/items/{sku}/token",
             post(shopper::issue_token),
         )

@@ -100,7 +100,7 @@ impl TestServer {
         let mut server = TestServer {
             base: format!("http://{addr}"),
             mode,
-            client: reqwest::Client::new(),
+            client: client(),
             engine: None,
             stop: Some(stop),
             task: Some(task),
@@ -370,7 +370,7 @@ pub mod process {
                 child: Some(child),
                 base: format!("http://{listen}"),
             };
-            let client = reqwest::Client::new();
+            let client = super::client();
             for _ in 0..600 {
                 if let Some(child) = server.child.as_mut() {
                     if let Ok(Some(status)) = child.try_wait() {
@@ -415,4 +415,11 @@ pub mod process {
     pub fn path_arg(path: &Path) -> String {
         path.display().to_string()
     }
+}
+
+/// A reqwest client. This build's reqwest has TLS without a built-in crypto provider (see
+/// `human::captcha`), so the provider is installed before the client is made.
+pub fn client() -> reqwest::Client {
+    seckill_http_edge::human::captcha::install_crypto_provider();
+    reqwest::Client::new()
 }

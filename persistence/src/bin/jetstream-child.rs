@@ -172,6 +172,7 @@ async fn ensure_promotion(engine: &Engine) -> Result<(), BoxError> {
     }
     let now_ms = engine.now_ms();
     let spec = PromotionSpec {
+        guard: Default::default(),
         id: Some(PROMOTION_ID.into()),
         name: "jetstream crash test".into(),
         starts_at_ms: now_ms - 1_000,

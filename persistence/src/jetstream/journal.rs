@@ -624,6 +624,7 @@ fn empty_image() -> EngineImage {
         through_seq: 0,
         promotions: Vec::new(),
         items: Vec::new(),
+        guards: Vec::new(),
     }
 }
 

@@ -5,12 +5,12 @@
 use async_nats::jetstream::context::Context;
 use async_nats::jetstream::object_store::{Config, GetErrorKind, ObjectStore};
 use async_nats::jetstream::stream::StorageType;
-use seckill_engine::EngineImage;
+use seckill_engine::{EngineImage, EngineImageV2};
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncReadExt;
 
 use super::error::{nats, ClusterError};
-use crate::journal::layout::{decode_versioned, encode_versioned};
+use crate::journal::layout::{decode_evolved, encode_versioned};
 
 const OBJECT_NAME: &str = "engine";
 
@@ -20,6 +20,22 @@ pub struct SnapshotFile {
     pub image: EngineImage,
     /// `(lane, last sequence in the image)` for every lane.
     pub lane_seqs: Vec<(u32, u64)>,
+}
+
+/// A snapshot as version 2 wrote it (an image without guards).
+#[derive(Debug, Clone, Deserialize)]
+struct SnapshotFileV2 {
+    image: EngineImageV2,
+    lane_seqs: Vec<(u32, u64)>,
+}
+
+impl From<SnapshotFileV2> for SnapshotFile {
+    fn from(old: SnapshotFileV2) -> Self {
+        SnapshotFile {
+            image: old.image.into(),
+            lane_seqs: old.lane_seqs,
+        }
+    }
 }
 
 impl SnapshotFile {
@@ -60,8 +76,8 @@ pub async fn load(store: &ObjectStore) -> Result<Option<SnapshotFile>, ClusterEr
         .read_to_end(&mut bytes)
         .await
         .map_err(|e| nats("reading the snapshot", e))?;
-    let file: SnapshotFile =
-        decode_versioned("snapshot", &bytes).map_err(|e| nats("decoding the snapshot", e))?;
+    let file: SnapshotFile = decode_evolved::<SnapshotFile, SnapshotFileV2>("snapshot", &bytes)
+        .map_err(|e| nats("decoding the snapshot", e))?;
     Ok(Some(file))
 }
 

@@ -13,7 +13,7 @@
 use rocksdb::DB;
 use serde::{Deserialize, Serialize};
 
-use seckill_engine::{EngineImage, Event, EVENT_VERSION};
+use seckill_engine::{EngineImage, EngineImageV2, Event, EVENT_VERSION};
 
 use super::error::{db_error, PersistenceError};
 
@@ -182,7 +182,26 @@ pub fn encode_image(image: &EngineImage) -> Result<Vec<u8>, PersistenceError> {
 }
 
 pub fn decode_image(bytes: &[u8]) -> Result<EngineImage, PersistenceError> {
-    decode_versioned("snapshot", bytes)
+    decode_evolved::<EngineImage, EngineImageV2>("snapshot", bytes)
+}
+
+/// The first version whose snapshot image carries the promotions' guards.
+pub const GUARDED_IMAGE_VERSION: u32 = 3;
+
+/// Like [`decode_versioned`], for a value whose encoding changed in
+/// [`GUARDED_IMAGE_VERSION`]: older bytes decode as `Old` and are converted.
+pub fn decode_evolved<'a, New, Old>(what: &str, bytes: &'a [u8]) -> Result<New, PersistenceError>
+where
+    New: Deserialize<'a>,
+    Old: Deserialize<'a> + Into<New>,
+{
+    let (version, rest) = postcard::take_from_bytes::<u32>(bytes).map_err(|e| corrupt(what, e))?;
+    check_version(version)?;
+    if version < GUARDED_IMAGE_VERSION {
+        let old: Old = postcard::from_bytes(rest).map_err(|e| corrupt(what, e))?;
+        return Ok(old.into());
+    }
+    postcard::from_bytes(rest).map_err(|e| corrupt(what, e))
 }
 
 /// `EVENT_VERSION` then `value`, in postcard; `what` names the value in the error.
@@ -296,9 +315,21 @@ mod tests {
             through_seq: 42,
             promotions: Vec::new(),
             items: vec![item],
+            guards: Vec::new(),
         };
         let bytes = encode_image(&image).expect("an image encodes");
         assert_eq!(decode_image(&bytes).expect("and decodes"), image);
+        // A snapshot written by version 2 (no guards) still reads, as one without guards.
+        let old = seckill_engine::EngineImageV2 {
+            version: 2,
+            through_seq: image.through_seq,
+            promotions: Vec::new(),
+            items: image.items.clone(),
+        };
+        let old_bytes = postcard::to_allocvec(&(2u32, &old)).expect("a v2 image encodes");
+        let read = decode_image(&old_bytes).expect("a v2 image decodes");
+        assert_eq!(read.items, image.items);
+        assert!(read.guards.is_empty());
         let batch = [Event::OrderPlaced {
             item_key: 7,
             order_seq: 1,

@@ -132,6 +132,7 @@ pub(crate) fn promotion_change(change: &PromotionChange, now_ms: i64) -> Vec<Sta
 /// A promotion's row and its items as they are at creation (no stats yet).
 fn promotion_created(record: &PromotionRecord, now_ms: i64) -> Vec<Statement> {
     let stats = PromotionStats {
+        guard: Default::default(),
         id: record.id.clone(),
         name: record.name.clone(),
         // Not a column: the tables keep the window, not what it means at one time.

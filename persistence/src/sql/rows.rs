@@ -148,9 +148,10 @@ impl ChunkRows {
             rows.events += events.len();
             for event in events {
                 match event {
-                    Event::PromotionCreated { promotion } => {
-                        rows.promotions
-                            .push(PromotionChange::Created(promotion.clone()));
+                    Event::PromotionCreated { .. } | Event::PromotionGuarded { .. } => {
+                        if let Some(promotion) = event.created_promotion() {
+                            rows.promotions.push(PromotionChange::Created(promotion));
+                        }
                     }
                     Event::PromotionStarted {
                         promotion_id,
@@ -194,7 +195,9 @@ impl ChunkRows {
 /// The time an event was decided, where the event tells it; for the lag in seconds.
 pub(crate) fn event_time_ms(event: &Event) -> Option<i64> {
     match event {
-        Event::PromotionCreated { promotion } => Some(promotion.created_at_ms),
+        Event::PromotionCreated { promotion } | Event::PromotionGuarded { promotion, .. } => {
+            Some(promotion.created_at_ms)
+        }
         Event::PromotionStarted { at_ms, .. } | Event::PromotionStopped { at_ms, .. } => {
             Some(*at_ms)
         }

@@ -50,6 +50,7 @@ pub fn start(journal: Arc<dyn Journal>, recovery: Recovery) -> Engine {
 /// A live promotion with three items, no tokens required.
 pub fn spec(now_ms: i64, stock: u64) -> PromotionSpec {
     PromotionSpec {
+        guard: Default::default(),
         id: Some(PROMOTION_ID.into()),
         name: "test sale".into(),
         starts_at_ms: now_ms - 1_000,

@@ -605,6 +605,7 @@ pub const SKUS: [&str; 3] = ["phone", "laptop", "watch"];
 pub async fn create_promotion(engine: &Engine) {
     engine
         .create_promotion(PromotionSpec {
+            guard: Default::default(),
             id: Some(PROMOTION_ID.into()),
             name: "Double 11".into(),
             starts_at_ms: START_MS,

@@ -1,6 +1,8 @@
 //! `seckill-load`: plays a scenario against a seckill server and checks the invariants;
 //! `compare` plays it against seckill and the Redis + Lua baseline side by side; `soak`
-//! storms a seckill server it starts with refusals and checks that its memory stays bounded.
+//! storms a seckill server it starts with refusals and checks that its memory stays bounded;
+//! `bots` lets a bot farm and people compete for one item with the checks against bots off
+//! and on, and reports who got the stock.
 //!
 //! Exit codes: 0 every check passed, 1 a check failed, 2 the run itself could not happen
 //! (bad scenario file, server would not start, ...).
@@ -12,6 +14,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::builder::RangedU64ValueParser;
 use clap::{Args, Parser, Subcommand};
+use seckill_scenarios::bots::{self, BotsOptions, Mode};
 use seckill_scenarios::client::{Api, Credentials};
 use seckill_scenarios::compare::{self, CompareOptions, Pairing};
 use seckill_scenarios::report::{chart_svg, Report};
@@ -38,6 +41,8 @@ enum Command {
     Compare(CompareArgs),
     /// Storm a seckill server it starts with refused shoppers; fail if its memory grows.
     Soak(SoakArgs),
+    /// A bot farm and people compete for one item, with the checks against bots off and on.
+    Bots(BotsArgs),
 }
 
 /// Who the runner speaks as (and what a spawned server is started with).
@@ -207,6 +212,89 @@ struct SoakArgs {
     keys: Keys,
 }
 
+#[derive(Debug, Args)]
+struct BotsArgs {
+    /// The seckill binary; started afresh for every mode (--auth header, the runner as
+    /// trusted proxy, loopback, temporary data directory).
+    #[arg(long)]
+    spawn: PathBuf,
+    /// The modes to compare, in this order: off, limit (per-address limit), pow (proof of
+    /// work), pow+limit (both).
+    #[arg(long, value_delimiter = ',', default_value = "off,limit,pow,pow+limit")]
+    modes: Vec<Mode>,
+    /// Shopper ids of the bot farm.
+    #[arg(long, default_value_t = bots::DEFAULT_BOTS, value_parser = bounded(1, bots::BOTS_MAX))]
+    bots: u64,
+    /// Client addresses (machines) of the farm; its ids are spread over them.
+    #[arg(long, default_value_t = bots::DEFAULT_BOT_ADDRESSES,
+          value_parser = bounded(1, bots::BOT_ADDRESSES_MAX))]
+    bot_addresses: u64,
+    /// The farm's requests in flight at once.
+    #[arg(long, default_value_t = bots::DEFAULT_BOT_CONCURRENCY,
+          value_parser = bounded(1, bots::BOTS_MAX))]
+    bot_concurrency: u64,
+    /// Bots wait Retry-After on 429 instead of trying again at once.
+    #[arg(long)]
+    bots_heed_retry_after: bool,
+    /// People, one id and one address each.
+    #[arg(long, default_value_t = bots::DEFAULT_PEOPLE, value_parser = bounded(1, bots::PEOPLE_MAX))]
+    people: u64,
+    /// Each person starts at a random moment (seeded) within this many ms of the start.
+    #[arg(long, default_value_t = bots::DEFAULT_PEOPLE_REACTION_MS, value_parser = bounded(0, 60_000))]
+    people_reaction_ms: u64,
+    /// Units of the item (per_user_limit 1).
+    #[arg(long, default_value_t = bots::DEFAULT_STOCK, value_parser = bounded(1, 1_000_000_000))]
+    stock: u64,
+    /// Leading zero bits of a proof of work (the server's own default is 20; see the README).
+    #[arg(long, default_value_t = u64::from(bots::DEFAULT_POW_DIFFICULTY_BITS),
+          value_parser = bounded(1, u64::from(seckill_scenarios::pow::DIFFICULTY_BITS_MAX)))]
+    pow_difficulty_bits: u64,
+    /// `[rate_limit.ip] per_s` in the limit modes.
+    #[arg(long, default_value_t = bots::DEFAULT_IP_PER_S, value_parser = bounded(1, 1_000_000))]
+    ip_per_s: u64,
+    /// `[rate_limit.ip] burst` in the limit modes.
+    #[arg(long, default_value_t = bots::DEFAULT_IP_BURST, value_parser = bounded(1, 1_000_000))]
+    ip_burst: u64,
+    /// A mode's sale stops after this many seconds even if the item has not sold out.
+    #[arg(long, default_value_t = bots::DEFAULT_MODE_TIMEOUT_S, value_parser = bounded(1, 3_600))]
+    mode_timeout_s: u64,
+    /// Seeds the people's arrival times.
+    #[arg(long, default_value_t = bots::DEFAULT_SEED)]
+    seed: u64,
+    /// Fail unless people get a larger share of the stock with pow+limit than with off.
+    #[arg(long)]
+    expect_people_gain: bool,
+    /// Write the report as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    #[command(flatten)]
+    server: ServerOptions,
+    #[command(flatten)]
+    keys: Keys,
+}
+
+impl BotsArgs {
+    fn options(&self) -> BotsOptions {
+        BotsOptions {
+            modes: self.modes.clone(),
+            bots: self.bots,
+            bot_addresses: self.bot_addresses,
+            bot_concurrency: self.bot_concurrency,
+            bots_heed_retry_after: self.bots_heed_retry_after,
+            people: self.people,
+            people_reaction_ms: self.people_reaction_ms,
+            stock: self.stock,
+            // Bounded by its parser to DIFFICULTY_BITS_MAX, well within u32.
+            pow_difficulty_bits: self.pow_difficulty_bits as u32,
+            ip_per_s: self.ip_per_s,
+            ip_burst: self.ip_burst,
+            mode_timeout_s: self.mode_timeout_s,
+            seed: self.seed,
+            expect_people_gain: self.expect_people_gain,
+        }
+    }
+}
+
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -222,6 +310,7 @@ async fn main() -> ExitCode {
         Command::Run(args) => run(args).await,
         Command::Compare(args) => run_compare(args).await,
         Command::Soak(args) => run_soak(args).await,
+        Command::Bots(args) => run_bots(args).await,
     };
     match outcome {
         Ok(true) => ExitCode::SUCCESS,
@@ -391,6 +480,18 @@ async fn run_soak(args: SoakArgs) -> Result<bool> {
     let credentials = args.keys.credentials(AuthMode::Header);
     let spec = args.server.spec(&args.spawn, credentials);
     let report = soak::soak(spec, &options).await?;
+    print!("{}", report.to_text());
+    if let Some(path) = &args.json {
+        write_json(path, &report)?;
+    }
+    Ok(report.passed)
+}
+
+async fn run_bots(args: BotsArgs) -> Result<bool> {
+    let options = args.options();
+    let credentials = args.keys.credentials(AuthMode::Header);
+    let spec = args.server.spec(&args.spawn, credentials);
+    let report = bots::bots(spec, &options).await?;
     print!("{}", report.to_text());
     if let Some(path) = &args.json {
         write_json(path, &report)?;
