@@ -392,6 +392,13 @@ impl ItemGate {
         self.sold_out.store(remaining == 0, Ordering::Release);
     }
 
+    /// True when `user_id` is known to hold no order on the item: the shard has published
+    /// every buyer and the user is not one. The flag is read again after a miss: an item
+    /// being archived empties its set after clearing the flag.
+    pub fn holds_no_order(&self, user_id: &str) -> bool {
+        self.buyers_complete() && !self.buyers.contains(user_id) && self.buyers_complete()
+    }
+
     pub fn buyers_complete(&self) -> bool {
         self.buyers_complete.load(Ordering::Acquire)
     }

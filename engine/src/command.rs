@@ -44,6 +44,9 @@ pub(crate) enum Command {
         key: u64,
         user_id: String,
         request: PurchaseRequest,
+        /// The shopper's claims meet the promotion's eligibility rule (see
+        /// [`crate::rules::DecideContext::eligible`]).
+        eligible: bool,
         reply: Responder<Purchased>,
     },
     ReadOrder {

@@ -393,7 +393,12 @@ impl Engine {
         if let Some(refusal) = self.purchase_refusal(&entry, &gate, user_id) {
             return Err(refusal);
         }
-        check_eligibility(&entry.record.guard, claims)?;
+        let eligible = check_eligibility(&entry.record.guard, claims).is_ok();
+        if !eligible && gate.holds_no_order(user_id) {
+            // Known to hold no order here, so this is no retry: refused at the gate. Anyone
+            // else goes to the shard, which answers a repeated request id first.
+            return Err(Error::NotEligible);
+        }
         if request.quantity == 0 {
             return Err(Error::invalid("quantity", "must be at least 1"));
         }
@@ -402,6 +407,7 @@ impl Engine {
             key: gate.key,
             user_id: user_id.to_owned(),
             request,
+            eligible,
             reply,
         };
         self.core()

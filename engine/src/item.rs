@@ -228,6 +228,9 @@ impl ItemState {
             return Ok(Decision::Existing(order.clone()));
         }
         refuse_closed(ctx.banned, ctx.status)?;
+        if !ctx.eligible {
+            return Err(Error::NotEligible);
+        }
         if quantity == 0 || quantity > self.item.per_user_limit {
             return Err(Error::invalid(
                 "quantity",

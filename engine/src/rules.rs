@@ -17,6 +17,10 @@ pub struct DecideContext {
     pub banned: bool,
     /// The epoch of this engine start, part of every order id it makes.
     pub epoch: u64,
+    /// The shopper's claims meet the promotion's eligibility rule. Only a new order needs
+    /// it: a repeated request id gets its original order whatever changed since (a token
+    /// re-issued without the claim included).
+    pub eligible: bool,
 }
 
 /// Refuses a banned user, then a promotion that is not live.

@@ -379,9 +379,10 @@ impl Shard {
                 key,
                 user_id,
                 request,
+                eligible,
                 reply,
             } => {
-                let result = self.purchase(key, &user_id, &request, now_ms);
+                let result = self.purchase(key, &user_id, &request, eligible, now_ms);
                 self.replies.push(Reply::Purchase(reply, result));
             }
             Command::ReadOrder {
@@ -472,6 +473,8 @@ impl Shard {
             status: slot.entry.status(now_ms),
             banned: slot.entry.is_banned(user_id),
             epoch: self.settings.epoch,
+            // Tokens are checked at the gate; a purchase sets it from its command.
+            eligible: true,
         }
     }
 
@@ -499,6 +502,7 @@ impl Shard {
         key: u64,
         user_id: &str,
         request: &PurchaseRequest,
+        eligible: bool,
         now_ms: i64,
     ) -> Result<Purchased> {
         let Some(slot) = self.state.items.get(&key) else {
@@ -511,7 +515,10 @@ impl Shard {
                 created: false,
             });
         };
-        let ctx = self.context(slot, user_id, now_ms);
+        let ctx = DecideContext {
+            eligible,
+            ..self.context(slot, user_id, now_ms)
+        };
         let decision = slot.state.decide_purchase(
             &ctx,
             user_id,

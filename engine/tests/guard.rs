@@ -104,6 +104,42 @@ async fn a_token_needs_an_eligible_claim_then_a_passed_check() {
 }
 
 #[tokio::test]
+async fn a_repeated_request_id_gets_its_order_even_without_the_claim() {
+    let h = start(1);
+    let mut open_purchase = spec("p", &[("phone", 5, 1)], false);
+    open_purchase.guard.eligibility = Some(Eligibility {
+        claim: "level".into(),
+        rule: EligibilityRule::Min(3),
+    });
+    h.create(open_purchase).await;
+    let e = &h.engine;
+    let first = e
+        .purchase_admitted("p", "phone", "alice", request("r1", 1, None), &level(5.0))
+        .await
+        .expect("an eligible shopper buys");
+    // The shopper's next credential lacks the claim: the retry still answers the order
+    // (api.md: "whatever else changed since"), and a new request is refused.
+    let again = e
+        .purchase_admitted("p", "phone", "alice", request("r1", 1, None), &NoClaims)
+        .await
+        .expect("the retry answers the original order");
+    assert!(!again.created);
+    assert_eq!(again.order.order_id, first.order.order_id);
+    assert_eq!(
+        e.purchase_admitted("p", "phone", "alice", request("r2", 1, None), &NoClaims)
+            .await
+            .map(|_| ()),
+        Err(Error::NotEligible)
+    );
+    assert_eq!(
+        e.purchase_admitted("p", "phone", "bob", request("r1", 1, None), &level(1.0))
+            .await
+            .map(|_| ()),
+        Err(Error::NotEligible)
+    );
+}
+
+#[tokio::test]
 async fn gate_refusals_come_before_the_guard() {
     let h = start(1);
     h.create(guarded("p", 0)).await;

@@ -74,18 +74,18 @@ impl ClaimSource for ShopperClaims {
     }
 }
 
-/// The claim `name` among the headers; a claim sent twice is a list.
+/// The claim `name` among the headers. A claim sent twice counts as absent: a gateway that
+/// appends its header to one the client sent would otherwise let the client's own value
+/// in (`any_of` matches any member of a list).
 fn header_claim(claims: &[(String, String)], name: &str) -> Option<ClaimValue> {
-    let mut values: Vec<ClaimValue> = claims
+    let mut values = claims
         .iter()
-        .filter(|(claim, _)| claim.eq_ignore_ascii_case(name))
-        .map(|(_, value)| ClaimValue::Text(value.clone()))
-        .collect();
-    match values.len() {
-        0 => None,
-        1 => values.pop(),
-        _ => Some(ClaimValue::List(values)),
+        .filter(|(claim, _)| claim.eq_ignore_ascii_case(name));
+    let (_, value) = values.next()?;
+    if values.next().is_some() {
+        return None;
     }
+    Some(ClaimValue::Text(value.clone()))
 }
 
 /// The JSON payload of `Bearer <header>.<payload>.<signature>`; None when it is not one
@@ -158,10 +158,8 @@ mod tests {
         assert_eq!(claims.claim("Level"), Some(ClaimValue::Text("4".into())));
         assert_eq!(
             claims.claim("role"),
-            Some(ClaimValue::List(vec![
-                ClaimValue::Text("a".into()),
-                ClaimValue::Text("b".into())
-            ]))
+            None,
+            "a claim header sent twice is not believed"
         );
         assert_eq!(claims.claim("id"), None, "only the claim prefix counts");
     }

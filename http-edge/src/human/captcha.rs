@@ -29,6 +29,8 @@ pub const CAPTCHA_RESPONSE_BYTES_MAX: usize = 4096;
 pub const CAPTCHA_ANSWER_BYTES_MAX: usize = 64 * 1024;
 /// Most checks waiting on the verifier at once.
 pub const CAPTCHA_CHECKS_IN_FLIGHT_MAX: usize = 256;
+/// How long a check waits for one of those places before it is answered 503.
+pub const CAPTCHA_SLOT_WAIT: Duration = Duration::from_millis(200);
 
 /// Error codes with which a verifier says the problem is our configuration, not the
 /// shopper's answer: every shopper would be refused, so this is reported as the verifier
@@ -141,10 +143,13 @@ impl CaptchaVerifier {
         if response.is_empty() || response.len() > CAPTCHA_RESPONSE_BYTES_MAX {
             return Err(CaptchaRefusal::Failed);
         }
-        let _permit = self
-            .in_flight
-            .try_acquire()
-            .map_err(|_| CaptchaRefusal::Unreachable("too many captcha checks in flight".into()))?;
+        // A short wait for a slot rather than none: junk answers that hold every slot for a
+        // verifier round trip would otherwise turn each honest shopper away at once.
+        let _permit = tokio::time::timeout(CAPTCHA_SLOT_WAIT, self.in_flight.acquire())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .ok_or_else(|| CaptchaRefusal::Unreachable("too many captcha checks in flight".into()))?;
         let body = self.ask(response, remote_ip).await?;
         judge(&body)
     }

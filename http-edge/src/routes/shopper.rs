@@ -156,10 +156,11 @@ async fn verify_captcha(
     match verifier.verify(response, Some(asked.client)).await {
         Ok(()) => Ok(true),
         Err(CaptchaRefusal::Failed) => Err(EngineError::HumanCheckFailed.into()),
-        Err(CaptchaRefusal::Unreachable(why)) => Err(EngineError::Unavailable(format!(
-            "the captcha verifier could not be asked: {why}"
-        ))
-        .into()),
+        Err(CaptchaRefusal::Unreachable(why)) => {
+            // The detail (the verifier's address, a DNS or TLS error) is for the log only.
+            tracing::debug!(%why, "captcha verifier unavailable");
+            Err(EngineError::Unavailable("the captcha verifier could not be asked".into()).into())
+        }
     }
 }
 
