@@ -4,6 +4,10 @@
 //! default. clap reads flag and environment together (each flag has `env = SECKILL_*`), so
 //! every clap field is an `Option` without a default; the file fills what is still `None`;
 //! [`Config::resolve`] fills the rest with the `DEFAULT_*` values and checks the whole.
+//! One exception: `--events` is repeatable and its variable `SECKILL_EVENTS` is a
+//! comma-separated list, so `resolve` reads that variable itself (a flag value is one
+//! target, commas included). The targets are parsed here, with the persistence crate's
+//! parser, so that a malformed one exits 2 before anything is opened.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -13,6 +17,9 @@ use serde::Deserialize;
 use thiserror::Error;
 
 use crate::client_addr::TrustedProxies;
+
+#[cfg(feature = "persistence")]
+use seckill_persistence::events::{split_env_list, EventTarget};
 
 /// Default listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -67,6 +74,17 @@ pub const DEFAULT_LEASE_TTL_S: u64 = 6;
 pub const LEASE_TTL_S_MAX: u64 = 60;
 /// Longest `--node-id` accepted.
 pub const NODE_ID_LEN_MAX: usize = 64;
+/// The environment variable of `--events`: comma-separated targets. Read by
+/// [`Config::resolve`] itself, not by clap: a flag value is one target as given (a comma in
+/// it is the target's own), the variable's value is a list.
+pub const EVENTS_ENV: &str = "SECKILL_EVENTS";
+/// Default bound on one webhook delivery (one POST) of the order events.
+pub const DEFAULT_EVENTS_WEBHOOK_TIMEOUT_MS: u64 = 5_000;
+/// Shortest webhook timeout accepted: below it a healthy endpoint across a network fails.
+pub const EVENTS_WEBHOOK_TIMEOUT_MS_MIN: u64 = 100;
+/// Longest webhook timeout accepted: one slow endpoint holds its own events back this long
+/// per attempt.
+pub const EVENTS_WEBHOOK_TIMEOUT_MS_MAX: u64 = 60_000;
 
 /// The command line.
 #[derive(Debug, Parser)]
@@ -212,8 +230,18 @@ pub struct ServeArgs {
     #[arg(long, env = "SECKILL_CAPTCHA_SECRET", value_name = "SECRET")]
     #[arg(hide_env_values = true)]
     pub captcha_secret: Option<String>,
+    /// Where the order events go; repeat it for several targets: nats://HOST:4222,
+    /// amqp://USER:PASS@HOST:5672/VHOST, or http(s)://HOST/PATH (a webhook, signed with
+    /// --events-secret). SECKILL_EVENTS takes a comma-separated list [default: none]
+    #[arg(long = "events", value_name = "TARGET")]
+    pub events: Vec<String>,
+    /// The secret that signs every webhook delivery (`Seckill-Signature`); needed by a
+    /// webhook --events target
+    #[arg(long, env = "SECKILL_EVENTS_SECRET", value_name = "SECRET")]
+    #[arg(hide_env_values = true)]
+    pub events_secret: Option<String>,
     /// TOML file with the same keys (and `[rate_limit]`, `request_timeout_ms`,
-    /// `captcha_timeout_ms`)
+    /// `captcha_timeout_ms`, `events_webhook_timeout_ms`)
     #[arg(long, env = "SECKILL_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Development only: keep the log in memory. Nothing survives a restart.
@@ -306,6 +334,9 @@ pub struct FileConfig {
     pub captcha_verify_url: Option<String>,
     pub captcha_secret: Option<String>,
     pub captcha_timeout_ms: Option<u64>,
+    pub events: Option<Vec<String>>,
+    pub events_secret: Option<String>,
+    pub events_webhook_timeout_ms: Option<u64>,
     pub request_timeout_ms: Option<u64>,
     pub shutdown_grace_s: Option<u64>,
     pub rate_limit: Option<RateLimitConfig>,
@@ -343,6 +374,13 @@ pub struct Config {
     pub pow_difficulty_bits: u8,
     /// Some: promotions may ask for a captcha, checked at this verifier.
     pub captcha: Option<CaptchaConfig>,
+    /// The `--events` targets, parsed and checked (their secrets stay out of `Debug`);
+    /// empty: no order events. A build without persistence refuses `--events`, so it has
+    /// none.
+    #[cfg(feature = "persistence")]
+    pub events: Vec<EventTarget>,
+    /// Bound on one webhook delivery (one POST).
+    pub events_webhook_timeout_ms: u64,
 }
 
 /// `--captcha-verify-url` and `--captcha-secret`, checked: where and how a captcha answer
@@ -424,9 +462,10 @@ pub fn without_credentials(url: &str) -> String {
 }
 
 impl std::fmt::Debug for Config {
-    // Secrets never reach a log line.
+    // Secrets never reach a log line (an events target shows only its label).
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Config")
+        let mut debug = f.debug_struct("Config");
+        debug
             .field("listen", &self.listen)
             .field("data_dir", &self.data_dir)
             .field("auth", &self.auth)
@@ -440,7 +479,14 @@ impl std::fmt::Debug for Config {
             .field("cluster", &self.cluster)
             .field("trusted_proxies", &self.trusted_proxies)
             .field("pow_difficulty_bits", &self.pow_difficulty_bits)
-            .field("captcha", &self.captcha)
+            .field("captcha", &self.captcha);
+        #[cfg(feature = "persistence")]
+        {
+            let labels: Vec<&str> = self.events.iter().map(|t| t.label.as_str()).collect();
+            debug.field("events", &labels);
+        }
+        debug
+            .field("events_webhook_timeout_ms", &self.events_webhook_timeout_ms)
             .finish_non_exhaustive()
     }
 }
@@ -496,6 +542,20 @@ pub enum ConfigError {
         value: &'static str,
         env: &'static str,
     },
+    /// A malformed `--events` value, a webhook without `--events-secret`, a target given
+    /// twice: the message names `--events` and never repeats a password.
+    #[error("{0}")]
+    Events(String),
+    #[error(
+        "--events cannot be used with --unsafe-memory-journal: the order events are read \
+         from the durable journal, and the memory journal keeps no batches to read"
+    )]
+    EventsWithMemoryJournal,
+    #[error(
+        "--events: this build has no durable journal (built without the `persistence` \
+         feature), which the order events are delivered from"
+    )]
+    EventsNeedPersistence,
 }
 
 impl Config {
@@ -517,6 +577,8 @@ impl Config {
             None => FileConfig::default(),
         };
         let cluster = ClusterInput::take(&mut args, &mut file);
+        let env_events = std::env::var(EVENTS_ENV).ok();
+        let events_input = EventsInput::take(&mut args, &mut file, env_events.as_deref());
         let data_dir = args
             .data_dir
             .or(file.data_dir)
@@ -540,6 +602,12 @@ impl Config {
             args.captcha_secret.or(file.captcha_secret),
             file.captcha_timeout_ms,
         )?;
+        let events_webhook_timeout_ms =
+            resolve_events_webhook_timeout_ms(events_input.webhook_timeout_ms)?;
+        #[cfg(feature = "persistence")]
+        let events = resolve_events(events_input, args.unsafe_memory_journal)?;
+        #[cfg(not(feature = "persistence"))]
+        refuse_events(&events_input)?;
         Ok(Config {
             listen: args
                 .listen
@@ -567,6 +635,9 @@ impl Config {
             trusted_proxies,
             pow_difficulty_bits,
             captcha,
+            #[cfg(feature = "persistence")]
+            events,
+            events_webhook_timeout_ms,
         })
     }
 }
@@ -943,6 +1014,94 @@ fn resolve_captcha_timeout_ms(timeout_ms: Option<u64>) -> Result<u64, ConfigErro
         _ => Err(ConfigError::OutOfRange {
             field: "captcha_timeout_ms",
             reason: format!("must be {CAPTCHA_TIMEOUT_MS_MIN}..={CAPTCHA_TIMEOUT_MS_MAX}"),
+        }),
+    }
+}
+
+/// The order-events settings as given (a flag or the environment, else the file), not yet
+/// checked. No `Debug`: it holds the secret.
+struct EventsInput {
+    /// One target each, as given.
+    values: Vec<String>,
+    #[cfg_attr(not(feature = "persistence"), allow(dead_code))]
+    secret: Option<String>,
+    webhook_timeout_ms: Option<u64>,
+}
+
+impl EventsInput {
+    /// The `--events` flags, else `SECKILL_EVENTS` (`env_list`, comma-separated), else the
+    /// file's `events`; the secret from its flag or variable, else the file.
+    fn take(args: &mut ServeArgs, file: &mut FileConfig, env_list: Option<&str>) -> EventsInput {
+        let values = if args.events.is_empty() {
+            env_list
+                .map(split_env_list)
+                .filter(|values| !values.is_empty())
+                .or_else(|| file.events.take())
+                .unwrap_or_default()
+        } else {
+            std::mem::take(&mut args.events)
+        };
+        EventsInput {
+            values,
+            secret: args.events_secret.take().or(file.events_secret.take()),
+            webhook_timeout_ms: file.events_webhook_timeout_ms,
+        }
+    }
+}
+
+/// The same split as the persistence crate's, for a build without it, which only needs to
+/// know whether any target was given (to refuse it).
+#[cfg(not(feature = "persistence"))]
+fn split_env_list(value: &str) -> Vec<String> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|part| !part.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The targets, parsed and checked: a malformed one stops the start here, before the
+/// journal or anything else is opened. Whether a target is reachable is not checked (its
+/// events wait in the journal).
+#[cfg(feature = "persistence")]
+fn resolve_events(
+    input: EventsInput,
+    unsafe_memory_journal: bool,
+) -> Result<Vec<EventTarget>, ConfigError> {
+    if input.values.is_empty() {
+        return Ok(Vec::new());
+    }
+    if unsafe_memory_journal {
+        return Err(ConfigError::EventsWithMemoryJournal);
+    }
+    EventTarget::parse_all(&input.values, input.secret.as_deref())
+        .map_err(|error| ConfigError::Events(error.to_string()))
+}
+
+/// Without persistence there is no journal to deliver events from: any target is refused.
+#[cfg(not(feature = "persistence"))]
+fn refuse_events(input: &EventsInput) -> Result<(), ConfigError> {
+    if input.values.is_empty() {
+        Ok(())
+    } else {
+        Err(ConfigError::EventsNeedPersistence)
+    }
+}
+
+fn resolve_events_webhook_timeout_ms(timeout_ms: Option<u64>) -> Result<u64, ConfigError> {
+    match timeout_ms.unwrap_or(DEFAULT_EVENTS_WEBHOOK_TIMEOUT_MS) {
+        timeout_ms
+            if (EVENTS_WEBHOOK_TIMEOUT_MS_MIN..=EVENTS_WEBHOOK_TIMEOUT_MS_MAX)
+                .contains(&timeout_ms) =>
+        {
+            Ok(timeout_ms)
+        }
+        _ => Err(ConfigError::OutOfRange {
+            field: "events_webhook_timeout_ms",
+            reason: format!(
+                "must be {EVENTS_WEBHOOK_TIMEOUT_MS_MIN}..={EVENTS_WEBHOOK_TIMEOUT_MS_MAX}"
+            ),
         }),
     }
 }
@@ -1487,5 +1646,157 @@ mod tests {
                 "{timeout_ms}: {error}"
             );
         }
+    }
+
+    #[cfg(feature = "persistence")]
+    #[test]
+    fn each_events_flag_is_one_target_and_debug_hides_the_secret() {
+        use seckill_persistence::events::TargetKind;
+        let config = parse(&[
+            "--auth",
+            "header",
+            "--events",
+            "nats://127.0.0.1:4222",
+            "--events",
+            "http://127.0.0.1:9/hooks/orders",
+            "--events-secret",
+            "whsec-flag-1",
+        ])
+        .expect("valid");
+        let labels: Vec<&str> = config.events.iter().map(|t| t.label.as_str()).collect();
+        assert_eq!(labels.len(), 2, "{labels:?}");
+        assert_eq!(labels[0], "nats 127.0.0.1:4222");
+        assert!(labels[1].starts_with("webhook 127.0.0.1:9 #"), "{labels:?}");
+        assert!(matches!(
+            &config.events[1].kind,
+            TargetKind::Webhook { secret, .. } if secret == "whsec-flag-1"
+        ));
+        assert_eq!(
+            config.events_webhook_timeout_ms,
+            DEFAULT_EVENTS_WEBHOOK_TIMEOUT_MS
+        );
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("whsec-flag-1"), "{debug}");
+        assert!(debug.contains("nats 127.0.0.1:4222"), "{debug}");
+
+        let none = parse(&["--auth", "header"]).expect("valid");
+        assert!(none.events.is_empty());
+    }
+
+    #[cfg(feature = "persistence")]
+    #[test]
+    fn malformed_events_targets_are_refused_in_one_line_without_their_password() {
+        for (value, says) in [
+            ("ftp://127.0.0.1/events", "--events"),
+            ("127.0.0.1:4222", "--events"),
+            ("http://127.0.0.1:9/hook", "--events-secret"),
+            // A flag value is one target: its comma is not a list separator.
+            (
+                "nats://127.0.0.1:4222,nats://127.0.0.1:4223",
+                "one NATS server",
+            ),
+            ("amqp://shop:hunter2@/%2f", "--events"),
+        ] {
+            let error = parse(&["--auth", "header", "--events", value]).expect_err(value);
+            assert!(error.contains(says), "{value}: {error}");
+            assert!(!error.contains('\n'), "{value}: {error}");
+            assert!(!error.contains("hunter2"), "{value}: {error}");
+        }
+        let twice = [
+            "--auth",
+            "header",
+            "--events",
+            "nats://127.0.0.1:4222",
+            "--events",
+            "nats://127.0.0.1",
+        ];
+        let error = parse(&twice).expect_err("the same target twice");
+        assert!(error.contains("twice"), "{error}");
+    }
+
+    #[cfg(feature = "persistence")]
+    #[test]
+    fn events_with_the_memory_journal_are_refused() {
+        let args = [
+            "--auth",
+            "header",
+            "--unsafe-memory-journal",
+            "--events",
+            "nats://127.0.0.1:4222",
+        ];
+        let error = parse(&args).expect_err("no batches to read");
+        assert!(error.contains("--unsafe-memory-journal"), "{error}");
+        assert!(error.contains("--events"), "{error}");
+    }
+
+    #[test]
+    fn the_events_flags_beat_the_environment_list_which_beats_the_file() {
+        let file_only = || FileConfig {
+            events: Some(vec!["nats://file:4222".to_owned()]),
+            events_secret: Some("from-file".to_owned()),
+            ..FileConfig::default()
+        };
+        let env_list = Some(" nats://env-a:4222, ,http://env-b/hook ");
+
+        let mut args = ServeArgs {
+            events: vec!["nats://flag:4222".to_owned()],
+            events_secret: Some("from-flag".to_owned()),
+            ..ServeArgs::default()
+        };
+        let input = EventsInput::take(&mut args, &mut file_only(), env_list);
+        assert_eq!(input.values, ["nats://flag:4222"]);
+        assert_eq!(input.secret.as_deref(), Some("from-flag"));
+
+        let input = EventsInput::take(&mut ServeArgs::default(), &mut file_only(), env_list);
+        assert_eq!(input.values, ["nats://env-a:4222", "http://env-b/hook"]);
+        assert_eq!(input.secret.as_deref(), Some("from-file"));
+
+        for blank in [None, Some(""), Some(" , ")] {
+            let input = EventsInput::take(&mut ServeArgs::default(), &mut file_only(), blank);
+            assert_eq!(input.values, ["nats://file:4222"], "{blank:?}");
+        }
+    }
+
+    #[cfg(feature = "persistence")]
+    #[test]
+    fn events_settings_come_from_the_file_with_a_checked_webhook_timeout() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = config_file(
+            &dir,
+            "events.toml",
+            "auth = \"header\"\nevents = [\"http://127.0.0.1:9/hook\"]\n\
+             events_secret = \"file-secret\"\nevents_webhook_timeout_ms = 250\n",
+        );
+        let config = parse(&["--config", &file]).expect("valid");
+        assert_eq!(config.events.len(), 1);
+        assert!(config.events[0].label.starts_with("webhook 127.0.0.1:9"));
+        assert_eq!(config.events_webhook_timeout_ms, 250);
+
+        for timeout_ms in [
+            EVENTS_WEBHOOK_TIMEOUT_MS_MIN - 1,
+            EVENTS_WEBHOOK_TIMEOUT_MS_MAX + 1,
+        ] {
+            let file = config_file(
+                &dir,
+                "timeout.toml",
+                &format!("auth = \"header\"\nevents_webhook_timeout_ms = {timeout_ms}\n"),
+            );
+            let error = parse(&["--config", &file]).expect_err("out of range");
+            assert!(error.contains("events_webhook_timeout_ms"), "{error}");
+        }
+    }
+
+    #[cfg(not(feature = "persistence"))]
+    #[test]
+    fn a_build_without_persistence_refuses_events() {
+        let args = [
+            "--auth",
+            "header",
+            "--unsafe-memory-journal",
+            "--events",
+            "nats://127.0.0.1:4222",
+        ];
+        let error = parse(&args).expect_err("no journal to read");
+        assert!(error.contains("persistence"), "{error}");
     }
 }

@@ -23,7 +23,8 @@
 //!   bounded keyspaces.
 //! - `views`: api.md's JSON shapes and the RFC 3339 conversions.
 //! - `routes`: the router, its handlers, JSON 404/405, and the metrics/timeout/panic layers.
-//! - `storage`: the only module naming the persistence crate: RocksDB journal + SQL flusher,
+//! - `storage`: with `config` (its `--events` parser) the only module naming the persistence
+//!   crate: RocksDB journal + SQL flusher + events deliverers,
 //!   or the development-only memory log.
 //! - `start_error`: `StartError`, why the server did not start (exit 2).
 //! - `server`: start-up in order, `run(listener, app, shutdown)` (one single-threaded runtime

@@ -42,6 +42,11 @@ pub enum StartError {
     /// verifier's HTTP client).
     #[error("{0}")]
     Config(String),
+    /// An `--events` target that cannot run: its sink cannot be made, or its cursor file
+    /// cannot be read (damaged, or written by a newer build). An unreachable target is not
+    /// one of these: the server starts and its events wait in the journal.
+    #[error("order events: {0}")]
+    Events(String),
     #[error("the HTTP server failed: {0}")]
     Serve(String),
 }

@@ -1,16 +1,23 @@
-//! Where the engine's log and the orders go: the only module that names the persistence
-//! crate, so the rest of the edge builds whatever state that crate is in.
+//! Where the engine's log and the orders go, and who reads the log: the module that runs
+//! the persistence crate (`config` only borrows its `--events` parser), so the rest of the
+//! edge builds whatever state that crate is in.
 //!
 //! Three backends:
 //! - durable (feature `persistence`, the default): the RocksDB journal in the data directory
 //!   and the SQL flusher keeping `orders` in step.
 //! - cluster (`--cluster`, feature `persistence`): the journal on NATS JetStream (an append
 //!   is acknowledged once a quorum of the NATS servers has it) and the same SQL flusher
-//!   reading it. Nothing durable goes to the data directory then.
+//!   reading it. Nothing durable goes to the data directory then, except the order events'
+//!   cursors.
 //! - memory (`--unsafe-memory-journal`, development only): nothing survives a restart, and
 //!   the server says so loudly. Without the `persistence` feature it is the only backend,
 //!   and the server refuses to start unless it is asked for by name: it never claims a
-//!   durability it does not have.
+//!   durability it does not have. It has no order events (`config` refuses `--events`): its
+//!   log keeps no batches to read them from.
+//!
+//! The two durable journals have the same readers (`readers`): the SQL flusher and one
+//! order-events deliverer per `--events` target, each on its own view of the journal, which
+//! is trimmed only below the lowest of their floors.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -21,11 +28,14 @@ use seckill_engine::{Engine, Journal, MemoryJournal, NullSink, OrderSink, Recove
 use crate::config::Config;
 use crate::start_error::StartError;
 
-/// The opened log, the recovery it handed back, and (once started) the flusher.
+/// The opened log, the recovery it handed back, and (once started) its readers.
 pub struct Storage {
     journal: Arc<dyn Journal>,
     recovery: Option<Recovery>,
     backend: Backend,
+    /// The SQL flusher and the events deliverers, once started.
+    #[cfg(feature = "persistence")]
+    readers: Option<readers::Readers>,
 }
 
 impl std::fmt::Debug for Storage {
@@ -71,6 +81,8 @@ impl Storage {
                 journal: MemoryJournal::discarding(),
                 recovery: Some(Recovery::empty()),
                 backend: Backend::Memory,
+                #[cfg(feature = "persistence")]
+                readers: None,
             });
         }
         #[cfg(feature = "persistence")]
@@ -81,6 +93,7 @@ impl Storage {
                     journal,
                     recovery: Some(recovery),
                     backend: Backend::Cluster(cluster),
+                    readers: None,
                 });
             }
             let (durable, journal, recovery) = durable::Durable::open(config)?;
@@ -88,6 +101,7 @@ impl Storage {
                 journal,
                 recovery: Some(recovery),
                 backend: Backend::Durable(durable),
+                readers: None,
             })
         }
         #[cfg(not(feature = "persistence"))]
@@ -129,26 +143,30 @@ impl Storage {
         self.recovery.take().unwrap_or_else(Recovery::empty)
     }
 
-    /// Starts the SQL flusher; an unreachable database is an error here, so the server
-    /// exits instead of running half-working.
+    /// Starts the journal's readers: the SQL flusher and a deliverer per `--events` target.
+    /// An unreachable database, a sink that cannot be made or a cursor file that cannot be
+    /// read is an error here, so the server exits instead of running half-working; an
+    /// unreachable events target is not (its events wait in the journal).
     pub async fn start_flusher(
         &mut self,
         config: &Config,
         engine: &Engine,
     ) -> Result<(), StartError> {
-        match &mut self.backend {
-            Backend::Memory => {
-                let _ = (config, engine);
-                Ok(())
-            }
-            #[cfg(feature = "persistence")]
-            Backend::Durable(durable) => durable.start_flusher(config, engine).await,
-            #[cfg(feature = "persistence")]
-            Backend::Cluster(cluster) => cluster.start_flusher(config, engine).await,
+        #[cfg(feature = "persistence")]
+        {
+            let source = match &self.backend {
+                Backend::Memory => return Ok(()),
+                Backend::Durable(durable) => durable.event_source(),
+                Backend::Cluster(cluster) => cluster.event_source(),
+            };
+            self.readers = Some(readers::start(config, source, engine).await?);
         }
+        #[cfg(not(feature = "persistence"))]
+        let _ = (config, engine);
+        Ok(())
     }
 
-    /// After the engine has stopped: syncs the log and lets the flusher drain within `grace`
+    /// After the engine has stopped: syncs the log and lets the readers drain within `grace`
     /// (and with `--cluster`, then hands the partitions' leases back).
     pub async fn shutdown(self, grace: Duration) {
         match self.backend {
@@ -156,48 +174,32 @@ impl Storage {
                 let _ = grace;
             }
             #[cfg(feature = "persistence")]
-            Backend::Durable(durable) => durable.shutdown(grace).await,
+            Backend::Durable(durable) => durable.shutdown(self.readers, grace).await,
             #[cfg(feature = "persistence")]
-            Backend::Cluster(cluster) => cluster.shutdown(grace).await,
+            Backend::Cluster(cluster) => cluster.shutdown(self.readers, grace).await,
         }
     }
 }
 
 #[cfg(feature = "persistence")]
 mod durable {
-    //! The RocksDB journal and the SQL flusher of `seckill-persistence`.
+    //! The RocksDB journal of `seckill-persistence` in the data directory.
 
     use std::sync::Arc;
     use std::time::Duration;
 
-    use seckill_engine::{Engine, Journal, Recovery};
+    use seckill_engine::{Journal, Recovery};
     use seckill_persistence::journal::{
         Durability as JournalDurability, JournalOptions, PersistenceError, RocksJournal,
     };
-    use seckill_persistence::sql::{EventSource, Flusher, FlusherHandle, FlusherOptions};
+    use seckill_persistence::sql::EventSource;
 
+    use super::readers::Readers;
     use crate::config::{Config, Durability};
     use crate::start_error::StartError;
 
-    /// Starts the SQL flusher on `source`: an unreachable database (or one another
-    /// deployment wrote) is an error here, so the server refuses to start.
-    pub async fn start_sql_flusher(
-        config: &Config,
-        source: Arc<dyn EventSource>,
-        engine: &Engine,
-    ) -> Result<FlusherHandle, StartError> {
-        let options = FlusherOptions {
-            database_url: config.database_url.clone(),
-            ..FlusherOptions::default()
-        };
-        Flusher::start(options, source, engine.clone())
-            .await
-            .map_err(|e| StartError::Database(e.to_string()))
-    }
-
     pub struct Durable {
         journal: Arc<RocksJournal>,
-        flusher: Option<FlusherHandle>,
     }
 
     impl Durable {
@@ -217,34 +219,20 @@ mod durable {
                 other => StartError::Journal(other.to_string()),
             })?;
             let dyn_journal: Arc<dyn Journal> = journal.clone();
-            Ok((
-                Durable {
-                    journal,
-                    flusher: None,
-                },
-                dyn_journal,
-                recovery,
-            ))
+            Ok((Durable { journal }, dyn_journal, recovery))
         }
 
-        pub async fn start_flusher(
-            &mut self,
-            config: &Config,
-            engine: &Engine,
-        ) -> Result<(), StartError> {
-            let source: Arc<dyn EventSource> = Arc::clone(&self.journal) as Arc<dyn EventSource>;
-            self.flusher = Some(start_sql_flusher(config, source, engine).await?);
-            Ok(())
+        /// The journal as its readers read it.
+        pub fn event_source(&self) -> Arc<dyn EventSource> {
+            Arc::clone(&self.journal) as Arc<dyn EventSource>
         }
 
-        pub async fn shutdown(self, grace: Duration) {
+        pub async fn shutdown(self, readers: Option<Readers>, grace: Duration) {
             // The shards have stopped: sync what async mode acknowledged early, then let the
-            // flusher copy the tail to SQL.
+            // readers copy the tail to SQL and to the events targets.
             self.journal.flush();
-            if let Some(flusher) = self.flusher {
-                if let Err(error) = flusher.shutdown(grace).await {
-                    tracing::warn!(%error, "SQL flusher stopped before the tables caught up");
-                }
+            if let Some(readers) = readers {
+                readers.shutdown(grace).await;
             }
         }
     }
@@ -252,17 +240,17 @@ mod durable {
 
 #[cfg(feature = "persistence")]
 mod cluster {
-    //! The journal on NATS JetStream (`--cluster`) and the SQL flusher reading it.
+    //! The journal on NATS JetStream (`--cluster`), read by the same readers.
 
     use std::sync::Arc;
     use std::time::Duration;
 
-    use seckill_engine::{Engine, Journal, Recovery};
+    use seckill_engine::{Journal, Recovery};
     use seckill_persistence::jetstream::{ClusterError, ClusterOptions, JetStreamJournal};
-    use seckill_persistence::sql::{EventSource, FlusherHandle};
+    use seckill_persistence::sql::EventSource;
 
-    use super::durable::start_sql_flusher;
-    use crate::config::{ClusterConfig, Config};
+    use super::readers::Readers;
+    use crate::config::ClusterConfig;
     use crate::start_error::StartError;
 
     /// How long an append waits for JetStream before its callers hear "outcome unknown";
@@ -271,7 +259,6 @@ mod cluster {
 
     pub struct Cluster {
         journal: Arc<JetStreamJournal>,
-        flusher: Option<FlusherHandle>,
     }
 
     impl Cluster {
@@ -295,34 +282,22 @@ mod cluster {
                  has it"
             );
             let dyn_journal: Arc<dyn Journal> = journal.clone();
-            Ok((
-                Cluster {
-                    journal,
-                    flusher: None,
-                },
-                dyn_journal,
-                recovery,
-            ))
+            Ok((Cluster { journal }, dyn_journal, recovery))
         }
 
-        pub async fn start_flusher(
-            &mut self,
-            config: &Config,
-            engine: &Engine,
-        ) -> Result<(), StartError> {
-            let source: Arc<dyn EventSource> = Arc::clone(&self.journal) as Arc<dyn EventSource>;
-            self.flusher = Some(start_sql_flusher(config, source, engine).await?);
-            Ok(())
+        /// The journal as its readers read it: the lanes of the partitions this node owns,
+        /// so each partition's owner delivers that partition's events.
+        pub fn event_source(&self) -> Arc<dyn EventSource> {
+            Arc::clone(&self.journal) as Arc<dyn EventSource>
         }
 
-        pub async fn shutdown(self, grace: Duration) {
+        pub async fn shutdown(self, readers: Option<Readers>, grace: Duration) {
             // The shards have stopped and every acknowledged batch is on a quorum already:
-            // nothing to sync. The flusher copies the tail to SQL, then the leases go back
-            // so that another node can take the partitions at once instead of after a TTL.
-            if let Some(flusher) = self.flusher {
-                if let Err(error) = flusher.shutdown(grace).await {
-                    tracing::warn!(%error, "SQL flusher stopped before the tables caught up");
-                }
+            // nothing to sync. The readers copy the tail to SQL and to the events targets,
+            // then the leases go back so that another node can take the partitions at once
+            // instead of after a TTL.
+            if let Some(readers) = readers {
+                readers.shutdown(grace).await;
             }
             let journal = self.journal;
             if let Err(error) = tokio::task::spawn_blocking(move || journal.shutdown()).await {
@@ -352,6 +327,297 @@ mod cluster {
                 StartError::PartitionsMismatch { stored, given }
             }
             other => StartError::Journal(other.to_string()),
+        }
+    }
+}
+
+#[cfg(feature = "persistence")]
+mod readers {
+    //! The readers of a durable journal: the SQL flusher and one order-events deliverer per
+    //! `--events` target. Each reads its own view of the journal (`SharedFloors`), so the
+    //! journal trims only below the lowest floor of all of them: a target that is down
+    //! keeps its events in the journal, and holds back no other reader.
+    //!
+    //! Everything that can refuse the start is done before any reader runs: every sink is
+    //! made and every cursor file read first, so a bad target leaves nothing half-started.
+
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use seckill_engine::Engine;
+    use seckill_persistence::events::{
+        start_events, CursorStore, DeliverOptions, EventTarget, EventsError, EventsHandle,
+        FileCursorStore, SharedFloors, Sink, TargetKind, DEFAULT_DELIVER_TIMEOUT,
+    };
+    use seckill_persistence::sql::{EventSource, Flusher, FlusherHandle, FlusherOptions};
+
+    use crate::config::Config;
+    use crate::start_error::StartError;
+
+    /// The events cursors' directory, inside the data directory.
+    pub const CURSOR_DIR: &str = "events";
+    /// The CloudEvents `source` and id prefix of a journal without a lasting identity.
+    const DEPLOYMENT_UNNAMED: &str = "memory";
+    /// Webhook events per call to the sink. A webhook takes one POST per event, in turn, so
+    /// a call lasts as long as its events' answers together; a short call keeps what a
+    /// failure makes the sink send again small.
+    pub const WEBHOOK_CHUNK_EVENTS_MAX: usize = 50;
+
+    /// The running readers.
+    pub struct Readers {
+        flusher: FlusherHandle,
+        events: Vec<EventsHandle>,
+    }
+
+    /// The `--events` targets made ready to start: their sinks made, their cursors readable.
+    struct Deliveries {
+        store: Arc<dyn CursorStore>,
+        targets: Vec<(EventTarget, Box<dyn Sink>)>,
+    }
+
+    /// Starts the SQL flusher and the events deliverers on `source`, the journal.
+    pub async fn start(
+        config: &Config,
+        source: Arc<dyn EventSource>,
+        engine: &Engine,
+    ) -> Result<Readers, StartError> {
+        let deliveries = prepare_deliveries(config)?;
+        let deployment = source
+            .deployment_id()
+            .unwrap_or_else(|| DEPLOYMENT_UNNAMED.to_owned());
+        let targets = deliveries.as_ref().map_or(0, |d| d.targets.len());
+        // Every view at once, before any reader runs: a reader that came later could find
+        // the journal trimmed past its cursor.
+        let mut views: Vec<Arc<dyn EventSource>> = SharedFloors::split(source, 1 + targets)
+            .into_iter()
+            .map(|view| Arc::new(view) as Arc<dyn EventSource>)
+            .collect();
+        let flusher_view = views.remove(0);
+        let flusher = start_sql_flusher(config, flusher_view, engine).await?;
+        let mut readers = Readers {
+            flusher,
+            events: Vec::with_capacity(targets),
+        };
+        if let Some(deliveries) = deliveries {
+            let webhook_timeout_ms = config.events_webhook_timeout_ms;
+            let started =
+                readers.start_deliverers(deliveries, views, &deployment, webhook_timeout_ms);
+            if let Err(error) = started {
+                // A cursor that could not be saved (a full disk) or changed since it was
+                // read: nothing may run half-started.
+                readers.shutdown(Duration::ZERO).await;
+                return Err(events_error(error));
+            }
+        }
+        Ok(readers)
+    }
+
+    /// Starts the SQL flusher on `source`: an unreachable database (or one another
+    /// deployment wrote) is an error here, so the server refuses to start.
+    async fn start_sql_flusher(
+        config: &Config,
+        source: Arc<dyn EventSource>,
+        engine: &Engine,
+    ) -> Result<FlusherHandle, StartError> {
+        let options = FlusherOptions {
+            database_url: config.database_url.clone(),
+            ..FlusherOptions::default()
+        };
+        Flusher::start(options, source, engine.clone())
+            .await
+            .map_err(|e| StartError::Database(e.to_string()))
+    }
+
+    /// `None` without `--events`; otherwise each target's sink, and the cursor store with
+    /// every target's cursor read once (a damaged file stops the start here). No sink
+    /// connects yet: a target that is down does not stop the start.
+    fn prepare_deliveries(config: &Config) -> Result<Option<Deliveries>, StartError> {
+        if config.events.is_empty() {
+            return Ok(None);
+        }
+        let store =
+            FileCursorStore::open(config.data_dir.join(CURSOR_DIR)).map_err(events_error)?;
+        let mut targets = Vec::with_capacity(config.events.len());
+        for target in &config.events {
+            store.load(&target.key).map_err(events_error)?;
+            let sink = target
+                .sink(config.events_webhook_timeout_ms)
+                .map_err(events_error)?;
+            targets.push((target.clone(), sink));
+        }
+        Ok(Some(Deliveries {
+            store: Arc::new(store),
+            targets,
+        }))
+    }
+
+    fn events_error(error: impl std::fmt::Display) -> StartError {
+        StartError::Events(error.to_string())
+    }
+
+    /// How `target`'s deliverer runs. A webhook call is many POSTs in turn, each bounded by
+    /// `webhook_timeout_ms`: its calls are shorter, and the bound on a call covers a whole
+    /// call of slow answers (past the bound it counts as failed and is sent again, so a
+    /// bound below that would never let a slow endpoint get anything).
+    pub fn options_for(target: &EventTarget, webhook_timeout_ms: u64) -> DeliverOptions {
+        match target.kind {
+            TargetKind::Webhook { .. } => {
+                let chunk = u32::try_from(WEBHOOK_CHUNK_EVENTS_MAX).unwrap_or(u32::MAX);
+                let call = Duration::from_millis(webhook_timeout_ms).saturating_mul(chunk);
+                DeliverOptions {
+                    chunk_events_max: WEBHOOK_CHUNK_EVENTS_MAX,
+                    deliver_timeout: call.max(DEFAULT_DELIVER_TIMEOUT),
+                    ..DeliverOptions::default()
+                }
+            }
+            TargetKind::Nats { .. } | TargetKind::Amqp { .. } => DeliverOptions::default(),
+        }
+    }
+
+    impl Readers {
+        /// Starts a deliverer per target, each on its own view of the journal; stops at the
+        /// first that cannot start.
+        fn start_deliverers(
+            &mut self,
+            deliveries: Deliveries,
+            views: Vec<Arc<dyn EventSource>>,
+            deployment: &str,
+            webhook_timeout_ms: u64,
+        ) -> Result<(), EventsError> {
+            for ((target, sink), view) in deliveries.targets.into_iter().zip(views) {
+                let options = options_for(&target, webhook_timeout_ms);
+                let handle = start_events(
+                    view,
+                    sink,
+                    Arc::clone(&deliveries.store),
+                    target.key.clone(),
+                    deployment.to_owned(),
+                    options,
+                )?;
+                tracing::info!(events_target = %target.label, "order events: delivering");
+                self.events.push(handle);
+            }
+            Ok(())
+        }
+
+        /// Stops the deliverers and the flusher together, each given `grace` to finish what
+        /// it has in flight: what a target did not get waits in the journal for the next
+        /// start.
+        pub async fn shutdown(self, grace: Duration) {
+            let stopping: Vec<_> = self
+                .events
+                .into_iter()
+                .map(|handle| {
+                    let label = handle.label().to_owned();
+                    tokio::spawn(async move { (label, handle.shutdown(grace).await) })
+                })
+                .collect();
+            if let Err(error) = self.flusher.shutdown(grace).await {
+                tracing::warn!(%error, "SQL flusher stopped before the tables caught up");
+            }
+            for stopped in stopping {
+                match stopped.await {
+                    Ok((_, Ok(()))) => {}
+                    Ok((label, Err(error))) => tracing::warn!(
+                        events_target = %label,
+                        %error,
+                        "order events: the deliverer stopped on an error; its events wait in \
+                         the journal"
+                    ),
+                    Err(error) => {
+                        tracing::warn!(%error, "order events: a deliverer's stop failed");
+                    }
+                }
+            }
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        fn config(dir: &std::path::Path, events: &[&str]) -> Config {
+            let data_dir = dir.display().to_string();
+            let mut args = vec![
+                "seckill",
+                "serve",
+                "--auth",
+                "header",
+                "--data-dir",
+                &data_dir,
+            ];
+            for &value in events {
+                args.extend(["--events", value]);
+            }
+            args.extend(["--events-secret", "whsec-test"]);
+            Config::from_args(args).expect("a valid config")
+        }
+
+        fn refusal(config: &Config) -> String {
+            match prepare_deliveries(config) {
+                Err(StartError::Events(message)) => message,
+                Err(other) => panic!("expected an events refusal, got {other}"),
+                Ok(_) => panic!("expected an events refusal, got a start"),
+            }
+        }
+
+        #[test]
+        fn without_events_nothing_is_made_in_the_data_directory() {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let deliveries = prepare_deliveries(&config(dir.path(), &[])).expect("no targets");
+            assert!(deliveries.is_none());
+            assert!(!dir.path().join(CURSOR_DIR).exists());
+        }
+
+        #[test]
+        fn targets_that_are_down_are_made_ready_without_connecting() {
+            let dir = tempfile::tempdir().expect("tempdir");
+            // Port 9 (discard) has nothing listening here: nothing is tried yet.
+            let config = config(
+                dir.path(),
+                &[
+                    "nats://127.0.0.1:9",
+                    "amqp://guest:guest@127.0.0.1:9/%2f",
+                    "http://127.0.0.1:9/hooks",
+                ],
+            );
+            let deliveries = prepare_deliveries(&config)
+                .expect("ready")
+                .expect("three targets");
+            let labels: Vec<String> = deliveries.targets.iter().map(|(_, s)| s.label()).collect();
+            assert_eq!(labels.len(), 3, "{labels:?}");
+            assert_eq!(labels[0], "nats 127.0.0.1:9");
+            assert!(dir.path().join(CURSOR_DIR).is_dir());
+        }
+
+        #[test]
+        fn a_damaged_cursor_file_refuses_the_start_naming_it() {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let config = config(dir.path(), &["nats://127.0.0.1:9"]);
+            let cursors = dir.path().join(CURSOR_DIR);
+            std::fs::create_dir_all(&cursors).expect("dir");
+            let file = cursors.join(format!("{}.json", config.events[0].key));
+            std::fs::write(&file, b"{\"version\": 1, \"lanes\"").expect("write");
+            let message = refusal(&config);
+            assert!(message.contains("damaged"), "{message}");
+            assert!(message.contains(&config.events[0].key), "{message}");
+        }
+
+        #[test]
+        fn a_webhook_call_may_last_a_whole_chunk_of_slow_answers() {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let config = config(dir.path(), &["nats://127.0.0.1:9", "http://127.0.0.1:9/h"]);
+            let broker = options_for(&config.events[0], 5_000);
+            assert_eq!(
+                broker.chunk_events_max,
+                DeliverOptions::default().chunk_events_max
+            );
+            let webhook = options_for(&config.events[1], 5_000);
+            assert_eq!(webhook.chunk_events_max, WEBHOOK_CHUNK_EVENTS_MAX);
+            let slowest_call = Duration::from_millis(5_000) * WEBHOOK_CHUNK_EVENTS_MAX as u32;
+            assert!(webhook.deliver_timeout >= slowest_call);
+            let quick = options_for(&config.events[1], 100);
+            assert_eq!(quick.deliver_timeout, DEFAULT_DELIVER_TIMEOUT);
         }
     }
 }

@@ -26,7 +26,10 @@ async fn assert_guarded(engine: &Engine, when: &str) {
     assert_eq!(stats.guard, guard(), "{when}: the guard is back");
     let sku = stats.items[0].sku.clone();
     assert_eq!(
-        engine.issue_token(PROMOTION_ID, &sku, "bot").await.map(|_| ()),
+        engine
+            .issue_token(PROMOTION_ID, &sku, "bot")
+            .await
+            .map(|_| ()),
         Err(Error::NotEligible),
         "{when}: a shopper without claims is still refused"
     );
@@ -48,7 +51,10 @@ async fn the_guard_survives_the_log_and_the_snapshot() {
     drop(journal);
 
     let (journal, recovery) = open(dir.path(), Durability::Sync);
-    assert!(recovery.image.is_none(), "no snapshot yet: replayed from the log");
+    assert!(
+        recovery.image.is_none(),
+        "no snapshot yet: replayed from the log"
+    );
     let engine = start(journal.clone(), recovery);
     assert_guarded(&engine, "replayed from the log").await;
     engine.snapshot().await.expect("snapshot");

@@ -149,7 +149,9 @@ impl CaptchaVerifier {
             .await
             .ok()
             .and_then(Result::ok)
-            .ok_or_else(|| CaptchaRefusal::Unreachable("too many captcha checks in flight".into()))?;
+            .ok_or_else(|| {
+                CaptchaRefusal::Unreachable("too many captcha checks in flight".into())
+            })?;
         let body = self.ask(response, remote_ip).await?;
         judge(&body)
     }
