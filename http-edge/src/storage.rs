@@ -87,6 +87,10 @@ impl Storage {
         }
         #[cfg(feature = "persistence")]
         {
+            // Before the journal is opened (a lock, or with --cluster the partitions' leases
+            // and takeover records): a target whose sink cannot be made or whose cursor file
+            // is damaged stops the start with nothing taken.
+            readers::check(config)?;
             if let Some(cluster_config) = &config.cluster {
                 let (cluster, journal, recovery) = cluster::Cluster::open(cluster_config)?;
                 return Ok(Storage {
@@ -358,10 +362,10 @@ mod readers {
     pub const CURSOR_DIR: &str = "events";
     /// The CloudEvents `source` and id prefix of a journal without a lasting identity.
     const DEPLOYMENT_UNNAMED: &str = "memory";
-    /// Webhook events per call to the sink. A webhook takes one POST per event, in turn, so
-    /// a call lasts as long as its events' answers together; a short call keeps what a
-    /// failure makes the sink send again small.
-    pub const WEBHOOK_CHUNK_EVENTS_MAX: usize = 50;
+    /// Webhook events per call to the sink. The sink posts up to 32 subjects (orders) at
+    /// once, each subject's events in turn, so a call lasts about its longest subject's
+    /// answers; the bound on a call below still covers the worst case of one subject.
+    pub const WEBHOOK_CHUNK_EVENTS_MAX: usize = 500;
 
     /// The running readers.
     pub struct Readers {
@@ -431,6 +435,12 @@ mod readers {
     /// `None` without `--events`; otherwise each target's sink, and the cursor store with
     /// every target's cursor read once (a damaged file stops the start here). No sink
     /// connects yet: a target that is down does not stop the start.
+    /// Makes every target's sink and reads every cursor file, keeping nothing: what
+    /// [`start`] will do, refused early.
+    pub fn check(config: &Config) -> Result<(), StartError> {
+        prepare_deliveries(config).map(drop)
+    }
+
     fn prepare_deliveries(config: &Config) -> Result<Option<Deliveries>, StartError> {
         if config.events.is_empty() {
             return Ok(None);
@@ -455,10 +465,10 @@ mod readers {
         StartError::Events(error.to_string())
     }
 
-    /// How `target`'s deliverer runs. A webhook call is many POSTs in turn, each bounded by
-    /// `webhook_timeout_ms`: its calls are shorter, and the bound on a call covers a whole
-    /// call of slow answers (past the bound it counts as failed and is sent again, so a
-    /// bound below that would never let a slow endpoint get anything).
+    /// How `target`'s deliverer runs. A webhook call is many POSTs (in turn within one
+    /// order), each bounded by `webhook_timeout_ms`: the bound on a call covers a whole
+    /// call of slow answers to one order's events (past the bound it counts as failed and
+    /// is sent again, so a bound below that would never let a slow endpoint get anything).
     pub fn options_for(target: &EventTarget, webhook_timeout_ms: u64) -> DeliverOptions {
         match target.kind {
             TargetKind::Webhook { .. } => {

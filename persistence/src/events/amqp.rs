@@ -7,6 +7,12 @@
 //! message routed to no queue is dropped by the broker (`mandatory` is off), as a topic
 //! exchange intends. Any channel or connection error drops the connection; the next
 //! delivery opens a new one. Only `amqp://` is built in (no TLS provider is compiled).
+//!
+//! The events of a chunk are pipelined in runs (`sink::runs`): every message of a run is
+//! published before its first confirm is awaited, the next run only once every confirm of this
+//! one came, and a run holds at most one event of each subject (order). A nack of one event
+//! while the next is acked then reorders only different orders' events; with two of one order
+//! in flight the caller's resend would put the nacked first after the acked second.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -20,7 +26,7 @@ use lapin::{
     PublisherConfirm,
 };
 
-use super::sink::{OutEvent, Sink, SinkError, SinkSetupError};
+use super::sink::{runs, OutEvent, Sink, SinkError, SinkSetupError};
 
 /// The exchange the events go to (api.md).
 pub const EXCHANGE: &str = "seckill.events";
@@ -31,9 +37,9 @@ const DELIVERY_MODE_PERSISTENT: u8 = 2;
 
 /// A bound on the TCP connect, unless the URL sets `connection_timeout` itself.
 const CONNECT_TIMEOUT_MS: u64 = 5_000;
-/// A bound on one `deliver` (connecting, publishing the run, awaiting every confirm). The
-/// caller's chunks are a few thousand events at most, which a healthy broker confirms well
-/// within it.
+/// A bound on one `deliver` (connecting, publishing the chunk, awaiting every confirm). The
+/// caller's chunks are a few thousand events at most, in runs of different orders (a round
+/// trip each), which a healthy broker confirms well within it.
 const DELIVER_WAIT: Duration = Duration::from_secs(10);
 
 /// A RabbitMQ (AMQP 0-9-1) events target.
@@ -202,18 +208,34 @@ async fn open(uri: &AMQPUri) -> Result<Link, Failure> {
     })
 }
 
-/// Publishes the whole run, then awaits the confirms in order: one round trip of latency
-/// for the run. One channel keeps the run's order into every queue.
+/// Publishes `events` run by run, each run confirmed before the next is published.
 async fn publish_all(channel: &Channel, events: &[OutEvent]) -> Result<(), Failure> {
     // Every message is made before the first is sent: an event that cannot be sent fails
-    // the run before any of it goes out.
-    let messages = events
+    // the chunk before any of it goes out.
+    let mut messages = events
         .iter()
         .map(message_of)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(Failure::Sink)?;
-    let mut confirms: Vec<PublisherConfirm> = Vec::with_capacity(events.len());
-    for (event, (routing_key, properties)) in events.iter().zip(messages) {
+        .map_err(Failure::Sink)?
+        .into_iter();
+    for run in runs(events) {
+        let run_messages: Vec<(ShortString, BasicProperties)> =
+            messages.by_ref().take(run.len()).collect();
+        publish_run(channel, &events[run], run_messages).await?;
+    }
+    Ok(())
+}
+
+/// Publishes `messages`, those of `run`'s events (no two of one subject), then awaits the
+/// confirms in order: one round trip of latency for the run. One channel keeps the run's
+/// order into every queue.
+async fn publish_run(
+    channel: &Channel,
+    run: &[OutEvent],
+    messages: Vec<(ShortString, BasicProperties)>,
+) -> Result<(), Failure> {
+    let mut confirms: Vec<PublisherConfirm> = Vec::with_capacity(run.len());
+    for (event, (routing_key, properties)) in run.iter().zip(messages) {
         let confirm = channel
             .basic_publish(
                 EXCHANGE.into(),
@@ -225,7 +247,7 @@ async fn publish_all(channel: &Channel, events: &[OutEvent]) -> Result<(), Failu
             .await?;
         confirms.push(confirm);
     }
-    for (event, confirm) in events.iter().zip(confirms) {
+    for (event, confirm) in run.iter().zip(confirms) {
         match confirm.await? {
             Confirmation::Ack(_) => {}
             // The broker could not store it (an internal error): sent again by the caller.

@@ -12,11 +12,13 @@
 //! not move). A failure ends the round, and the next one starts from the first lane again.
 //!
 //! Where a target starts: from its saved cursor. A target with none (new, or whose cursor
-//! belongs to another deployment's journal) starts at the end of every lane the journal
-//! has then: it receives the events decided from its first start on, and that position is
-//! saved before anything else happens, so a restart cannot move it later. A lane that
-//! appears afterwards (a partition this node took over) is read from its start (or its
-//! stored cursor): none of it was delivered to this target from here.
+//! belongs to another deployment's journal) starts, on a node's own journal (RocksDB), at
+//! its end: it receives the events decided from its first start on; on JetStream at the
+//! start of what each stream keeps (a node that took the partitions over has no cursor of
+//! the old owner's, and the streams keep what it had not delivered). That position is saved
+//! before anything else happens, so a restart cannot move it later. A lane that appears
+//! afterwards (a partition this node took over) is read from its start (or its stored
+//! cursor); sequences the stream purged are passed as a hole.
 //!
 //! The cursor file is written at most every `save_interval` while events flow, and
 //! whenever the target has caught up or stops: a crash delivers again what the file does
@@ -247,13 +249,27 @@ fn initial_record(
     let lanes = source
         .lanes()
         .into_iter()
-        .map(|lane| (lane, source.last_seq(lane)))
+        .map(|lane| (lane, start_of_new_target(source, lane)))
         .collect();
     let record = CursorRecord::new(deployment, lanes);
     // Before anything is delivered: a restart before the first delivery must start here
     // too, not at a later end of the journal.
     store.save(key, &record)?;
     Ok(record)
+}
+
+/// Where a target without a cursor starts on `lane`. The single lane of a node's own
+/// journal (RocksDB): at its end, the events decided from now on. A JetStream lane: at its
+/// start (what the stream still keeps), because "no cursor" there also means a node that
+/// took the partitions over and has no file of the old owner's: starting at the end would
+/// skip what the old owner had not delivered yet, and the stream keeps exactly that (it is
+/// purged only below every reader's floor of the owner). Repeats carry the same ids.
+fn start_of_new_target(source: &dyn EventSource, lane: u32) -> u64 {
+    if lane == SINGLE_LANE {
+        source.last_seq(lane)
+    } else {
+        0
+    }
 }
 
 fn set_seqs(target: &Mutex<BTreeMap<u32, u64>>, seqs: &BTreeMap<u32, u64>) {
@@ -512,11 +528,21 @@ struct Deliverer {
 
 impl Deliverer {
     async fn run(mut self) -> Result<(), EventsError> {
+        metrics::gauge!("seckill_events_up", "target" => self.label.clone()).set(1.0);
         loop {
             if self.stopping() {
                 return self.finish().await;
             }
-            let step = self.round().await?;
+            let step = match self.round().await {
+                Ok(step) => step,
+                Err(error) => {
+                    // Its floor stays where it is (nothing is trimmed past it), but nobody
+                    // would notice the target falling behind: say so loudly, and show it.
+                    tracing::error!(events_target = %self.label, %error, "events delivery stopped");
+                    metrics::gauge!("seckill_events_up", "target" => self.label.clone()).set(0.0);
+                    return Err(error);
+                }
+            };
             if step == Step::Idle {
                 // Caught up (or waiting for a hole): the file covers everything delivered.
                 self.save_if_due(true).await;

@@ -9,6 +9,13 @@
 //! redelivered id and answers it as a duplicate, which counts as delivered; after it,
 //! consumers dedupe on the id (README).
 //!
+//! The events of a chunk are pipelined in runs (`sink::runs`): every publish of a run is sent
+//! before its first ack is awaited, the next run only once every ack of this one came, and a
+//! run holds at most one event of each subject (order). A publish lost on a dying socket while
+//! a later one, queued in the client, goes out after the reconnect then reorders only different
+//! orders' events; with two of one order in flight the caller's resend would store the first
+//! after the second (and the second's repeat would be dropped as a duplicate).
+//!
 //! The client is made once and kept: async-nats reconnects by itself, and a client dropped
 //! while its server is down would go on reconnecting in the background forever. What is
 //! redone after a failure is the stream check (the stream may have been deleted).
@@ -23,7 +30,7 @@ use async_nats::jetstream::stream::{Config, StorageType};
 use async_nats::{ConnectOptions, ServerAddr};
 use bytes::Bytes;
 
-use super::sink::{OutEvent, Sink, SinkError, SinkSetupError};
+use super::sink::{runs, OutEvent, Sink, SinkError, SinkSetupError};
 
 /// The stream the events go to (api.md).
 pub const STREAM: &str = "SECKILL_EVENTS";
@@ -32,9 +39,9 @@ pub const SUBJECT_PREFIX: &str = "seckill.events";
 
 /// A bound on one connection attempt: a server that does not answer is Unreachable.
 const CONNECT_WAIT: Duration = Duration::from_secs(5);
-/// A bound on one `deliver` (publishing the run and awaiting every ack), and on each
-/// JetStream API request. The caller's chunks are a few thousand events at most, which a
-/// healthy server acknowledges well within it.
+/// A bound on one `deliver` (publishing the chunk and awaiting every ack), and on each
+/// JetStream API request. The caller's chunks are a few thousand events at most, in runs of
+/// different orders (a round trip each), which a healthy server acknowledges well within it.
 const DELIVER_WAIT: Duration = Duration::from_secs(10);
 
 /// A JetStream events target.
@@ -161,12 +168,20 @@ async fn ensure_stream(js: &Context) -> Result<(), SinkError> {
         .map_err(|e| SinkError::Unreachable(format!("stream {STREAM}: {e}")))
 }
 
-/// Sends every publish of the run, then awaits their acks in order: one round trip of
-/// latency for the run instead of one per event. Messages sent on one connection are stored
-/// in the order sent.
+/// Publishes `events` run by run, each run acknowledged before the next is sent.
 async fn publish_all(js: &Context, events: &[OutEvent]) -> Result<(), SinkError> {
-    let mut acks: Vec<PublishAckFuture> = Vec::with_capacity(events.len());
-    for event in events {
+    for run in runs(events) {
+        publish_run(js, &events[run]).await?;
+    }
+    Ok(())
+}
+
+/// Sends every publish of `run` (no two of one subject), then awaits their acks in order:
+/// one round trip of latency for the run instead of one per event. Messages sent on one
+/// connection are stored in the order sent.
+async fn publish_run(js: &Context, run: &[OutEvent]) -> Result<(), SinkError> {
+    let mut acks: Vec<PublishAckFuture> = Vec::with_capacity(run.len());
+    for event in run {
         let message = PublishMessage::build()
             .payload(Bytes::copy_from_slice(&event.body))
             .message_id(&event.id);
@@ -177,7 +192,7 @@ async fn publish_all(js: &Context, events: &[OutEvent]) -> Result<(), SinkError>
         acks.push(ack);
     }
     // Acks still unread when one fails are dropped: the client's acker task reads them.
-    for (event, ack) in events.iter().zip(acks) {
+    for (event, ack) in run.iter().zip(acks) {
         let ack = ack.await.map_err(|e| publish_failed(event, &e))?;
         if ack.duplicate {
             // Stored by an earlier delivery within the duplicate window: delivered.

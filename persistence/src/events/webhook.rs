@@ -1,9 +1,22 @@
 //! [`WebhookSink`]: order events as signed HTTP POSTs to a shop's endpoint; and
 //! [`sign`] / [`verify_signature`], the signature both ends compute.
 //!
-//! One POST per event, in order, the next sent only once the previous was answered `2xx`:
-//! the simplest contract for a shop (one CloudEvent per request, the body is the event,
-//! structured mode) and the one that keeps each order's events in order. Answers:
+//! One POST per event (one CloudEvent per request, the body is the event, structured mode),
+//! in order per subject and concurrent across subjects: a run's events are grouped by
+//! `subject` (an order's events share the order id, a promotion's the promotion id), a
+//! group's next POST goes only once the previous was answered `2xx`, and up to
+//! [`WEBHOOK_POSTS_IN_FLIGHT_MAX`] groups are posted at once. One POST in turn is too slow
+//! for a sale (one round trip per event); what the contract promises is each order's events
+//! in order, and that holds. A promotion's event (`seckill.promotion.*`) goes alone, after
+//! every event before it in the run and before every event after it: orders and items name
+//! their promotion, and a shop must not learn of an order before its promotion exists, nor
+//! of the promotion's end before the orders that came before it.
+//!
+//! A run is delivered only when every event was answered `2xx`. After a failure no new POST
+//! starts (those in flight are let finish, so the endpoint never has two requests of one
+//! subject at once) and the run fails with the first error: the caller sends the whole run
+//! again, so the events of other subjects that went through come twice (at least once) and
+//! none after a failed one is skipped. Answers:
 //! - `2xx`: delivered.
 //! - no answer within the timeout, a connection that fails, `5xx`, `408`, `429`:
 //!   [`SinkError::Unreachable`] (408 and 429 are HTTP's own "try again later").
@@ -21,10 +34,14 @@
 //! default when the sink is made: reqwest's own rustls feature would build aws-lc-sys, a
 //! long C build).
 
+use std::collections::hash_map::Entry;
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use futures::stream::{FuturesUnordered, StreamExt};
 use hmac::{Hmac, Mac};
 use reqwest::{redirect, Client, Response, StatusCode, Url};
 use sha2::Sha256;
@@ -40,6 +57,12 @@ const REASON_BYTES_MAX: usize = 200;
 /// How much of an accepting answer's body is read so the connection can be reused; a
 /// longer body is dropped with its connection.
 const DRAIN_BYTES_MAX: usize = 64 * 1024;
+/// Most POSTs in flight at once, each for another subject. At a round trip of 1 ms that is
+/// some 30,000 events/s, above what a sale makes; a shop's endpoint that cannot take so
+/// many at once answers 429 or 503 and the run is sent again after a backoff.
+pub const WEBHOOK_POSTS_IN_FLIGHT_MAX: usize = 32;
+/// The type prefix of the events that go alone in a run (see the module doc).
+const PROMOTION_TYPE_PREFIX: &str = "seckill.promotion.";
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -92,6 +115,9 @@ impl WebhookSink {
             .timeout(timeout)
             .connect_timeout(timeout)
             .redirect(redirect::Policy::none())
+            // One connection per POST in flight, each kept for the next run. (reqwest keeps
+            // any number by default; the bound says how many this sink ever needs.)
+            .pool_max_idle_per_host(WEBHOOK_POSTS_IN_FLIGHT_MAX)
             .user_agent("seckill-events")
             .build()
             .map_err(|e| SinkSetupError::new("webhook", error_chain(e)))?;
@@ -105,8 +131,57 @@ impl WebhookSink {
         })
     }
 
+    /// Delivers `events` a segment after the other (see [`segments`]); stops at the first
+    /// segment that fails.
     async fn deliver_all(&self, events: &[OutEvent]) -> Result<(), SinkError> {
-        for event in events {
+        for segment in segments(events) {
+            self.deliver_segment(segment).await?;
+        }
+        Ok(())
+    }
+
+    /// Posts `events` by subject, up to [`WEBHOOK_POSTS_IN_FLIGHT_MAX`] subjects at once;
+    /// Ok when every event was answered `2xx`, else the first error. After a failure no
+    /// group starts, and those in flight stop after their current POST.
+    async fn deliver_segment(&self, events: &[OutEvent]) -> Result<(), SinkError> {
+        let failed = AtomicBool::new(false);
+        let mut waiting = by_subject(events).into_iter();
+        // A named async fn's futures, not a closure's in `buffer_unordered`: the boxed
+        // future must be Send, which rustc cannot always prove through a closure's output.
+        let mut in_flight = FuturesUnordered::new();
+        let mut first_error: Option<SinkError> = None;
+        loop {
+            while first_error.is_none() && in_flight.len() < WEBHOOK_POSTS_IN_FLIGHT_MAX {
+                let Some(group) = waiting.next() else { break };
+                in_flight.push(self.post_in_turn(group, &failed));
+            }
+            match in_flight.next().await {
+                Some(Ok(())) => {}
+                Some(Err(error)) => {
+                    failed.store(true, Ordering::Relaxed);
+                    if first_error.is_none() {
+                        first_error = Some(error);
+                    }
+                }
+                // Nothing in flight: every group is done, or none may start.
+                None => break,
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Posts one subject's events in turn, each once the previous was answered `2xx`. Err
+    /// only for its own failure; once `failed` (another group failed) it posts nothing
+    /// more and returns Ok, as the run fails anyway and is sent again from its first event.
+    async fn post_in_turn(
+        &self,
+        group: Vec<&OutEvent>,
+        failed: &AtomicBool,
+    ) -> Result<(), SinkError> {
+        for event in group {
+            if failed.load(Ordering::Relaxed) {
+                return Ok(());
+            }
             self.post(event).await?;
         }
         Ok(())
@@ -167,6 +242,43 @@ impl Sink for WebhookSink {
     fn label(&self) -> String {
         self.label.clone()
     }
+}
+
+/// `events` cut so that each promotion event is a segment of its own and the events
+/// between two of them are one segment; in the run's order, none empty.
+fn segments(events: &[OutEvent]) -> Vec<&[OutEvent]> {
+    let mut segments = Vec::new();
+    let mut start = 0;
+    for (at, event) in events.iter().enumerate() {
+        if event.kind.starts_with(PROMOTION_TYPE_PREFIX) {
+            if start < at {
+                segments.push(&events[start..at]);
+            }
+            segments.push(&events[at..=at]);
+            start = at + 1;
+        }
+    }
+    if start < events.len() {
+        segments.push(&events[start..]);
+    }
+    segments
+}
+
+/// `events` grouped by subject: each group in the run's order, the groups in the order of
+/// their first event (the oldest waiting subject starts first).
+fn by_subject(events: &[OutEvent]) -> Vec<Vec<&OutEvent>> {
+    let mut group_of: HashMap<&str, usize> = HashMap::new();
+    let mut groups: Vec<Vec<&OutEvent>> = Vec::new();
+    for event in events {
+        match group_of.entry(event.subject.as_str()) {
+            Entry::Occupied(entry) => groups[*entry.get()].push(event),
+            Entry::Vacant(entry) => {
+                entry.insert(groups.len());
+                groups.push(vec![event]);
+            }
+        }
+    }
+    groups
 }
 
 /// The `Seckill-Signature` header value for `body` sent at `t_s` (Unix seconds):
@@ -368,11 +480,353 @@ fn hex_decode(text: &str) -> Option<Vec<u8>> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::{Arc, Mutex};
+    use std::time::Instant;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
     use super::*;
 
     const SECRET: &[u8] = b"whsec_test";
     const BODY: &[u8] = br#"{"id":"e-1"}"#;
     const T_S: i64 = 1_700_000_000;
+    const ORDER_KIND: &str = "seckill.order.created";
+    const PROMOTION_KIND: &str = "seckill.promotion.created";
+    /// How long the endpoint holds each request before it answers.
+    const HOLD: Duration = Duration::from_millis(50);
+    /// How much longer it holds a request while it never had two at once: a concurrent
+    /// sink gets its second request in by then however slow the machine, and the test
+    /// counts requests in flight instead of timing the run.
+    const LONELY_HOLD_MAX: Duration = Duration::from_secs(2);
+
+    /// An event whose id and body are both `<subject>/<n>`.
+    fn event(kind: &'static str, subject: &str, n: usize) -> OutEvent {
+        let body = format!("{subject}/{n}");
+        OutEvent {
+            id: body.clone(),
+            kind,
+            subject: subject.to_owned(),
+            body: body.into_bytes(),
+            time_ms: 0,
+        }
+    }
+
+    /// `rounds` events of each subject, interleaved as a sale's journal has them: every
+    /// subject's first, then every subject's second, and so on.
+    fn interleaved(subjects: &[&str], rounds: usize) -> Vec<OutEvent> {
+        (0..rounds)
+            .flat_map(|n| {
+                subjects
+                    .iter()
+                    .map(move |subject| event(ORDER_KIND, subject, n))
+            })
+            .collect()
+    }
+
+    /// What the endpoint saw.
+    #[derive(Debug, Default)]
+    struct EndpointLog {
+        /// The bodies, in the order the requests arrived.
+        arrived: Vec<String>,
+        in_flight: usize,
+        in_flight_peak: usize,
+        /// Bodies to answer 503, each once.
+        failing: Vec<String>,
+    }
+
+    impl EndpointLog {
+        /// Logs a request as arrived and in flight; true when it is to be answered 503.
+        fn arrive(&mut self, body: &str) -> bool {
+            self.arrived.push(body.to_owned());
+            self.in_flight += 1;
+            self.in_flight_peak = self.in_flight_peak.max(self.in_flight);
+            match self.failing.iter().position(|failing| failing == body) {
+                Some(at) => {
+                    self.failing.remove(at);
+                    true
+                }
+                None => false,
+            }
+        }
+    }
+
+    /// A local HTTP/1.1 endpoint (keep-alive, `content-length` bodies) that holds each
+    /// request [`HOLD`], and longer while it never had two at once (up to
+    /// [`LONELY_HOLD_MAX`]), then answers 200, or 503 to a body it was told to fail.
+    struct Endpoint {
+        url: String,
+        log: Arc<Mutex<EndpointLog>>,
+    }
+
+    impl Endpoint {
+        async fn start(failing: &[&str]) -> Endpoint {
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("a port");
+            let address = listener.local_addr().expect("its address");
+            let log = Arc::new(Mutex::new(EndpointLog {
+                failing: failing.iter().map(|body| (*body).to_owned()).collect(),
+                ..EndpointLog::default()
+            }));
+            let accepting = Arc::clone(&log);
+            tokio::spawn(async move {
+                while let Ok((stream, _)) = listener.accept().await {
+                    tokio::spawn(serve(stream, Arc::clone(&accepting)));
+                }
+            });
+            Endpoint {
+                url: format!("http://{address}/hooks"),
+                log,
+            }
+        }
+
+        fn sink(&self) -> WebhookSink {
+            WebhookSink::new(self.url.clone(), "whsec_test".into(), 5_000).expect("valid")
+        }
+
+        fn arrived(&self) -> Vec<String> {
+            self.log.lock().expect("the log").arrived.clone()
+        }
+
+        fn in_flight_peak(&self) -> usize {
+            self.log.lock().expect("the log").in_flight_peak
+        }
+    }
+
+    async fn serve(mut stream: TcpStream, log: Arc<Mutex<EndpointLog>>) {
+        let mut buffer = Vec::new();
+        while let Some(body) = read_body(&mut stream, &mut buffer).await {
+            let failing = with_log(&log, |log| log.arrive(&body));
+            hold(&log).await;
+            with_log(&log, |log| log.in_flight -= 1);
+            let status = if failing {
+                "503 Service Unavailable"
+            } else {
+                "200 OK"
+            };
+            let response = format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\n\r\n");
+            if stream.write_all(response.as_bytes()).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// The lock taken and released in a plain function: never held across an await.
+    fn with_log<T>(log: &Mutex<EndpointLog>, f: impl FnOnce(&mut EndpointLog) -> T) -> T {
+        f(&mut *log.lock().expect("the log"))
+    }
+
+    async fn hold(log: &Mutex<EndpointLog>) {
+        tokio::time::sleep(HOLD).await;
+        let lonely_since = Instant::now();
+        loop {
+            let lonely = with_log(log, |log| log.in_flight_peak) < 2;
+            if !lonely || lonely_since.elapsed() >= LONELY_HOLD_MAX {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// The body of the next request on the connection (`buffer` keeps what was read past
+    /// it); None at its end.
+    async fn read_body(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> Option<String> {
+        let head_end = loop {
+            if let Some(at) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                break at;
+            }
+            read_more(stream, buffer).await?;
+        };
+        let head = String::from_utf8_lossy(&buffer[..head_end]).to_ascii_lowercase();
+        let length: usize = head
+            .lines()
+            .find_map(|line| line.strip_prefix("content-length:"))
+            .and_then(|value| value.trim().parse().ok())
+            .unwrap_or(0);
+        let body_end = head_end + 4 + length;
+        while buffer.len() < body_end {
+            read_more(stream, buffer).await?;
+        }
+        let body = String::from_utf8_lossy(&buffer[head_end + 4..body_end]).into_owned();
+        buffer.drain(..body_end);
+        Some(body)
+    }
+
+    async fn read_more(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> Option<()> {
+        let mut chunk = [0_u8; 4096];
+        let read = stream.read(&mut chunk).await.ok()?;
+        (read > 0).then(|| buffer.extend_from_slice(&chunk[..read]))
+    }
+
+    /// `subject`'s bodies in `arrived`, in the order they came.
+    fn of_subject(arrived: &[String], subject: &str) -> Vec<String> {
+        let prefix = format!("{subject}/");
+        arrived
+            .iter()
+            .filter(|body| body.starts_with(&prefix))
+            .cloned()
+            .collect()
+    }
+
+    /// `subject`'s bodies `0..count` as they should come.
+    fn expected(subject: &str, count: usize) -> Vec<String> {
+        (0..count).map(|n| format!("{subject}/{n}")).collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn each_subjects_events_come_in_order_while_subjects_are_posted_at_once() {
+        let endpoint = Endpoint::start(&[]).await;
+        let subjects = [
+            "order-a", "order-b", "order-c", "order-d", "order-e", "order-f",
+        ];
+        let events = interleaved(&subjects, 3);
+        endpoint
+            .sink()
+            .deliver(&events)
+            .await
+            .expect("every event answered 200");
+        let arrived = endpoint.arrived();
+        assert_eq!(
+            arrived.len(),
+            events.len(),
+            "one POST per event: {arrived:?}"
+        );
+        for subject in subjects {
+            assert_eq!(
+                of_subject(&arrived, subject),
+                expected(subject, 3),
+                "{arrived:?}"
+            );
+        }
+        assert!(
+            endpoint.in_flight_peak() > 1,
+            "the subjects were posted one at a time"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn no_more_than_the_bound_of_posts_are_in_flight() {
+        let endpoint = Endpoint::start(&[]).await;
+        let subjects: Vec<String> = (0..WEBHOOK_POSTS_IN_FLIGHT_MAX + 8)
+            .map(|n| format!("order-{n}"))
+            .collect();
+        let subjects: Vec<&str> = subjects.iter().map(String::as_str).collect();
+        let events = interleaved(&subjects, 1);
+        endpoint
+            .sink()
+            .deliver(&events)
+            .await
+            .expect("every event answered 200");
+        assert_eq!(endpoint.arrived().len(), events.len());
+        let peak = endpoint.in_flight_peak();
+        assert!(peak <= WEBHOOK_POSTS_IN_FLIGHT_MAX, "{peak} in flight");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_promotion_event_comes_after_what_was_before_it_and_before_what_follows() {
+        let endpoint = Endpoint::start(&[]).await;
+        let events = vec![
+            event(ORDER_KIND, "order-a", 0),
+            event(ORDER_KIND, "order-b", 0),
+            event(PROMOTION_KIND, "promo", 0),
+            event(ORDER_KIND, "order-a", 1),
+            event(ORDER_KIND, "order-c", 0),
+        ];
+        endpoint
+            .sink()
+            .deliver(&events)
+            .await
+            .expect("every event answered 200");
+        let arrived = endpoint.arrived();
+        let at = |body: &str| arrived.iter().position(|seen| seen == body);
+        let promotion = at("promo/0").expect("the promotion event came");
+        for before in ["order-a/0", "order-b/0"] {
+            assert!(
+                at(before).is_some_and(|index| index < promotion),
+                "{arrived:?}"
+            );
+        }
+        for after in ["order-a/1", "order-c/0"] {
+            assert!(
+                at(after).is_some_and(|index| index > promotion),
+                "{arrived:?}"
+            );
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failure_stops_its_subject_fails_the_run_and_a_resend_skips_nothing() {
+        let endpoint = Endpoint::start(&["order-a/1"]).await;
+        let subjects = ["order-a", "order-b", "order-c"];
+        let events = interleaved(&subjects, 3);
+        let mut sink = endpoint.sink();
+        match sink.deliver(&events).await {
+            Err(SinkError::Unreachable(reason)) => {
+                assert!(reason.contains("order-a/1"), "{reason}");
+            }
+            other => panic!("expected the 503 as unreachable, got {other:?}"),
+        }
+        let first_try = endpoint.arrived();
+        assert!(
+            !first_try.iter().any(|body| body == "order-a/2"),
+            "an event went out after its subject's previous one failed: {first_try:?}"
+        );
+        // The caller's retry: the whole run again, answered 200 this time.
+        sink.deliver(&events)
+            .await
+            .expect("delivered on the resend");
+        let arrived = endpoint.arrived();
+        for subject in subjects {
+            let mut firsts = of_subject(&arrived, subject);
+            let mut seen = std::collections::HashSet::new();
+            firsts.retain(|body| seen.insert(body.clone()));
+            assert_eq!(firsts, expected(subject, 3), "{arrived:?}");
+        }
+    }
+
+    #[test]
+    fn a_run_is_grouped_by_subject_in_the_order_of_each_groups_first_event() {
+        let events = vec![
+            event(ORDER_KIND, "a", 0),
+            event(ORDER_KIND, "b", 0),
+            event(ORDER_KIND, "a", 1),
+            event(ORDER_KIND, "c", 0),
+            event(ORDER_KIND, "b", 1),
+        ];
+        let groups = by_subject(&events);
+        let ids: Vec<Vec<&str>> = groups
+            .iter()
+            .map(|group| group.iter().map(|event| event.id.as_str()).collect())
+            .collect();
+        assert_eq!(ids, [vec!["a/0", "a/1"], vec!["b/0", "b/1"], vec!["c/0"]]);
+    }
+
+    #[test]
+    fn each_promotion_event_is_a_segment_of_its_own() {
+        let events = vec![
+            event(PROMOTION_KIND, "p", 0),
+            event(ORDER_KIND, "a", 0),
+            event(ORDER_KIND, "b", 0),
+            event("seckill.promotion.started", "p", 1),
+            event("seckill.promotion.ended", "p", 2),
+            event(ORDER_KIND, "a", 1),
+        ];
+        let cut = segments(&events);
+        let ids: Vec<Vec<&str>> = cut
+            .iter()
+            .map(|segment| segment.iter().map(|event| event.id.as_str()).collect())
+            .collect();
+        assert_eq!(
+            ids,
+            [
+                vec!["p/0"],
+                vec!["a/0", "b/0"],
+                vec!["p/1"],
+                vec!["p/2"],
+                vec!["a/1"]
+            ]
+        );
+        assert!(segments(&[]).is_empty());
+    }
 
     #[test]
     fn the_signature_is_hmac_sha256_of_t_dot_body_in_lower_hex() {

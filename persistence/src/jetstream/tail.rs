@@ -13,6 +13,13 @@ const READS_IN_FLIGHT: usize = 32;
 
 /// The batches of `stream` with sequences `from_seq..=to_seq`, in order. A takeover record
 /// (no payload) is an empty batch: the flusher moves its cursor over it, recovery skips it.
+///
+/// Sequences the stream no longer holds (purged below a snapshot and every reader's floor
+/// of the node that owned it) are not asked for: the run moves up to the stream's first
+/// sequence, as many sequences long, so a reader starting below it (an events target new on
+/// a node that took the partitions over) reads what is kept instead of failing on the
+/// first purged number. The readers see the purged numbers as a hole, which they pass once
+/// it is older than their gap wait.
 pub async fn read_range(
     js: &Context,
     stream: &str,
@@ -26,6 +33,11 @@ pub async fn read_range(
         .get_stream(stream)
         .await
         .map_err(|e| nats(&format!("opening stream {stream}"), e))?;
+    let state = &handle.cached_info().state;
+    let (from_seq, to_seq) = kept_run(from_seq, to_seq, state.first_sequence, state.last_sequence);
+    if from_seq > to_seq {
+        return Ok(Vec::new());
+    }
     let handle = &handle;
     stream::iter(from_seq..=to_seq)
         .map(|seq| async move {
@@ -44,4 +56,43 @@ pub async fn read_range(
         .buffered(READS_IN_FLIGHT)
         .try_collect()
         .await
+}
+
+/// `from..=to` moved up past what the stream purged (`first` is its first kept sequence),
+/// keeping its length, and not past `last`.
+fn kept_run(from: u64, to: u64, first: u64, last: u64) -> (u64, u64) {
+    if from >= first {
+        return (from, to);
+    }
+    let shift = first - from;
+    (first, to.saturating_add(shift).min(last.max(to)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::kept_run;
+
+    #[test]
+    fn a_run_below_the_first_kept_sequence_moves_up_to_it() {
+        assert_eq!(
+            kept_run(5, 9, 1, 100),
+            (5, 9),
+            "nothing purged below the run"
+        );
+        assert_eq!(
+            kept_run(1, 10, 51, 100),
+            (51, 60),
+            "moved up, as long as asked"
+        );
+        assert_eq!(
+            kept_run(1, 10, 95, 100),
+            (95, 100),
+            "not past the stream's end"
+        );
+        assert_eq!(
+            kept_run(1, 10, 101, 100),
+            (101, 100),
+            "all purged: nothing to read"
+        );
+    }
 }
