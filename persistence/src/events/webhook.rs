@@ -612,7 +612,7 @@ mod tests {
 
     /// The lock taken and released in a plain function: never held across an await.
     fn with_log<T>(log: &Mutex<EndpointLog>, f: impl FnOnce(&mut EndpointLog) -> T) -> T {
-        f(&mut *log.lock().expect("the log"))
+        f(&mut log.lock().expect("the log"))
     }
 
     async fn hold(log: &Mutex<EndpointLog>) {
