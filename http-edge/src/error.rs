@@ -2,12 +2,18 @@
 //!
 //! Every handler, extractor and middleware returns [`AppError`]; its `IntoResponse` decides
 //! status, `code` (api.md) and message, and puts the code in the response's extensions so the
-//! metrics layer can count outcomes without parsing bodies.
+//! metrics layer can count outcomes without parsing bodies. [`ErrorBody`] is that answer's
+//! body, and its schema in `GET /openapi.json`, whose `code` is one of [`ERROR_CODES`].
+
+use std::borrow::Cow;
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use thiserror::Error;
+use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+use utoipa::openapi::RefOr;
+use utoipa::{PartialSchema, ToSchema};
 
 use seckill_engine::Error as EngineError;
 
@@ -120,15 +126,83 @@ fn engine_status(error: &EngineError) -> StatusCode {
 #[derive(Debug, Clone, Copy)]
 pub struct ErrorCode(pub &'static str);
 
-#[derive(Serialize)]
-struct ErrorBody<'a> {
-    error: ErrorDetail<'a>,
+/// Every `code` an error answer can carry: what [`AppError::status_and_code`] answers for
+/// each of its variants and for each engine error. The tests hold the two to each other.
+pub const ERROR_CODES: &[&str] = &[
+    // Any route.
+    "invalid_request",
+    "unauthorized",
+    "not_found",
+    "method_not_allowed",
+    "payload_too_large",
+    "rate_limited",
+    "unavailable",
+    "overloaded",
+    "outcome_unknown",
+    "internal",
+    // Operator routes.
+    "already_exists",
+    "sku_in_other_promotion",
+    "ended",
+    "not_payable",
+    "already_paid",
+    "amount_mismatch",
+    // Shopper routes.
+    "not_started",
+    "sold_out",
+    "insufficient_stock",
+    "limit_exceeded",
+    "tokens_exhausted",
+    "banned",
+    "not_eligible",
+    "human_check_failed",
+    "token_invalid",
+    "not_cancellable",
+];
+
+/// Every error answer's body: `{"error": {"code": "...", "message": "..."}}`.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(
+    description = "Every error answer's body.",
+    examples(json!({"error": {"code": "sold_out", "message": "sold out"}}))
+)]
+pub struct ErrorBody<'a> {
+    pub error: ErrorDetail<'a>,
 }
 
-#[derive(Serialize)]
-struct ErrorDetail<'a> {
-    code: &'a str,
-    message: &'a str,
+/// The error of an [`ErrorBody`].
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(description = "What went wrong.")]
+pub struct ErrorDetail<'a> {
+    /// Stable, part of the contract: callers branch on it.
+    #[schema(value_type = ErrorCodeSchema)]
+    pub code: &'a str,
+    /// For a person; free text that may change. A 400 names the field.
+    pub message: &'a str,
+}
+
+/// [`ERROR_CODES`] as a schema: built by hand rather than derived from an enum, so the list
+/// the tests check against the server's answers is the very list the document shows.
+#[derive(Debug)]
+pub struct ErrorCodeSchema;
+
+impl PartialSchema for ErrorCodeSchema {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .enum_values(Some(ERROR_CODES.iter().copied()))
+            .description(Some(
+                "The error's code. Which codes a route answers, and with which status, is in \
+                 each operation's responses.",
+            ))
+            .into()
+    }
+}
+
+impl ToSchema for ErrorCodeSchema {
+    fn name() -> Cow<'static, str> {
+        Cow::Borrowed("ErrorCode")
+    }
 }
 
 impl IntoResponse for AppError {
@@ -250,6 +324,80 @@ mod tests {
             timed_out_read.status_and_code(),
             (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
         );
+    }
+
+    #[test]
+    fn every_code_the_server_answers_is_documented() {
+        let engine_errors = [
+            EngineError::InvalidRequest {
+                field: "f".into(),
+                reason: "r".into(),
+            },
+            EngineError::NotFound,
+            EngineError::AlreadyExists,
+            EngineError::SkuInOtherPromotion {
+                sku: "s".into(),
+                other_promotion_id: "p".into(),
+            },
+            EngineError::NotStarted,
+            EngineError::Ended,
+            EngineError::SoldOut,
+            EngineError::InsufficientStock,
+            EngineError::LimitExceeded,
+            EngineError::TokensExhausted,
+            EngineError::Banned,
+            EngineError::NotEligible,
+            EngineError::HumanCheckFailed,
+            EngineError::TokenInvalid,
+            EngineError::NotPayable,
+            EngineError::AlreadyPaid,
+            EngineError::NotCancellable,
+            EngineError::AmountMismatch,
+            EngineError::Overloaded,
+            EngineError::Unavailable("x".into()),
+            EngineError::ShardDown(0),
+            EngineError::OutcomeUnknown,
+        ];
+        let edge_errors = [
+            AppError::invalid("f", "r"),
+            AppError::Unauthorized("u"),
+            AppError::RouteNotFound,
+            AppError::MethodNotAllowed,
+            AppError::PayloadTooLarge,
+            AppError::RateLimited { retry_after_s: 1 },
+            AppError::Timeout { timeout_ms: 1 },
+            AppError::OutcomeUnknown { timeout_ms: 1 },
+            AppError::NotReady,
+            AppError::shards_down(&[0]),
+            AppError::Internal,
+        ];
+        let answered: Vec<&str> = engine_errors
+            .into_iter()
+            .map(AppError::Engine)
+            .chain(edge_errors)
+            .map(|error| error.status_and_code().1)
+            .collect();
+        for code in &answered {
+            assert!(ERROR_CODES.contains(code), "{code} is not in ERROR_CODES");
+        }
+        for code in ERROR_CODES {
+            assert!(answered.contains(code), "{code} is never answered");
+        }
+        let mut unique = ERROR_CODES.to_vec();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(
+            unique.len(),
+            ERROR_CODES.len(),
+            "ERROR_CODES repeats a code"
+        );
+    }
+
+    #[test]
+    fn the_error_code_schema_is_the_list() {
+        let schema = serde_json::to_value(ErrorCodeSchema::schema()).expect("serializes");
+        assert_eq!(schema["type"], "string");
+        assert_eq!(schema["enum"], serde_json::json!(ERROR_CODES));
     }
 
     #[test]

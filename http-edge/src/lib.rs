@@ -22,7 +22,12 @@
 //! - `limit`: per-shopper, per-route rate limits and a per-address limit (governor), with
 //!   bounded keyspaces.
 //! - `views`: api.md's JSON shapes and the RFC 3339 conversions.
-//! - `routes`: the router, its handlers, JSON 404/405, and the metrics/timeout/panic layers.
+//! - `routes`: the router, its handlers, JSON 404/405, and the metrics/timeout/panic layers;
+//!   the operator console's page, live stream and report, and `GET /openapi.json`.
+//! - `live`: the live meters of watched promotions (orders, refusals by code, latency).
+//! - `sale_report`: the sale report's JSON and `SqlReader`, the SQL side the storage gives
+//!   the operator routes (flusher lag, report).
+//! - `metric_docs`: every metric's name and help text, described at start-up.
 //! - `storage`: with `config` (its `--events` parser) the only module naming the persistence
 //!   crate: RocksDB journal + SQL flusher + events deliverers,
 //!   or the development-only memory log.
@@ -39,7 +44,10 @@ pub mod error;
 pub mod extract;
 pub mod human;
 pub mod limit;
+pub mod live;
+mod metric_docs;
 pub mod routes;
+pub mod sale_report;
 pub mod server;
 pub mod start_error;
 pub mod state;
@@ -48,7 +56,8 @@ pub mod views;
 
 pub use config::Config;
 pub use error::AppError;
-pub use routes::app;
+pub use metric_docs::METRIC_NAMES;
+pub use routes::{app, openapi_document};
 pub use server::{run, serve, serve_with_hook};
 pub use start_error::StartError;
 pub use state::{AppState, Settings};

@@ -151,6 +151,9 @@ pub async fn serve_with_hook(
         storage.shutdown(Duration::ZERO).await;
         return Err(error);
     }
+    if let Some(reader) = storage.sql_reader() {
+        state.set_sql_reader(reader);
+    }
     state.set_ready(engine.clone());
     announce(&config, &listen_addr, &storage, &engine, started.elapsed());
     on_ready(engine.clone());
@@ -198,6 +201,7 @@ where
 /// The HTTP workers and the limiter sweeper: they answer (`/healthz`, and 503 on the rest)
 /// while the engine recovers, and serve once it is ready.
 struct Serving {
+    state: AppState,
     http: JoinHandle<io::Result<()>>,
     stop_http: oneshot::Sender<()>,
     sweeper: JoinHandle<()>,
@@ -210,6 +214,7 @@ impl Serving {
             let _ = stop_http_rx.await;
         }));
         Serving {
+            state: state.clone(),
             http,
             stop_http,
             sweeper: spawn_limiter_sweeper(state.clone()),
@@ -218,6 +223,7 @@ impl Serving {
 
     /// Start-up failed: stop answering.
     async fn abort(self) {
+        self.state.close_streams();
         self.sweeper.abort();
         let _ = self.stop_http.send(());
         let _ = self.http.await;
@@ -231,6 +237,7 @@ impl Serving {
         grace: Duration,
     ) -> Result<io::Result<()>, JoinError> {
         let Serving {
+            state,
             mut http,
             stop_http,
             sweeper,
@@ -243,6 +250,9 @@ impl Serving {
             grace_s = grace.as_secs(),
             "seckill shutting down: no new connections, finishing in-flight requests"
         );
+        // Live streams never finish on their own: they end now, so the drain does not wait
+        // out its grace for them.
+        state.close_streams();
         let outcome = match served {
             Some(result) => result,
             None => {

@@ -14,6 +14,8 @@ use crate::error::AppError;
 use crate::human::captcha::{CaptchaSetupError, CaptchaVerifier};
 use crate::human::pow::PowIssuer;
 use crate::limit::RateLimits;
+use crate::live::LiveBoard;
+use crate::sale_report::SqlReader;
 
 /// Histogram buckets for latencies, in seconds: 50 us to 10 s.
 const LATENCY_BUCKETS_S: &[f64] = &[
@@ -51,6 +53,26 @@ struct Inner {
     captcha_verifier: Option<CaptchaVerifier>,
     metrics: PrometheusHandle,
     request_timeout: Duration,
+    /// The meters of the promotions being watched live.
+    live_board: Arc<LiveBoard>,
+    /// The SQL flusher's lag and the sale report; set once the flusher runs (never with the
+    /// memory journal).
+    sql_reader: OnceLock<Arc<dyn SqlReader>>,
+    /// Flips to true when the server shuts down: endless answers (the live stream) end
+    /// then, so the shutdown does not wait out its grace for them.
+    closing: tokio::sync::watch::Sender<bool>,
+}
+
+/// A receiver of the server's shutdown, for answers that would otherwise never end.
+#[derive(Debug, Clone)]
+pub struct Closing(tokio::sync::watch::Receiver<bool>);
+
+impl Closing {
+    /// Resolves once the server shuts down (at once if it already has).
+    pub async fn closed(&mut self) {
+        // An error means the state is gone: closed too.
+        let _ = self.0.wait_for(|closing| *closing).await;
+    }
 }
 
 /// What [`AppState::new`] needs; [`Settings::from_config`] takes it from the resolved config.
@@ -144,6 +166,9 @@ impl AppState {
                 request_timeout: Duration::from_millis(settings.request_timeout_ms.max(1)),
                 pow,
                 captcha_verifier,
+                live_board: Arc::default(),
+                sql_reader: OnceLock::new(),
+                closing: tokio::sync::watch::Sender::new(false),
             }),
         })
     }
@@ -168,6 +193,31 @@ impl AppState {
     /// The engine, or 503 while recovery runs.
     pub fn engine(&self) -> Result<&Engine, AppError> {
         self.inner.engine.get().ok_or(AppError::NotReady)
+    }
+
+    /// The live meters (`GET /admin/promotions/{id}/live`).
+    pub fn live_board(&self) -> &Arc<LiveBoard> {
+        &self.inner.live_board
+    }
+
+    /// Gives the operator routes the SQL flusher's lag and the sale report.
+    pub fn set_sql_reader(&self, reader: Arc<dyn SqlReader>) {
+        let _ = self.inner.sql_reader.set(reader);
+    }
+
+    /// The SQL side, once the flusher runs; None with the memory journal.
+    pub fn sql_reader(&self) -> Option<Arc<dyn SqlReader>> {
+        self.inner.sql_reader.get().cloned()
+    }
+
+    /// What endless answers watch to end when the server shuts down.
+    pub fn closing(&self) -> Closing {
+        Closing(self.inner.closing.subscribe())
+    }
+
+    /// The server is shutting down: endless answers end now.
+    pub fn close_streams(&self) {
+        self.inner.closing.send_replace(true);
     }
 
     pub fn limits(&self) -> &RateLimits {
@@ -243,6 +293,8 @@ pub fn metrics_handle() -> PrometheusHandle {
                     "another metrics recorder is installed; /metrics shows only the edge's own"
                 );
             }
+            // HELP lines, and the series alerts watch at 0 before anything happened.
+            crate::metric_docs::describe_all();
             spawn_upkeep(handle.clone());
             handle
         })

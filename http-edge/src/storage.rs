@@ -170,6 +170,19 @@ impl Storage {
         Ok(())
     }
 
+    /// The SQL side for the operator routes (flusher lag, sale report), once the flusher
+    /// runs; None with the memory journal.
+    pub fn sql_reader(&self) -> Option<Arc<dyn crate::sale_report::SqlReader>> {
+        #[cfg(feature = "persistence")]
+        {
+            self.readers.as_ref().map(readers::Readers::sql_reader)
+        }
+        #[cfg(not(feature = "persistence"))]
+        {
+            None
+        }
+    }
+
     /// After the engine has stopped: syncs the log and lets the readers drain within `grace`
     /// (and with `--cluster`, then hands the partitions' leases back).
     pub async fn shutdown(self, grace: Duration) {
@@ -353,10 +366,14 @@ mod readers {
         start_events, CursorStore, DeliverOptions, EventTarget, EventsError, EventsHandle,
         FileCursorStore, SharedFloors, Sink, TargetKind, DEFAULT_DELIVER_TIMEOUT,
     };
-    use seckill_persistence::sql::{EventSource, Flusher, FlusherHandle, FlusherOptions};
+    use seckill_persistence::sql::{
+        EventSource, Flusher, FlusherHandle, FlusherOptions, FlusherReader, SaleReport,
+    };
 
     use crate::config::Config;
+    use crate::sale_report::{Funnel, MinuteLine, ReportFuture, ReportView, SqlReader, StatusLine};
     use crate::start_error::StartError;
+    use crate::views::rfc3339;
 
     /// The events cursors' directory, inside the data directory.
     pub const CURSOR_DIR: &str = "events";
@@ -484,7 +501,66 @@ mod readers {
         }
     }
 
+    /// The flusher's lag and the sale report, as the operator routes read them.
+    #[derive(Debug)]
+    struct SqlSide(FlusherReader);
+
+    impl SqlReader for SqlSide {
+        fn flusher_lag_s(&self) -> f64 {
+            // Milliseconds to seconds for display: f64 holds any lag exactly enough.
+            self.0.lag_ms().max(0) as f64 / 1000.0
+        }
+
+        fn report<'a>(&'a self, promotion_id: &'a str) -> ReportFuture<'a> {
+            Box::pin(async move {
+                let report = self
+                    .0
+                    .report(promotion_id)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(report_view(promotion_id, report, self.flusher_lag_s()))
+            })
+        }
+    }
+
+    /// The persistence crate's report in the API's shape.
+    fn report_view(promotion_id: &str, report: SaleReport, sql_lag_s: f64) -> ReportView {
+        ReportView {
+            promotion_id: promotion_id.to_owned(),
+            by_status: report
+                .by_status
+                .into_iter()
+                .map(|line| StatusLine {
+                    status: line.status,
+                    orders: line.orders,
+                    units: line.units,
+                    revenue_cents: line.revenue_cents,
+                })
+                .collect(),
+            funnel: Funnel {
+                tokens_issued: report.tokens_issued,
+                orders: report.orders,
+                paid_orders: report.paid_orders,
+            },
+            orders_per_minute: report
+                .orders_per_minute
+                .into_iter()
+                .map(|minute| MinuteLine {
+                    minute: rfc3339(minute.minute_ms),
+                    orders: minute.orders,
+                    units: minute.units,
+                })
+                .collect(),
+            sql_lag_s: Some(sql_lag_s),
+        }
+    }
+
     impl Readers {
+        /// The SQL side of the operator routes.
+        pub fn sql_reader(&self) -> Arc<dyn SqlReader> {
+            Arc::new(SqlSide(self.flusher.reader()))
+        }
+
         /// Starts a deliverer per target, each on its own view of the journal; stops at the
         /// first that cannot start.
         fn start_deliverers(

@@ -1,6 +1,9 @@
-//! Operator routes: promotions and payment confirmation. Every handler takes [`Admin`] (or
-//! [`NamedPromotion`], which checks the key before anything else) first, so nothing runs
+//! Operator routes: promotions, orders and payment confirmation. Every handler takes [`Admin`]
+//! (or [`NamedPromotion`], which checks the key before anything else) first, so nothing runs
 //! before the key is checked.
+//!
+//! Each handler's `#[utoipa::path]` is its entry in `GET /openapi.json`: the statuses and
+//! codes it answers (api.md's, and those of the extractors and layers around it).
 
 use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
@@ -10,14 +13,48 @@ use axum::Json;
 use seckill_engine::Engine;
 
 use super::created_or_ok;
+use super::openapi::{
+    INTERNAL, OPERATOR_UNAUTHORIZED, PAYLOAD_TOO_LARGE, UNAVAILABLE_READ, UNAVAILABLE_WRITE,
+};
 use crate::auth::Admin;
-use crate::error::AppError;
+use crate::error::{AppError, ErrorBody};
 use crate::extract::{JsonBody, PathParams};
 use crate::state::AppState;
-use crate::views::{CreatePromotion, OrderView, PayBody, PromotionList, PromotionView};
+use crate::views::{
+    CreatePromotion, OperatorPart, OrderView, PayBody, PromotionList, PromotionOf, PromotionView,
+};
 
 /// `POST /admin/promotions`: 201 with the promotion and its (fresh) stats; 200 with the
 /// promotion when it is a retry (same `id`, identical body) of the create that made it.
+#[utoipa::path(
+    post,
+    path = "/admin/promotions",
+    tag = "operator",
+    operation_id = "create_promotion",
+    summary = "Create a promotion",
+    description = "Idempotent by `id`: the same `id` with an identical body answers 200 with \
+                   the promotion (a retry, for instance after 503 `outcome_unknown`); another \
+                   body with that `id` is 409 `already_exists`.",
+    security(("admin_key" = [])),
+    request_body = CreatePromotion,
+    responses(
+        (status = 201, description = "Created: the promotion, with its stats.",
+            body = PromotionOf<OperatorPart>),
+        (status = 200, description = "A retry of the create that made it: the promotion.",
+            body = PromotionOf<OperatorPart>),
+        (status = 400, description = "`invalid_request`: malformed JSON, a missing field, a \
+            wrong type or an out-of-range value (the message names the field).",
+            body = ErrorBody),
+        (status = 401, description = OPERATOR_UNAUTHORIZED, body = ErrorBody),
+        (status = 409, description = "`already_exists`: a promotion with this `id` and \
+            another body exists; `sku_in_other_promotion`: a sku is in another promotion \
+            whose window overlaps this one's.", body = ErrorBody),
+        (status = 413, description = PAYLOAD_TOO_LARGE, body = ErrorBody),
+        (status = 500, description = INTERNAL, body = ErrorBody),
+        (status = 503, description = UNAVAILABLE_WRITE, body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before repeating."))),
+    )
+)]
 pub async fn create_promotion(
     _: Admin,
     State(state): State<AppState>,
@@ -33,6 +70,22 @@ pub async fn create_promotion(
 }
 
 /// `GET /admin/promotions`: every promotion with stats.
+#[utoipa::path(
+    get,
+    path = "/admin/promotions",
+    tag = "operator",
+    operation_id = "admin_list_promotions",
+    summary = "List every promotion, with stats",
+    security(("admin_key" = [])),
+    responses(
+        (status = 200, description = "Every promotion, with its item stats.",
+            body = PromotionList<PromotionOf<OperatorPart>>),
+        (status = 401, description = OPERATOR_UNAUTHORIZED, body = ErrorBody),
+        (status = 500, description = INTERNAL, body = ErrorBody),
+        (status = 503, description = UNAVAILABLE_READ, body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before repeating."))),
+    )
+)]
 pub async fn list_promotions(
     _: Admin,
     State(state): State<AppState>,
@@ -64,22 +117,143 @@ impl FromRequestParts<AppState> for NamedPromotion {
 }
 
 /// `GET /admin/promotions/{id}`.
+#[utoipa::path(
+    get,
+    path = "/admin/promotions/{id}",
+    tag = "operator",
+    operation_id = "admin_get_promotion",
+    summary = "A promotion, with stats",
+    description = "Also for ended promotions whose items were archived: their stats are kept.",
+    security(("admin_key" = [])),
+    params(("id" = String, Path, description = "The promotion's id.",
+        pattern = "^[A-Za-z0-9_.:-]{1,64}$")),
+    responses(
+        (status = 200, description = "The promotion, with its item stats.",
+            body = PromotionOf<OperatorPart>),
+        (status = 401, description = OPERATOR_UNAUTHORIZED, body = ErrorBody),
+        (status = 404, description = "`not_found`: no such promotion.", body = ErrorBody),
+        (status = 500, description = INTERNAL, body = ErrorBody),
+        (status = 503, description = UNAVAILABLE_READ, body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before repeating."))),
+    )
+)]
 pub async fn get_promotion(named: NamedPromotion) -> Result<Json<PromotionView>, AppError> {
     Ok(Json(named.engine.promotion_stats(&named.id).await?.into()))
 }
 
 /// `POST /admin/promotions/{id}/start`: live from now.
+#[utoipa::path(
+    post,
+    path = "/admin/promotions/{id}/start",
+    tag = "operator",
+    operation_id = "start_promotion",
+    summary = "Start a promotion now",
+    description = "It is live from now. Idempotent: starting a live promotion changes nothing.",
+    security(("admin_key" = [])),
+    params(("id" = String, Path, description = "The promotion's id.",
+        pattern = "^[A-Za-z0-9_.:-]{1,64}$")),
+    responses(
+        (status = 200, description = "The promotion, now live.",
+            body = PromotionOf<OperatorPart>),
+        (status = 401, description = OPERATOR_UNAUTHORIZED, body = ErrorBody),
+        (status = 404, description = "`not_found`: no such promotion.", body = ErrorBody),
+        (status = 409, description = "`ended`: the promotion has ended; it cannot start again.",
+            body = ErrorBody),
+        (status = 500, description = INTERNAL, body = ErrorBody),
+        (status = 503, description = UNAVAILABLE_WRITE, body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before repeating."))),
+    )
+)]
 pub async fn start_promotion(named: NamedPromotion) -> Result<Json<PromotionView>, AppError> {
     Ok(Json(named.engine.start_promotion(&named.id).await?.into()))
 }
 
 /// `POST /admin/promotions/{id}/stop`: ended from now.
+#[utoipa::path(
+    post,
+    path = "/admin/promotions/{id}/stop",
+    tag = "operator",
+    operation_id = "stop_promotion",
+    summary = "Stop a promotion now",
+    description = "It has ended from now. Idempotent: stopping an ended promotion changes \
+                   nothing.",
+    security(("admin_key" = [])),
+    params(("id" = String, Path, description = "The promotion's id.",
+        pattern = "^[A-Za-z0-9_.:-]{1,64}$")),
+    responses(
+        (status = 200, description = "The promotion, now ended.",
+            body = PromotionOf<OperatorPart>),
+        (status = 401, description = OPERATOR_UNAUTHORIZED, body = ErrorBody),
+        (status = 404, description = "`not_found`: no such promotion.", body = ErrorBody),
+        (status = 500, description = INTERNAL, body = ErrorBody),
+        (status = 503, description = UNAVAILABLE_WRITE, body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before repeating."))),
+    )
+)]
 pub async fn stop_promotion(named: NamedPromotion) -> Result<Json<PromotionView>, AppError> {
     Ok(Json(named.engine.stop_promotion(&named.id).await?.into()))
 }
 
+/// `GET /admin/orders/{order_id}`: any shopper's order (the console's look-up by id).
+#[utoipa::path(
+    get,
+    path = "/admin/orders/{order_id}",
+    tag = "operator",
+    operation_id = "admin_get_order",
+    summary = "Any order, by id",
+    description = "The same JSON as the shopper's `GET /orders/{order_id}`, for any shopper's \
+                   order.",
+    security(("admin_key" = [])),
+    params(("order_id" = String, Path, description = "The order's id.",
+        pattern = "^[A-Za-z0-9_.:-]{1,64}$")),
+    responses(
+        (status = 200, description = "The order.", body = OrderView),
+        (status = 401, description = OPERATOR_UNAUTHORIZED, body = ErrorBody),
+        (status = 404, description = "`not_found`: no such order.", body = ErrorBody),
+        (status = 500, description = INTERNAL, body = ErrorBody),
+        (status = 503, description = UNAVAILABLE_READ, body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before repeating."))),
+    )
+)]
+pub async fn get_order(
+    _: Admin,
+    State(state): State<AppState>,
+    PathParams(order_id): PathParams<String>,
+) -> Result<Json<OrderView>, AppError> {
+    let order = state.engine()?.order(&order_id, None).await?;
+    Ok(Json(order.into()))
+}
+
 /// `POST /admin/orders/{order_id}/pay`: idempotent by `payment_ref`; an `amount_cents` that
 /// is not the order's is 409 `amount_mismatch`.
+#[utoipa::path(
+    post,
+    path = "/admin/orders/{order_id}/pay",
+    tag = "operator",
+    operation_id = "pay_order",
+    summary = "Confirm an order's payment",
+    description = "Idempotent: paying a paid order again with the same `payment_ref` answers \
+                   200 and changes nothing.",
+    security(("admin_key" = [])),
+    params(("order_id" = String, Path, description = "The order's id.",
+        pattern = "^[A-Za-z0-9_.:-]{1,64}$")),
+    request_body = PayBody,
+    responses(
+        (status = 200, description = "The order, now `paid`.", body = OrderView),
+        (status = 400, description = "`invalid_request`: malformed JSON, a missing field, a \
+            wrong type or an out-of-range value (the message names the field).",
+            body = ErrorBody),
+        (status = 401, description = OPERATOR_UNAUTHORIZED, body = ErrorBody),
+        (status = 404, description = "`not_found`: no such order.", body = ErrorBody),
+        (status = 409, description = "`not_payable`: the order is cancelled or expired; \
+            `already_paid`: it is paid with another `payment_ref`; `amount_mismatch`: \
+            `amount_cents` is not the order's (nothing changed).", body = ErrorBody),
+        (status = 413, description = PAYLOAD_TOO_LARGE, body = ErrorBody),
+        (status = 500, description = INTERNAL, body = ErrorBody),
+        (status = 503, description = UNAVAILABLE_WRITE, body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before repeating."))),
+    )
+)]
 pub async fn pay_order(
     _: Admin,
     State(state): State<AppState>,

@@ -9,14 +9,15 @@
 //!   (it never reached the engine). Any other write past the timeout may still take effect:
 //!   503 `outcome_unknown` with `Retry-After` (api.md, "Writes whose outcome is unknown").
 //! - [`ObserveLayer`] (on matched routes only): counts requests by route, method, status and
-//!   api.md code, and records their latency.
+//!   api.md code, and records their latency; token and purchase answers of a promotion
+//!   being watched live also go to its meters (`crate::live`).
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::hash::Hash;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -29,6 +30,7 @@ use tower::{Layer, Service};
 
 use crate::error::{AppError, ErrorCode};
 use crate::extract::BodyPending;
+use crate::live::{LiveBoard, MeterSlot, MeteredRoute};
 
 /// What every service here answers: a response, never an error.
 pub type Answered = Result<Response, Infallible>;
@@ -174,8 +176,11 @@ impl<F: Answer> Future for GuardFuture<F> {
 
 /// Request metrics; see the module docs. Only matched routes get here (it is a route
 /// layer), so the route label is one of the router's templates and the label set is bounded.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ObserveLayer;
+#[derive(Debug, Clone)]
+pub struct ObserveLayer {
+    /// The live meters: token and purchase answers of watched promotions are counted there.
+    pub board: Arc<LiveBoard>,
+}
 
 impl<S> Layer<S> for ObserveLayer {
     type Service = Wrapped<S, ObserveLayer>;
@@ -183,8 +188,20 @@ impl<S> Layer<S> for ObserveLayer {
     fn layer(&self, inner: S) -> Wrapped<S, ObserveLayer> {
         Wrapped {
             inner,
-            layer: ObserveLayer,
+            layer: self.clone(),
         }
+    }
+}
+
+/// The route templates whose answers feed the live meters.
+const TOKEN_ROUTE: &str = "/promotions/{id}/items/{sku}/token";
+const PURCHASE_ROUTE: &str = "/promotions/{id}/items/{sku}/purchase";
+
+fn metered_route(route: &str) -> Option<MeteredRoute> {
+    match route {
+        TOKEN_ROUTE => Some(MeteredRoute::Token),
+        PURCHASE_ROUTE => Some(MeteredRoute::Purchase),
+        _ => None,
     }
 }
 
@@ -198,11 +215,14 @@ impl<S: Inner> Around<S> for ObserveLayer {
             .extensions()
             .get::<MatchedPath>()
             .map_or("unmatched", |m| intern_route(m.as_str()));
+        let meter = metered_route(route)
+            .and_then(|metered| Some((metered, self.board.slot(request.uri().path())?)));
         ObserveFuture {
             inner: inner.call(request),
             started,
             route,
             method,
+            meter,
         }
     }
 }
@@ -214,6 +234,7 @@ pin_project! {
         started: Instant,
         route: &'static str,
         method: &'static str,
+        meter: Option<(MeteredRoute, MeterSlot)>,
     }
 }
 
@@ -225,20 +246,20 @@ impl<F: Answer> Future for ObserveFuture<F> {
         let Poll::Ready(Ok(response)) = this.inner.poll(cx) else {
             return Poll::Pending;
         };
-        let code = response
-            .extensions()
-            .get::<ErrorCode>()
-            .map_or("ok", |c| c.0);
+        let error_code = response.extensions().get::<ErrorCode>().map(|c| c.0);
         let series = RequestSeries {
             route: this.route,
             method: this.method,
             status: response.status().as_u16(),
-            code,
+            code: error_code.unwrap_or("ok"),
         };
+        let elapsed = this.started.elapsed();
         series.counter().increment(1);
-        series
-            .histogram()
-            .record(this.started.elapsed().as_secs_f64());
+        series.histogram().record(elapsed.as_secs_f64());
+        if let Some((metered, slot)) = this.meter.take() {
+            let elapsed_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+            slot.record(metered, series.status, error_code, elapsed_us);
+        }
         Poll::Ready(Ok(response))
     }
 }

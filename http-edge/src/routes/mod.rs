@@ -2,9 +2,16 @@
 //! (metrics, request timeout, panic catcher).
 
 mod admin;
+mod console;
 mod layers;
+mod live;
+mod openapi;
 mod ops;
+mod report;
 mod shopper;
+
+pub use live::{LiveItem, LiveStats};
+pub use openapi::document as openapi_document;
 
 use axum::http::StatusCode;
 use axum::routing::{get, post};
@@ -24,6 +31,12 @@ pub fn app(state: AppState) -> Router {
         .route("/admin/promotions/{id}", get(admin::get_promotion))
         .route("/admin/promotions/{id}/start", post(admin::start_promotion))
         .route("/admin/promotions/{id}/stop", post(admin::stop_promotion))
+        .route("/admin/promotions/{id}/live", get(live::promotion_live))
+        .route(
+            "/admin/promotions/{id}/report",
+            get(report::promotion_report),
+        )
+        .route("/admin/orders/{order_id}", get(admin::get_order))
         .route("/admin/orders/{order_id}/pay", post(admin::pay_order))
         .route("/promotions", get(shopper::list_promotions))
         .route("/promotions/{id}", get(shopper::get_promotion))
@@ -44,8 +57,13 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
+        .route("/openapi.json", get(openapi::openapi_json))
+        .route("/console", get(console::console_page))
+        .route("/console/{file}", get(console::console_asset))
         // Only matched routes are measured: unknown paths would make unbounded label values.
-        .route_layer(ObserveLayer)
+        .route_layer(ObserveLayer {
+            board: state.live_board().clone(),
+        })
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(GuardLayer {

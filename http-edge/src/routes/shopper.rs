@@ -2,6 +2,9 @@
 //! then per shopper), then the engine, whose gate refuses banned / not live / sold out / not
 //! eligible without a shard round trip; on the token route the human check comes between
 //! the gate and the shard.
+//!
+//! Each handler's `#[utoipa::path]` is its entry in `GET /openapi.json`: the statuses and
+//! codes it answers (api.md's, and those of the extractors and layers around it).
 
 use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
@@ -13,19 +16,38 @@ use std::net::IpAddr;
 use seckill_engine::{Admission, Engine, Error as EngineError, HumanCheck, PurchaseRequest};
 
 use super::created_or_ok;
+use super::openapi::{
+    INTERNAL, PAYLOAD_TOO_LARGE, RATE_LIMITED, SHOPPER_UNAUTHORIZED, UNAVAILABLE_CATALOG,
+    UNAVAILABLE_READ, UNAVAILABLE_WRITE,
+};
 use crate::auth::{Shopper, ShopperWithClaims};
 use crate::client_addr::ClientAddr;
-use crate::error::AppError;
+use crate::error::{AppError, ErrorBody};
 use crate::extract::{JsonBody, OptionalJsonBody, PathParams};
 use crate::human::captcha::CaptchaRefusal;
 use crate::limit::LimitedRoute;
 use crate::state::AppState;
 use crate::views::{
-    ChallengeView, OrderView, PromotionList, PublicPromotionView, PurchaseBody, TokenBody,
-    TokenView,
+    ChallengeView, OrderView, PromotionList, PromotionOf, PublicPromotionView, PurchaseBody,
+    ShopperPart, TokenBody, TokenView,
 };
 
 /// `GET /promotions`: upcoming and live promotions.
+#[utoipa::path(
+    get,
+    path = "/promotions",
+    tag = "shopper",
+    operation_id = "list_promotions",
+    summary = "Upcoming and live promotions",
+    description = "No credential needed. `remaining` may lag by up to one second.",
+    responses(
+        (status = 200, description = "The upcoming and live promotions, as shoppers see them.",
+            body = PromotionList<PromotionOf<ShopperPart>>),
+        (status = 500, description = INTERNAL, body = ErrorBody),
+        (status = 503, description = UNAVAILABLE_CATALOG, body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before repeating."))),
+    )
+)]
 pub async fn list_promotions(
     State(state): State<AppState>,
 ) -> Result<Json<PromotionList<PublicPromotionView>>, AppError> {
@@ -36,6 +58,23 @@ pub async fn list_promotions(
 }
 
 /// `GET /promotions/{id}`.
+#[utoipa::path(
+    get,
+    path = "/promotions/{id}",
+    tag = "shopper",
+    operation_id = "get_promotion",
+    summary = "A promotion, as shoppers see it",
+    description = "No credential needed. `server_time` is for the shopper's countdown.",
+    params(("id" = String, Path, description = "The promotion's id.",
+        pattern = "^[A-Za-z0-9_.:-]{1,64}$")),
+    responses(
+        (status = 200, description = "The promotion.", body = PromotionOf<ShopperPart>),
+        (status = 404, description = "`not_found`: no such promotion.", body = ErrorBody),
+        (status = 500, description = INTERNAL, body = ErrorBody),
+        (status = 503, description = UNAVAILABLE_CATALOG, body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before repeating."))),
+    )
+)]
 pub async fn get_promotion(
     State(state): State<AppState>,
     PathParams(id): PathParams<String>,
@@ -46,6 +85,33 @@ pub async fn get_promotion(
 
 /// `POST /promotions/{id}/items/{sku}/challenge`: a proof-of-work challenge bound to the
 /// shopper and the item. Not rate limited: issuing one costs an HMAC, less than refusing.
+#[utoipa::path(
+    post,
+    path = "/promotions/{id}/items/{sku}/challenge",
+    tag = "shopper",
+    operation_id = "issue_challenge",
+    summary = "A proof-of-work challenge",
+    description = "For a promotion whose `human_check` is `pow`: the token request then \
+                   carries `{\"pow\": {\"challenge\", \"nonce\"}}` such that \
+                   SHA-256(challenge + nonce) starts with `difficulty_bits` zero bits. Bound to \
+                   the shopper, the promotion and the item; expires; good once.",
+    security(("shopper_jwt" = []), ("shopper_header" = [])),
+    params(
+        ("id" = String, Path, description = "The promotion's id.",
+            pattern = "^[A-Za-z0-9_.:-]{1,64}$"),
+        ("sku" = String, Path, description = "The item's sku.",
+            pattern = "^[A-Za-z0-9_.:-]{1,64}$"),
+    ),
+    responses(
+        (status = 200, description = "The challenge.", body = ChallengeView),
+        (status = 401, description = SHOPPER_UNAUTHORIZED, body = ErrorBody),
+        (status = 404, description = "`not_found`: no such promotion or item.",
+            body = ErrorBody),
+        (status = 500, description = INTERNAL, body = ErrorBody),
+        (status = 503, description = UNAVAILABLE_CATALOG, body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before repeating."))),
+    )
+)]
 pub async fn issue_challenge(
     Shopper(user_id): Shopper,
     State(state): State<AppState>,
@@ -65,6 +131,55 @@ pub async fn issue_challenge(
 /// `POST /promotions/{id}/items/{sku}/token`. After the credential and the rate limits:
 /// the gate's refusals and the eligibility rule, then the human check (a captcha is only
 /// verified for a request that could get a token), then the shard.
+#[utoipa::path(
+    post,
+    path = "/promotions/{id}/items/{sku}/token",
+    tag = "shopper",
+    operation_id = "issue_token",
+    summary = "A purchase token",
+    description = "Bound to the shopper, the promotion and the item; good for one purchase; \
+                   expires (60 s by default). Asking again while it is unused answers the same \
+                   token. The body is needed only for a promotion with a human check: \
+                   `{\"pow\": {...}}` or `{\"captcha\": \"...\"}`.",
+    security(("shopper_jwt" = []), ("shopper_header" = [])),
+    params(
+        ("id" = String, Path, description = "The promotion's id.",
+            pattern = "^[A-Za-z0-9_.:-]{1,64}$"),
+        ("sku" = String, Path, description = "The item's sku.",
+            pattern = "^[A-Za-z0-9_.:-]{1,64}$"),
+    ),
+    request_body(content = Option<TokenBody>,
+        description = "The human check's answer; may be empty when the promotion has none."),
+    responses(
+        (status = 200, description = "The token.", body = TokenView),
+        (status = 400, description = "`invalid_request`: malformed JSON or a wrong type (the \
+            message names the field), or a shopper id that is not an identifier.",
+            body = ErrorBody),
+        (status = 401, description = SHOPPER_UNAUTHORIZED, body = ErrorBody),
+        (status = 403, description = "`banned`: the shopper has 3 cancelled or expired orders \
+            in this promotion; `not_eligible`: the shopper's claims do not pass the \
+            promotion's eligibility rule; `human_check_failed`: the proof of work or captcha \
+            answer is missing, wrong, expired or used.", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such promotion or item.",
+            body = ErrorBody),
+        (status = 409, description = "`not_started`, `ended`: the promotion is not live; \
+            `sold_out`: no stock left; `limit_exceeded`: the shopper holds the per-user \
+            limit; `tokens_exhausted`: `remaining * token_multiplier` tokens are \
+            outstanding (one frees its place when it is used or expires).", body = ErrorBody),
+        (status = 413, description = PAYLOAD_TOO_LARGE, body = ErrorBody),
+        (status = 429, description = RATE_LIMITED, body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before asking again."))),
+        (status = 500, description = INTERNAL, body = ErrorBody),
+        (status = 503, description = "`unavailable`: nothing was done (the server is \
+            starting, the captcha verifier could not be asked, the used-challenge memory is \
+            full, the journal failed or the item's shard is down, or the body was still \
+            arriving when the request timed out); `overloaded`: nothing was done, the item's \
+            shard is busy; `outcome_unknown`: the request timed out after reaching the engine \
+            (asking again answers the same token if one was issued). `Retry-After` on \
+            `overloaded`, `outcome_unknown` and while starting.", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before repeating."))),
+    )
+)]
 pub async fn issue_token(
     ClientAddr(client): ClientAddr,
     shopper: ShopperWithClaims,
@@ -166,6 +281,49 @@ async fn verify_captcha(
 
 /// `POST /promotions/{id}/items/{sku}/purchase`: 201 new order, 200 the original order of a
 /// repeated `request_id`.
+#[utoipa::path(
+    post,
+    path = "/promotions/{id}/items/{sku}/purchase",
+    tag = "shopper",
+    operation_id = "purchase",
+    summary = "Buy",
+    description = "Idempotent by `request_id`: a repeated `request_id` from the same shopper \
+                   answers the original order (200), whatever changed since. A new order is \
+                   `pending_payment` until paid, cancelled or expired at `pay_before`.",
+    security(("shopper_jwt" = []), ("shopper_header" = [])),
+    params(
+        ("id" = String, Path, description = "The promotion's id.",
+            pattern = "^[A-Za-z0-9_.:-]{1,64}$"),
+        ("sku" = String, Path, description = "The item's sku.",
+            pattern = "^[A-Za-z0-9_.:-]{1,64}$"),
+    ),
+    request_body = PurchaseBody,
+    responses(
+        (status = 201, description = "The new order.", body = OrderView),
+        (status = 200, description = "The order an earlier purchase with this `request_id` \
+            made.", body = OrderView),
+        (status = 400, description = "`invalid_request`: malformed JSON, a missing field, a \
+            wrong type or an out-of-range value such as a `quantity` over the per-user limit \
+            (the message names the field).", body = ErrorBody),
+        (status = 401, description = SHOPPER_UNAUTHORIZED, body = ErrorBody),
+        (status = 403, description = "`token_invalid`: the token is missing (the promotion \
+            requires one), used, expired or not for this purchase; `banned`: the shopper has \
+            3 cancelled or expired orders in this promotion; `not_eligible`: the shopper's \
+            claims do not pass the promotion's eligibility rule.", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such promotion or item.",
+            body = ErrorBody),
+        (status = 409, description = "`not_started`, `ended`: the promotion is not live; \
+            `sold_out`: no stock left; `insufficient_stock`: less left than `quantity`; \
+            `limit_exceeded`: this would take the shopper past the per-user limit.",
+            body = ErrorBody),
+        (status = 413, description = PAYLOAD_TOO_LARGE, body = ErrorBody),
+        (status = 429, description = RATE_LIMITED, body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before asking again."))),
+        (status = 500, description = INTERNAL, body = ErrorBody),
+        (status = 503, description = UNAVAILABLE_WRITE, body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before repeating."))),
+    )
+)]
 pub async fn purchase(
     ClientAddr(client): ClientAddr,
     shopper: ShopperWithClaims,
@@ -221,12 +379,59 @@ impl FromRequestParts<AppState> for ShopperOrder {
 }
 
 /// `GET /orders/{order_id}`: only the shopper's own orders (another's is 404).
+#[utoipa::path(
+    get,
+    path = "/orders/{order_id}",
+    tag = "shopper",
+    operation_id = "get_order",
+    summary = "One of the shopper's orders",
+    description = "Another shopper's order is 404 `not_found`, as if it did not exist.",
+    security(("shopper_jwt" = []), ("shopper_header" = [])),
+    params(("order_id" = String, Path, description = "The order's id.",
+        pattern = "^[A-Za-z0-9_.:-]{1,64}$")),
+    responses(
+        (status = 200, description = "The order.", body = OrderView),
+        (status = 401, description = SHOPPER_UNAUTHORIZED, body = ErrorBody),
+        (status = 404, description = "`not_found`: no such order of this shopper.",
+            body = ErrorBody),
+        (status = 429, description = RATE_LIMITED, body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before asking again."))),
+        (status = 500, description = INTERNAL, body = ErrorBody),
+        (status = 503, description = UNAVAILABLE_READ, body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before repeating."))),
+    )
+)]
 pub async fn get_order(asked: ShopperOrder) -> Result<Json<OrderView>, AppError> {
     let order = asked.engine.order(&asked.id, Some(&asked.user)).await?;
     Ok(Json(order.into()))
 }
 
 /// `POST /orders/{order_id}/cancel`: cancelling again answers the order unchanged.
+#[utoipa::path(
+    post,
+    path = "/orders/{order_id}/cancel",
+    tag = "shopper",
+    operation_id = "cancel_order",
+    summary = "Cancel one of the shopper's orders",
+    description = "Idempotent: cancelling a cancelled order answers it unchanged. Its stock is \
+                   free to buy again.",
+    security(("shopper_jwt" = []), ("shopper_header" = [])),
+    params(("order_id" = String, Path, description = "The order's id.",
+        pattern = "^[A-Za-z0-9_.:-]{1,64}$")),
+    responses(
+        (status = 200, description = "The order, now `cancelled`.", body = OrderView),
+        (status = 401, description = SHOPPER_UNAUTHORIZED, body = ErrorBody),
+        (status = 404, description = "`not_found`: no such order of this shopper.",
+            body = ErrorBody),
+        (status = 409, description = "`not_cancellable`: the order is paid or expired.",
+            body = ErrorBody),
+        (status = 429, description = RATE_LIMITED, body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before asking again."))),
+        (status = 500, description = INTERNAL, body = ErrorBody),
+        (status = 503, description = UNAVAILABLE_WRITE, body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before repeating."))),
+    )
+)]
 pub async fn cancel_order(asked: ShopperOrder) -> Result<Json<OrderView>, AppError> {
     let order = asked.engine.cancel(&asked.id, Some(&asked.user)).await?;
     Ok(Json(order.into()))

@@ -33,7 +33,7 @@ static SQLITE_MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
 /// Rust. A new migration gets a line here; a unit test checks that none is missing.
 /// Only the test reads it: its point is the file dependency.
 #[cfg_attr(not(test), allow(dead_code))]
-const MIGRATION_FILES: [(&str, &str); 8] = [
+const MIGRATION_FILES: [(&str, &str); 10] = [
     (
         "postgres/0001_orders.sql",
         include_str!("../../migrations/postgres/0001_orders.sql"),
@@ -51,6 +51,10 @@ const MIGRATION_FILES: [(&str, &str); 8] = [
         include_str!("../../migrations/postgres/0004_flusher_lanes.sql"),
     ),
     (
+        "postgres/0005_sale_report.sql",
+        include_str!("../../migrations/postgres/0005_sale_report.sql"),
+    ),
+    (
         "sqlite/0001_orders.sql",
         include_str!("../../migrations/sqlite/0001_orders.sql"),
     ),
@@ -65,6 +69,10 @@ const MIGRATION_FILES: [(&str, &str); 8] = [
     (
         "sqlite/0004_flusher_lanes.sql",
         include_str!("../../migrations/sqlite/0004_flusher_lanes.sql"),
+    ),
+    (
+        "sqlite/0005_sale_report.sql",
+        include_str!("../../migrations/sqlite/0005_sale_report.sql"),
     ),
 ];
 

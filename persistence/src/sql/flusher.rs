@@ -25,6 +25,7 @@ use super::db::Database;
 use super::deployment;
 use super::error::SqlError;
 use super::lane::Lane;
+use super::report::SaleReport;
 use super::rows::ChunkRows;
 use super::source::{EventSource, LANE_MAX, SINGLE_LANE};
 
@@ -288,7 +289,37 @@ async fn take_up(
     Ok(last_seq)
 }
 
+/// What readers of the SQL side (the operator console) may share with a running flusher:
+/// its lag and the sale report from its database. Cheap to clone; once the flusher has shut
+/// down its reports fail (the pool is closed).
+#[derive(Debug, Clone)]
+pub struct FlusherReader {
+    shared: Arc<Shared>,
+    database: Database,
+}
+
+impl FlusherReader {
+    /// The age of the oldest event not in SQL yet, over every lane.
+    pub fn lag_ms(&self) -> i64 {
+        self.shared.lag_ms.load(Ordering::Relaxed)
+    }
+
+    /// `promotion_id`'s sale report from the tables the flusher writes (the views of
+    /// migration 0005): it trails the engine by [`FlusherReader::lag_ms`].
+    pub async fn report(&self, promotion_id: &str) -> Result<SaleReport, SqlError> {
+        super::report::read(&self.database, promotion_id).await
+    }
+}
+
 impl FlusherHandle {
+    /// A reader of the flusher's lag and of the sale report, for the operator routes.
+    pub fn reader(&self) -> FlusherReader {
+        FlusherReader {
+            shared: Arc::clone(&self.shared),
+            database: self.database.clone(),
+        }
+    }
+
     pub fn status(&self) -> FlusherStatus {
         let shared = &self.shared;
         FlusherStatus {

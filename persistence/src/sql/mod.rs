@@ -30,6 +30,7 @@
 //!   0 in `flusher_cursor`, every other lane in `flusher_lane_cursor`).
 //! - `deployment`: whose tables these are: the flusher records its log's deployment id and
 //!   refuses, at start, tables that another deployment wrote.
+//! - `report`: the sale report, read from the views of migration 0005.
 //! - `flusher`: the task: rounds over the lanes (read, write, retry), stats refresh, metrics,
 //!   shutdown drain.
 //!
@@ -47,6 +48,7 @@ mod flusher;
 mod lane;
 mod orders;
 mod queries;
+mod report;
 mod rows;
 mod source;
 
@@ -54,11 +56,12 @@ use std::path::Path;
 
 pub use error::SqlError;
 pub use flusher::{
-    Flusher, FlusherHandle, FlusherOptions, FlusherStatus, DEFAULT_BACKOFF_MAX,
+    Flusher, FlusherHandle, FlusherOptions, FlusherReader, FlusherStatus, DEFAULT_BACKOFF_MAX,
     DEFAULT_BACKOFF_MIN, DEFAULT_CONNECT_TIMEOUT, DEFAULT_GAP_WAIT, DEFAULT_POLL_INTERVAL,
     DEFAULT_READ_BATCHES_MAX, DEFAULT_STATS_INTERVAL, DEFAULT_TRANSACTION_EVENTS_MAX,
     DEFAULT_WRITE_TIMEOUT,
 };
+pub use report::{MinuteTotals, SaleReport, StatusTotals, ORDER_STATUSES};
 pub use rows::{ms_from_rfc3339, order_updated_at_ms};
 pub use source::{EventSource, SINGLE_LANE};
 
