@@ -58,7 +58,7 @@ pub struct MeterSlot {
 /// A watcher's hold on a promotion's meters: while any is alive the promotion is metered.
 #[derive(Debug)]
 pub struct Watch {
-    board: Arc<LiveBoard>,
+    board: &'static LiveBoard,
     id: Box<str>,
     meter: Arc<PromotionMeter>,
 }
@@ -73,7 +73,7 @@ pub struct MeterReading {
 
 impl LiveBoard {
     /// Starts (or joins) metering promotion `id`, whose items are `skus`.
-    pub fn watch(self: &Arc<Self>, id: &str, skus: &[String]) -> Watch {
+    pub fn watch(&'static self, id: &str, skus: &[String]) -> Watch {
         let meter = {
             let entry = self.promotions.entry(id.into()).or_insert_with(|| {
                 self.watched.fetch_add(1, Ordering::AcqRel);
@@ -85,7 +85,7 @@ impl LiveBoard {
             Arc::clone(entry.value())
         };
         Watch {
-            board: Arc::clone(self),
+            board: self,
             id: id.into(),
             meter,
         }
@@ -130,6 +130,11 @@ impl Watch {
     /// The promotion's counters now.
     pub fn read(&self) -> MeterReading {
         self.meter.read()
+    }
+
+    /// The sku at `index` of [`MeterReading::items`].
+    pub fn sku(&self, index: usize) -> Option<&str> {
+        self.meter.items.get(index).map(|(sku, _)| &**sku)
     }
 
     /// The skus, in the order of [`MeterReading::items`].
@@ -222,15 +227,14 @@ pub struct Rates {
     pub latency_p99_ms: Option<f64>,
 }
 
+/// Below this, an interval is too short to give a rate (the first event comes at once): its
+/// counts are shown as if over this long, so one stray order is not thousands a second.
+const RATE_INTERVAL_MIN_S: f64 = 0.5;
+
 /// The rates from `before` to `after`, `elapsed_s` apart (pure: the watcher's arithmetic).
 pub fn rates(before: &MeterReading, after: &MeterReading, elapsed_s: f64) -> Rates {
-    let per_s = |n: u64| {
-        if elapsed_s > 0.0 {
-            n as f64 / elapsed_s
-        } else {
-            0.0
-        }
-    };
+    let elapsed_s = elapsed_s.max(RATE_INTERVAL_MIN_S);
+    let per_s = |n: u64| n as f64 / elapsed_s;
     let items = after
         .items
         .iter()
@@ -287,7 +291,7 @@ mod tests {
 
     #[test]
     fn nothing_is_metered_until_somebody_watches() {
-        let board = Arc::new(LiveBoard::default());
+        let board: &'static LiveBoard = Box::leak(Box::default());
         assert!(board.slot("/promotions/p1/items/a/purchase").is_none());
         let watch = board.watch("p1", &skus(&["a", "b"]));
         assert!(board.slot("/promotions/p1/items/b/token").is_some());
@@ -300,7 +304,7 @@ mod tests {
 
     #[test]
     fn a_promotion_stays_metered_while_any_watcher_is_left() {
-        let board = Arc::new(LiveBoard::default());
+        let board: &'static LiveBoard = Box::leak(Box::default());
         let first = board.watch("p1", &skus(&["a"]));
         let second = board.watch("p1", &skus(&["a"]));
         drop(first);
@@ -313,7 +317,7 @@ mod tests {
 
     #[test]
     fn orders_refusals_and_latency_become_rates() {
-        let board = Arc::new(LiveBoard::default());
+        let board: &'static LiveBoard = Box::leak(Box::default());
         let watch = board.watch("p1", &skus(&["a"]));
         let before = watch.read();
         let slot = board
@@ -339,8 +343,24 @@ mod tests {
     }
 
     #[test]
+    fn an_interval_too_short_for_a_rate_does_not_inflate_it() {
+        let board: &'static LiveBoard = Box::leak(Box::default());
+        let watch = board.watch("p1", &skus(&["a"]));
+        let before = watch.read();
+        let slot = board
+            .slot("/promotions/p1/items/a/purchase")
+            .expect("watched");
+        slot.record(MeteredRoute::Purchase, 201, None, 100);
+        let rates = rates(&before, &watch.read(), 0.001);
+        assert_eq!(
+            rates.items[0].0, 2.0,
+            "one order over at least half a second"
+        );
+    }
+
+    #[test]
     fn no_answers_no_p99() {
-        let board = Arc::new(LiveBoard::default());
+        let board: &'static LiveBoard = Box::leak(Box::default());
         let watch = board.watch("p1", &skus(&["a"]));
         let reading = watch.read();
         assert_eq!(rates(&reading, &reading, 1.0).latency_p99_ms, None);

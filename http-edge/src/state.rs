@@ -53,8 +53,9 @@ struct Inner {
     captcha_verifier: Option<CaptchaVerifier>,
     metrics: PrometheusHandle,
     request_timeout: Duration,
-    /// The meters of the promotions being watched live.
-    live_board: Arc<LiveBoard>,
+    /// The meters of the promotions being watched live; leaked, so that the request path
+    /// holds a plain reference (see `routes::layers::ObserveLayer`).
+    live_board: &'static LiveBoard,
     /// The SQL flusher's lag and the sale report; set once the flusher runs (never with the
     /// memory journal).
     sql_reader: OnceLock<Arc<dyn SqlReader>>,
@@ -166,7 +167,7 @@ impl AppState {
                 request_timeout: Duration::from_millis(settings.request_timeout_ms.max(1)),
                 pow,
                 captcha_verifier,
-                live_board: Arc::default(),
+                live_board: Box::leak(Box::default()),
                 sql_reader: OnceLock::new(),
                 closing: tokio::sync::watch::Sender::new(false),
             }),
@@ -196,8 +197,8 @@ impl AppState {
     }
 
     /// The live meters (`GET /admin/promotions/{id}/live`).
-    pub fn live_board(&self) -> &Arc<LiveBoard> {
-        &self.inner.live_board
+    pub fn live_board(&self) -> &'static LiveBoard {
+        self.inner.live_board
     }
 
     /// Gives the operator routes the SQL flusher's lag and the sale report.

@@ -17,7 +17,7 @@ use std::future::Future;
 use std::hash::Hash;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -179,7 +179,10 @@ impl<F: Answer> Future for GuardFuture<F> {
 #[derive(Debug, Clone)]
 pub struct ObserveLayer {
     /// The live meters: token and purchase answers of watched promotions are counted there.
-    pub board: Arc<LiveBoard>,
+    /// A plain reference, not an `Arc`: axum clones the route's service for every request,
+    /// and an `Arc` here would be a contended count on every request of every route. The
+    /// board lives as long as the process (`AppState::new` leaks one, a few hundred bytes).
+    pub board: &'static LiveBoard,
 }
 
 impl<S> Layer<S> for ObserveLayer {

@@ -113,6 +113,7 @@ pub async fn promotion_live(
 }
 
 fn ticker() -> Interval {
+    // The first tick at once: the console shows the stock without waiting a second.
     let mut ticker = tokio::time::interval(LIVE_INTERVAL);
     // A watcher that fell behind gets the next event, not a burst of missed ones.
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -131,29 +132,44 @@ struct Feed {
     ticker: Interval,
 }
 
-/// The stream of `stats` events: one a tick, until the server closes or the promotion can
-/// no longer be read.
+/// The stream of `stats` events: one a tick, until the server closes or the promotion is
+/// gone. A tick whose stats the engine could not give (a shard's mailbox full in a storm,
+/// a shard down) is a comment instead: the watcher stays, and so do its meters.
 fn events(feed: Feed) -> impl Stream<Item = Result<Event, Infallible>> {
     stream::unfold(feed, |mut feed| async move {
         tokio::select! {
             _ = feed.ticker.tick() => {}
             () = feed.closing.closed() => return None,
         }
-        let stats = feed.engine.promotion_stats(&feed.id).await.ok()?;
-        let reading = feed.watch.read();
+        let stats = tokio::select! {
+            stats = feed.engine.promotion_stats(&feed.id) => stats,
+            () = feed.closing.closed() => return None,
+        };
+        let event = match stats {
+            Ok(stats) => feed.stats_event(&stats),
+            Err(seckill_engine::Error::NotFound) => return None,
+            Err(error) => Event::default().comment(format!("stats unavailable: {}", error.code())),
+        };
+        Some((Ok(event), feed))
+    })
+}
+
+impl Feed {
+    /// The `stats` event for `stats` and the meters' last interval; the interval restarts.
+    fn stats_event(&mut self, stats: &PromotionStats) -> Event {
+        let reading = self.watch.read();
         let now = Instant::now();
-        let elapsed_s = now.duration_since(feed.sampled_at).as_secs_f64();
-        let rates = rates(&feed.before, &reading, elapsed_s);
-        let live = live_stats(&stats, &rates, &feed, feed.engine.now_ms());
-        feed.before = reading;
-        feed.sampled_at = now;
-        let event = Event::default()
+        let elapsed_s = now.duration_since(self.sampled_at).as_secs_f64();
+        let rates = rates(&self.before, &reading, elapsed_s);
+        let live = live_stats(stats, &rates, self, self.engine.now_ms());
+        self.before = reading;
+        self.sampled_at = now;
+        Event::default()
             .event("stats")
             .json_data(&live)
             // Serializing numbers and strings cannot fail; a comment keeps the stream up.
-            .unwrap_or_else(|_| Event::default().comment("stats unavailable"));
-        Some((Ok(event), feed))
-    })
+            .unwrap_or_else(|_| Event::default().comment("stats unavailable"))
+    }
 }
 
 /// The event's data (pure: the stats, the rates and the lag in, the JSON shape out).
@@ -163,13 +179,17 @@ fn live_stats(stats: &PromotionStats, rates: &Rates, feed: &Feed, now_ms: i64) -
     let items = stats
         .items
         .iter()
-        .map(|item| {
-            // Items are fixed at creation, so the meter has them in the same order; a sku
-            // not found (cannot happen) shows no rates rather than another item's.
-            let (item_orders, item_refusals) = feed
-                .watch
-                .skus()
-                .position(|sku| sku == item.sku)
+        .enumerate()
+        .map(|(index, item)| {
+            // Items are fixed at creation, so the meter has them in the same order (checked,
+            // then searched for); a sku not found (cannot happen) shows no rates rather than
+            // another item's.
+            let index = if feed.watch.sku(index) == Some(item.sku.as_str()) {
+                Some(index)
+            } else {
+                feed.watch.skus().position(|sku| sku == item.sku)
+            };
+            let (item_orders, item_refusals) = index
                 .and_then(|index| rates.items.get(index))
                 .cloned()
                 .unwrap_or_default();

@@ -62,7 +62,7 @@ pub fn app(state: AppState) -> Router {
         .route("/console/{file}", get(console::console_asset))
         // Only matched routes are measured: unknown paths would make unbounded label values.
         .route_layer(ObserveLayer {
-            board: state.live_board().clone(),
+            board: state.live_board(),
         })
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)

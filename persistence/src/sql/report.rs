@@ -56,86 +56,61 @@ fn count(value: i64) -> u64 {
     u64::try_from(value).unwrap_or(0)
 }
 
+/// The three queries on one database: `$pool` a pool, `$param` its placeholder, `$minute`
+/// the type the minute column reads as and `$to_ms` its conversion to unix milliseconds. A
+/// macro rather than a generic function: sqlx's per-database row and decode bounds would be
+/// longer than the queries.
+macro_rules! read_views {
+    ($pool:expr, $param:literal, $promotion_id:expr, $minute:ty, $to_ms:expr) => {{
+        let statuses = sqlx::query(&format!("{BY_STATUS_SQL}{}", $param))
+            .bind($promotion_id)
+            .fetch_all($pool)
+            .await?
+            .iter()
+            .map(|row| {
+                let (orders, units, revenue) = (row.try_get(1)?, row.try_get(2)?, row.try_get(3)?);
+                status_row(row.try_get(0)?, orders, units, revenue)
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        let funnel = sqlx::query(&format!("{FUNNEL_SQL}{}", $param))
+            .bind($promotion_id)
+            .fetch_optional($pool)
+            .await?
+            .map(|row| Ok::<_, sqlx::Error>((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?)))
+            .transpose()?;
+        let minutes = sqlx::query(&format!("{PER_MINUTE_SQL}{} ORDER BY minute", $param))
+            .bind($promotion_id)
+            .fetch_all($pool)
+            .await?
+            .iter()
+            .map(|row| {
+                let minute: $minute = row.try_get(0)?;
+                Ok(MinuteTotals {
+                    minute_ms: $to_ms(minute),
+                    orders: count(row.try_get(1)?),
+                    units: count(row.try_get(2)?),
+                })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        (statuses, funnel, minutes)
+    }};
+}
+
+/// SQLite's minute: RFC 3339 text (an unreadable one, impossible from the view, reads as 0).
+fn sqlite_minute_ms(minute: String) -> i64 {
+    ms_from_rfc3339(&minute).unwrap_or(0)
+}
+
+fn postgres_minute_ms(minute: DateTime<Utc>) -> i64 {
+    minute.timestamp_millis()
+}
+
 /// Reads `promotion_id`'s report. A promotion the flusher has not written yet reads as zeros.
 pub(crate) async fn read(database: &Database, promotion_id: &str) -> Result<SaleReport, SqlError> {
     let (statuses, funnel, minutes) = match database {
-        Database::Sqlite(pool) => {
-            let statuses = sqlx::query(&format!("{BY_STATUS_SQL}?"))
-                .bind(promotion_id)
-                .fetch_all(pool)
-                .await?
-                .iter()
-                .map(|row| {
-                    status_row(
-                        row.try_get(0)?,
-                        row.try_get(1)?,
-                        row.try_get(2)?,
-                        row.try_get(3)?,
-                    )
-                })
-                .collect::<Result<Vec<_>, sqlx::Error>>()?;
-            let funnel = sqlx::query(&format!("{FUNNEL_SQL}?"))
-                .bind(promotion_id)
-                .fetch_optional(pool)
-                .await?
-                .map(|row| {
-                    Ok::<_, sqlx::Error>((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?))
-                })
-                .transpose()?;
-            let minutes = sqlx::query(&format!("{PER_MINUTE_SQL}? ORDER BY minute"))
-                .bind(promotion_id)
-                .fetch_all(pool)
-                .await?
-                .iter()
-                .map(|row| {
-                    let minute: String = row.try_get(0)?;
-                    Ok(MinuteTotals {
-                        minute_ms: ms_from_rfc3339(&minute).unwrap_or(0),
-                        orders: count(row.try_get(1)?),
-                        units: count(row.try_get(2)?),
-                    })
-                })
-                .collect::<Result<Vec<_>, sqlx::Error>>()?;
-            (statuses, funnel, minutes)
-        }
+        Database::Sqlite(pool) => read_views!(pool, "?", promotion_id, String, sqlite_minute_ms),
         Database::Postgres(pool) => {
-            let statuses = sqlx::query(&format!("{BY_STATUS_SQL}$1"))
-                .bind(promotion_id)
-                .fetch_all(pool)
-                .await?
-                .iter()
-                .map(|row| {
-                    status_row(
-                        row.try_get(0)?,
-                        row.try_get(1)?,
-                        row.try_get(2)?,
-                        row.try_get(3)?,
-                    )
-                })
-                .collect::<Result<Vec<_>, sqlx::Error>>()?;
-            let funnel = sqlx::query(&format!("{FUNNEL_SQL}$1"))
-                .bind(promotion_id)
-                .fetch_optional(pool)
-                .await?
-                .map(|row| {
-                    Ok::<_, sqlx::Error>((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?))
-                })
-                .transpose()?;
-            let minutes = sqlx::query(&format!("{PER_MINUTE_SQL}$1 ORDER BY minute"))
-                .bind(promotion_id)
-                .fetch_all(pool)
-                .await?
-                .iter()
-                .map(|row| {
-                    let minute: DateTime<Utc> = row.try_get(0)?;
-                    Ok(MinuteTotals {
-                        minute_ms: minute.timestamp_millis(),
-                        orders: count(row.try_get(1)?),
-                        units: count(row.try_get(2)?),
-                    })
-                })
-                .collect::<Result<Vec<_>, sqlx::Error>>()?;
-            (statuses, funnel, minutes)
+            read_views!(pool, "$1", promotion_id, DateTime<Utc>, postgres_minute_ms)
         }
     };
     Ok(assemble(statuses, funnel, minutes))
