@@ -6,9 +6,12 @@
 //! body, and its schema in `GET /openapi.json`, whose `code` is one of [`ERROR_CODES`].
 
 use std::borrow::Cow;
+use std::cell::RefCell;
 
+use axum::body::Bytes;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use rustc_hash::FxHashMap;
 use serde::Serialize;
 use thiserror::Error;
 use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
@@ -92,6 +95,51 @@ impl AppError {
             AppError::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
+}
+
+/// Error bodies kept per thread, at most this many: the refusals of a storm are few distinct
+/// texts, and a message that carries a request's own values (a field, a retry delay) past
+/// the bound is serialised each time instead.
+const CACHED_ERROR_BODIES_MAX: usize = 256;
+
+/// The JSON body of `error`'s answer. Serialised once per thread for each code and message:
+/// in a sold-out storm every answer is the same few bytes, and building them anew (the
+/// message's allocation, serde_json) was 7% of a refusal's instructions.
+fn error_body(code: &'static str, error: &AppError) -> Bytes {
+    use std::fmt::Write;
+    thread_local! {
+        // `code` NUL message: the cache key, written into one buffer reused for every answer.
+        static KEY: RefCell<String> = const { RefCell::new(String::new()) };
+        static BODIES: RefCell<FxHashMap<Box<str>, Bytes>> = RefCell::new(FxHashMap::default());
+    }
+    KEY.with(|key| {
+        let mut key = key.borrow_mut();
+        key.clear();
+        // Writing into a String cannot fail.
+        let _ = write!(key, "{code}\0{error}");
+        BODIES.with(|bodies| {
+            if let Some(body) = bodies.borrow().get(key.as_str()) {
+                return body.clone();
+            }
+            let message = &key[code.len() + 1..];
+            let body = serialize_error(code, message);
+            let mut bodies = bodies.borrow_mut();
+            if bodies.len() < CACHED_ERROR_BODIES_MAX {
+                bodies.insert(key.as_str().into(), body.clone());
+            }
+            body
+        })
+    })
+}
+
+fn serialize_error(code: &str, message: &str) -> Bytes {
+    serde_json::to_vec(&ErrorBody {
+        error: ErrorDetail { code, message },
+    })
+    .map_or_else(
+        |_| Bytes::from_static(br#"{"error":{"code":"internal","message":"internal error"}}"#),
+        Bytes::from,
+    )
 }
 
 /// The status of each engine code, as api.md's tables give it.
@@ -216,17 +264,7 @@ impl IntoResponse for AppError {
             }
             _ => tracing::debug!(code, error = %self, "request refused"),
         }
-        let message = self.to_string();
-        let body = serde_json::to_vec(&ErrorBody {
-            error: ErrorDetail {
-                code,
-                message: &message,
-            },
-        })
-        .unwrap_or_else(|_| {
-            br#"{"error":{"code":"internal","message":"internal error"}}"#.to_vec()
-        });
-        let mut response = (status, body).into_response();
+        let mut response = (status, error_body(code, &self)).into_response();
         let headers = response.headers_mut();
         headers.insert(
             header::CONTENT_TYPE,
@@ -251,6 +289,37 @@ impl IntoResponse for AppError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn parsed(body: &Bytes) -> (String, String) {
+        let value: serde_json::Value = serde_json::from_slice(body).expect("json");
+        let text = |name: &str| value["error"][name].as_str().expect(name).to_owned();
+        (text("code"), text("message"))
+    }
+
+    #[test]
+    fn cached_error_bodies_are_the_answer_of_each_error_even_past_the_bound() {
+        // Past the bound every body is built anew; each must still be its own error's.
+        for n in 0..CACHED_ERROR_BODIES_MAX + 20 {
+            let error = AppError::invalid(format!("field{n}"), "must be a number");
+            let (_, code) = error.status_and_code();
+            let (got_code, message) = parsed(&error_body(code, &error));
+            assert_eq!(got_code, "invalid_request");
+            assert_eq!(message, format!("invalid field{n}: must be a number"));
+        }
+        let sold_out = AppError::Engine(EngineError::SoldOut);
+        let first = error_body("sold_out", &sold_out);
+        assert_eq!(error_body("sold_out", &sold_out), first);
+        assert_eq!(
+            parsed(&first),
+            ("sold_out".to_owned(), "sold out".to_owned())
+        );
+        // One message under two codes is two answers.
+        let unauthorized = AppError::Unauthorized("sold out");
+        assert_eq!(
+            parsed(&error_body("unauthorized", &unauthorized)).0,
+            "unauthorized"
+        );
+    }
 
     #[test]
     fn every_engine_code_has_the_status_of_api_md() {

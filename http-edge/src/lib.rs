@@ -32,8 +32,10 @@
 //!   crate: RocksDB journal + SQL flusher + events deliverers,
 //!   or the development-only memory log.
 //! - `start_error`: `StartError`, why the server did not start (exit 2).
+//! - `listen`: the listening sockets (`SO_REUSEPORT`, one per worker) and each worker's
+//!   HTTP/1.1 accept loop (hyper, `TCP_NODELAY`, graceful stop).
 //! - `server`: start-up in order, `run(listener, app, shutdown)` (one single-threaded runtime
-//!   per core, each accepting on its own clone of the socket), graceful shutdown;
+//!   per core, each accepting on its own socket), graceful shutdown;
 //!   `serve_with_hook` hands in-process tests the engine once ready.
 
 pub mod auth;
@@ -44,6 +46,7 @@ pub mod error;
 pub mod extract;
 pub mod human;
 pub mod limit;
+pub mod listen;
 pub mod live;
 mod metric_docs;
 pub mod routes;
@@ -57,7 +60,7 @@ pub mod views;
 pub use config::Config;
 pub use error::AppError;
 pub use metric_docs::METRIC_NAMES;
-pub use routes::{app, openapi_document};
+pub use routes::{app, dispatch, openapi_document, Dispatch};
 pub use server::{run, serve, serve_with_hook};
 pub use start_error::StartError;
 pub use state::{AppState, Settings};

@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use clap::error::ErrorKind;
 use clap::Parser;
-use tokio::net::TcpListener;
 
 use seckill_http_edge::config::{first_line, Cli, Command};
 use seckill_http_edge::{serve, Config, StartError};
@@ -54,9 +53,8 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         let shutdown = shutdown_signal();
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|e| StartError::Listen {
+        let listener =
+            seckill_http_edge::listen::bind(config.listen).map_err(|e| StartError::Listen {
                 addr: config.listen.to_string(),
                 reason: e.to_string(),
             })?;

@@ -8,11 +8,9 @@
 
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
 
-use axum::Router;
 use seckill_engine::{Engine, EngineConfig, Ports, SystemClock};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -20,7 +18,8 @@ use tokio::task::{JoinError, JoinHandle};
 
 use crate::config::{AuthMode, Config, Durability};
 use crate::limit::LIMITER_SWEEP_S;
-use crate::routes::app;
+use crate::listen;
+use crate::routes::{dispatch, Dispatch};
 use crate::start_error::StartError;
 use crate::state::{AppState, Settings};
 use crate::storage::Storage;
@@ -29,8 +28,9 @@ use crate::storage::Storage;
 /// in-flight requests. `shutdown` is any future: Ctrl-C in the binary, a channel in tests.
 ///
 /// The connections are served by [`http_workers`] threads, each a single-threaded tokio
-/// runtime with its own epoll set on a clone of the listening socket, the way nginx runs one
-/// event loop per worker process. A connection stays on the worker that accepted it, so a
+/// runtime with its own epoll set and its own listening socket (`SO_REUSEPORT` siblings when
+/// `listener` came from [`listen::bind`], see there), the way nginx runs one event loop per
+/// worker process. A connection stays on the worker that accepted it, so a
 /// request never needs a second thread to be woken: with a work-stealing pool on a 2-core
 /// machine the futex wake-ups and task hand-offs between workers cost more CPU than the
 /// requests themselves in a sold-out storm (see ARCHITECTURE.md, "Figures").
@@ -39,7 +39,7 @@ use crate::storage::Storage;
 /// which `client_addr::ClientAddr` reads.
 pub async fn run(
     listener: TcpListener,
-    app: Router,
+    app: impl Into<Dispatch>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
     run_workers(listener, app, shutdown, http_workers()).await
@@ -53,11 +53,13 @@ pub fn http_workers() -> usize {
 /// [`run`] with `workers` worker threads.
 pub async fn run_workers(
     listener: TcpListener,
-    app: Router,
+    app: impl Into<Dispatch>,
     shutdown: impl Future<Output = ()> + Send + 'static,
     workers: usize,
 ) -> io::Result<()> {
+    let app: Dispatch = app.into();
     let workers = workers.max(1);
+    let addr = listener.local_addr()?;
     let listener = listener.into_std()?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut finished = Vec::with_capacity(workers);
@@ -77,13 +79,17 @@ pub async fn run_workers(
                             // Shards answer this thread's requests in one hand-over per
                             // batch instead of one cross-thread wake-up per request.
                             seckill_engine::ReplyPump::install_on_this_thread();
-                            let listener = TcpListener::from_std(socket)?;
-                            let app = app.into_make_service_with_connect_info::<SocketAddr>();
-                            axum::serve(listener, app)
-                                .with_graceful_shutdown(async move {
-                                    let _ = stopped.wait_for(|stop| *stop).await;
-                                })
-                                .await
+                            // The first worker accepts on the server's socket, the others
+                            // on SO_REUSEPORT siblings of it (an accept queue each).
+                            let listener = if index == 0 {
+                                TcpListener::from_std(socket)?
+                            } else {
+                                listen::worker_listener(addr, socket)?
+                            };
+                            listen::serve_connections(listener, app, async move {
+                                let _ = stopped.wait_for(|stop| *stop).await;
+                            })
+                            .await
                         })
                     });
                 let _ = done.send(served);
@@ -210,7 +216,7 @@ struct Serving {
 impl Serving {
     fn start(listener: TcpListener, state: &AppState) -> Serving {
         let (stop_http, stop_http_rx) = oneshot::channel::<()>();
-        let http = tokio::spawn(run(listener, app(state.clone()), async move {
+        let http = tokio::spawn(run(listener, dispatch(state.clone()), async move {
             let _ = stop_http_rx.await;
         }));
         Serving {

@@ -12,9 +12,9 @@
 //!   api.md code, and records their latency; token and purchase answers of a promotion
 //!   being watched live also go to its meters (`crate::live`).
 
+use std::cell::RefCell;
 use std::convert::Infallible;
 use std::future::Future;
-use std::hash::Hash;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
 use std::sync::OnceLock;
@@ -26,6 +26,7 @@ use axum::http::Method;
 use axum::response::{IntoResponse, Response};
 use dashmap::DashMap;
 use pin_project_lite::pin_project;
+use rustc_hash::{FxHashMap, FxHashSet};
 use tower::{Layer, Service};
 
 use crate::error::{AppError, ErrorCode};
@@ -94,7 +95,19 @@ impl<S> Layer<S> for GuardLayer {
 impl<S: Inner> Around<S> for GuardLayer {
     type Future = GuardFuture<S::Future>;
 
-    fn around(&self, mut request: Request, inner: &mut S) -> Self::Future {
+    fn around(&self, request: Request, inner: &mut S) -> Self::Future {
+        self.guard(request, |request| inner.call(request))
+    }
+}
+
+impl GuardLayer {
+    /// The answer of `call(request)` within the timeout, a panic caught; the router's layer
+    /// and the hot routes (`hot.rs`) both come here.
+    pub fn guard<F: Answer>(
+        &self,
+        mut request: Request,
+        call: impl FnOnce(Request) -> F,
+    ) -> GuardFuture<F> {
         let timeout = self.timeout;
         let body = if is_write(request.method()) {
             let body = BodyPending::default();
@@ -104,9 +117,10 @@ impl<S: Inner> Around<S> for GuardLayer {
             None
         };
         // A panic while building the handler's future is caught like one while polling it.
-        match catch_unwind(AssertUnwindSafe(|| inner.call(request))) {
+        match catch_unwind(AssertUnwindSafe(|| call(request))) {
             Ok(inner) => GuardFuture::Running {
-                inner: tokio::time::timeout(timeout, inner),
+                inner,
+                timer: Timer::Unarmed,
                 timeout,
                 body,
             },
@@ -137,11 +151,39 @@ pin_project! {
     #[project = GuardProjection]
     pub enum GuardFuture<F> {
         Running {
-            #[pin] inner: tokio::time::Timeout<F>,
+            #[pin] inner: F,
+            #[pin] timer: Timer,
             timeout: Duration,
             body: Option<BodyPending>,
         },
         Done { response: Option<Response> },
+    }
+}
+
+pin_project! {
+    /// A request's timeout, armed only once its answer had to wait: most refusals (sold
+    /// out, not live, rate limited) are answered in the first poll, and a timer armed and
+    /// cancelled for each of them was a visible share of a storm's CPU.
+    #[project = TimerProjection]
+    pub enum Timer {
+        Unarmed,
+        Armed { #[pin] sleep: tokio::time::Sleep },
+    }
+}
+
+impl Timer {
+    /// Whether the request has run out of time: arms the timer (`timeout` from now) on the
+    /// first call, then polls it, so the task is woken when it fires.
+    fn expired(mut self: Pin<&mut Self>, timeout: Duration, cx: &mut Context<'_>) -> bool {
+        if let TimerProjection::Unarmed = self.as_mut().project() {
+            self.set(Timer::Armed {
+                sleep: tokio::time::sleep(timeout),
+            });
+        }
+        match self.project() {
+            TimerProjection::Armed { sleep } => sleep.poll(cx).is_ready(),
+            TimerProjection::Unarmed => false,
+        }
     }
 }
 
@@ -152,18 +194,19 @@ impl<F: Answer> Future for GuardFuture<F> {
         match self.project() {
             GuardProjection::Running {
                 inner,
+                timer,
                 timeout,
                 body,
             } => {
                 let timeout = *timeout;
                 match catch_unwind(AssertUnwindSafe(|| inner.poll(cx))) {
-                    Ok(Poll::Pending) => Poll::Pending,
-                    Ok(Poll::Ready(Ok(answered))) => Poll::Ready(answered),
+                    Ok(Poll::Ready(answered)) => Poll::Ready(answered),
                     // A write that times out here may still be decided by its shard; a retry
                     // with the same `request_id` (or the same call) returns its outcome.
-                    Ok(Poll::Ready(Err(_elapsed))) => {
+                    Ok(Poll::Pending) if timer.expired(timeout, cx) => {
                         Poll::Ready(Ok(timed_out(timeout, body.as_ref())))
                     }
+                    Ok(Poll::Pending) => Poll::Pending,
                     Err(_panic) => Poll::Ready(Ok(AppError::Internal.into_response())),
                 }
             }
@@ -197,8 +240,7 @@ impl<S> Layer<S> for ObserveLayer {
 }
 
 /// The route templates whose answers feed the live meters.
-const TOKEN_ROUTE: &str = "/promotions/{id}/items/{sku}/token";
-const PURCHASE_ROUTE: &str = "/promotions/{id}/items/{sku}/purchase";
+use super::hot::{PURCHASE_ROUTE, TOKEN_ROUTE};
 
 fn metered_route(route: &str) -> Option<MeteredRoute> {
     match route {
@@ -212,16 +254,29 @@ impl<S: Inner> Around<S> for ObserveLayer {
     type Future = ObserveFuture<S::Future>;
 
     fn around(&self, request: Request, inner: &mut S) -> Self::Future {
-        let started = Instant::now();
-        let method = method_label(request.method());
         let route = request
             .extensions()
             .get::<MatchedPath>()
             .map_or("unmatched", |m| intern_route(m.as_str()));
+        self.observe(route, request, |request| inner.call(request))
+    }
+}
+
+impl ObserveLayer {
+    /// `call(request)` measured as a request of `route` (a template of the router); the
+    /// router's layer and the hot routes (`hot.rs`) both come here.
+    pub fn observe<F: Answer>(
+        &self,
+        route: &'static str,
+        request: Request,
+        call: impl FnOnce(Request) -> F,
+    ) -> ObserveFuture<F> {
+        let started = Instant::now();
+        let method = method_label(request.method());
         let meter = metered_route(route)
             .and_then(|metered| Some((metered, self.board.slot(request.uri().path())?)));
         ObserveFuture {
-            inner: inner.call(request),
+            inner: call(request),
             started,
             route,
             method,
@@ -257,8 +312,7 @@ impl<F: Answer> Future for ObserveFuture<F> {
             code: error_code.unwrap_or("ok"),
         };
         let elapsed = this.started.elapsed();
-        series.counter().increment(1);
-        series.histogram().record(elapsed.as_secs_f64());
+        series.record(elapsed);
         if let Some((metered, slot)) = this.meter.take() {
             let elapsed_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
             slot.record(metered, series.status, error_code, elapsed_us);
@@ -267,10 +321,11 @@ impl<F: Answer> Future for ObserveFuture<F> {
     }
 }
 
-/// The labels of one request's metrics. Handles are cached per label set: building a metrics
-/// key and looking it up in the registry on every request cost more than the request itself
-/// in a sold-out storm.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// The labels of one request's metrics. Handles are cached per label set and per thread:
+/// building a metrics key and looking it up in the registry on every request cost more than
+/// the request itself in a sold-out storm, and a shared cache (a `DashMap` with SipHash) was
+/// still 5% of it.
+#[derive(Debug, Clone, Copy)]
 struct RequestSeries {
     route: &'static str,
     method: &'static str,
@@ -278,46 +333,60 @@ struct RequestSeries {
     code: &'static str,
 }
 
+/// A series by the addresses of its `'static` labels: the route is interned (one address per
+/// template), the method and code are literals. Two literals of the same text at two
+/// addresses make two entries holding the same registry handles, which is harmless.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct SeriesKey {
+    route: usize,
+    method: usize,
+    status: u16,
+    code: (usize, usize),
+}
+
 impl RequestSeries {
+    fn key(self) -> SeriesKey {
+        SeriesKey {
+            route: self.route.as_ptr() as usize,
+            method: self.method.as_ptr() as usize,
+            status: self.status,
+            code: (self.code.as_ptr() as usize, self.code.len()),
+        }
+    }
+
+    /// Counts the request and records its latency in this thread's handles of the series.
+    fn record(self, elapsed: Duration) {
+        thread_local! {
+            static HANDLES: RefCell<FxHashMap<SeriesKey, (metrics::Counter, metrics::Histogram)>> =
+                RefCell::new(FxHashMap::default());
+        }
+        HANDLES.with(|handles| {
+            let mut handles = handles.borrow_mut();
+            let (counter, histogram) = handles
+                .entry(self.key())
+                .or_insert_with(|| (self.counter(), self.histogram()));
+            counter.increment(1);
+            histogram.record(elapsed.as_secs_f64());
+        });
+    }
+
     fn counter(self) -> metrics::Counter {
-        static COUNTERS: OnceLock<DashMap<RequestSeries, metrics::Counter>> = OnceLock::new();
-        cached(&COUNTERS, self, || {
-            metrics::counter!(
-                "seckill_http_requests_total",
-                "route" => self.route,
-                "method" => self.method,
-                "status" => self.status.to_string(),
-                "code" => self.code,
-            )
-        })
+        metrics::counter!(
+            "seckill_http_requests_total",
+            "route" => self.route,
+            "method" => self.method,
+            "status" => self.status.to_string(),
+            "code" => self.code,
+        )
     }
 
     fn histogram(self) -> metrics::Histogram {
-        static HISTOGRAMS: OnceLock<DashMap<(&'static str, &'static str), metrics::Histogram>> =
-            OnceLock::new();
-        cached(&HISTOGRAMS, (self.route, self.method), || {
-            metrics::histogram!(
-                "seckill_http_request_duration_seconds",
-                "route" => self.route,
-                "method" => self.method,
-            )
-        })
+        metrics::histogram!(
+            "seckill_http_request_duration_seconds",
+            "route" => self.route,
+            "method" => self.method,
+        )
     }
-}
-
-/// The metrics handle cached under `key`, registered by `register` on first use.
-fn cached<K: Eq + Hash, H: Clone>(
-    cache: &OnceLock<DashMap<K, H>>,
-    key: K,
-    register: impl FnOnce() -> H,
-) -> H {
-    let handles = cache.get_or_init(DashMap::new);
-    if let Some(handle) = handles.get(&key) {
-        return handle.clone();
-    }
-    let handle = register();
-    handles.insert(key, handle.clone());
-    handle
 }
 
 fn method_label(method: &Method) -> &'static str {
@@ -333,16 +402,24 @@ fn method_label(method: &Method) -> &'static str {
     }
 }
 
-/// The route template as a `'static` label. Only matched templates of the router get here,
-/// so the set is small and fixed; the leak is bounded by the number of routes.
+/// The route template as a `'static` label, one address per template for the whole
+/// process. Only matched templates of the router get here, so the set is small and fixed;
+/// the leak is bounded by the number of routes. Looked up in this thread's set first (no
+/// lock), then in the process's.
 fn intern_route(template: &str) -> &'static str {
+    thread_local! {
+        static LOCAL: RefCell<FxHashSet<&'static str>> = RefCell::new(FxHashSet::default());
+    }
+    if let Some(interned) = LOCAL.with(|local| local.borrow().get(template).copied()) {
+        return interned;
+    }
     static ROUTES: OnceLock<DashMap<String, &'static str>> = OnceLock::new();
     let routes = ROUTES.get_or_init(DashMap::new);
-    if let Some(interned) = routes.get(template) {
-        return *interned;
-    }
-    let interned: &'static str = Box::leak(template.to_owned().into_boxed_str());
-    *routes.entry(template.to_owned()).or_insert(interned)
+    let interned = *routes
+        .entry(template.to_owned())
+        .or_insert_with(|| Box::leak(template.to_owned().into_boxed_str()));
+    LOCAL.with(|local| local.borrow_mut().insert(interned));
+    interned
 }
 
 #[cfg(test)]

@@ -10,7 +10,6 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
-use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -86,7 +85,9 @@ impl TestServer {
         }
         args.extend(extra.iter().map(|s| (*s).to_owned()));
         let config = Config::from_args(args).expect("valid config");
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        // The binary's own bind (SO_REUSEPORT, a socket per worker), not a plain one.
+        let listener =
+            seckill_http_edge::listen::bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (stop, stopped) = oneshot::channel::<()>();
         let (ready, ready_rx) = oneshot::channel::<Engine>();
