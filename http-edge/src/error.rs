@@ -97,10 +97,12 @@ impl AppError {
     }
 }
 
-/// Error bodies kept per thread, at most this many: the refusals of a storm are few distinct
-/// texts, and a message that carries a request's own values (a field, a retry delay) past
-/// the bound is serialised each time instead.
+/// Error bodies kept per thread, at most this many; when full, the cache starts again (so
+/// the storm's few refusals come back at once, whatever filled it).
 const CACHED_ERROR_BODIES_MAX: usize = 256;
+/// Only messages this short are cached: a message can echo a request's own text (serde's
+/// "invalid type: string ..."), which must not stay in memory.
+const CACHED_ERROR_MESSAGE_BYTES_MAX: usize = 160;
 
 /// The JSON body of `error`'s answer. Serialised once per thread for each code and message:
 /// in a sold-out storm every answer is the same few bytes, and building them anew (the
@@ -123,8 +125,11 @@ fn error_body(code: &'static str, error: &AppError) -> Bytes {
             }
             let message = &key[code.len() + 1..];
             let body = serialize_error(code, message);
-            let mut bodies = bodies.borrow_mut();
-            if bodies.len() < CACHED_ERROR_BODIES_MAX {
+            if message.len() <= CACHED_ERROR_MESSAGE_BYTES_MAX {
+                let mut bodies = bodies.borrow_mut();
+                if bodies.len() >= CACHED_ERROR_BODIES_MAX {
+                    bodies.clear();
+                }
                 bodies.insert(key.as_str().into(), body.clone());
             }
             body
@@ -298,27 +303,33 @@ mod tests {
 
     #[test]
     fn cached_error_bodies_are_the_answer_of_each_error_even_past_the_bound() {
-        // Past the bound every body is built anew; each must still be its own error's.
-        for n in 0..CACHED_ERROR_BODIES_MAX + 20 {
-            let error = AppError::invalid(format!("field{n}"), "must be a number");
-            let (_, code) = error.status_and_code();
-            let (got_code, message) = parsed(&error_body(code, &error));
-            assert_eq!(got_code, "invalid_request");
-            assert_eq!(message, format!("invalid field{n}: must be a number"));
-        }
+        // A fresh test thread: the first call fills the cache, the second is a hit.
         let sold_out = AppError::Engine(EngineError::SoldOut);
         let first = error_body("sold_out", &sold_out);
-        assert_eq!(error_body("sold_out", &sold_out), first);
-        assert_eq!(
-            parsed(&first),
-            ("sold_out".to_owned(), "sold out".to_owned())
-        );
-        // One message under two codes is two answers.
+        let hit = error_body("sold_out", &sold_out);
+        assert_eq!(hit, first);
+        assert_eq!(parsed(&hit), ("sold_out".to_owned(), "sold out".to_owned()));
+        // One message under two codes is two answers, while the first is cached.
         let unauthorized = AppError::Unauthorized("sold out");
         assert_eq!(
-            parsed(&error_body("unauthorized", &unauthorized)).0,
-            "unauthorized"
+            parsed(&error_body("unauthorized", &unauthorized)),
+            ("unauthorized".to_owned(), "sold out".to_owned())
         );
+        // Past the bound (the cache starts again) every body is still its own error's, hit
+        // or not.
+        for round in 0..2 {
+            for n in 0..CACHED_ERROR_BODIES_MAX + 20 {
+                let error = AppError::invalid(format!("field{n}"), "must be a number");
+                let (_, code) = error.status_and_code();
+                let (got_code, message) = parsed(&error_body(code, &error));
+                assert_eq!(got_code, "invalid_request", "round {round}");
+                assert_eq!(message, format!("invalid field{n}: must be a number"));
+            }
+        }
+        assert_eq!(parsed(&error_body("sold_out", &sold_out)).1, "sold out");
+        // A long message (a request's own text) is answered, not kept.
+        let long = AppError::invalid("quantity", "x".repeat(10_000));
+        assert!(parsed(&error_body("invalid_request", &long)).1.len() > 10_000);
     }
 
     #[test]

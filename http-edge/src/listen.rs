@@ -4,9 +4,17 @@
 //! kernel hashes each new connection to one of them, so every worker accepts from its own
 //! queue. With clones of one socket (one queue), whichever thread epoll woke first took the
 //! connection, and the two workers' CPU split 50/50 to 60/40 in a storm, leaving one core
-//! partly idle. `SO_REUSEPORT` also lets a second process of the same user bind the same
-//! port, which would silently share the traffic: [`bind`] first binds the address without
-//! it, so a port that any other socket holds (ours included) refuses the start as before.
+//! partly idle. Linux (and Android) only: elsewhere `SO_REUSEPORT` does not spread TCP
+//! connections, and the workers share one socket's queue as before.
+//!
+//! `SO_REUSEPORT` also lets another process of the same user bind the same port and take a
+//! share of the connections. [`bind`] refuses a port that any socket already holds (ours
+//! included: a second seckill on one port still fails to start), by binding it without
+//! `SO_REUSEPORT` first; port 0 needs no probe, as the kernel never picks a port that has a
+//! listener. A process of the same user that binds the port *later* with `SO_REUSEPORT`
+//! does join; run seckill under a user of its own (deploy/systemd does). A socket handed to
+//! [`crate::server::run`] gets siblings only if it has `SO_REUSEPORT` itself (the sibling's
+//! bind succeeds only then), made with the platform's defaults for every other option.
 //!
 //! Each worker serves its connections with hyper's HTTP/1.1 server directly rather than
 //! `axum::serve`: no HTTP/2 preface sniffing, no per-connection `MakeService` call,
@@ -41,13 +49,17 @@ const ACCEPT_ERROR_PAUSE_MS: u64 = 100;
 /// bind a sibling of its own ([`worker_listener`]). Refuses, like a plain bind, an address
 /// that another socket holds: it binds `addr` without `SO_REUSEPORT` first, then lets go
 /// and binds the port it got (the same, or the one the kernel chose for port 0).
+///
+/// Must be called within a tokio runtime (the socket registers with its reactor).
 pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
-    let probe = std::net::TcpListener::bind(addr)?;
-    let bound = probe.local_addr()?;
-    drop(probe);
-    reuseport_listener(bound)
+    if addr.port() != 0 {
+        // Dropped at once: a listening socket that never accepted leaves no TIME_WAIT.
+        drop(std::net::TcpListener::bind(addr)?);
+    }
+    reuseport_listener(addr)
 }
 
+#[cfg(any(target_os = "linux", target_os = "android"))]
 fn reuseport_listener(addr: SocketAddr) -> io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()?
@@ -56,6 +68,20 @@ fn reuseport_listener(addr: SocketAddr) -> io::Result<TcpListener> {
     };
     socket.set_reuseaddr(true)?;
     socket.set_reuseport(true)?;
+    socket.bind(addr)?;
+    socket.listen(ACCEPT_BACKLOG)
+}
+
+/// Without load-balancing `SO_REUSEPORT`: one socket, whose queue the workers share (a
+/// sibling's bind fails and [`worker_listener`] falls back to the clone).
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn reuseport_listener(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(ACCEPT_BACKLOG)
 }
@@ -98,8 +124,11 @@ pub async fn serve_connections(
         let (stream, peer) = match accepted {
             Ok(pair) => pair,
             Err(error) => {
-                pause_after(&error).await;
-                continue;
+                tokio::select! {
+                    biased;
+                    () = &mut stop => break,
+                    () = pause_after(&error) => continue,
+                }
             }
         };
         // A failure here leaves Nagle on: slower, still correct.
@@ -121,7 +150,8 @@ pub async fn serve_connections(
 }
 
 /// After a failed accept: at once for an error of that one connection (it was reset before
-/// we took it), after a pause for the others (out of descriptors), which would repeat.
+/// we took it), after a pause for the others (out of descriptors), which would repeat; those
+/// are logged at most once a second per worker.
 async fn pause_after(error: &io::Error) {
     use io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
     if matches!(
@@ -130,7 +160,17 @@ async fn pause_after(error: &io::Error) {
     ) {
         return;
     }
-    tracing::warn!(%error, "accept failed; pausing");
+    thread_local! {
+        static LOGGED: std::cell::Cell<Option<std::time::Instant>> = const { std::cell::Cell::new(None) };
+    }
+    let now = std::time::Instant::now();
+    if LOGGED
+        .get()
+        .is_none_or(|at| now.duration_since(at) >= Duration::from_secs(1))
+    {
+        LOGGED.set(Some(now));
+        tracing::warn!(%error, "accept failed; pausing");
+    }
     tokio::time::sleep(Duration::from_millis(ACCEPT_ERROR_PAUSE_MS)).await;
 }
 
@@ -177,6 +217,13 @@ mod tests {
         assert_eq!(error.kind(), io::ErrorKind::AddrInUse);
     }
 
+    /// The kernel's socket behind a descriptor (`socket:[inode]`): equal for clones of one
+    /// socket, different for two sockets.
+    fn socket_identity(fd: &impl std::os::fd::AsRawFd) -> std::path::PathBuf {
+        std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).expect("fd link")
+    }
+
+    #[cfg(any(target_os = "linux", target_os = "android"))]
     #[tokio::test]
     async fn workers_bind_siblings_of_the_servers_socket() {
         let first = bind(loopback()).expect("bind");
@@ -184,12 +231,11 @@ mod tests {
         let shared = first.into_std().expect("std");
         let sibling = worker_listener(addr, shared.try_clone().expect("clone")).expect("sibling");
         assert_eq!(sibling.local_addr().expect("addr"), addr);
-        // A sibling is a socket of its own, not the shared one: closing the server's socket
-        // leaves it listening.
-        drop(shared);
-        let _client = tokio::net::TcpStream::connect(addr)
-            .await
-            .expect("the sibling still accepts");
+        assert_ne!(
+            socket_identity(&sibling),
+            socket_identity(&shared),
+            "a sibling is a socket (an accept queue) of its own, not a clone"
+        );
     }
 
     #[tokio::test]
@@ -199,6 +245,7 @@ mod tests {
         let addr = plain.local_addr().expect("addr");
         let worker = worker_listener(addr, plain.try_clone().expect("clone")).expect("shared");
         assert_eq!(worker.local_addr().expect("addr"), addr);
+        assert_eq!(socket_identity(&worker), socket_identity(&plain));
     }
 
     #[tokio::test]
@@ -206,13 +253,15 @@ mod tests {
         let listener = bind(loopback()).expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (release, released) = tokio::sync::oneshot::channel::<()>();
-        let released = std::sync::Arc::new(tokio::sync::Mutex::new(Some(released)));
+        let (entered, entered_rx) = tokio::sync::oneshot::channel::<()>();
+        let handler_side = std::sync::Arc::new(tokio::sync::Mutex::new(Some((entered, released))));
         let app = axum::Router::new().route(
             "/slow",
             axum::routing::get(move |ConnectInfo(peer): ConnectInfo<SocketAddr>| {
-                let released = released.clone();
+                let handler_side = handler_side.clone();
                 async move {
-                    if let Some(released) = released.lock().await.take() {
+                    if let Some((entered, released)) = handler_side.lock().await.take() {
+                        let _ = entered.send(());
                         let _ = released.await;
                     }
                     format!("peer {}", peer.ip())
@@ -234,7 +283,12 @@ mod tests {
             let _ = stream.read_to_end(&mut answer).await;
             String::from_utf8_lossy(&answer).into_owned()
         });
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // An idle keep-alive connection must not hold the stop.
+        let _idle = tokio::net::TcpStream::connect(addr).await.expect("idle");
+        tokio::time::timeout(Duration::from_secs(10), entered_rx)
+            .await
+            .expect("the request reached its handler")
+            .expect("entered");
         let _ = stop.send(());
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(!server.is_finished(), "a request in flight holds the stop");

@@ -120,7 +120,9 @@ impl GuardLayer {
         match catch_unwind(AssertUnwindSafe(|| call(request))) {
             Ok(inner) => GuardFuture::Running {
                 inner,
-                timer: Timer::Unarmed,
+                timer: Timer::Unarmed {
+                    deadline: tokio::time::Instant::now() + timeout,
+                },
                 timeout,
                 body,
             },
@@ -161,28 +163,35 @@ pin_project! {
 }
 
 pin_project! {
-    /// A request's timeout, armed only once its answer had to wait: most refusals (sold
-    /// out, not live, rate limited) are answered in the first poll, and a timer armed and
-    /// cancelled for each of them was a visible share of a storm's CPU.
+    /// A request's timeout, counted from its arrival but armed only once its answer had to
+    /// wait: most refusals (sold out, not live, rate limited) are answered in the first
+    /// poll, and a timer entry made and cancelled for each of them was a visible share of a
+    /// storm's CPU (reading the clock is not).
     #[project = TimerProjection]
     pub enum Timer {
-        Unarmed,
+        Unarmed { deadline: tokio::time::Instant },
         Armed { #[pin] sleep: tokio::time::Sleep },
     }
 }
 
 impl Timer {
-    /// Whether the request has run out of time: arms the timer (`timeout` from now) on the
-    /// first call, then polls it, so the task is woken when it fires.
-    fn expired(mut self: Pin<&mut Self>, timeout: Duration, cx: &mut Context<'_>) -> bool {
-        if let TimerProjection::Unarmed = self.as_mut().project() {
+    /// Whether the request has run out of time: arms the timer on the first call, then polls
+    /// it, so the task is woken when it fires. Polled outside the task's cooperative budget,
+    /// as `tokio::time::timeout` polls its delay, so an inner future that spent the budget
+    /// cannot keep the timeout from firing.
+    fn expired(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> bool {
+        if let TimerProjection::Unarmed { deadline } = self.as_mut().project() {
+            let deadline = *deadline;
             self.set(Timer::Armed {
-                sleep: tokio::time::sleep(timeout),
+                sleep: tokio::time::sleep_until(deadline),
             });
         }
         match self.project() {
-            TimerProjection::Armed { sleep } => sleep.poll(cx).is_ready(),
-            TimerProjection::Unarmed => false,
+            TimerProjection::Armed { sleep } => {
+                let mut unconstrained = tokio::task::coop::unconstrained(sleep);
+                Pin::new(&mut unconstrained).poll(cx).is_ready()
+            }
+            TimerProjection::Unarmed { .. } => false,
         }
     }
 }
@@ -203,7 +212,7 @@ impl<F: Answer> Future for GuardFuture<F> {
                     Ok(Poll::Ready(answered)) => Poll::Ready(answered),
                     // A write that times out here may still be decided by its shard; a retry
                     // with the same `request_id` (or the same call) returns its outcome.
-                    Ok(Poll::Pending) if timer.expired(timeout, cx) => {
+                    Ok(Poll::Pending) if timer.expired(cx) => {
                         Poll::Ready(Ok(timed_out(timeout, body.as_ref())))
                     }
                     Ok(Poll::Pending) => Poll::Pending,
@@ -338,19 +347,24 @@ struct RequestSeries {
 /// addresses make two entries holding the same registry handles, which is harmless.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct SeriesKey {
-    route: usize,
-    method: usize,
+    route: (usize, usize),
+    method: (usize, usize),
     status: u16,
     code: (usize, usize),
+}
+
+/// A `'static` label by its address and length.
+fn label_key(label: &'static str) -> (usize, usize) {
+    (label.as_ptr() as usize, label.len())
 }
 
 impl RequestSeries {
     fn key(self) -> SeriesKey {
         SeriesKey {
-            route: self.route.as_ptr() as usize,
-            method: self.method.as_ptr() as usize,
+            route: label_key(self.route),
+            method: label_key(self.method),
             status: self.status,
-            code: (self.code.as_ptr() as usize, self.code.len()),
+            code: label_key(self.code),
         }
     }
 
