@@ -99,24 +99,38 @@ impl Lease {
             node: node.to_owned(),
             nonce: rand::random(),
         };
-        let sent = Instant::now();
-        match store.create(&key, encode(&record)).await {
-            Ok(revision) => Ok(Lease {
-                store: store.clone(),
-                key,
-                record,
-                revision,
-                epoch: revision,
-                ttl,
-                valid_until: sent + ttl.mul_f64(VALID_SHARE_OF_TTL),
-            }),
-            Err(error)
-                if error.kind() == CreateErrorKind::AlreadyExists
-                    || is_wrong_last_sequence(&error) =>
-            {
-                Err(held(store, &key).await)
+        let mut attempt = 1;
+        loop {
+            let sent = Instant::now();
+            let refused = match store.create(&key, encode(&record)).await {
+                Ok(revision) => {
+                    return Ok(Lease {
+                        store: store.clone(),
+                        key,
+                        record,
+                        revision,
+                        epoch: revision,
+                        ttl,
+                        valid_until: sent + ttl.mul_f64(VALID_SHARE_OF_TTL),
+                    })
+                }
+                Err(error)
+                    if error.kind() == CreateErrorKind::AlreadyExists
+                        || is_wrong_last_sequence(&error) =>
+                {
+                    held(store, &key).await
+                }
+                Err(error) => return Err(unavailable(&key, error)),
+            };
+            // Refused, yet nobody holds it: the create's own read of the key (a direct get,
+            // which a replica may answer) had not seen the delete or the lapse yet. Asking
+            // again is safe: the create itself is the one compare-and-set that decides.
+            let nobody = matches!(&refused, LeaseError::Held { holder, .. } if holder == NOBODY);
+            if !nobody || attempt >= CREATE_ATTEMPTS_MAX {
+                return Err(refused);
             }
-            Err(error) => Err(unavailable(&key, error)),
+            attempt += 1;
+            tokio::time::sleep(CREATE_RETRY_PAUSE).await;
         }
     }
 
@@ -243,13 +257,20 @@ fn encode(record: &LeaseRecord) -> bytes::Bytes {
     serde_json::to_vec(record).unwrap_or_default().into()
 }
 
+/// The holder [`held`] names when the key is gone by the time it looks.
+const NOBODY: &str = "nobody now (it just lapsed)";
+/// Creates of a lease that nobody holds, in a row, before the refusal is believed: a
+/// replica's read can trail the delete or the lapse by a moment.
+const CREATE_ATTEMPTS_MAX: u32 = 5;
+const CREATE_RETRY_PAUSE: Duration = Duration::from_millis(50);
+
 /// Who holds `key` now, as an error for the caller who wanted it.
 async fn held(store: &Store, key: &str) -> LeaseError {
     let holder = match store.get(key).await {
         Ok(Some(bytes)) => serde_json::from_slice::<LeaseRecord>(&bytes)
             .map(|record| record.node)
             .unwrap_or_else(|_| "an unreadable record".into()),
-        Ok(None) => "nobody now (it just lapsed)".into(),
+        Ok(None) => NOBODY.into(),
         Err(error) => format!("unknown ({error})"),
     };
     LeaseError::Held {
