@@ -63,6 +63,7 @@ case "$CHURN" in
   off) churn_on=0 ;;
   *) echo "wrk.sh: CHURN must be on or off, not '$CHURN'" >&2; exit 2 ;;
 esac
+churn_every="${CHURN_EVERY:-10}"
 case "$CHECKS" in
   off) checks_on=0 ;;
   # The storm with the checks is only worth its ratio to the one without, measured anyway.
@@ -275,39 +276,19 @@ function setup(thread)
   thread:set("tid", threads)
 end
 local run = "0"
+-- Connection churn: with close_every = N > 0, every N-th request asks the server to close the
+-- connection after its answer (wrk then opens a new one), as shoppers' phones and browsers do.
+local close_every = 0
 function init(args)
   run = args[1] or "0"
-end
-local counter = 0
-request = function()
-  counter = counter + 1
-  local user = "u" .. run .. "-" .. tid .. "-" .. counter
-  return wrk.format("POST", nil,
-    {["X-User-Id"] = user, ["Content-Type"] = "application/json"},
-    '{"request_id":"r' .. counter .. '"}')
-end
-EOF
-
-# Connection churn: the same requests, every CHURN_EVERY-th asking the server to close the
-# connection after its answer (wrk then opens a new one), as shoppers' phones and browsers do.
-cat > "$work/churn.lua" <<'EOF'
-local threads = 0
-function setup(thread)
-  threads = threads + 1
-  thread:set("tid", threads)
-end
-local run = "0"
-local every = 10
-function init(args)
-  run = args[1] or "0"
-  every = tonumber(args[2] or "10")
+  close_every = tonumber(args[2] or "0")
 end
 local counter = 0
 request = function()
   counter = counter + 1
   local user = "u" .. run .. "-" .. tid .. "-" .. counter
   local headers = {["X-User-Id"] = user, ["Content-Type"] = "application/json"}
-  if counter % every == 0 then headers["Connection"] = "close" end
+  if close_every > 0 and counter % close_every == 0 then headers["Connection"] = "close" end
   return wrk.format("POST", nil, headers, '{"request_id":"r' .. counter .. '"}')
 end
 EOF
@@ -361,7 +342,7 @@ measure() {
   local out
   run_tag=$((run_tag + 1))
   if [ -n "${MEASURE_PID:-}" ]; then thread_ticks "$MEASURE_PID" > "$work/ticks.before"; fi
-  out="$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "$@" "$url" -- "$run_tag" "${CHURN_EVERY:-10}")"
+  out="$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "$@" "$url" -- "$run_tag" "${CLOSE_EVERY:-0}")"
   printf '%s\n--- %s ---\n%s\n' "" "$name" "$out" >&2
   if [ -n "${MEASURE_PID:-}" ]; then
     thread_ticks "$MEASURE_PID" > "$work/ticks.after"
@@ -405,12 +386,12 @@ bench_journal() {
     MEASURE_PID="$server_pid" measure "$journal: durable accept path" "$base/plenty/purchase" \
       -s "$work/purchase.lua" >> "$work/$journal-accept.txt"
     if [ "$churn_on" = 1 ]; then
-      MEASURE_PID="" measure "$journal: nginx static 200, churn" "http://127.0.0.1:$nginx_port/promotions/bench/items/gone/purchase" \
-        -s "$work/churn.lua" >> "$work/$journal-nginx-churn.txt"
-      MEASURE_PID="$server_pid" measure "$journal: sold-out storm, churn" "$base/gone/purchase" \
-        -s "$work/churn.lua" >> "$work/$journal-storm-churn.txt"
-      MEASURE_PID="$server_pid" measure "$journal: durable accept path, churn" "$base/plenty/purchase" \
-        -s "$work/churn.lua" >> "$work/$journal-accept-churn.txt"
+      CLOSE_EVERY="$churn_every" MEASURE_PID="" measure "$journal: nginx static 200, churn" "http://127.0.0.1:$nginx_port/promotions/bench/items/gone/purchase" \
+        -s "$work/purchase.lua" >> "$work/$journal-nginx-churn.txt"
+      CLOSE_EVERY="$churn_every" MEASURE_PID="$server_pid" measure "$journal: sold-out storm, churn" "$base/gone/purchase" \
+        -s "$work/purchase.lua" >> "$work/$journal-storm-churn.txt"
+      CLOSE_EVERY="$churn_every" MEASURE_PID="$server_pid" measure "$journal: durable accept path, churn" "$base/plenty/purchase" \
+        -s "$work/purchase.lua" >> "$work/$journal-accept-churn.txt"
     fi
   done
   local nginx_rps nginx_p99 storm_rps storm_p99 accept_rps accept_p99 storm_non2xx accept_non2xx

@@ -59,7 +59,9 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     reuseport_listener(addr)
 }
 
-#[cfg(any(target_os = "linux", target_os = "android"))]
+/// A listening socket on `addr`, with `SO_REUSEPORT` where it spreads TCP connections
+/// (Linux, Android). Elsewhere it is one socket, whose queue the workers share: a sibling's
+/// bind fails and [`worker_listener`] falls back to the clone.
 fn reuseport_listener(addr: SocketAddr) -> io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()?
@@ -67,21 +69,8 @@ fn reuseport_listener(addr: SocketAddr) -> io::Result<TcpListener> {
         TcpSocket::new_v6()?
     };
     socket.set_reuseaddr(true)?;
+    #[cfg(any(target_os = "linux", target_os = "android"))]
     socket.set_reuseport(true)?;
-    socket.bind(addr)?;
-    socket.listen(ACCEPT_BACKLOG)
-}
-
-/// Without load-balancing `SO_REUSEPORT`: one socket, whose queue the workers share (a
-/// sibling's bind fails and [`worker_listener`] falls back to the clone).
-#[cfg(not(any(target_os = "linux", target_os = "android")))]
-fn reuseport_listener(addr: SocketAddr) -> io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(ACCEPT_BACKLOG)
 }

@@ -29,6 +29,8 @@ use pin_project_lite::pin_project;
 use rustc_hash::{FxHashMap, FxHashSet};
 use tower::{Layer, Service};
 
+// The route templates whose answers feed the live meters, named once in `hot.rs`.
+use super::hot::{PURCHASE_ROUTE, TOKEN_ROUTE};
 use crate::error::{AppError, ErrorCode};
 use crate::extract::BodyPending;
 use crate::live::{LiveBoard, MeterSlot, MeteredRoute};
@@ -247,9 +249,6 @@ impl<S> Layer<S> for ObserveLayer {
         }
     }
 }
-
-/// The route templates whose answers feed the live meters.
-use super::hot::{PURCHASE_ROUTE, TOKEN_ROUTE};
 
 fn metered_route(route: &str) -> Option<MeteredRoute> {
     match route {
