@@ -199,8 +199,11 @@ pub(crate) struct PromotionEntry {
     pub record: PromotionRecord,
     pub starts_at_ms: AtomicI64,
     pub ends_at_ms: AtomicI64,
-    /// Cancelled + expired orders per user, over all items: the ban board.
-    pub strikes: DashMap<String, u32, FxBuildHasher>,
+    /// Cancelled + expired orders per user, over all items: the ban board. Counted per
+    /// partition of the items that gave them, so that a cluster node can drop the strikes
+    /// of a partition it no longer owns and take another's as its owner reports them; a
+    /// one-node engine counts every strike in partition 0.
+    strikes: DashMap<String, PartitionStrikes, FxBuildHasher>,
     /// One gate per item, in the record's order.
     pub gates: Vec<Arc<ItemGate>>,
 }
@@ -298,14 +301,57 @@ impl PromotionEntry {
         self.ends_at_ms.store(at_ms, Ordering::Release);
     }
 
+    /// True when the user's strikes, summed over every partition, reach the ban.
     pub fn is_banned(&self, user_id: &str) -> bool {
         self.strikes
             .get(user_id)
-            .is_some_and(|count| *count >= STRIKES_TO_BAN)
+            .is_some_and(|strikes| strikes.total() >= STRIKES_TO_BAN)
     }
 
+    /// Adds `count` strikes in partition 0: a one-node engine's board.
     pub fn add_strikes(&self, user_id: String, count: u32) {
-        *self.strikes.entry(user_id).or_insert(0) += count;
+        self.add_strikes_in(0, user_id, count);
+    }
+
+    /// Adds `count` strikes that items of `partition` gave the user.
+    pub fn add_strikes_in(&self, partition: u32, user_id: String, count: u32) {
+        self.strikes
+            .entry(user_id)
+            .or_default()
+            .add(partition, count);
+    }
+
+    /// Sets the user's strikes in `partition` to `count` (the figure its owner reports:
+    /// absolute, so hearing it twice changes nothing). Used by the cluster's view of other
+    /// nodes' partitions (plan step 5); only the tests call it so far.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub fn set_strikes(&self, partition: u32, user_id: String, count: u32) {
+        if count == 0 {
+            let emptied = self.strikes.get_mut(&user_id).is_some_and(|mut strikes| {
+                strikes.clear(partition);
+                strikes.is_empty()
+            });
+            if emptied {
+                self.strikes
+                    .remove_if(&user_id, |_, strikes| strikes.is_empty());
+            }
+            return;
+        }
+        self.strikes
+            .entry(user_id)
+            .or_default()
+            .set(partition, count);
+    }
+
+    /// Forgets every strike of `partition` (a partition this node no longer owns: its
+    /// owner's figures replace them). Used when a partition is dropped (plan step 3); only
+    /// the tests call it so far.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub fn clear_partition(&self, partition: u32) {
+        self.strikes.retain(|_, strikes| {
+            strikes.clear(partition);
+            !strikes.is_empty()
+        });
     }
 
     pub fn public_view(&self, now_ms: i64) -> PublicPromotion {
@@ -321,6 +367,52 @@ impl PromotionEntry {
             items: self.gates.iter().map(|gate| gate.public_view()).collect(),
             guard: self.record.guard.clone(),
         }
+    }
+}
+
+/// One user's strikes in one promotion, per partition: `(partition, count)`, ascending by
+/// partition, no zero counts. A user rarely has strikes in more than a partition or two, so
+/// a short list beats a map.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct PartitionStrikes {
+    counts: Vec<(u32, u32)>,
+}
+
+impl PartitionStrikes {
+    /// Every partition's strikes together (saturating: a ban is a ban).
+    pub fn total(&self) -> u32 {
+        self.counts
+            .iter()
+            .fold(0u32, |sum, (_, count)| sum.saturating_add(*count))
+    }
+
+    pub fn add(&mut self, partition: u32, count: u32) {
+        if count == 0 {
+            return;
+        }
+        match self.counts.binary_search_by_key(&partition, |(p, _)| *p) {
+            Ok(at) => self.counts[at].1 = self.counts[at].1.saturating_add(count),
+            Err(at) => self.counts.insert(at, (partition, count)),
+        }
+    }
+
+    pub fn set(&mut self, partition: u32, count: u32) {
+        match self.counts.binary_search_by_key(&partition, |(p, _)| *p) {
+            Ok(at) if count == 0 => {
+                self.counts.remove(at);
+            }
+            Ok(at) => self.counts[at].1 = count,
+            Err(_) if count == 0 => {}
+            Err(at) => self.counts.insert(at, (partition, count)),
+        }
+    }
+
+    pub fn clear(&mut self, partition: u32) {
+        self.set(partition, 0);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.counts.is_empty()
     }
 }
 
@@ -417,5 +509,101 @@ impl ItemGate {
             remaining,
             sold_out: remaining == 0,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry() -> Arc<PromotionEntry> {
+        let record = PromotionRecord {
+            id: "double11".into(),
+            name: "Double 11".into(),
+            starts_at_ms: 0,
+            ends_at_ms: 3_600_000,
+            payment_timeout_s: 900,
+            require_token: false,
+            token_multiplier: 5,
+            created_at_ms: 0,
+            items: Vec::new(),
+            guard: Default::default(),
+        };
+        PromotionEntry::new(record, &[])
+    }
+
+    #[test]
+    fn the_ban_counts_strikes_over_every_partition() {
+        let entry = entry();
+        entry.add_strikes_in(0, "u".into(), 1);
+        entry.add_strikes_in(5, "u".into(), 1);
+        assert!(!entry.is_banned("u"), "two strikes are no ban");
+        entry.add_strikes_in(9, "u".into(), 1);
+        assert!(entry.is_banned("u"), "three, in three partitions, are");
+        assert!(!entry.is_banned("someone else"));
+        // Absolute figures: hearing the same count twice changes nothing.
+        entry.set_strikes(9, "v".into(), 2);
+        entry.set_strikes(9, "v".into(), 2);
+        assert!(!entry.is_banned("v"));
+        entry.add_strikes_in(2, "v".into(), 1);
+        assert!(entry.is_banned("v"));
+        entry.set_strikes(9, "v".into(), 0);
+        assert!(
+            !entry.is_banned("v"),
+            "the owner's figure went down to nothing"
+        );
+    }
+
+    #[test]
+    fn clearing_a_partition_forgets_its_strikes_only() {
+        let entry = entry();
+        entry.add_strikes_in(1, "u".into(), 2);
+        entry.add_strikes_in(4, "u".into(), 1);
+        entry.add_strikes_in(1, "w".into(), 3);
+        entry.add_strikes_in(4, "x".into(), 3);
+        assert!(entry.is_banned("u") && entry.is_banned("w") && entry.is_banned("x"));
+        entry.clear_partition(1);
+        assert!(!entry.is_banned("u"), "one strike of partition 4 is left");
+        assert!(
+            !entry.is_banned("w"),
+            "all of w's strikes were in partition 1"
+        );
+        assert!(entry.is_banned("x"), "partition 4 is untouched");
+        assert!(
+            entry.strikes.get("w").is_none(),
+            "a user with no strikes leaves the board"
+        );
+        entry.add_strikes_in(1, "u".into(), 2);
+        assert!(
+            entry.is_banned("u"),
+            "the partition counts again once re-taken"
+        );
+    }
+
+    #[test]
+    fn a_one_node_board_bans_at_the_threshold_in_partition_zero() {
+        let entry = entry();
+        for strike in 1..=STRIKES_TO_BAN {
+            assert!(!entry.is_banned("u"), "banned after {} strikes", strike - 1);
+            entry.add_strikes("u".into(), 1);
+        }
+        assert!(entry.is_banned("u"));
+        entry.clear_partition(1);
+        assert!(
+            entry.is_banned("u"),
+            "another partition's clearing keeps partition 0"
+        );
+        entry.clear_partition(0);
+        assert!(!entry.is_banned("u"));
+    }
+
+    #[test]
+    fn strike_counts_saturate() {
+        let entry = entry();
+        entry.add_strikes_in(0, "u".into(), u32::MAX);
+        entry.add_strikes_in(0, "u".into(), 1);
+        entry.add_strikes_in(1, "u".into(), u32::MAX);
+        assert!(entry.is_banned("u"), "no overflow wraps a ban away");
+        assert_eq!(entry.strikes.get("u").map(|s| s.total()), Some(u32::MAX));
     }
 }

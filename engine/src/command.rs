@@ -8,6 +8,7 @@ use tokio::sync::oneshot;
 use crate::catalog::PromotionEntry;
 use crate::error::{Error, Result};
 use crate::event::Event;
+use crate::ids::parse_order_id;
 use crate::item::ItemState;
 use crate::model::{ItemStats, Order, PurchaseRequest, Purchased, TokenGrant};
 use crate::pump::{PumpBatch, Responder};
@@ -101,6 +102,37 @@ impl Command {
         )
     }
 
+    /// The items whose state the answer shows or changes; none for catalog, install and
+    /// engine-wide commands.
+    pub fn keys(&self) -> &[u64] {
+        match self {
+            Command::Token { key, .. } | Command::Purchase { key, .. } => std::slice::from_ref(key),
+            Command::ReadOrder { order, .. }
+            | Command::Cancel { order, .. }
+            | Command::Pay { order, .. } => std::slice::from_ref(&order.key),
+            Command::Stats { keys, .. } => keys,
+            Command::JournalCatalog { .. }
+            | Command::Install { .. }
+            | Command::Pause { .. }
+            | Command::Tick { .. }
+            | Command::Shutdown { .. }
+            | Command::Fault => &[],
+        }
+    }
+
+    /// What the command's answer depends on (see [`ReplyScope`]).
+    pub fn scope(&self) -> ReplyScope {
+        let keys = match self.keys() {
+            [] => ScopeKeys::None,
+            [key] => ScopeKeys::One(*key),
+            keys => ScopeKeys::Many(keys.to_vec()),
+        };
+        ReplyScope {
+            keys,
+            write: self.may_write(),
+        }
+    }
+
     /// Answers the command with `error` instead of running it (a fenced shard).
     pub fn refuse(self, error: Error, replies: &mut Vec<Reply>) {
         match self {
@@ -116,6 +148,35 @@ impl Command {
             Command::Pause { image, .. } => drop(image.send(Err(error))),
             // Handled by the loop before refusing: stopping and faults are never refused.
             Command::Shutdown { .. } | Command::Fault => {}
+        }
+    }
+}
+
+/// What one answer waiting in a batch depends on, kept beside it until the batch is
+/// journaled: the items it is about, and whether it answers a write. When the journal loses
+/// some partitions' part of the batch, the answers about their items are replaced (a
+/// write's by "outcome unknown", a read's by "not the owner") and the others stand.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ReplyScope {
+    keys: ScopeKeys,
+    pub write: bool,
+}
+
+/// The items of a [`ReplyScope`], without an allocation for the usual one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum ScopeKeys {
+    None,
+    One(u64),
+    /// A stats read of several items.
+    Many(Vec<u64>),
+}
+
+impl ReplyScope {
+    pub fn keys(&self) -> &[u64] {
+        match &self.keys {
+            ScopeKeys::None => &[],
+            ScopeKeys::One(key) => std::slice::from_ref(key),
+            ScopeKeys::Many(keys) => keys,
         }
     }
 }
@@ -137,12 +198,24 @@ impl Reply {
         matches!(self, Reply::Purchase(_, Ok(p)) if p.created)
     }
 
-    /// Sends the answer; `failure` replaces every answer when the batch was not made durable.
-    /// A caller that stopped waiting is no error: its answer is simply dropped.
-    pub fn send(self, failure: Option<&Error>, pumps: &mut PumpBatch) {
-        fn pick<T>(result: Result<T>, failure: Option<&Error>) -> Result<T> {
+    /// The item of the order a successful answer carries (a purchase's, a cancel's, a
+    /// pay's or a read's): what a shard checks against the lanes that landed.
+    pub fn answered_order_key(&self) -> Option<u64> {
+        let order = match self {
+            Reply::Purchase(_, Ok(purchased)) => &purchased.order,
+            Reply::Order(_, Ok(order)) => order,
+            _ => return None,
+        };
+        parse_order_id(&order.order_id).map(|parsed| parsed.item_key)
+    }
+
+    /// Sends the answer; `failure` replaces it when the part of the batch it depends on was
+    /// not made durable. A caller that stopped waiting is no error: its answer is simply
+    /// dropped.
+    pub fn send(self, failure: Option<Error>, pumps: &mut PumpBatch) {
+        fn pick<T>(result: Result<T>, failure: Option<Error>) -> Result<T> {
             match failure {
-                Some(error) => Err(error.clone()),
+                Some(error) => Err(error),
                 None => result,
             }
         }

@@ -39,6 +39,18 @@ pub fn item_key(promotion_id: &str, sku: &str) -> u64 {
     xxh3_64(&bytes)
 }
 
+/// The partition of the item with key `item_key` among `partitions` partitions: the unit a
+/// cluster node owns (one lease, one journal lane). `partitions` 0 counts as 1, so a
+/// one-node engine has every item in partition 0.
+///
+/// Stable for the same reason as [`item_key`]: the JetStream journal's lane of an item is
+/// `2 + partition_of(key, partitions)`, and a change would move items between lanes.
+pub fn partition_of(item_key: u64, partitions: u32) -> u32 {
+    let partitions = u64::from(partitions.max(1));
+    // The remainder is below `partitions`, which came from a u32.
+    u32::try_from(item_key % partitions).unwrap_or(u32::MAX)
+}
+
 /// The stable key of a promotion: routes its catalog events to a home shard.
 pub fn promotion_key(promotion_id: &str) -> u64 {
     xxh3_64(promotion_id.as_bytes())
@@ -128,6 +140,37 @@ mod tests {
         joined.push(0);
         joined.extend_from_slice(b"s");
         assert_eq!(item_key("p", "s"), xxh3_64(&joined));
+    }
+
+    #[test]
+    fn partition_of_is_the_key_modulo_the_count() {
+        // Pinned: the JetStream lanes of every stored item depend on these numbers.
+        assert_eq!(partition_of(0, 12), 0);
+        assert_eq!(partition_of(13, 12), 1);
+        assert_eq!(partition_of(u64::MAX, 64), 63);
+        assert_eq!(
+            partition_of(u64::MAX, u32::MAX),
+            (u64::MAX % u64::from(u32::MAX)) as u32
+        );
+        // No partitions given is one partition: a one-node engine.
+        assert_eq!(partition_of(12_345, 0), 0);
+        assert_eq!(partition_of(12_345, 1), 0);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn every_key_falls_in_one_of_the_partitions(
+            key in proptest::prelude::any::<u64>(),
+            partitions in proptest::prelude::any::<u32>(),
+        ) {
+            let partition = partition_of(key, partitions);
+            proptest::prop_assert!(partition < partitions.max(1));
+            proptest::prop_assert_eq!(u64::from(partition), key % u64::from(partitions.max(1)));
+            // Keys one count apart share their partition: the split is by remainder only.
+            if let Some(next) = key.checked_add(u64::from(partitions.max(1))) {
+                proptest::prop_assert_eq!(partition_of(next, partitions), partition);
+            }
+        }
     }
 
     #[test]

@@ -3,8 +3,8 @@
 //! The in-memory heart of seckill: it decides every purchase of a flash sale.
 //!
 //! Layout (each file one job):
-//! - `ids`: identifier checks, the stable item key that routes an item to its shard, and
-//!   order ids that carry that key and the engine start's epoch.
+//! - `ids`: identifier checks, the stable item key that routes an item to its shard and its
+//!   cluster partition, and order ids that carry that key and the engine start's epoch.
 //! - `model`: promotions, items, orders and the views callers get.
 //! - `validate`: the rules a promotion spec must meet.
 //! - `rules`: the refusal rules that need no item state, shared by the shard's decisions and
@@ -15,8 +15,9 @@
 //! - `tokens`: an item's live purchase tokens and when each expires.
 //! - `event`: the facts the journal stores; `image`: the snapshot image.
 //! - `archive`: items of ended promotions out of memory, answered from the journal's archive.
-//! - `ports`: the `Journal`, `Clock` and `OrderSink` traits through which the engine meets
-//!   the world (it does no I/O and reads no clock of its own), with in-memory versions.
+//! - `ports`: the `Journal`, `Clock`, `OrderSink` and `Ownership` traits through which the
+//!   engine meets the world (it does no I/O and reads no clock of its own), with in-memory
+//!   versions.
 //! - `config`: how an engine runs, and the defaults.
 //! - `catalog`: what callers read without a round trip: windows, ban boards, sold-out gates.
 //! - `command`: what a shard is asked, and how its answers wait for the journal.
@@ -110,7 +111,9 @@ pub use guard::{
     EligibilityRule, HumanCheck, NoClaims, PromotionGuard, ANY_OF_VALUES_MAX,
     CLAIM_VALUE_BYTES_MAX,
 };
-pub use ids::{format_order_id, is_valid_id, item_key, parse_order_id, OrderRef, ID_LENGTH_MAX};
+pub use ids::{
+    format_order_id, is_valid_id, item_key, parse_order_id, partition_of, OrderRef, ID_LENGTH_MAX,
+};
 pub use image::{EngineImage, EngineImageV2, GuardImage, PromotionImage};
 pub use item::{Buyer, ItemState, STRIKES_TO_BAN};
 pub use model::{
@@ -121,8 +124,8 @@ pub use model::{
 };
 pub use order_log::OrderLog;
 pub use ports::{
-    BatchStream, Clock, Journal, ManualClock, MemoryJournal, NullSink, OrderSink, PendingAppend,
-    Ports, Recovery, SystemClock,
+    AppendOutcome, BatchStream, Clock, Journal, ManualClock, MemoryJournal, NullSink, OrderSink,
+    Ownership, PendingAppend, Ports, Recovery, StaticOwnership, SystemClock,
 };
 pub use pump::ReplyPump;
 pub use tokens::{TokenBook, TokenRecord};

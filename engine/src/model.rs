@@ -175,8 +175,9 @@ pub struct PurchaseRequest {
 }
 
 /// The answer to a purchase: the order, and whether this call created it (201) or found the
-/// order of an earlier call with the same request id (200).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// order of an earlier call with the same request id (200). Serializable, so that a cluster
+/// node can hand the owner's answer back as it is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Purchased {
     pub order: Order,
     pub created: bool,
@@ -264,4 +265,38 @@ pub struct ArchivedItem {
     pub stats: ItemStats,
     /// Orders the item holds, sequence numbers 1..=orders.
     pub orders: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_purchase_answer_survives_the_wire() {
+        let order = Order {
+            order_id: "00000000deadbeef-3-42".into(),
+            promotion_id: "double11".into(),
+            sku: "phone".into(),
+            user_id: "alice".into(),
+            request_id: "r1".into(),
+            quantity: 2,
+            price_cents: 99_900,
+            amount_cents: 199_800,
+            status: OrderStatus::Paid,
+            created_at_ms: 1_800_000_000_000,
+            pay_before_ms: 1_800_000_900_000,
+            paid_at_ms: Some(1_800_000_100_000),
+            payment_ref: Some("pay-1".into()),
+            closed_at_ms: None,
+        };
+        for created in [true, false] {
+            let answer = Purchased {
+                order: order.clone(),
+                created,
+            };
+            let bytes = postcard::to_allocvec(&answer).expect("encodes");
+            let back: Purchased = postcard::from_bytes(&bytes).expect("decodes");
+            assert_eq!(back, answer);
+        }
+    }
 }

@@ -11,6 +11,7 @@ use rustc_hash::FxHashMap;
 
 use crate::error::{JournalError, JournalResult};
 use crate::event::Event;
+use crate::ids::partition_of;
 use crate::image::EngineImage;
 use crate::model::ArchivedItem;
 use crate::model::Order;
@@ -49,13 +50,27 @@ impl fmt::Debug for dyn OrderSink {
 
 /// Where batches of events become durable.
 ///
-/// `append` is called from a shard's own thread, once per batch, and may block: the shard
+/// `append` is called from a shard's own thread, once per batch (through
+/// [`Journal::append_partitioned`], whose default calls it), and may block: the shard
 /// replies to nobody in the batch until it returns `Ok`. Concurrent calls from several shards
 /// are expected, which is what lets a log share one fsync among them (group commit).
 pub trait Journal: Send + Sync + 'static {
     /// Makes `events` durable (as the journal's durability mode defines it) and returns the
     /// sequence number given to this batch. Sequence numbers increase with every call.
     fn append(&self, events: &[Event]) -> Result<u64, JournalError>;
+
+    /// Like [`Journal::append`], for a journal that writes each partition's events to a lane
+    /// of its own and may lose some lanes while the others land (a cluster node whose lease
+    /// of a partition was taken over): then it answers [`AppendOutcome::PartlyLost`], and
+    /// the shard answers and keeps what landed. The shard calls this, never `append`.
+    ///
+    /// The default is `append`'s outcome, whole: durable, or failed.
+    fn append_partitioned(&self, events: &[Event]) -> AppendOutcome {
+        match self.append(events) {
+            Ok(seq) => AppendOutcome::Durable(seq),
+            Err(error) => AppendOutcome::Failed(error),
+        }
+    }
 
     /// The highest sequence number handed out so far (0 when none).
     fn last_seq(&self) -> u64;
@@ -119,6 +134,32 @@ pub trait Journal: Send + Sync + 'static {
     }
 }
 
+/// What became of one batch handed to [`Journal::append_partitioned`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AppendOutcome {
+    /// Every event is durable; the batch has this sequence number.
+    Durable(u64),
+    /// Nothing is known to be durable (as an `Err` of [`Journal::append`]): the shard asks
+    /// [`Journal::pending_append`] next.
+    Failed(JournalError),
+    /// Every lane's part landed except the parts of the partitions in `lost` (taken over, or
+    /// given up): those never land, or their outcome is unknown. The catalog's events
+    /// belong to no partition: a journal that cannot land them answers `Failed` instead.
+    PartlyLost {
+        /// The sequence number of the part that landed. When no part landed (the batch
+        /// touched lost partitions only) nothing new is in the log, and this is the
+        /// journal's last sequence number.
+        seq: u64,
+        /// The lost partitions the batch touched, ascending, each once; never empty.
+        lost: Vec<u32>,
+        /// The number of partitions the journal cuts the item space into: an event's
+        /// partition is [`crate::partition_of`]`(item_key, partitions)`. Carried here so
+        /// the shard sorts its answers by the very count the journal used.
+        partitions: u32,
+        error: JournalError,
+    },
+}
+
 /// What became of a batch whose `append` failed (see [`Journal::pending_append`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PendingAppend {
@@ -131,6 +172,73 @@ pub enum PendingAppend {
     Landed(u64),
     /// It never will be (the partition was taken over): the failure stands.
     Failed(JournalError),
+    /// It landed except the parts of the partitions in `lost`, which never will (see
+    /// [`AppendOutcome::PartlyLost`], whose fields these are).
+    PartlyLost {
+        seq: u64,
+        lost: Vec<u32>,
+        partitions: u32,
+    },
+}
+
+/// Which partitions this node holds (implemented by the JetStream journal from its leases).
+///
+/// The engine asks it before it lets a command reach a shard: an item of a partition not
+/// held is answered [`crate::Error::NotOwner`], so a node whose lease lapsed never decides
+/// for an item that another node may be selling.
+pub trait Ownership: Send + Sync + 'static {
+    /// How many partitions the item space is cut into (fixed for the deployment).
+    fn partitions(&self) -> u32;
+
+    /// The lease of `partition` is held for sure now (its holder's local validity has not
+    /// run out), so a decision for its items cannot clash with another node's.
+    fn is_held(&self, partition: u32) -> bool;
+}
+
+impl fmt::Debug for dyn Ownership {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Ownership")
+            .field("partitions", &self.partitions())
+            .finish_non_exhaustive()
+    }
+}
+
+/// An [`Ownership`] that tests set by hand: `partitions` partitions, each held or not as
+/// told (all held at first).
+#[derive(Debug)]
+pub struct StaticOwnership {
+    partitions: u32,
+    held: Mutex<Vec<bool>>,
+}
+
+impl StaticOwnership {
+    /// `partitions` partitions (0 counts as 1, as in [`crate::partition_of`]), all held.
+    pub fn all_held(partitions: u32) -> Arc<Self> {
+        let partitions = partitions.max(1);
+        Arc::new(StaticOwnership {
+            partitions,
+            held: Mutex::new(vec![true; partitions as usize]),
+        })
+    }
+
+    /// Marks `partition` held or not; a partition out of range is ignored.
+    pub fn set_held(&self, partition: u32, held: bool) {
+        let mut all = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(slot) = all.get_mut(partition as usize) {
+            *slot = held;
+        }
+    }
+}
+
+impl Ownership for StaticOwnership {
+    fn partitions(&self) -> u32 {
+        self.partitions
+    }
+
+    fn is_held(&self, partition: u32) -> bool {
+        let all = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        all.get(partition as usize).copied().unwrap_or(false)
+    }
 }
 
 /// Time, as the engine sees it: unix milliseconds.
@@ -241,6 +349,12 @@ pub struct MemoryJournal {
     stalled: Mutex<bool>,
     unstalled: Condvar,
     archive: Mutex<FxHashMap<u64, (ArchivedItem, Vec<Order>)>>,
+    /// The partitions an event's item key is sorted into (`partition_of(key, partitions)`)
+    /// by [`MemoryJournal::lose_partition`]; set by [`MemoryJournal::with_partitions`], 0
+    /// (one partition) otherwise.
+    partitions: u32,
+    /// Partitions whose events never land from now on (ascending, each once).
+    lost: Mutex<Vec<u32>>,
 }
 
 impl MemoryJournal {
@@ -252,6 +366,68 @@ impl MemoryJournal {
             epoch: AtomicU64::new(1),
             ..MemoryJournal::default()
         })
+    }
+
+    /// [`MemoryJournal::new`] for a cluster's partitioned log: item events are sorted into
+    /// `partitions` partitions by [`crate::partition_of`] (as the JetStream journal sorts
+    /// them into lanes), so that [`MemoryJournal::lose_partition`] can lose one of them.
+    pub fn with_partitions(partitions: u32) -> Arc<Self> {
+        Arc::new(MemoryJournal {
+            keep_events: true,
+            epoch: AtomicU64::new(1),
+            partitions,
+            ..MemoryJournal::default()
+        })
+    }
+
+    /// From now on the events of `partition`'s items never land, as if another node had
+    /// taken its lane over: a batch that holds some answers [`AppendOutcome::PartlyLost`]
+    /// from [`Journal::append_partitioned`] and keeps only its other events (catalog events
+    /// included); [`Journal::append`] keeps the same and answers an error. Batches that
+    /// touch no lost partition are durable as before. Partitions are counted as
+    /// [`MemoryJournal::with_partitions`] set them (one, for the other constructors).
+    ///
+    /// # Panics
+    ///
+    /// When `partition` is not below that count: a test that loses a partition the
+    /// journal does not have would test nothing.
+    pub fn lose_partition(&self, partition: u32) {
+        assert!(
+            partition < self.partitions.max(1),
+            "partition {partition} of {} partitions",
+            self.partitions.max(1)
+        );
+        let mut lost = self.lost.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Err(at) = lost.binary_search(&partition) {
+            lost.insert(at, partition);
+        }
+    }
+
+    /// Splits a batch into the events that land and the lost partitions it touches.
+    fn landing(&self, events: &[Event]) -> (Vec<Event>, Vec<u32>) {
+        let lost = self.lost.lock().unwrap_or_else(PoisonError::into_inner);
+        if lost.is_empty() {
+            return (events.to_vec(), Vec::new());
+        }
+        let mut touched = Vec::new();
+        let landed = events
+            .iter()
+            .filter(|event| {
+                let Some(key) = event.item_key() else {
+                    return true;
+                };
+                let partition = partition_of(key, self.partitions);
+                if lost.binary_search(&partition).is_err() {
+                    return true;
+                }
+                if let Err(at) = touched.binary_search(&partition) {
+                    touched.insert(at, partition);
+                }
+                false
+            })
+            .cloned()
+            .collect();
+        (landed, touched)
     }
 
     /// A journal that only counts: for benches, where keeping millions of events would
@@ -331,21 +507,48 @@ impl MemoryJournal {
 
 impl Journal for MemoryJournal {
     fn append(&self, events: &[Event]) -> Result<u64, JournalError> {
+        match self.append_partitioned(events) {
+            AppendOutcome::Durable(seq) => Ok(seq),
+            // What landed stays: an error means "may be in the log", which holds for it.
+            AppendOutcome::Failed(error) | AppendOutcome::PartlyLost { error, .. } => Err(error),
+        }
+    }
+
+    fn append_partitioned(&self, events: &[Event]) -> AppendOutcome {
         self.wait_while_stalled();
         if self.failing.load(Ordering::SeqCst) {
-            return Err(JournalError("memory journal told to fail".into()));
+            return AppendOutcome::Failed(JournalError("memory journal told to fail".into()));
         }
         if !self.keep_events {
-            return Ok(self.last_seq.fetch_add(1, Ordering::SeqCst) + 1);
+            return AppendOutcome::Durable(self.last_seq.fetch_add(1, Ordering::SeqCst) + 1);
         }
+        let (landed, lost) = self.landing(events);
         // Sequence and push under one lock so the kept order is the sequence order.
-        let mut batches = self
-            .batches
-            .lock()
-            .map_err(|_| JournalError("memory journal lock poisoned".into()))?;
-        let seq = self.last_seq.fetch_add(1, Ordering::SeqCst) + 1;
-        batches.push((seq, events.to_vec()));
-        Ok(seq)
+        let Ok(mut batches) = self.batches.lock() else {
+            return AppendOutcome::Failed(JournalError("memory journal lock poisoned".into()));
+        };
+        if lost.is_empty() {
+            let seq = self.last_seq.fetch_add(1, Ordering::SeqCst) + 1;
+            batches.push((seq, landed));
+            return AppendOutcome::Durable(seq);
+        }
+        let seq = if landed.is_empty() {
+            // Every part was lost: nothing new is in the log.
+            self.last_seq.load(Ordering::SeqCst)
+        } else {
+            let seq = self.last_seq.fetch_add(1, Ordering::SeqCst) + 1;
+            batches.push((seq, landed));
+            seq
+        };
+        let error = JournalError(format!(
+            "memory journal lost the parts of partitions {lost:?}"
+        ));
+        AppendOutcome::PartlyLost {
+            seq,
+            lost,
+            partitions: self.partitions.max(1),
+            error,
+        }
     }
 
     fn last_seq(&self) -> u64 {
@@ -404,4 +607,100 @@ pub struct NullSink;
 
 impl OrderSink for NullSink {
     fn publish(&self, _seq: u64, _events: &[Event]) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A token event of the item with key `item_key` (partition `item_key % 2` of two).
+    fn token(item_key: u64) -> Event {
+        Event::TokenIssued {
+            item_key,
+            user_id: "u".into(),
+            token: format!("t{item_key}"),
+            expires_at_ms: 1,
+        }
+    }
+
+    fn started() -> Event {
+        Event::PromotionStarted {
+            promotion_id: "p".into(),
+            at_ms: 1,
+        }
+    }
+
+    #[test]
+    fn a_lost_partition_loses_its_part_of_every_later_batch() {
+        let journal = MemoryJournal::with_partitions(2);
+        assert_eq!(
+            journal.append_partitioned(&[token(2), token(3)]),
+            AppendOutcome::Durable(1),
+            "nothing lost yet"
+        );
+        journal.lose_partition(1);
+        match journal.append_partitioned(&[started(), token(4), token(5), token(7)]) {
+            AppendOutcome::PartlyLost {
+                seq,
+                lost,
+                partitions,
+                ..
+            } => {
+                assert_eq!((seq, lost, partitions), (2, vec![1], 2));
+            }
+            other => panic!("expected a partial loss, got {other:?}"),
+        }
+        assert_eq!(
+            journal.batches().last(),
+            Some(&(2, vec![started(), token(4)])),
+            "the catalog's and partition 0's events landed, partition 1's did not"
+        );
+        match journal.append_partitioned(&[token(9)]) {
+            AppendOutcome::PartlyLost { seq, lost, .. } => {
+                assert_eq!((seq, lost), (2, vec![1]), "nothing new in the log");
+            }
+            other => panic!("expected a partial loss, got {other:?}"),
+        }
+        assert_eq!(journal.batches().len(), 2);
+        assert_eq!(
+            journal.append_partitioned(&[token(6)]),
+            AppendOutcome::Durable(3),
+            "a batch of partition 0 only is durable"
+        );
+        assert!(
+            journal.append(&[token(8), token(11)]).is_err(),
+            "append cannot say \"in part\""
+        );
+        assert_eq!(journal.batches().last(), Some(&(4, vec![token(8)])));
+        let replayed: Vec<Event> = journal
+            .recovery_from_log_only()
+            .batches
+            .flat_map(|batch| batch.map(|(_, events)| events).unwrap_or_default())
+            .collect();
+        assert!(
+            replayed
+                .iter()
+                .all(|e| e.item_key().is_none_or(|key| partition_of(key, 2) == 0)
+                    || e.item_key() == Some(3)),
+            "a restart reads no lost event: {replayed:?}"
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "partition 2 of 2 partitions")]
+    fn losing_a_partition_the_journal_does_not_have_is_a_test_bug() {
+        MemoryJournal::with_partitions(2).lose_partition(2);
+    }
+
+    #[test]
+    fn static_ownership_holds_what_it_is_told() {
+        let ownership = StaticOwnership::all_held(3);
+        assert_eq!(ownership.partitions(), 3);
+        assert!((0..3).all(|p| ownership.is_held(p)));
+        ownership.set_held(1, false);
+        assert!(ownership.is_held(0) && !ownership.is_held(1) && ownership.is_held(2));
+        assert!(!ownership.is_held(3), "out of range is never held");
+        let ownership: Arc<dyn Ownership> = ownership;
+        assert_eq!(format!("{ownership:?}"), "Ownership { partitions: 3, .. }");
+    }
 }

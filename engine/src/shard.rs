@@ -6,6 +6,12 @@
 //! journal in one call, republishes the gates, and only then answers anybody. A journal
 //! failure answers the whole batch "unavailable" and fences the shard: its memory is ahead of
 //! the disk, so it must not say yes to anything again until a restart rebuilds it from the log.
+//!
+//! A journal that writes each partition to a lane of its own (a cluster node's) may lose
+//! some lanes of a batch while the others land. Then only the answers about the lost
+//! partitions' items fail ("outcome unknown" for writes), the others are sent, and the lost
+//! partitions' items leave the shard: their lanes are another node's now, so the shard
+//! answers "not the owner" for them and is not fenced.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -14,13 +20,14 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
 use crate::archive;
-use crate::command::{Command, OrderAddress, Reply};
+use crate::command::{Command, OrderAddress, Reply, ReplyScope};
 use crate::error::{Error, Result};
 use crate::event::Event;
+use crate::ids::partition_of;
 use crate::item::{DecideContext, Decision, ItemState, Payment};
 use crate::model::ArchivedItem;
 use crate::model::{ItemStats, Order, PurchaseRequest, Purchased, TokenGrant};
-use crate::ports::{Clock, Journal, OrderSink, PendingAppend};
+use crate::ports::{AppendOutcome, Clock, Journal, OrderSink, PendingAppend};
 use crate::pump::PumpBatch;
 use crate::shard_state::{ShardState, Slot};
 
@@ -63,6 +70,11 @@ pub(crate) struct Shard {
     ports: ShardPorts,
     events: Vec<Event>,
     replies: Vec<Reply>,
+    /// What each of `replies` depends on, index for index (kept so by `handle`).
+    scopes: Vec<ReplyScope>,
+    /// Partitions whose lane the journal lost: their items left the shard, and commands
+    /// about them are answered `NotOwner`.
+    lost: Option<LostPartitions>,
     /// The batch's answers for callers on threads with a [`crate::ReplyPump`].
     pumps: PumpBatch,
     touched: Vec<u64>,
@@ -99,6 +111,8 @@ impl Shard {
             ports,
             events: Vec::new(),
             replies: Vec::new(),
+            scopes: Vec::new(),
+            lost: None,
             pumps: PumpBatch::default(),
             touched: Vec::new(),
             fenced: None,
@@ -209,24 +223,37 @@ impl Shard {
 
     /// Journals the batch, republishes what it changed, then answers everybody.
     fn commit(&mut self) {
-        let failure = if self.events.is_empty() {
-            None
+        let outcome = if self.events.is_empty() {
+            BatchOutcome::Landed
         } else {
-            self.journal_batch().err()
+            self.journal_batch()
         };
+        debug_assert_eq!(self.scopes.len(), self.replies.len(), "a scope per answer");
         if !self.replies.is_empty() {
             metrics::histogram!("seckill_shard_batch_requests").record(self.replies.len() as f64);
-            let accepted = self
-                .replies
-                .iter()
-                .filter(|r| r.is_accepted_purchase())
-                .count();
-            if accepted > 0 && failure.is_none() {
-                metrics::counter!("seckill_orders_accepted_total").increment(accepted as u64);
-            }
         }
+        let mut accepted = 0u64;
+        let mut scopes = self.scopes.drain(..);
         for reply in self.replies.drain(..) {
-            reply.send(failure.as_ref(), &mut self.pumps);
+            let failure = outcome.failure_for(scopes.next().as_ref());
+            if failure.is_none() {
+                if let BatchOutcome::PartlyLost(lost) = &outcome {
+                    // Never a yes whose lane did not land: checked against the order id
+                    // itself, apart from the scope that chose the failure.
+                    assert!(
+                        reply
+                            .answered_order_key()
+                            .is_none_or(|key| lost.partition(key).is_none()),
+                        "an answer about an item of a lost partition was about to be sent"
+                    );
+                }
+                accepted += u64::from(reply.is_accepted_purchase());
+            }
+            reply.send(failure, &mut self.pumps);
+        }
+        drop(scopes);
+        if accepted > 0 {
+            metrics::counter!("seckill_orders_accepted_total").increment(accepted);
         }
         self.pumps.flush();
         self.events.clear();
@@ -234,28 +261,49 @@ impl Shard {
     }
 
     /// Appends the batch's events; on failure suspends the shard (the journal goes on
-    /// writing the batch) or fences it (it does not).
-    fn journal_batch(&mut self) -> Result<()> {
+    /// writing the batch) or fences it (it does not). When the journal lost some partitions'
+    /// part of the batch, keeps the rest and drops those partitions' items instead.
+    fn journal_batch(&mut self) -> BatchOutcome {
         let started = Instant::now();
-        match self.ports.journal.append(&self.events) {
-            Ok(seq) => {
+        match self.ports.journal.append_partitioned(&self.events) {
+            AppendOutcome::Durable(seq) => {
                 metrics::histogram!("seckill_journal_append_seconds")
                     .record(started.elapsed().as_secs_f64());
                 self.after_durable(seq);
-                Ok(())
+                BatchOutcome::Landed
             }
-            Err(error) => {
+            AppendOutcome::PartlyLost {
+                seq,
+                lost,
+                partitions,
+                error,
+            } => {
+                metrics::counter!("seckill_journal_errors_total").increment(1);
+                let lost = LostPartitions::new(partitions, lost);
+                self.keep_landed(seq, &lost, &error);
+                BatchOutcome::PartlyLost(lost)
+            }
+            AppendOutcome::Failed(error) => {
                 metrics::counter!("seckill_journal_errors_total").increment(1);
                 match self.ports.journal.pending_append() {
                     PendingAppend::Landed(seq) => {
                         self.after_durable(seq);
-                        Ok(())
+                        BatchOutcome::Landed
+                    }
+                    PendingAppend::PartlyLost {
+                        seq,
+                        lost,
+                        partitions,
+                    } => {
+                        let lost = LostPartitions::new(partitions, lost);
+                        self.keep_landed(seq, &lost, &error);
+                        BatchOutcome::PartlyLost(lost)
                     }
                     PendingAppend::Waiting if self.events.iter().any(is_catalog_event) => {
                         // The control thread heard "unknown" for this catalog change and
                         // will not learn that it landed; only a restart's replay tells.
                         self.fence(&error);
-                        Err(Error::OutcomeUnknown)
+                        BatchOutcome::Failed(Error::OutcomeUnknown)
                     }
                     PendingAppend::Waiting => {
                         tracing::warn!(shard = self.settings.index, %error, "journal append not answered in time; writes wait for it, reads go on");
@@ -266,14 +314,44 @@ impl Shard {
                         });
                         // The batch lands later, or never: its callers learn which by
                         // repeating the call.
-                        Err(Error::OutcomeUnknown)
+                        BatchOutcome::Failed(Error::OutcomeUnknown)
                     }
                     PendingAppend::Final | PendingAppend::Failed(_) => {
                         self.fence(&error);
-                        Err(Error::OutcomeUnknown)
+                        BatchOutcome::Failed(Error::OutcomeUnknown)
                     }
                 }
             }
+        }
+    }
+
+    /// What follows a batch whose part for the `lost` partitions did not land: the items
+    /// of those partitions leave the shard (their memory is ahead of a lane that is another
+    /// node's now, so this shard must never decide for them again), and the events that
+    /// landed are published as a durable batch's are. The shard is not fenced: every item
+    /// it keeps is exactly as its lane has it.
+    fn keep_landed(&mut self, seq: u64, lost: &LostPartitions, error: &crate::error::JournalError) {
+        // Catalog events belong to no partition: a journal that could not land them
+        // answers a whole failure, never a partial one.
+        self.events.retain(|event| {
+            event
+                .item_key()
+                .is_none_or(|key| lost.partition(key).is_none())
+        });
+        self.touched.retain(|key| lost.partition(*key).is_none());
+        let dropped = self.state.drop_items(|key| lost.partition(key).is_some());
+        self.lost
+            .get_or_insert_with(|| LostPartitions::new(lost.partitions, Vec::new()))
+            .merge(lost);
+        tracing::warn!(
+            shard = self.settings.index,
+            partitions = ?lost.lost,
+            items_dropped = dropped,
+            %error,
+            "the journal lost these partitions' part of a batch; their items left the shard"
+        );
+        if !self.events.is_empty() {
+            self.after_durable(seq);
         }
     }
 
@@ -321,6 +399,21 @@ impl Shard {
                 self.events.clear();
                 self.touched.clear();
             }
+            PendingAppend::PartlyLost {
+                seq,
+                lost,
+                partitions,
+            } => {
+                // Its callers heard "outcome unknown" already; what landed is kept.
+                debug_assert!(self.events.is_empty() && self.touched.is_empty());
+                self.events = suspended.events;
+                self.touched = suspended.touched;
+                let lost = LostPartitions::new(partitions, lost);
+                let error = crate::error::JournalError("the suspended batch landed in part".into());
+                self.keep_landed(seq, &lost, &error);
+                self.events.clear();
+                self.touched.clear();
+            }
             PendingAppend::Failed(error) => self.fence(&error),
             PendingAppend::Final => self.fence(&crate::error::JournalError(
                 "the journal gave up on a suspended batch".into(),
@@ -346,14 +439,33 @@ impl Shard {
         match command {
             Command::Fault => panic!("fault injected into shard {}", self.settings.index),
             Command::Shutdown { reply } => self.stopping = Some(reply),
-            command => match self.fenced.clone() {
-                Some(error) => command.refuse(error, &mut self.replies),
-                None if self.suspended.is_some() && command.may_write() => {
-                    command.refuse(suspended_error(), &mut self.replies);
+            command => {
+                let scope = command.scope();
+                if let Some(partition) = self.lost_partition(scope.keys()) {
+                    // Its items left the shard: nothing is decided here, the owner may be
+                    // asked instead.
+                    command.refuse(Error::NotOwner { partition }, &mut self.replies);
+                } else {
+                    match self.fenced.clone() {
+                        Some(error) => command.refuse(error, &mut self.replies),
+                        None if self.suspended.is_some() && command.may_write() => {
+                            command.refuse(suspended_error(), &mut self.replies);
+                        }
+                        None => self.run_command(command, now_ms),
+                    }
                 }
-                None => self.run_command(command, now_ms),
-            },
+                // Every answer the command left waiting is about its items (a pause
+                // commits first, which empties both).
+                debug_assert!(self.scopes.len() <= self.replies.len());
+                self.scopes.resize(self.replies.len(), scope);
+            }
         }
+    }
+
+    /// The first of `keys` in a partition this shard lost, if any.
+    fn lost_partition(&self, keys: &[u64]) -> Option<u32> {
+        let lost = self.lost.as_ref()?;
+        keys.iter().find_map(|key| lost.partition(*key))
     }
 
     fn run_command(&mut self, command: Command, now_ms: i64) {
@@ -362,7 +474,13 @@ impl Shard {
                 self.events.push(event);
                 self.replies.push(Reply::Unit(reply, Ok(())));
             }
-            Command::Install { entry, keys, reply } => {
+            Command::Install {
+                entry,
+                mut keys,
+                reply,
+            } => {
+                // A lost partition's items are another node's: none is made here.
+                keys.retain(|key| self.lost_partition(std::slice::from_ref(key)).is_none());
                 self.state
                     .install(&entry, &keys, self.settings.token_ttl_ms, now_ms);
                 self.replies.push(Reply::Unit(reply, Ok(())));
@@ -451,6 +569,16 @@ impl Shard {
             let _ = image.send(Err(suspended_error()));
             return;
         }
+        if let Some(lost) = &self.lost {
+            // The engine's image is of every item, and this shard no longer holds those of
+            // the lost partitions: an image without them would lose their journaled orders
+            // at the next restart.
+            let _ = image.send(Err(Error::Unavailable(format!(
+                "shard {} lost partitions {:?}; no whole image to give",
+                self.settings.index, lost.lost
+            ))));
+            return;
+        }
         let copy = self
             .state
             .items
@@ -472,7 +600,8 @@ impl Shard {
             now_ms,
             status: slot.entry.status(now_ms),
             banned: slot.entry.is_banned(user_id),
-            epoch: self.settings.epoch,
+            // The ownership's epoch, or this engine start's.
+            epoch: slot.epoch.unwrap_or(self.settings.epoch),
             // Tokens are checked at the gate; a purchase sets it from its command.
             eligible: true,
         }
@@ -642,6 +771,79 @@ impl Suspended {
         self.events
             .iter()
             .any(|event| event.order().is_some_and(|o| o.order_id == order_id))
+    }
+}
+
+/// What became of a batch, as its answers see it.
+#[derive(Debug)]
+enum BatchOutcome {
+    /// Every event is durable (or there was none): every answer stands.
+    Landed,
+    /// Nothing is known to be durable: every answer becomes this error.
+    Failed(Error),
+    /// The parts of these partitions did not land; the rest did.
+    PartlyLost(LostPartitions),
+}
+
+impl BatchOutcome {
+    /// The error that replaces an answer depending on `scope`, if any. An answer without a
+    /// scope depends on everything (it cannot happen; the safe side if it did).
+    fn failure_for(&self, scope: Option<&ReplyScope>) -> Option<Error> {
+        match self {
+            BatchOutcome::Landed => None,
+            BatchOutcome::Failed(error) => Some(error.clone()),
+            BatchOutcome::PartlyLost(lost) => {
+                let Some(scope) = scope else {
+                    return Some(Error::OutcomeUnknown);
+                };
+                let partition = scope.keys().iter().find_map(|key| lost.partition(*key))?;
+                Some(if scope.write {
+                    // Its event may be in the lost lane or not: repeating the call tells.
+                    Error::OutcomeUnknown
+                } else {
+                    // A read changed nothing; the partition's owner answers it.
+                    Error::NotOwner { partition }
+                })
+            }
+        }
+    }
+}
+
+/// Partitions among `partitions` whose lanes the journal lost (see
+/// [`AppendOutcome::PartlyLost`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct LostPartitions {
+    partitions: u32,
+    /// Ascending, each once.
+    lost: Vec<u32>,
+}
+
+impl LostPartitions {
+    fn new(partitions: u32, mut lost: Vec<u32>) -> Self {
+        // Not trusted to come sorted: a miss here would answer yes for a lost item.
+        lost.sort_unstable();
+        lost.dedup();
+        LostPartitions { partitions, lost }
+    }
+
+    /// The partition of the item `key` when it is a lost one.
+    fn partition(&self, key: u64) -> Option<u32> {
+        let partition = partition_of(key, self.partitions);
+        self.lost
+            .binary_search(&partition)
+            .is_ok()
+            .then_some(partition)
+    }
+
+    /// Adds the partitions `more` lost (counted among the same number of partitions).
+    fn merge(&mut self, more: &LostPartitions) {
+        debug_assert_eq!(
+            self.partitions, more.partitions,
+            "one partition count per deployment"
+        );
+        self.lost.extend_from_slice(&more.lost);
+        self.lost.sort_unstable();
+        self.lost.dedup();
     }
 }
 

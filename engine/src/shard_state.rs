@@ -23,6 +23,10 @@ pub(crate) struct Slot {
     pub end_published: bool,
     /// The journal has no archive: the item stays in memory.
     pub archive_refused: bool,
+    /// The epoch of the ownership the item is decided under, when it is not the engine
+    /// start's (`ShardSettings::epoch`): a cluster node draws one per partition it takes
+    /// over. `None` for every item of a one-node engine.
+    pub epoch: Option<u64>,
 }
 
 impl Slot {
@@ -102,6 +106,7 @@ impl ShardState {
             buyers_published: 0,
             end_published: false,
             archive_refused: false,
+            epoch: None,
         };
         let previous = self.items.insert(slot.state.key, slot);
         assert!(previous.is_none(), "item installed twice");
@@ -139,6 +144,16 @@ impl ShardState {
         slot.gate.forget_buyers();
         slot.gate.show_remaining(slot.state.remaining);
         self.archived.insert(key, slot.entry);
+    }
+
+    /// Drops every item (held or archived) whose key `lost` picks, with nothing journaled:
+    /// items of a partition whose lane this node lost. Their deadlines are skipped when
+    /// they come up. Returns how many items left.
+    pub fn drop_items(&mut self, lost: impl Fn(u64) -> bool) -> usize {
+        let before = self.items.len() + self.archived.len();
+        self.items.retain(|key, _| !lost(*key));
+        self.archived.retain(|key, _| !lost(*key));
+        before - (self.items.len() + self.archived.len())
     }
 
     /// Whether recovery holds a state for the item `key`.

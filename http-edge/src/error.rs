@@ -171,7 +171,8 @@ fn engine_status(error: &EngineError) -> StatusCode {
         EngineError::Overloaded
         | EngineError::Unavailable(_)
         | EngineError::OutcomeUnknown
-        | EngineError::ShardDown(_) => StatusCode::SERVICE_UNAVAILABLE,
+        | EngineError::ShardDown(_)
+        | EngineError::NotOwner { .. } => StatusCode::SERVICE_UNAVAILABLE,
     }
 }
 
@@ -277,8 +278,13 @@ impl IntoResponse for AppError {
         );
         let retry_after_s = match &self {
             AppError::RateLimited { retry_after_s } => Some(*retry_after_s),
-            // Outcome unknown: the caller learns it by repeating the call, soon.
-            AppError::Engine(EngineError::Overloaded | EngineError::OutcomeUnknown)
+            // Outcome unknown: the caller learns it by repeating the call, soon. Not the
+            // owner: nothing was done, and the partition has a new owner within seconds.
+            AppError::Engine(
+                EngineError::Overloaded
+                | EngineError::OutcomeUnknown
+                | EngineError::NotOwner { .. },
+            )
             | AppError::OutcomeUnknown { .. }
             | AppError::NotReady => Some(1),
             _ => None,
@@ -362,6 +368,7 @@ mod tests {
             (EngineError::Unavailable("x".into()), 503),
             (EngineError::OutcomeUnknown, 503),
             (EngineError::ShardDown(1), 503),
+            (EngineError::NotOwner { partition: 3 }, 503),
         ];
         for (error, status) in cases {
             let code = error.code();
@@ -373,6 +380,7 @@ mod tests {
             (EngineError::OutcomeUnknown, "outcome_unknown"),
             (EngineError::AmountMismatch, "amount_mismatch"),
             (EngineError::ShardDown(0), "unavailable"),
+            (EngineError::NotOwner { partition: 0 }, "unavailable"),
         ] {
             assert_eq!(AppError::Engine(error).status_and_code().1, code);
         }
@@ -399,6 +407,12 @@ mod tests {
             (StatusCode::SERVICE_UNAVAILABLE, "outcome_unknown")
         );
         assert_eq!(retry_after(timed_out_write).as_deref(), Some("1"));
+        let not_owner = AppError::Engine(EngineError::NotOwner { partition: 5 });
+        assert_eq!(
+            not_owner.status_and_code(),
+            (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+        );
+        assert_eq!(retry_after(not_owner).as_deref(), Some("1"));
         let timed_out_read = AppError::Timeout { timeout_ms: 10 };
         assert_eq!(
             timed_out_read.status_and_code(),
@@ -437,6 +451,7 @@ mod tests {
             EngineError::Unavailable("x".into()),
             EngineError::ShardDown(0),
             EngineError::OutcomeUnknown,
+            EngineError::NotOwner { partition: 0 },
         ];
         let edge_errors = [
             AppError::invalid("f", "r"),

@@ -59,9 +59,11 @@ impl Names {
     }
 }
 
-/// The lane of the item with key `item_key` among `partitions` partitions.
+/// The lane of the item with key `item_key` among `partitions` partitions: its partition's,
+/// as the engine computes it ([`seckill_engine::partition_of`]), so the journal and the
+/// engine's owners agree on every item.
 pub fn item_lane(item_key: u64, partitions: u32) -> u32 {
-    FIRST_PARTITION_LANE + (item_key % u64::from(partitions.max(1))) as u32
+    FIRST_PARTITION_LANE + seckill_engine::partition_of(item_key, partitions)
 }
 
 /// Every lane of a cluster of `partitions` partitions, the catalog first (partition rows
@@ -70,4 +72,45 @@ pub fn all_lanes(partitions: u32) -> Vec<u32> {
     std::iter::once(CATALOG_LANE)
         .chain((0..partitions).map(|p| FIRST_PARTITION_LANE + p))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The lane as this file computed it before the engine had `partition_of`: the numbers
+    /// of every stream already written.
+    fn lane_as_stored(item_key: u64, partitions: u32) -> u32 {
+        FIRST_PARTITION_LANE + (item_key % u64::from(partitions.max(1))) as u32
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn an_item_lane_is_its_partition_lane(
+            item_key in proptest::prelude::any::<u64>(),
+            partitions in 0u32..=1_024,
+        ) {
+            let lane = item_lane(item_key, partitions);
+            proptest::prop_assert_eq!(
+                lane,
+                FIRST_PARTITION_LANE + seckill_engine::partition_of(item_key, partitions)
+            );
+            proptest::prop_assert_eq!(lane, lane_as_stored(item_key, partitions));
+            proptest::prop_assert!(all_lanes(partitions).contains(&lane) || partitions == 0);
+            proptest::prop_assert_ne!(lane, CATALOG_LANE);
+        }
+    }
+
+    #[test]
+    fn lanes_keep_their_numbers() {
+        assert_eq!(item_lane(0, 12), 2);
+        assert_eq!(item_lane(13, 12), 3);
+        assert_eq!(item_lane(u64::MAX, 64), 2 + 63);
+        assert_eq!(
+            item_lane(7, 0),
+            FIRST_PARTITION_LANE,
+            "no partitions is one"
+        );
+        assert_eq!(all_lanes(3), vec![CATALOG_LANE, 2, 3, 4]);
+    }
 }
