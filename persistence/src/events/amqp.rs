@@ -227,28 +227,34 @@ async fn publish_all(channel: &Channel, events: &[OutEvent]) -> Result<(), Failu
 }
 
 /// Publishes `messages`, those of `run`'s events (no two of one subject), then awaits the
-/// confirms in order: one round trip of latency for the run. One channel keeps the run's
-/// order into every queue.
+/// confirms: one round trip of latency for the run.
+///
+/// The publishes are awaited together, not one after the other: lapin's `basic_publish`
+/// resolves only once its I/O loop has written the frames, so awaiting each in turn costs a
+/// wake-up of that loop, a write and a hop back per message (it held the sink to some 4,000
+/// events/s on a loaded machine). Queued together, the loop writes the run in a few
+/// syscalls. Their order on the wire does not matter: a run holds one event per subject.
 async fn publish_run(
     channel: &Channel,
     run: &[OutEvent],
     messages: Vec<(ShortString, BasicProperties)>,
 ) -> Result<(), Failure> {
-    let mut confirms: Vec<PublisherConfirm> = Vec::with_capacity(run.len());
-    for (event, (routing_key, properties)) in run.iter().zip(messages) {
-        let confirm = channel
-            .basic_publish(
+    let publishes = run
+        .iter()
+        .zip(messages)
+        .map(|(event, (routing_key, properties))| {
+            channel.basic_publish(
                 EXCHANGE.into(),
                 routing_key,
                 BasicPublishOptions::default(),
                 &event.body,
                 properties,
             )
-            .await?;
-        confirms.push(confirm);
-    }
-    for (event, confirm) in run.iter().zip(confirms) {
-        match confirm.await? {
+        });
+    let confirms: Vec<PublisherConfirm> = futures::future::try_join_all(publishes).await?;
+    let confirmations = futures::future::try_join_all(confirms).await?;
+    for (event, confirmation) in run.iter().zip(confirmations) {
+        match confirmation {
             Confirmation::Ack(_) => {}
             // The broker could not store it (an internal error): sent again by the caller.
             Confirmation::Nack(_) => {

@@ -5,12 +5,18 @@
 //! in order per subject and concurrent across subjects: a run's events are grouped by
 //! `subject` (an order's events share the order id, a promotion's the promotion id), a
 //! group's next POST goes only once the previous was answered `2xx`, and up to
-//! [`WEBHOOK_POSTS_IN_FLIGHT_MAX`] groups are posted at once. One POST in turn is too slow
+//! up to [`WEBHOOK_POSTS_IN_FLIGHT_MAX`] groups are posted at once. One POST in turn is too slow
 //! for a sale (one round trip per event); what the contract promises is each order's events
 //! in order, and that holds. A promotion's event (`seckill.promotion.*`) goes alone, after
 //! every event before it in the run and before every event after it: orders and items name
 //! their promotion, and a shop must not learn of an order before its promotion exists, nor
 //! of the promotion's end before the orders that came before it.
+//!
+//! How many POSTs go at once adapts to the endpoint (additive, multiplicative): a run that
+//! fails as unreachable (a timeout, a refused connection, `5xx`, `429`) halves the bound,
+//! down to one, and each run delivered whole doubles it again, up to the maximum. An
+//! endpoint that takes only a few requests at once then still gets every event, at its pace,
+//! instead of refusing the same burst of concurrent POSTs on every retry.
 //!
 //! A run is delivered only when every event was answered `2xx`. After a failure no new POST
 //! starts (those in flight are let finish, so the endpoint never has two requests of one
@@ -38,7 +44,7 @@ use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::stream::{FuturesUnordered, StreamExt};
@@ -57,10 +63,12 @@ const REASON_BYTES_MAX: usize = 200;
 /// How much of an accepting answer's body is read so the connection can be reused; a
 /// longer body is dropped with its connection.
 const DRAIN_BYTES_MAX: usize = 64 * 1024;
-/// Most POSTs in flight at once, each for another subject. At a round trip of 1 ms that is
-/// some 30,000 events/s, above what a sale makes; a shop's endpoint that cannot take so
-/// many at once answers 429 or 503 and the run is sent again after a backoff.
-pub const WEBHOOK_POSTS_IN_FLIGHT_MAX: usize = 32;
+/// Most POSTs in flight at once, each for another subject. On a loaded machine (a sale, its
+/// load and the endpoint on two cores) a round trip is several milliseconds of scheduling:
+/// 32 at once delivered some 7,700 events/s there, 128 some 15,000 (`events-lag.sh`). A
+/// shop's endpoint that cannot take so many at once answers 429 or 503, and the bound
+/// comes down (see the module doc).
+pub const WEBHOOK_POSTS_IN_FLIGHT_MAX: usize = 128;
 /// The type prefix of the events that go alone in a run (see the module doc).
 const PROMOTION_TYPE_PREFIX: &str = "seckill.promotion.";
 
@@ -73,6 +81,9 @@ pub struct WebhookSink {
     secret: String,
     timeout_ms: u64,
     label: String,
+    /// How many POSTs may be in flight now: 1..=WEBHOOK_POSTS_IN_FLIGHT_MAX, halved by a
+    /// run that failed as unreachable, doubled by one delivered whole.
+    posts_in_flight_limit: AtomicUsize,
 }
 
 impl std::fmt::Debug for WebhookSink {
@@ -128,6 +139,7 @@ impl WebhookSink {
             secret,
             timeout_ms,
             label,
+            posts_in_flight_limit: AtomicUsize::new(WEBHOOK_POSTS_IN_FLIGHT_MAX),
         })
     }
 
@@ -135,12 +147,27 @@ impl WebhookSink {
     /// segment that fails.
     async fn deliver_all(&self, events: &[OutEvent]) -> Result<(), SinkError> {
         for segment in segments(events) {
-            self.deliver_segment(segment).await?;
+            let delivered = self.deliver_segment(segment).await;
+            self.adapt_limit(delivered.as_ref().err());
+            delivered?;
         }
         Ok(())
     }
 
-    /// Posts `events` by subject, up to [`WEBHOOK_POSTS_IN_FLIGHT_MAX`] subjects at once;
+    /// The bound on POSTs at once after a segment: halved when the endpoint could not keep
+    /// up (unreachable), doubled when it took the segment whole; a refusal (4xx) says
+    /// nothing of its capacity.
+    fn adapt_limit(&self, failure: Option<&SinkError>) {
+        let limit = self.posts_in_flight_limit.load(Ordering::Relaxed);
+        let adapted = match failure {
+            None => next_limit_up(limit),
+            Some(SinkError::Unreachable(_)) => next_limit_down(limit),
+            Some(SinkError::Refused { .. }) => limit,
+        };
+        self.posts_in_flight_limit.store(adapted, Ordering::Relaxed);
+    }
+
+    /// Posts `events` by subject, up to the current bound of subjects at once;
     /// Ok when every event was answered `2xx`, else the first error. After a failure no
     /// group starts, and those in flight stop after their current POST.
     async fn deliver_segment(&self, events: &[OutEvent]) -> Result<(), SinkError> {
@@ -150,8 +177,9 @@ impl WebhookSink {
         // future must be Send, which rustc cannot always prove through a closure's output.
         let mut in_flight = FuturesUnordered::new();
         let mut first_error: Option<SinkError> = None;
+        let limit = self.posts_in_flight_limit.load(Ordering::Relaxed);
         loop {
-            while first_error.is_none() && in_flight.len() < WEBHOOK_POSTS_IN_FLIGHT_MAX {
+            while first_error.is_none() && in_flight.len() < limit {
                 let Some(group) = waiting.next() else { break };
                 in_flight.push(self.post_in_turn(group, &failed));
             }
@@ -242,6 +270,18 @@ impl Sink for WebhookSink {
     fn label(&self) -> String {
         self.label.clone()
     }
+}
+
+/// The bound on POSTs at once after a segment delivered whole.
+fn next_limit_up(limit: usize) -> usize {
+    limit
+        .saturating_mul(2)
+        .clamp(1, WEBHOOK_POSTS_IN_FLIGHT_MAX)
+}
+
+/// The bound on POSTs at once after a segment the endpoint could not keep up with.
+fn next_limit_down(limit: usize) -> usize {
+    (limit / 2).clamp(1, WEBHOOK_POSTS_IN_FLIGHT_MAX)
 }
 
 /// `events` cut so that each promotion event is a segment of its own and the events
@@ -533,6 +573,8 @@ mod tests {
         in_flight_peak: usize,
         /// Bodies to answer 503, each once.
         failing: Vec<String>,
+        /// Requests past this many at once are answered 503 (an endpoint of few workers).
+        capacity: Option<usize>,
     }
 
     impl EndpointLog {
@@ -541,6 +583,12 @@ mod tests {
             self.arrived.push(body.to_owned());
             self.in_flight += 1;
             self.in_flight_peak = self.in_flight_peak.max(self.in_flight);
+            if self
+                .capacity
+                .is_some_and(|capacity| self.in_flight > capacity)
+            {
+                return true;
+            }
             match self.failing.iter().position(|failing| failing == body) {
                 Some(at) => {
                     self.failing.remove(at);
@@ -561,10 +609,15 @@ mod tests {
 
     impl Endpoint {
         async fn start(failing: &[&str]) -> Endpoint {
+            Endpoint::start_with(failing, None).await
+        }
+
+        async fn start_with(failing: &[&str], capacity: Option<usize>) -> Endpoint {
             let listener = TcpListener::bind("127.0.0.1:0").await.expect("a port");
             let address = listener.local_addr().expect("its address");
             let log = Arc::new(Mutex::new(EndpointLog {
                 failing: failing.iter().map(|body| (*body).to_owned()).collect(),
+                capacity,
                 ..EndpointLog::default()
             }));
             let accepting = Arc::clone(&log);
@@ -719,6 +772,57 @@ mod tests {
         assert_eq!(endpoint.arrived().len(), events.len());
         let peak = endpoint.in_flight_peak();
         assert!(peak <= WEBHOOK_POSTS_IN_FLIGHT_MAX, "{peak} in flight");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_endpoint_of_few_workers_gets_every_event_once_the_bound_comes_down() {
+        const CAPACITY: usize = 12;
+        let endpoint = Endpoint::start_with(&[], Some(CAPACITY)).await;
+        let subjects: Vec<String> = (0..WEBHOOK_POSTS_IN_FLIGHT_MAX)
+            .map(|n| format!("order-{n}"))
+            .collect();
+        let subjects: Vec<&str> = subjects.iter().map(String::as_str).collect();
+        let events = interleaved(&subjects, 2);
+        let mut sink = endpoint.sink();
+        // The caller's retries, without its backoff: with a fixed bound of 128 every
+        // attempt would send the same burst and be refused again.
+        let mut attempts = 0;
+        while sink.deliver(&events).await.is_err() {
+            attempts += 1;
+            assert!(attempts < 12, "still refused after {attempts} attempts");
+        }
+        assert!(
+            attempts > 0,
+            "the endpoint never refused: the test proves nothing"
+        );
+        let arrived = endpoint.arrived();
+        for subject in subjects {
+            let seen = of_subject(&arrived, subject);
+            assert!(
+                seen.contains(&format!("{subject}/0")) && seen.contains(&format!("{subject}/1")),
+                "{subject}: {seen:?}"
+            );
+        }
+        let limit = sink.posts_in_flight_limit.load(Ordering::Relaxed);
+        assert!(limit <= 2 * CAPACITY, "the bound stayed at {limit}");
+    }
+
+    #[test]
+    fn the_bound_halves_down_to_one_and_doubles_up_to_the_maximum() {
+        assert_eq!(
+            next_limit_down(WEBHOOK_POSTS_IN_FLIGHT_MAX),
+            WEBHOOK_POSTS_IN_FLIGHT_MAX / 2
+        );
+        assert_eq!(next_limit_down(1), 1);
+        assert_eq!(next_limit_up(1), 2);
+        assert_eq!(
+            next_limit_up(WEBHOOK_POSTS_IN_FLIGHT_MAX),
+            WEBHOOK_POSTS_IN_FLIGHT_MAX
+        );
+        assert_eq!(
+            next_limit_up(WEBHOOK_POSTS_IN_FLIGHT_MAX / 2 + 1),
+            WEBHOOK_POSTS_IN_FLIGHT_MAX
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
