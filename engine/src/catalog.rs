@@ -308,7 +308,10 @@ impl PromotionEntry {
             .is_some_and(|strikes| strikes.total() >= STRIKES_TO_BAN)
     }
 
-    /// Adds `count` strikes in partition 0: a one-node engine's board.
+    /// Adds `count` strikes in partition 0: a one-node engine's board. The shards count
+    /// through [`PromotionEntry::add_strikes_in`] (partition 0 when alone); the tests call
+    /// this.
+    #[cfg_attr(not(test), allow(dead_code))]
     pub fn add_strikes(&self, user_id: String, count: u32) {
         self.add_strikes_in(0, user_id, count);
     }
@@ -322,9 +325,9 @@ impl PromotionEntry {
     }
 
     /// Sets the user's strikes in `partition` to `count` (the figure its owner reports:
-    /// absolute, so hearing it twice changes nothing). Used by the cluster's view of other
-    /// nodes' partitions (plan step 5); only the tests call it so far.
-    #[cfg_attr(not(test), allow(dead_code))]
+    /// absolute, so hearing it twice changes nothing). Used by an adopt, for the strikes
+    /// its partition's replay collected, and by the cluster's view of other nodes'
+    /// partitions (plan step 5).
     pub fn set_strikes(&self, partition: u32, user_id: String, count: u32) {
         if count == 0 {
             let emptied = self.strikes.get_mut(&user_id).is_some_and(|mut strikes| {
@@ -344,9 +347,7 @@ impl PromotionEntry {
     }
 
     /// Forgets every strike of `partition` (a partition this node no longer owns: its
-    /// owner's figures replace them). Used when a partition is dropped (plan step 3); only
-    /// the tests call it so far.
-    #[cfg_attr(not(test), allow(dead_code))]
+    /// owner's figures replace them). Used when a partition is dropped.
     pub fn clear_partition(&self, partition: u32) {
         self.strikes.retain(|_, strikes| {
             strikes.clear(partition);

@@ -12,6 +12,7 @@ use crate::ids::parse_order_id;
 use crate::item::ItemState;
 use crate::model::{ItemStats, Order, PurchaseRequest, Purchased, TokenGrant};
 use crate::pump::{PumpBatch, Responder};
+use crate::shard_state::ShardState;
 
 /// Which order a command is about: its id as the caller gave it, and the parts that route it.
 #[derive(Debug, Clone)]
@@ -80,6 +81,25 @@ pub(crate) enum Command {
     },
     /// Run the expiry pass now (tests with a manual clock use it instead of waiting).
     Tick { reply: oneshot::Sender<Result<()>> },
+    /// Take over this shard's items of `partition`, built off the shard from the
+    /// partition's lane, and decide them under `epoch` from now on (a cluster engine's
+    /// adopt, see `partition.rs`). Deadlines that passed meanwhile expire in the batch the
+    /// adopt joins; the answer waits for that batch's journal write.
+    Adopt {
+        partition: u32,
+        epoch: u64,
+        /// Boxed: every command in a mailbox slot pays for the largest variant's size.
+        state: Box<ShardState>,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    /// Let every item of `partition` go (a cluster engine's release or lost lease): journal
+    /// and answer the batch first, then, with `wait`, wait for an append the journal is
+    /// still writing. Answers how many items left.
+    DropPartition {
+        partition: u32,
+        wait: bool,
+        reply: oneshot::Sender<Result<usize>>,
+    },
     /// Finish the batch and stop the thread.
     Shutdown { reply: oneshot::Sender<Result<()>> },
     /// Fault injection for tests: the shard panics, as a broken invariant would make it.
@@ -99,6 +119,7 @@ impl Command {
                 | Command::Pay { .. }
                 | Command::Tick { .. }
                 | Command::Pause { .. }
+                | Command::Adopt { .. }
         )
     }
 
@@ -111,10 +132,14 @@ impl Command {
             | Command::Cancel { order, .. }
             | Command::Pay { order, .. } => std::slice::from_ref(&order.key),
             Command::Stats { keys, .. } => keys,
+            // A partition's adopt and drop are about a partition, which the shard handles
+            // before it looks at any key.
             Command::JournalCatalog { .. }
             | Command::Install { .. }
             | Command::Pause { .. }
             | Command::Tick { .. }
+            | Command::Adopt { .. }
+            | Command::DropPartition { .. }
             | Command::Shutdown { .. }
             | Command::Fault => &[],
         }
@@ -146,6 +171,8 @@ impl Command {
             | Command::Pay { reply, .. } => replies.push(Reply::Order(reply, Err(error))),
             Command::Stats { reply, .. } => replies.push(Reply::Stats(reply, Err(error))),
             Command::Pause { image, .. } => drop(image.send(Err(error))),
+            Command::Adopt { reply, .. } => drop(reply.send(Err(error))),
+            Command::DropPartition { reply, .. } => drop(reply.send(Err(error))),
             // Handled by the loop before refusing: stopping and faults are never refused.
             Command::Shutdown { .. } | Command::Fault => {}
         }
@@ -172,6 +199,17 @@ enum ScopeKeys {
 }
 
 impl ReplyScope {
+    /// The scope of an answer to a write about the items `keys` (an adopt's: its expiries
+    /// are journaled with the batch, so a lane lost in it fails the adopt).
+    pub fn writes(keys: Vec<u64>) -> ReplyScope {
+        let keys = match keys.len() {
+            0 => ScopeKeys::None,
+            1 => ScopeKeys::One(keys[0]),
+            _ => ScopeKeys::Many(keys),
+        };
+        ReplyScope { keys, write: true }
+    }
+
     pub fn keys(&self) -> &[u64] {
         match &self.keys {
             ScopeKeys::None => &[],

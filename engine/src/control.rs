@@ -8,6 +8,10 @@
 //! caller only hands the operation over and waits for the answer; whether it waits or not,
 //! the operation runs to its end. Being one thread also serialises the changes, which each
 //! must see the catalog whole, and keeps snapshots from overlapping them.
+//!
+//! A cluster engine's adopts, releases and lost partitions run here too (see
+//! `partition.rs`), so that a create never installs items of a partition half-way through
+//! its adopt or its drop.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
@@ -25,6 +29,7 @@ use crate::event::Event;
 use crate::ids::promotion_key;
 use crate::image::EngineImage;
 use crate::model::PromotionRecord;
+use crate::partition::{self, PartitionPart, Released};
 use crate::shards::keys_by_shard;
 use crate::snapshot;
 
@@ -58,6 +63,19 @@ pub(crate) enum ControlOp {
     },
     /// Every shard's expiry pass, now (tests with a manual clock).
     Tick { reply: oneshot::Sender<Result<()>> },
+    /// A cluster engine takes a built partition over (see `partition::adopt`).
+    AdoptPartition {
+        part: Box<PartitionPart>,
+        reply: oneshot::Sender<Result<usize>>,
+    },
+    /// A cluster engine hands a partition over cleanly (see `partition::release`).
+    ReleasePartition {
+        partition: u32,
+        reply: oneshot::Sender<Result<Released>>,
+    },
+    /// A cluster engine lost a partition's lease: drop it without waiting. Nobody waits for
+    /// the answer, and it always gets into the queue (see [`Control::submit`]).
+    LosePartition { partition: u32 },
     /// Finish the operation under way, stop every live shard after its current batch, and
     /// stop; no snapshot or catalog change runs after this.
     Shutdown { reply: oneshot::Sender<()> },
@@ -86,10 +104,14 @@ impl Control {
         Ok((Control { ops, queued }, thread))
     }
 
-    /// Hands `op` over; from here on it runs whatever the caller does.
+    /// Hands `op` over; from here on it runs whatever the caller does. A shutdown and a
+    /// lost partition always get in: neither may be refused as "overloaded".
     pub fn submit(&self, op: ControlOp) -> Result<()> {
-        let is_shutdown = matches!(op, ControlOp::Shutdown { .. });
-        if self.queued.fetch_add(1, Ordering::AcqRel) >= CONTROL_QUEUE_MAX && !is_shutdown {
+        let always = matches!(
+            op,
+            ControlOp::Shutdown { .. } | ControlOp::LosePartition { .. }
+        );
+        if self.queued.fetch_add(1, Ordering::AcqRel) >= CONTROL_QUEUE_MAX && !always {
             self.queued.fetch_sub(1, Ordering::AcqRel);
             return Err(Error::Overloaded);
         }
@@ -139,6 +161,14 @@ fn handle(core: &Core, op: ControlOp) {
         ControlOp::Tick { reply } => {
             drop(reply.send(on_every_shard(core, |reply| Command::Tick { reply })))
         }
+        ControlOp::AdoptPartition { part, reply } => {
+            drop(reply.send(partition::adopt(core, *part)))
+        }
+        ControlOp::ReleasePartition {
+            partition: which,
+            reply,
+        } => drop(reply.send(partition::release(core, which))),
+        ControlOp::LosePartition { partition: which } => partition::lose(core, which),
         ControlOp::Shutdown { reply } => drop(reply.send(())),
     }
 }
@@ -181,7 +211,10 @@ fn create(core: &Core, record: PromotionRecord) -> Result<CreateOutcome> {
     if let Some(conflict) = core.catalog.conflict(&record) {
         return Err(conflict);
     }
-    let by_shard = keys_by_shard(item_keys(&record).into_iter(), core.shards.count());
+    // In a cluster, only the items of partitions owned here: the adopt of another
+    // partition installs that partition's items itself.
+    let keys = partition::installed_here(core, item_keys(&record));
+    let by_shard = keys_by_shard(keys.into_iter(), core.shards.count());
     if let Some(&down) = by_shard.keys().find(|&&shard| core.shards.is_down(shard)) {
         return Err(Error::ShardDown(down));
     }
@@ -228,8 +261,13 @@ fn install(
 /// A retried create sends the items to their shards again (an install is idempotent), so
 /// a create whose install was cut short is completed by its retry.
 fn reinstall(core: &Core, entry: &Arc<PromotionEntry>) -> Result<()> {
-    let keys = entry.gates.iter().map(|gate| gate.key);
-    install(core, entry, keys_by_shard(keys, core.shards.count()))
+    let keys = entry.gates.iter().map(|gate| gate.key).collect();
+    let keys = partition::installed_here(core, keys);
+    install(
+        core,
+        entry,
+        keys_by_shard(keys.into_iter(), core.shards.count()),
+    )
 }
 
 /// Starts or stops a promotion from now; a change that changes nothing is not journaled.

@@ -7,15 +7,21 @@
 //! is in, the shard decides and journals it whether anyone waits for the answer or not. A
 //! catalog change is one hand-over to the control thread, likewise. Nothing that changes
 //! state runs inside the caller's future after an `.await`.
+//!
+//! A cluster engine ([`Engine::start_cluster`]) holds the items of some partitions only. Every
+//! call for an item goes through [`Engine::route`]: to its shard while the item's partition
+//! is installed here and its lease is held, `NotOwner` (nothing done) otherwise. A one-node
+//! engine pays one `Option` branch for it.
 
 use std::collections::BTreeMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 
 use rustc_hash::FxHashMap;
 use tokio::sync::oneshot;
 
-use crate::catalog::{ItemGate, WindowChange};
+use crate::catalog::{ItemGate, PromotionEntry, WindowChange};
 use crate::command::{Command, OrderAddress};
 use crate::config::EngineConfig;
 use crate::control::{self, Control, ControlOp, CreateOutcome};
@@ -28,11 +34,14 @@ use crate::model::{
     Creation, ItemStats, Order, PromotionSpec, PromotionStats, PromotionStatus, PublicPromotion,
     PurchaseRequest, Purchased, TokenGrant,
 };
+use crate::partition::{
+    not_a_cluster, ClusterPorts, ClusterState, PartitionPart, PartitionRecovery, Released, Standing,
+};
 use crate::ports::{Ports, Recovery};
 use crate::pump::Responder;
-use crate::recovery::rebuild;
+use crate::recovery::{rebuild, rebuild_catalog, rebuild_partition, Rebuilt};
 use crate::rules::{purchase_gate_refusal, token_gate_refusal};
-use crate::shard::{Shard, ShardCounters, ShardPorts, ShardSettings};
+use crate::shard::{Shard, ShardCluster, ShardCounters, ShardPorts, ShardSettings};
 use crate::shards::{keys_by_shard, Shards};
 use crate::validate::validate_promotion;
 
@@ -76,6 +85,37 @@ impl Engine {
     pub fn start(config: EngineConfig, ports: Ports, recovery: Recovery) -> Result<Engine> {
         config.check()?;
         let rebuilt = rebuild(&config, recovery, &*ports.journal, ports.clock.now_ms())?;
+        Engine::launch(config, ports, rebuilt, None)
+    }
+
+    /// Starts a cluster node's engine from `catalog`, the catalog's snapshot and log: every
+    /// promotion is known, and no item is installed. A partition's items come with
+    /// [`Engine::build_partition`] and [`Engine::adopt_partition`] once its lease is taken;
+    /// until then every call for them answers `NotOwner`.
+    ///
+    /// `catalog` must hold no item (no item in its snapshot, no item event in its batches):
+    /// such a recovery is a whole engine's, for [`Engine::start`], and is refused.
+    /// Automatic snapshots are off: a cluster node's snapshots are per partition (plan step
+    /// 6), and [`Engine::snapshot`] refuses.
+    pub fn start_cluster(
+        config: EngineConfig,
+        ports: Ports,
+        cluster: ClusterPorts,
+        catalog: Recovery,
+    ) -> Result<Engine> {
+        config.check()?;
+        let cluster = ClusterState::new(cluster);
+        let rebuilt = rebuild_catalog(&config, catalog, cluster.partitions)?;
+        Engine::launch(config, ports, rebuilt, Some(cluster))
+    }
+
+    /// Starts the shards over the rebuilt state, then the control thread.
+    fn launch(
+        config: EngineConfig,
+        ports: Ports,
+        rebuilt: Rebuilt,
+        cluster: Option<ClusterState>,
+    ) -> Result<Engine> {
         let counters = Arc::new(ShardCounters::default());
         let shard_ports = ShardPorts {
             journal: Arc::clone(&ports.journal),
@@ -97,7 +137,11 @@ impl Engine {
                     epoch: rebuilt.epoch,
                     retain_ended_ms: config.retain_ended_ms(),
                 };
-                (Shard::new(settings, state, rx, shard_ports.clone()), tx)
+                let shard_cluster = cluster
+                    .as_ref()
+                    .map(|c| ShardCluster::new(c.partitions, Arc::clone(&c.ownership)));
+                let shard = Shard::new(settings, state, rx, shard_ports.clone(), shard_cluster);
+                (shard, tx)
             })
             .collect();
         let core = Arc::new(Core {
@@ -107,6 +151,7 @@ impl Engine {
             clock: ports.clock,
             counters,
             config,
+            cluster,
         });
         let (control, control_thread) = Control::spawn(Arc::downgrade(&core))?;
         Ok(Engine {
@@ -120,6 +165,139 @@ impl Engine {
 
     fn core(&self) -> &Core {
         &self.inner.core
+    }
+
+    /// The shard of the item `key`, when this engine may decide for it: always when it runs
+    /// alone; in a cluster only while the item's partition is installed here and its lease
+    /// is held (`NotOwner` otherwise: nothing was done, the owner may be asked). The shard
+    /// checks again, for a command that reaches it after its partition was dropped.
+    fn route(&self, key: u64) -> Result<usize> {
+        let core = self.core();
+        if let Some(cluster) = &core.cluster {
+            cluster.check(key)?;
+        }
+        Ok(core.shards.of(key))
+    }
+
+    fn cluster(&self) -> Result<&ClusterState> {
+        self.core().cluster.as_ref().ok_or_else(not_a_cluster)
+    }
+
+    /// Rebuilds one partition from what the journal handed over when this node took its
+    /// lease: the snapshot's items, then fresh items for the catalog's items of the
+    /// partition that have no state, then the lane's batches applied in order. Pure (the
+    /// shards, the gates and the ban board are untouched; the strikes are collected into
+    /// the part), so it runs on any thread, off the control thread, however long the lane.
+    ///
+    /// Refuses, with `Unavailable`:
+    /// - an event or snapshot item of an item the catalog does not know ("catalog behind":
+    ///   build again once the catalog caught up), or of another partition;
+    /// - a lane or snapshot holding an order of an epoch at or above `recovery.epoch`: new
+    ///   order ids could repeat old ones;
+    /// - archived items (a cluster node keeps no archive);
+    /// - a lane that contradicts itself (an oversell, an order out of sequence: a corrupt
+    ///   log or a bug).
+    pub fn build_partition(&self, recovery: PartitionRecovery) -> Result<PartitionPart> {
+        let core = self.core();
+        let cluster = self.cluster()?;
+        cluster.check_partition(recovery.partition)?;
+        let partition = recovery.partition;
+        let epoch = recovery.epoch;
+        // A contradiction in the lane trips an assert of the item's `apply`; the half-built
+        // part touched nothing shared, so it is dropped and the caller's thread lives on.
+        let built = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            rebuild_partition(
+                &core.catalog,
+                &core.config,
+                cluster.partitions,
+                &*core.journal,
+                recovery,
+            )
+        }));
+        let (states, strikes) = match built {
+            Ok(built) => built?,
+            Err(_) => {
+                return Err(Error::Unavailable(format!(
+                    "partition {partition}'s lane contradicts itself (a corrupt log or a bug); not built"
+                )))
+            }
+        };
+        Ok(PartitionPart {
+            partition,
+            epoch,
+            instance: cluster.instance,
+            states,
+            strikes,
+        })
+    }
+
+    /// Installs a built partition: on the control thread (serialised with creates, which
+    /// meanwhile installed nothing of it), every shard takes its items under the part's
+    /// epoch, publishes their gates, and expires the payment deadlines that passed while
+    /// the partition had no owner, journaled in that very batch. Then the replay's strikes
+    /// are on the board and the partition is Owned: its calls go to the shards. Returns how
+    /// many items were adopted.
+    ///
+    /// Refused when the partition is installed already (an adopt, a release or a lost
+    /// lease under way): two copies of an item must never decide; and `NotOwner` when its
+    /// lease is not held for sure (the adopt decides expiries). On an error nothing of
+    /// the partition stays installed; the shards may have journaled expiries, so a retry
+    /// builds again from the lane as it stands. Cancel-safe: once handed over it runs to
+    /// its end.
+    pub async fn adopt_partition(&self, part: PartitionPart) -> Result<usize> {
+        self.cluster()?;
+        self.control(|reply| ControlOp::AdoptPartition {
+            part: Box::new(part),
+            reply,
+        })
+        .await
+    }
+
+    /// The clean hand-over of `partition`: from the call on, its calls answer `NotOwner`;
+    /// every shard journals and answers what it decided for the partition (a journal that
+    /// stalls holds the release back) and waits for an append the journal is still
+    /// writing; then the partition's items, strikes and gate views leave. Returns once none
+    /// is left, so the lease can go: nothing of the partition is appended after. A
+    /// partition not installed is released at once, with no item.
+    pub async fn release_partition(&self, partition: u32) -> Result<Released> {
+        self.cluster()?.check_partition(partition)?;
+        self.control(|reply| ControlOp::ReleasePartition { partition, reply })
+            .await
+    }
+
+    /// The lease of `partition` was lost (taken over, or given up): its calls answer
+    /// `NotOwner` from now on, and its items leave the shards without waiting for an
+    /// append still being written (the journal answers it as lost). Returns at once; the
+    /// drop itself runs on the control thread, before any later adopt.
+    pub fn lose_partition(&self, partition: u32) {
+        let Ok(cluster) = self.cluster() else {
+            return;
+        };
+        if cluster.check_partition(partition).is_err() {
+            return;
+        }
+        cluster.standings.set(partition, Standing::Releasing);
+        if self
+            .inner
+            .control
+            .submit(ControlOp::LosePartition { partition })
+            .is_err()
+        {
+            // The engine is stopping, and its shards with it.
+            tracing::warn!(
+                partition,
+                "a lost partition is not dropped: the engine is stopping"
+            );
+        }
+    }
+
+    /// The partitions installed here, ascending (empty when the engine runs alone). One of
+    /// them whose lease is not held for sure still answers `NotOwner`.
+    pub fn owned_partitions(&self) -> Vec<u32> {
+        self.core()
+            .cluster
+            .as_ref()
+            .map_or_else(Vec::new, |cluster| cluster.standings.owned())
     }
 
     /// The engine's clock (the edge uses it for `server_time`).
@@ -172,7 +350,7 @@ impl Engine {
                 created: true,
             }),
             CreateOutcome::Existing => Ok(Creation {
-                promotion: self.promotion_stats(&id).await?,
+                promotion: self.stats_after_write(&id).await?,
                 created: false,
             }),
         }
@@ -197,20 +375,49 @@ impl Engine {
             reply,
         })
         .await?;
-        self.promotion_stats(id).await
+        self.stats_after_write(id).await
     }
 
-    /// Takes a consistent image of the whole engine and hands it to the journal.
+    /// Takes a consistent image of the whole engine and hands it to the journal. A cluster
+    /// engine refuses: it holds some partitions only, and an image without the others
+    /// would lose their orders.
     pub async fn snapshot(&self) -> Result<EngineImage> {
         self.control(|reply| ControlOp::Snapshot { reply }).await
     }
 
-    /// A promotion with exact per-item stats, read from the owning shards.
+    /// A promotion with exact per-item stats, read from the owning shards. In a cluster,
+    /// `NotOwner` when any of its items is not this engine's to read (never stale figures).
     pub async fn promotion_stats(&self, promotion_id: &str) -> Result<PromotionStats> {
         let entry = self.core().catalog.entry(promotion_id)?;
-        let keys = entry.gates.iter().map(|g| g.key);
+        let keys: Vec<u64> = entry.gates.iter().map(|g| g.key).collect();
+        for key in &keys {
+            self.route(*key)?;
+        }
+        self.stats_of(&entry, keys).await
+    }
+
+    /// The stats a done catalog write answers with. In a cluster, the items of partitions
+    /// not owned here show their figures as created: the write happened, so an error would
+    /// be wrong, and only their owners know their figures (the edge asks them, plan step 9).
+    async fn stats_after_write(&self, promotion_id: &str) -> Result<PromotionStats> {
+        let Some(cluster) = &self.core().cluster else {
+            return self.promotion_stats(promotion_id).await;
+        };
+        let entry = self.core().catalog.entry(promotion_id)?;
+        let owned: Vec<u64> = entry
+            .gates
+            .iter()
+            .map(|g| g.key)
+            .filter(|key| cluster.check(*key).is_ok())
+            .collect();
+        self.stats_of(&entry, owned).await
+    }
+
+    /// The promotion's stats with the exact figures of the items `keys` (the others as
+    /// created).
+    async fn stats_of(&self, entry: &PromotionEntry, keys: Vec<u64>) -> Result<PromotionStats> {
         let mut found = self
-            .item_stats(keys_by_shard(keys, self.core().shards.count()))
+            .item_stats(keys_by_shard(keys.into_iter(), self.core().shards.count()))
             .await?;
         let mut stats = entry.fresh_stats(self.now_ms());
         for (item, gate) in stats.items.iter_mut().zip(&entry.gates) {
@@ -310,6 +517,8 @@ impl Engine {
     ) -> Result<HumanCheck> {
         check_id("user_id", user_id)?;
         let (entry, gate) = self.core().catalog.gate(promotion_id, sku)?;
+        // A gate of a partition not owned here shows no figure to refuse by.
+        self.route(gate.key)?;
         self.token_refusal(&entry, &gate, user_id, claims)?;
         Ok(entry.record.guard.human_check)
     }
@@ -326,6 +535,9 @@ impl Engine {
     ) -> Result<TokenGrant> {
         check_id("user_id", user_id)?;
         let (entry, gate) = self.core().catalog.gate(promotion_id, sku)?;
+        // Before the gate's refusals: a gate of a partition not owned here shows no figure
+        // to refuse by.
+        let shard = self.route(gate.key)?;
         self.token_refusal(&entry, &gate, user_id, admission.claims)?;
         check_human(&entry.record.guard, admission.human_check_passed)?;
         let (reply, rx) = Responder::channel();
@@ -334,9 +546,7 @@ impl Engine {
             user_id: user_id.to_owned(),
             reply,
         };
-        self.core()
-            .shards
-            .send(self.core().shards.of(gate.key), command)?;
+        self.core().shards.send(shard, command)?;
         answer_write(rx).await
     }
 
@@ -390,6 +600,9 @@ impl Engine {
             return Err(Error::invalid("token", "longer than 128 bytes"));
         }
         let (entry, gate) = self.core().catalog.gate(promotion_id, sku)?;
+        // Before the gate's refusals: a gate of a partition not owned here shows no figure
+        // to refuse by.
+        let shard = self.route(gate.key)?;
         if let Some(refusal) = self.purchase_refusal(&entry, &gate, user_id) {
             return Err(refusal);
         }
@@ -410,9 +623,7 @@ impl Engine {
             eligible,
             reply,
         };
-        self.core()
-            .shards
-            .send(self.core().shards.of(gate.key), command)?;
+        self.core().shards.send(shard, command)?;
         answer_write(rx).await
     }
 
@@ -487,7 +698,7 @@ impl Engine {
             seq: parsed.order_seq,
             order_id: order_id.to_owned(),
         };
-        let shard = self.core().shards.of(order.key);
+        let shard = self.route(order.key)?;
         let (reply, rx) = Responder::channel();
         self.core().shards.send(shard, make(order, reply))?;
         Ok((shard, rx))

@@ -29,6 +29,8 @@
 //! - `snapshot`: taking a consistent image, and when.
 //! - `control`: the thread that runs catalog changes and snapshots, where no caller can
 //!   cancel them.
+//! - `partition`: a cluster node's partitions: which ones it decides for (`route`), and how
+//!   one is built from its lane, adopted by the shards, and released or lost.
 //! - `core`: what the handle and the control thread share.
 //! - `engine`: the public handle that routes calls to shards.
 //! - `error`: the one `Error` enum, whose `code()` is api.md's error code.
@@ -88,6 +90,7 @@ mod image;
 mod item;
 mod model;
 mod order_log;
+mod partition;
 mod ports;
 mod pump;
 mod recovery;
@@ -123,6 +126,7 @@ pub use model::{
     DEFAULT_TOKEN_MULTIPLIER,
 };
 pub use order_log::OrderLog;
+pub use partition::{ClusterPorts, PartitionPart, PartitionRecovery, Released};
 pub use ports::{
     AppendOutcome, BatchStream, Clock, Journal, ManualClock, MemoryJournal, NullSink, OrderSink,
     Ownership, PendingAppend, Ports, Recovery, StaticOwnership, SystemClock,

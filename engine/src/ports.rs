@@ -15,6 +15,7 @@ use crate::ids::partition_of;
 use crate::image::EngineImage;
 use crate::model::ArchivedItem;
 use crate::model::Order;
+use crate::partition::PartitionRecovery;
 
 /// The ports an engine runs on.
 #[derive(Clone)]
@@ -480,6 +481,78 @@ impl MemoryJournal {
             .batches()
             .into_iter()
             .filter(|(seq, _)| *seq > through)
+            .map(Ok)
+            .collect();
+        Recovery {
+            image,
+            batches: Box::new(batches.into_iter()),
+            epoch: self.next_epoch(),
+        }
+    }
+
+    /// What a cluster node's journal hands over when it takes `partition` (as
+    /// [`MemoryJournal::with_partitions`] counts them): the items of the last snapshot in
+    /// that partition, the partition's events of every batch after it (the other
+    /// partitions' and the catalog's left out), and a fresh epoch. For tests that move a
+    /// partition from one engine to another.
+    pub fn partition_recovery(&self, partition: u32) -> PartitionRecovery {
+        let partitions = self.partitions;
+        let in_partition = move |key: u64| partition_of(key, partitions) == partition;
+        let image = self.snapshot();
+        let through = image.as_ref().map_or(0, |i| i.through_seq);
+        let items = image
+            .map(|image| {
+                image
+                    .items
+                    .into_iter()
+                    .filter(|item| in_partition(item.key))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let batches: Vec<_> = self
+            .batches()
+            .into_iter()
+            .filter(|(seq, _)| *seq > through)
+            .map(|(seq, events)| {
+                let events: Vec<Event> = events
+                    .into_iter()
+                    .filter(|event| event.item_key().is_some_and(in_partition))
+                    .collect();
+                (seq, events)
+            })
+            .filter(|(_, events)| !events.is_empty())
+            .map(Ok)
+            .collect();
+        PartitionRecovery {
+            partition,
+            items,
+            batches: Box::new(batches.into_iter()),
+            epoch: self.next_epoch(),
+            catalog_seq: self.last_seq(),
+        }
+    }
+
+    /// What a cluster node's journal hands over at the node's start: the catalog alone
+    /// (the last snapshot without its items, and the catalog's events of every batch after
+    /// it), for [`crate::Engine::start_cluster`].
+    pub fn catalog_recovery(&self) -> Recovery {
+        let image = self.snapshot().map(|mut image| {
+            image.items.clear();
+            image
+        });
+        let through = image.as_ref().map_or(0, |i| i.through_seq);
+        let batches: Vec<_> = self
+            .batches()
+            .into_iter()
+            .filter(|(seq, _)| *seq > through)
+            .map(|(seq, events)| {
+                let events: Vec<Event> = events
+                    .into_iter()
+                    .filter(|event| event.item_key().is_none())
+                    .collect();
+                (seq, events)
+            })
+            .filter(|(_, events)| !events.is_empty())
             .map(Ok)
             .collect();
         Recovery {

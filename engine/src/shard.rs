@@ -12,12 +12,20 @@
 //! partitions' items fail ("outcome unknown" for writes), the others are sent, and the lost
 //! partitions' items leave the shard: their lanes are another node's now, so the shard
 //! answers "not the owner" for them and is not fenced.
+//!
+//! In a cluster engine the shard holds the items of the partitions it was given (an adopt,
+//! see `partition.rs`) and answers "not the owner", nothing done, for any other key, and for
+//! a partition whose lease is not held for sure: a command that was queued before its
+//! partition was dropped never reaches a decision or a 404. A drop journals and answers the
+//! batch first and, in a clean hand-over, waits for an append still being written, so no
+//! answered batch is lost and no memory ahead of the log is let go.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
+use tokio::sync::oneshot;
 
 use crate::archive;
 use crate::command::{Command, OrderAddress, Reply, ReplyScope};
@@ -27,7 +35,7 @@ use crate::ids::partition_of;
 use crate::item::{DecideContext, Decision, ItemState, Payment};
 use crate::model::ArchivedItem;
 use crate::model::{ItemStats, Order, PurchaseRequest, Purchased, TokenGrant};
-use crate::ports::{AppendOutcome, Clock, Journal, OrderSink, PendingAppend};
+use crate::ports::{AppendOutcome, Clock, Journal, OrderSink, Ownership, PendingAppend};
 use crate::pump::PumpBatch;
 use crate::shard_state::{ShardState, Slot};
 
@@ -53,6 +61,63 @@ pub(crate) struct ShardSettings {
     pub retain_ended_ms: i64,
 }
 
+/// How often a shard with a parked drop asks the journal about its pending append, at most:
+/// a release is waiting on it.
+const PARKED_DROP_POLL: Duration = Duration::from_millis(5);
+
+/// What a shard of a cluster engine knows of the partitions: which ones it decides for, and
+/// under which epoch each.
+#[derive(Debug)]
+pub(crate) struct ShardCluster {
+    partitions: u32,
+    /// By partition: the epoch of its ownership while this shard holds it, `None` otherwise.
+    epochs: Vec<Option<u64>>,
+    ownership: Arc<dyn Ownership>,
+}
+
+impl ShardCluster {
+    /// `partitions` partitions (at least 1), none held.
+    pub fn new(partitions: u32, ownership: Arc<dyn Ownership>) -> Self {
+        let partitions = partitions.max(1);
+        ShardCluster {
+            partitions,
+            epochs: vec![None; partitions as usize],
+            ownership,
+        }
+    }
+
+    fn partition(&self, key: u64) -> u32 {
+        partition_of(key, self.partitions)
+    }
+
+    fn epoch(&self, partition: u32) -> Option<u64> {
+        self.epochs.get(partition as usize).copied().flatten()
+    }
+
+    /// This shard holds the partition's items (an adopt gave them, no drop took them).
+    fn holds(&self, partition: u32) -> bool {
+        self.epoch(partition).is_some()
+    }
+
+    /// This shard may decide for the partition's items now: it holds them, and the lease is
+    /// held for sure (checked again here, for commands queued before it lapsed).
+    fn decides(&self, partition: u32) -> bool {
+        self.holds(partition) && self.ownership.is_held(partition)
+    }
+
+    fn hold(&mut self, partition: u32, epoch: u64) {
+        if let Some(slot) = self.epochs.get_mut(partition as usize) {
+            *slot = Some(epoch);
+        }
+    }
+
+    fn let_go(&mut self, partition: u32) {
+        if let Some(slot) = self.epochs.get_mut(partition as usize) {
+            *slot = None;
+        }
+    }
+}
+
 /// The ports a shard writes through.
 #[derive(Clone)]
 pub(crate) struct ShardPorts {
@@ -75,6 +140,12 @@ pub(crate) struct Shard {
     /// Partitions whose lane the journal lost: their items left the shard, and commands
     /// about them are answered `NotOwner`.
     lost: Option<LostPartitions>,
+    /// A cluster engine's shard: the partitions it holds. `None` when the engine runs alone
+    /// (every key is this shard's by routing alone).
+    cluster: Option<ShardCluster>,
+    /// Drops of a clean hand-over that wait for the suspended batch to land or fail: the
+    /// partition and where its answer goes.
+    parked_drops: Vec<(u32, oneshot::Sender<Result<usize>>)>,
     /// The batch's answers for callers on threads with a [`crate::ReplyPump`].
     pumps: PumpBatch,
     touched: Vec<u64>,
@@ -84,7 +155,8 @@ pub(crate) struct Shard {
     /// in memory, so writes wait (refused) until it lands; reads are answered meanwhile.
     suspended: Option<Suspended>,
     stopping: Option<tokio::sync::oneshot::Sender<Result<()>>>,
-    /// This batch paused for a snapshot.
+    /// This batch was cut short: a snapshot's pause, or a partition's drop that journaled
+    /// the batch, waited, so the time read at its start is stale.
     paused: bool,
     last_housekeeping: Instant,
 }
@@ -103,6 +175,7 @@ impl Shard {
         state: ShardState,
         mailbox: Receiver<Command>,
         ports: ShardPorts,
+        cluster: Option<ShardCluster>,
     ) -> Self {
         Shard {
             settings,
@@ -113,6 +186,8 @@ impl Shard {
             replies: Vec::new(),
             scopes: Vec::new(),
             lost: None,
+            cluster,
+            parked_drops: Vec::new(),
             pumps: PumpBatch::default(),
             touched: Vec::new(),
             fenced: None,
@@ -126,7 +201,12 @@ impl Shard {
     /// The shard's loop; returns when told to shut down or when every sender is gone.
     pub fn run(mut self) {
         loop {
-            let first = match self.mailbox.recv_timeout(self.settings.expiry_tick) {
+            let wait = if self.parked_drops.is_empty() {
+                self.settings.expiry_tick
+            } else {
+                PARKED_DROP_POLL.min(self.settings.expiry_tick)
+            };
+            let first = match self.mailbox.recv_timeout(wait) {
                 Ok(command) => Some(command),
                 Err(RecvTimeoutError::Timeout) => None,
                 Err(RecvTimeoutError::Disconnected) => break,
@@ -175,7 +255,9 @@ impl Shard {
 
     fn housekeep(&mut self, now_ms: i64) {
         self.state.housekeep(now_ms);
-        if self.ports.journal.keeps_archive() {
+        // A cluster node keeps its items in memory: an archive is one node's, and the next
+        // owner of the partition could not read it.
+        if self.ports.journal.keeps_archive() && self.cluster.is_none() {
             for key in self.state.archivable(now_ms, self.settings.retain_ended_ms) {
                 self.archive_item(key);
             }
@@ -340,6 +422,15 @@ impl Shard {
         });
         self.touched.retain(|key| lost.partition(*key).is_none());
         let dropped = self.state.drop_items(|key| lost.partition(key).is_some());
+        if let Some(cluster) = self.cluster.as_mut() {
+            debug_assert_eq!(
+                cluster.partitions, lost.partitions,
+                "the journal and the leases count partitions alike"
+            );
+            for partition in &lost.lost {
+                cluster.let_go(*partition);
+            }
+        }
         self.lost
             .get_or_insert_with(|| LostPartitions::new(lost.partitions, Vec::new()))
             .merge(lost);
@@ -420,6 +511,9 @@ impl Shard {
             )),
             PendingAppend::Waiting => unreachable!("returned above"),
         }
+        // The batch is in the log or never will be: the memory of a partition being handed
+        // over is no longer ahead of its lane, and may go.
+        self.finish_parked_drops();
     }
 
     fn publish_gates(&mut self) {
@@ -439,11 +533,23 @@ impl Shard {
         match command {
             Command::Fault => panic!("fault injected into shard {}", self.settings.index),
             Command::Shutdown { reply } => self.stopping = Some(reply),
+            Command::Adopt {
+                partition,
+                epoch,
+                state,
+                reply,
+            } => self.adopt(partition, epoch, *state, reply, now_ms),
+            Command::DropPartition {
+                partition,
+                wait,
+                reply,
+            } => self.drop_partition(partition, wait, reply),
             command => {
                 let scope = command.scope();
-                if let Some(partition) = self.lost_partition(scope.keys()) {
-                    // Its items left the shard: nothing is decided here, the owner may be
-                    // asked instead.
+                if let Some(partition) = self.refused_partition(scope.keys()) {
+                    // Its items are not this shard's to decide (lost, dropped, never
+                    // adopted, or the lease is not held for sure): nothing is decided here,
+                    // the owner may be asked instead.
                     command.refuse(Error::NotOwner { partition }, &mut self.replies);
                 } else {
                     match self.fenced.clone() {
@@ -468,6 +574,126 @@ impl Shard {
         keys.iter().find_map(|key| lost.partition(*key))
     }
 
+    /// The first of `keys` this shard may not decide for: in a partition it lost, or, in a
+    /// cluster engine, in one it does not hold or whose lease is not held for sure.
+    fn refused_partition(&self, keys: &[u64]) -> Option<u32> {
+        if let Some(partition) = self.lost_partition(keys) {
+            return Some(partition);
+        }
+        let cluster = self.cluster.as_ref()?;
+        keys.iter()
+            .map(|key| cluster.partition(*key))
+            .find(|partition| !cluster.decides(*partition))
+    }
+
+    /// Takes over this shard's items of `partition` (see [`Command::Adopt`]). Refused, with
+    /// nothing changed, by a fenced or suspended shard (its memory may be ahead of the log,
+    /// and a pending batch could still drop the partition it is adopting), and by one that
+    /// holds the partition or any of its items already.
+    fn adopt(
+        &mut self,
+        partition: u32,
+        epoch: u64,
+        part: ShardState,
+        reply: oneshot::Sender<Result<()>>,
+        now_ms: i64,
+    ) {
+        if let Err(error) = self.can_adopt(partition, &part) {
+            let _ = reply.send(Err(error));
+            return;
+        }
+        let keys = self.state.absorb(part, epoch);
+        if let Some(cluster) = self.cluster.as_mut() {
+            cluster.hold(partition, epoch);
+        }
+        let emptied = self.lost.as_mut().is_some_and(|lost| {
+            lost.forget(partition);
+            lost.lost.is_empty()
+        });
+        if emptied {
+            self.lost = None;
+        }
+        // The gates show the log's state of the items: publish them before anything more is
+        // decided (a sold-out storm is refused at the gate from now on).
+        for key in &keys {
+            if let Some(slot) = self.state.items.get_mut(key) {
+                slot.publish(now_ms);
+            }
+        }
+        // Payment deadlines that passed while the partition had no owner expire now, in
+        // this very batch, journaled before the adopt is answered.
+        self.state
+            .expire_due(now_ms, &mut self.events, &mut self.touched);
+        self.replies.push(Reply::Unit(reply, Ok(())));
+        self.scopes.push(ReplyScope::writes(keys));
+    }
+
+    fn can_adopt(&self, partition: u32, part: &ShardState) -> Result<()> {
+        let Some(cluster) = &self.cluster else {
+            return Err(crate::partition::not_a_cluster());
+        };
+        if let Some(error) = &self.fenced {
+            return Err(error.clone());
+        }
+        if self.suspended.is_some() {
+            return Err(suspended_error());
+        }
+        if cluster.holds(partition) || self.state.holds_any_of(part) {
+            return Err(Error::Unavailable(format!(
+                "shard {} holds partition {partition} already",
+                self.settings.index
+            )));
+        }
+        Ok(())
+    }
+
+    /// Lets `partition` go (see [`Command::DropPartition`]). Everything decided so far is
+    /// journaled and answered first, so no answer for the partition is left behind; with
+    /// `wait`, a batch the journal is still writing is waited for (the drop is parked and
+    /// finished by `check_suspended`), so no memory ahead of the log is let go.
+    fn drop_partition(
+        &mut self,
+        partition: u32,
+        wait: bool,
+        reply: oneshot::Sender<Result<usize>>,
+    ) {
+        self.commit();
+        // The journal write may have taken long: later commands read the time anew.
+        self.paused = true;
+        if wait && self.suspended.is_some() {
+            self.parked_drops.push((partition, reply));
+            return;
+        }
+        let dropped = self.let_partition_go(partition);
+        let _ = reply.send(Ok(dropped));
+    }
+
+    /// Drops every item of `partition` and stops holding it; returns how many left.
+    fn let_partition_go(&mut self, partition: u32) -> usize {
+        let Some(cluster) = self.cluster.as_mut() else {
+            return 0;
+        };
+        cluster.let_go(partition);
+        let partitions = cluster.partitions;
+        let dropped = self
+            .state
+            .drop_items(|key| partition_of(key, partitions) == partition);
+        tracing::info!(
+            shard = self.settings.index,
+            partition,
+            items_dropped = dropped,
+            "partition let go"
+        );
+        dropped
+    }
+
+    fn finish_parked_drops(&mut self) {
+        for (partition, reply) in std::mem::take(&mut self.parked_drops) {
+            let dropped = self.let_partition_go(partition);
+            let _ = reply.send(Ok(dropped));
+        }
+    }
+
     fn run_command(&mut self, command: Command, now_ms: i64) {
         match command {
             Command::JournalCatalog { event, reply } => {
@@ -479,10 +705,26 @@ impl Shard {
                 mut keys,
                 reply,
             } => {
-                // A lost partition's items are another node's: none is made here.
+                // A lost partition's items are another node's: none is made here. Nor, in a
+                // cluster, any of a partition not held (its adopt installs them); a lease
+                // that lapsed for a moment keeps the partition's items all the same.
                 keys.retain(|key| self.lost_partition(std::slice::from_ref(key)).is_none());
-                self.state
-                    .install(&entry, &keys, self.settings.token_ttl_ms, now_ms);
+                if let Some(cluster) = &self.cluster {
+                    keys.retain(|key| cluster.holds(cluster.partition(*key)));
+                }
+                let installed =
+                    self.state
+                        .install(&entry, &keys, self.settings.token_ttl_ms, now_ms);
+                if let Some(cluster) = &self.cluster {
+                    for key in installed {
+                        // Decided under the ownership's epoch, never the engine start's.
+                        let epoch = cluster.epoch(cluster.partition(key));
+                        assert!(epoch.is_some(), "an item installed in a partition not held");
+                        if let Some(slot) = self.state.items.get_mut(&key) {
+                            slot.epoch = epoch;
+                        }
+                    }
+                }
                 self.replies.push(Reply::Unit(reply, Ok(())));
             }
             Command::Token {
@@ -543,7 +785,10 @@ impl Shard {
                     .expire_due(now_ms, &mut self.events, &mut self.touched);
                 self.replies.push(Reply::Unit(reply, Ok(())));
             }
-            Command::Shutdown { .. } | Command::Fault => {
+            Command::Shutdown { .. }
+            | Command::Fault
+            | Command::Adopt { .. }
+            | Command::DropPartition { .. } => {
                 unreachable!("handled before run_command")
             }
         }
@@ -596,6 +841,10 @@ impl Shard {
     }
 
     fn context(&self, slot: &Slot, user_id: &str, now_ms: i64) -> DecideContext {
+        debug_assert!(
+            self.cluster.is_none() || slot.epoch.is_some(),
+            "a cluster item decides under its ownership's epoch"
+        );
         DecideContext {
             now_ms,
             status: slot.entry.status(now_ms),
@@ -833,6 +1082,11 @@ impl LostPartitions {
             .binary_search(&partition)
             .is_ok()
             .then_some(partition)
+    }
+
+    /// Forgets that `partition` was lost (it was adopted again, from its lane).
+    fn forget(&mut self, partition: u32) {
+        self.lost.retain(|lost| *lost != partition);
     }
 
     /// Adds the partitions `more` lost (counted among the same number of partitions).

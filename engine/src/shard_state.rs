@@ -8,6 +8,7 @@ use rustc_hash::FxHashMap;
 
 use crate::catalog::{ItemGate, PromotionEntry};
 use crate::event::Event;
+use crate::ids::partition_of;
 use crate::item::ItemState;
 use crate::model::{OrderStatus, PromotionStatus};
 
@@ -38,6 +39,53 @@ impl Slot {
     }
 }
 
+/// A user's strikes in one promotion that the items of one partition gave, collected while
+/// the partition is built off the shards (see [`StrikeTarget::Collect`]).
+#[derive(Debug)]
+pub(crate) struct Strike {
+    pub entry: Arc<PromotionEntry>,
+    pub user_id: String,
+    pub count: u32,
+}
+
+/// Where the strikes go that cancelled and expired orders give their users.
+#[derive(Debug)]
+pub(crate) enum StrikeTarget {
+    /// Onto the promotion's ban board, counted in the item's partition among `partitions`
+    /// (0 or 1: every strike in partition 0, a one-node engine's board).
+    Board { partitions: u32 },
+    /// Into this map, by (promotion id, user id): a partition being built off the shards,
+    /// which must ban nobody before it is adopted.
+    Collect(FxHashMap<(String, String), Strike>),
+}
+
+impl Default for StrikeTarget {
+    fn default() -> Self {
+        StrikeTarget::Board { partitions: 0 }
+    }
+}
+
+impl StrikeTarget {
+    /// Counts `count` strikes for `user_id`, given by the item `key` of `entry`.
+    fn strike(&mut self, entry: &Arc<PromotionEntry>, key: u64, user_id: String, count: u32) {
+        match self {
+            StrikeTarget::Board { partitions } => {
+                entry.add_strikes_in(partition_of(key, *partitions), user_id, count);
+            }
+            StrikeTarget::Collect(strikes) => {
+                let strike = strikes
+                    .entry((entry.record.id.clone(), user_id.clone()))
+                    .or_insert_with(|| Strike {
+                        entry: Arc::clone(entry),
+                        user_id,
+                        count: 0,
+                    });
+                strike.count = strike.count.saturating_add(count);
+            }
+        }
+    }
+}
+
 /// The items of one shard and the payment deadlines of their orders.
 #[derive(Debug, Default)]
 pub(crate) struct ShardState {
@@ -48,18 +96,55 @@ pub(crate) struct ShardState {
     /// (pay_before_ms, item key, order seq) of every order placed; stale entries (orders
     /// since paid or cancelled) are skipped when they come up.
     deadlines: BinaryHeap<Reverse<(i64, u64, u64)>>,
+    strikes: StrikeTarget,
 }
 
 impl ShardState {
+    /// A shard's state in a cluster engine: strikes go onto the board in their items'
+    /// partitions among `partitions`.
+    pub fn on_board(partitions: u32) -> Self {
+        ShardState {
+            strikes: StrikeTarget::Board { partitions },
+            ..ShardState::default()
+        }
+    }
+
+    /// The state of a partition being built off the shards: strikes are collected, never
+    /// put on the board (see [`ShardState::take_strikes`]).
+    pub fn collecting() -> Self {
+        ShardState {
+            strikes: StrikeTarget::Collect(FxHashMap::default()),
+            ..ShardState::default()
+        }
+    }
+
     /// Creates fresh items for the `keys` of `entry` (those routed here) and publishes their
-    /// gates (fresh: nothing undurable to show).
+    /// gates (fresh: nothing undurable to show). Returns the keys it installed.
     pub fn install(
         &mut self,
         entry: &Arc<PromotionEntry>,
         keys: &[u64],
         token_ttl_ms: i64,
         now_ms: i64,
-    ) {
+    ) -> Vec<u64> {
+        let installed = self.install_unpublished(entry, keys, token_ttl_ms);
+        for key in &installed {
+            if let Some(slot) = self.items.get_mut(key) {
+                slot.publish(now_ms);
+            }
+        }
+        installed
+    }
+
+    /// [`ShardState::install`] without touching the gates: for a partition built off the
+    /// shards, whose gates are published only when a shard adopts it.
+    pub fn install_unpublished(
+        &mut self,
+        entry: &Arc<PromotionEntry>,
+        keys: &[u64],
+        token_ttl_ms: i64,
+    ) -> Vec<u64> {
+        let mut installed = Vec::new();
         for (gate, item) in entry.gates.iter().zip(&entry.record.items) {
             if !keys.contains(&gate.key) || self.items.contains_key(&gate.key) {
                 // Installed already: an install repeated for the same promotion is a no-op,
@@ -76,17 +161,17 @@ impl ShardState {
                 token_ttl_ms,
             );
             self.insert(state, entry, gate);
-            if let Some(slot) = self.items.get_mut(&gate.key) {
-                slot.publish(now_ms);
-            }
+            installed.push(gate.key);
         }
+        installed
     }
 
     /// Takes an item back from a snapshot.
     pub fn restore(&mut self, state: ItemState, entry: &Arc<PromotionEntry>, gate: &Arc<ItemGate>) {
         for (user_id, buyer) in &state.buyers {
             if buyer.strikes > 0 {
-                entry.add_strikes(user_id.clone(), buyer.strikes);
+                self.strikes
+                    .strike(entry, state.key, user_id.clone(), buyer.strikes);
             }
         }
         for (index, order) in state.orders.iter().enumerate() {
@@ -123,7 +208,7 @@ impl ShardState {
             panic!("event for an item this shard does not own: {key:016x}");
         };
         if let Some(user_id) = slot.state.apply(event) {
-            slot.entry.add_strikes(user_id, 1);
+            self.strikes.strike(&slot.entry, key, user_id, 1);
         }
         if let Event::OrderPlaced {
             order_seq, order, ..
@@ -146,19 +231,77 @@ impl ShardState {
         self.archived.insert(key, slot.entry);
     }
 
-    /// Drops every item (held or archived) whose key `lost` picks, with nothing journaled:
-    /// items of a partition whose lane this node lost. Their deadlines are skipped when
-    /// they come up. Returns how many items left.
+    /// Drops every item (held or archived) whose key `lost` picks, and their deadlines,
+    /// with nothing journaled: items of a partition whose lane this node lost or handed
+    /// over. Returns how many items left.
     pub fn drop_items(&mut self, lost: impl Fn(u64) -> bool) -> usize {
-        let before = self.items.len() + self.archived.len();
+        let before = self.item_count();
         self.items.retain(|key, _| !lost(*key));
         self.archived.retain(|key, _| !lost(*key));
-        before - (self.items.len() + self.archived.len())
+        self.deadlines.retain(|Reverse((_, key, _))| !lost(*key));
+        before - self.item_count()
+    }
+
+    /// Items held or archived.
+    pub fn item_count(&self) -> usize {
+        self.items.len() + self.archived.len()
     }
 
     /// Whether recovery holds a state for the item `key`.
     pub fn holds(&self, key: u64) -> bool {
         self.items.contains_key(&key)
+    }
+
+    /// Whether some item of `part` is held or archived here already.
+    pub fn holds_any_of(&self, part: &ShardState) -> bool {
+        part.items
+            .keys()
+            .chain(part.archived.keys())
+            .any(|key| self.items.contains_key(key) || self.archived.contains_key(key))
+    }
+
+    /// Takes over the items of `part`, a partition built off the shard: from now on they
+    /// are decided here, under `epoch`. Their deadlines come along. Returns their keys.
+    ///
+    /// # Panics
+    ///
+    /// When one of them is here already: two states of one item would both decide, and
+    /// sell its stock twice. The shard checks [`ShardState::holds_any_of`] first.
+    pub fn absorb(&mut self, part: ShardState, epoch: u64) -> Vec<u64> {
+        let ShardState {
+            items,
+            archived,
+            deadlines,
+            strikes: _,
+        } = part;
+        let mut keys = Vec::with_capacity(items.len());
+        for (key, mut slot) in items {
+            assert!(
+                !self.items.contains_key(&key) && !self.archived.contains_key(&key),
+                "an adopted item is held already: two copies would decide"
+            );
+            slot.epoch = Some(epoch);
+            self.items.insert(key, slot);
+            keys.push(key);
+        }
+        for (key, entry) in archived {
+            assert!(
+                !self.items.contains_key(&key) && !self.archived.contains_key(&key),
+                "an adopted item is held already: two copies would decide"
+            );
+            self.archived.insert(key, entry);
+        }
+        self.deadlines.extend(deadlines);
+        keys
+    }
+
+    /// The strikes a collecting state gathered (none for a state on the board), leaving it
+    /// empty.
+    pub fn take_strikes(&mut self) -> Vec<Strike> {
+        match &mut self.strikes {
+            StrikeTarget::Collect(strikes) => strikes.drain().map(|(_, strike)| strike).collect(),
+            StrikeTarget::Board { .. } => Vec::new(),
+        }
     }
 
     /// Marks an item archived when recovery found its promotion but no state for it and the

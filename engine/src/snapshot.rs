@@ -6,6 +6,10 @@
 //! on a shard and never saves a partial image: a dead shard (its mailbox closed, or its reply
 //! dropped) or a fenced one (its memory is ahead of its log) aborts the snapshot, the paused
 //! shards are released, and the log is kept whole.
+//!
+//! A cluster engine takes none: it holds some partitions only, and a whole-engine image
+//! without the others' items would make a restart install them fresh, selling their stock
+//! again. Its snapshots are per partition (cluster plan, step 6).
 
 use std::sync::atomic::Ordering;
 
@@ -21,6 +25,11 @@ use crate::item::ItemState;
 /// Takes a consistent image of the engine and saves it through the journal. Blocks: call it
 /// from the control thread.
 pub(crate) fn take_and_save(core: &Core) -> Result<EngineImage> {
+    if core.cluster.is_some() {
+        return Err(Error::Unavailable(
+            "a cluster node takes no whole-engine snapshot: it holds some partitions only".into(),
+        ));
+    }
     let image = take(core)?;
     let started = std::time::Instant::now();
     core.journal
@@ -39,7 +48,7 @@ pub(crate) fn take_and_save(core: &Core) -> Result<EngineImage> {
 /// 100% growth).
 pub(crate) fn is_due(core: &Core) -> bool {
     let every = core.config.snapshot_every_events;
-    if every == 0 {
+    if every == 0 || core.cluster.is_some() {
         return false;
     }
     let due = every.max(

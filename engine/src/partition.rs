@@ -1,0 +1,546 @@
+//! A cluster node's partitions in a running engine: which ones it decides for, how one is
+//! installed (built from its lane off the shards, then adopted by every shard) and how one
+//! is dropped (a clean hand-over, or a lease lost). The cluster plan's Q1 and step 3.
+//!
+//! The unit a node owns is a partition, `partition_of(item_key, partitions)`: one lease and
+//! one journal lane. Shard routing stays `key % shards`, so a partition's items are spread
+//! over every shard, and adopting and dropping are broadcast to all of them.
+//!
+//! What keeps the money right:
+//! - One copy decides. A command for an item reaches a shard only while the item's partition
+//!   is Owned here and its lease is held ([`ClusterState::check`]); the shard checks again
+//!   (its own set of held partitions, and the lease), so a command that was already queued
+//!   when its partition was dropped answers `NotOwner`, nothing done, never a 404 or a sale.
+//!   An adopt takes only a partition that is not installed, and a shard asserts that it
+//!   never holds two states of one item.
+//! - No answered batch is lost on a release: every shard journals and answers what it has
+//!   decided before it lets the partition go, and waits for an append still being written.
+//! - No yes for what did not land: the adopt's expiries are journaled in the adopt's own
+//!   batch, and the adopt is answered after that batch (a lane lost in it fails the adopt).
+//! - A half-built partition bans nobody: the replay's strikes are collected into the part
+//!   and reach the ban board only when the part is adopted.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::oneshot;
+
+use crate::command::Command;
+use crate::core::Core;
+use crate::error::{Error, Result};
+use crate::ids::partition_of;
+use crate::item::ItemState;
+use crate::ports::{BatchStream, Ownership};
+use crate::recovery::install_missing;
+use crate::shard_state::{ShardState, Strike};
+
+/// What a cluster engine runs on besides its [`crate::Ports`] (see
+/// [`crate::Engine::start_cluster`]).
+///
+/// Step 4 of the cluster plan adds `catalog_log: Arc<dyn CatalogLog>`, the log every node
+/// appends catalog changes to under a condition. Until then a cluster engine journals its
+/// catalog changes through its own journal, as a one-node engine does.
+#[derive(Debug, Clone)]
+pub struct ClusterPorts {
+    /// Which partitions this node holds the lease of, now.
+    pub ownership: Arc<dyn Ownership>,
+}
+
+/// What the journal hands over when this node takes a partition: its snapshot's items and
+/// its lane after the snapshot (see [`crate::Engine::build_partition`]).
+pub struct PartitionRecovery {
+    pub partition: u32,
+    /// The partition's snapshot object, possibly empty.
+    pub items: Vec<ItemState>,
+    /// The lane's batches after the snapshot, up to the takeover record, in order. The
+    /// catalog's events, if a lane holds any, are skipped: the catalog comes from its own log.
+    pub batches: BatchStream,
+    /// Drawn for this ownership: above every epoch in the lane and the snapshot (a build
+    /// refuses it otherwise). Every order id made for the partition's items carries it.
+    pub epoch: u64,
+    /// The catalog's last sequence number at takeover. Carried for step 4 of the cluster
+    /// plan (the driver waits until the engine's catalog reaches it); unused so far.
+    pub catalog_seq: u64,
+}
+
+impl fmt::Debug for PartitionRecovery {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PartitionRecovery")
+            .field("partition", &self.partition)
+            .field("items", &self.items.len())
+            .field("epoch", &self.epoch)
+            .field("catalog_seq", &self.catalog_seq)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A partition rebuilt from its lane and not yet adopted: one state per shard, the strikes
+/// its items gave (on no board yet), and the epoch its items will be decided under. Made by
+/// [`crate::Engine::build_partition`], taken by [`crate::Engine::adopt_partition`] of the same
+/// engine.
+pub struct PartitionPart {
+    pub(crate) partition: u32,
+    pub(crate) epoch: u64,
+    /// The [`ClusterState::instance`] of the engine that built it: a part holds that
+    /// engine's catalog entries and gates, so no other engine may adopt it.
+    pub(crate) instance: u64,
+    /// Index for index, the engine's shards.
+    pub(crate) states: Vec<ShardState>,
+    pub(crate) strikes: Vec<Strike>,
+}
+
+impl PartitionPart {
+    pub fn partition(&self) -> u32 {
+        self.partition
+    }
+
+    /// The epoch of the ownership the part's items are decided under once adopted.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// How many items the part holds so far (the adopt adds those of promotions created
+    /// since the build).
+    pub fn items(&self) -> usize {
+        self.states.iter().map(ShardState::item_count).sum()
+    }
+}
+
+impl fmt::Debug for PartitionPart {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PartitionPart")
+            .field("partition", &self.partition)
+            .field("epoch", &self.epoch)
+            .field("items", &self.items())
+            .field("strikes", &self.strikes.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a clean hand-over let go (see [`crate::Engine::release_partition`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Released {
+    pub partition: u32,
+    /// Items that left the shards.
+    pub items: usize,
+}
+
+/// Where a partition stands in this engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Standing {
+    /// No shard holds its items; its commands answer `NotOwner`.
+    NotInstalled,
+    /// Its shards are taking its items over; its commands answer `NotOwner` until they all
+    /// did.
+    Adopting,
+    /// Installed: its commands go to the shards (while its lease is held).
+    Owned,
+    /// Being dropped (released, or its lease lost): its commands answer `NotOwner`.
+    Releasing,
+}
+
+impl Standing {
+    fn code(self) -> u8 {
+        match self {
+            Standing::NotInstalled => 0,
+            Standing::Adopting => 1,
+            Standing::Owned => 2,
+            Standing::Releasing => 3,
+        }
+    }
+
+    fn of(code: u8) -> Standing {
+        match code {
+            1 => Standing::Adopting,
+            2 => Standing::Owned,
+            3 => Standing::Releasing,
+            _ => Standing::NotInstalled,
+        }
+    }
+}
+
+/// Every partition's [`Standing`], readable from any thread without a lock (`route` reads
+/// it on every command). Moved by the control thread, but for the first step of a lost
+/// lease ([`crate::Engine::lose_partition`]), which any thread takes.
+#[derive(Debug)]
+pub(crate) struct PartitionSet {
+    standings: Box<[AtomicU8]>,
+}
+
+impl PartitionSet {
+    fn new(partitions: u32) -> Self {
+        PartitionSet {
+            standings: (0..partitions)
+                .map(|_| AtomicU8::new(Standing::NotInstalled.code()))
+                .collect(),
+        }
+    }
+
+    /// A partition out of range is never installed.
+    pub fn get(&self, partition: u32) -> Standing {
+        match self.slot(partition) {
+            Some(slot) => Standing::of(slot.load(Ordering::Acquire)),
+            None => Standing::NotInstalled,
+        }
+    }
+
+    pub fn set(&self, partition: u32, standing: Standing) {
+        if let Some(slot) = self.slot(partition) {
+            slot.store(standing.code(), Ordering::Release);
+        }
+    }
+
+    /// Moves `partition` from `from` to `to`; false (nothing changed) when it was not at
+    /// `from`.
+    pub fn swap(&self, partition: u32, from: Standing, to: Standing) -> bool {
+        let Some(slot) = self.slot(partition) else {
+            return false;
+        };
+        let (from, to) = (from.code(), to.code());
+        slot.compare_exchange(from, to, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    pub fn owned(&self) -> Vec<u32> {
+        (0..self.standings.len())
+            .filter_map(|index| u32::try_from(index).ok())
+            .filter(|&partition| self.get(partition) == Standing::Owned)
+            .collect()
+    }
+
+    fn slot(&self, partition: u32) -> Option<&AtomicU8> {
+        self.standings.get(usize::try_from(partition).ok()?)
+    }
+}
+
+/// What a cluster engine keeps beside its core: the leases, the partition count and where
+/// each partition stands. A one-node engine has none, and pays one `Option` branch per
+/// command for it.
+#[derive(Debug)]
+pub(crate) struct ClusterState {
+    pub ownership: Arc<dyn Ownership>,
+    /// `ownership.partitions()`, at least 1: fixed for the deployment.
+    pub partitions: u32,
+    pub standings: PartitionSet,
+    /// Tells this engine's parts from another engine's (see [`PartitionPart::instance`]).
+    pub instance: u64,
+}
+
+impl ClusterState {
+    pub fn new(ports: ClusterPorts) -> Self {
+        let partitions = ports.ownership.partitions().max(1);
+        ClusterState {
+            ownership: ports.ownership,
+            partitions,
+            standings: PartitionSet::new(partitions),
+            instance: rand::random(),
+        }
+    }
+
+    pub fn partition(&self, key: u64) -> u32 {
+        partition_of(key, self.partitions)
+    }
+
+    /// Whether a command for the item `key` may go to its shard: only while the item's
+    /// partition is installed here and its lease is held for sure. `NotOwner` (nothing
+    /// done) otherwise.
+    pub fn check(&self, key: u64) -> Result<()> {
+        let partition = self.partition(key);
+        if self.standings.get(partition) == Standing::Owned && self.ownership.is_held(partition) {
+            Ok(())
+        } else {
+            Err(Error::NotOwner { partition })
+        }
+    }
+
+    /// Refuses a partition this deployment does not have.
+    pub fn check_partition(&self, partition: u32) -> Result<()> {
+        if partition < self.partitions {
+            Ok(())
+        } else {
+            Err(Error::invalid(
+                "partition",
+                format!("must be below {}", self.partitions),
+            ))
+        }
+    }
+}
+
+/// The answer of a partition operation on an engine started alone.
+pub(crate) fn not_a_cluster() -> Error {
+    Error::invalid(
+        "partition",
+        "this engine runs alone (Engine::start): it has no partitions to install or drop",
+    )
+}
+
+fn cluster_of(core: &Core) -> Result<&ClusterState> {
+    core.cluster.as_ref().ok_or_else(not_a_cluster)
+}
+
+/// The keys among `keys` whose items this engine installs when their promotion is created:
+/// all of them when it runs alone; in a cluster, those of partitions Owned here (the adopt
+/// of another partition installs that partition's items itself).
+pub(crate) fn installed_here(core: &Core, keys: Vec<u64>) -> Vec<u64> {
+    match &core.cluster {
+        None => keys,
+        Some(cluster) => keys
+            .into_iter()
+            .filter(|key| cluster.standings.get(cluster.partition(*key)) == Standing::Owned)
+            .collect(),
+    }
+}
+
+/// Adopts a built partition (on the control thread, so no create runs meanwhile): fresh
+/// items for the promotions created since the build, the replay's strikes onto the board,
+/// then every shard takes its items and journals the expiries that fell due. Only then is
+/// the partition Owned. Returns how many items were adopted.
+///
+/// On an error nothing of the partition stays installed. The shards may have journaled
+/// expiries before it, so a retry builds again from the lane as it stands.
+pub(crate) fn adopt(core: &Core, mut part: PartitionPart) -> Result<usize> {
+    let cluster = cluster_of(core)?;
+    let partition = part.partition;
+    if part.instance != cluster.instance || part.states.len() != core.shards.count() {
+        return Err(Error::invalid(
+            "partition",
+            "this part was built by another engine",
+        ));
+    }
+    // A create while the partition was not installed gave it no item: fresh ones now (no
+    // event of them can be in the lane, which nobody wrote since the takeover). On this
+    // thread, so no create slips in between.
+    install_missing(
+        &core.catalog,
+        &mut part.states,
+        partition,
+        cluster.partitions,
+        core.config.token_ttl_ms(),
+        None,
+    )?;
+    if !cluster.ownership.is_held(partition) {
+        // The adopt decides (it expires orders): never without the lease.
+        return Err(Error::NotOwner { partition });
+    }
+    if !cluster
+        .standings
+        .swap(partition, Standing::NotInstalled, Standing::Adopting)
+    {
+        return Err(Error::Unavailable(format!(
+            "partition {partition} is {:?} here; only a partition not installed is adopted",
+            cluster.standings.get(partition)
+        )));
+    }
+    let items = part.items();
+    // The replay's strikes first, as absolute figures: an expiry the adopt journals then
+    // adds its own strike on top.
+    for strike in &part.strikes {
+        strike
+            .entry
+            .set_strikes(partition, strike.user_id.clone(), strike.count);
+    }
+    let adopted = adopt_on_every_shard(core, partition, part.epoch, part.states);
+    match adopted {
+        Ok(())
+            if cluster
+                .standings
+                .swap(partition, Standing::Adopting, Standing::Owned) =>
+        {
+            tracing::info!(partition, epoch = part.epoch, items, "partition adopted");
+            Ok(items)
+        }
+        outcome => {
+            // A shard could not take its part, or the lease was lost meanwhile
+            // (`lose_partition` moved the partition on): nothing of it may stay.
+            let error = outcome.err().unwrap_or(Error::NotOwner { partition });
+            tracing::warn!(partition, %error, "adopt failed; the partition is dropped again");
+            drop_everywhere(core, partition, false);
+            forget_views(core, cluster.partitions, partition);
+            cluster
+                .standings
+                .swap(partition, Standing::Adopting, Standing::NotInstalled);
+            Err(error)
+        }
+    }
+}
+
+/// Hands each shard its part and waits for every answer (also after a refusal, so that
+/// whatever follows comes after every adopt). The first refusal is the answer.
+fn adopt_on_every_shard(
+    core: &Core,
+    partition: u32,
+    epoch: u64,
+    states: Vec<ShardState>,
+) -> Result<()> {
+    let mut waits = Vec::with_capacity(states.len());
+    let mut first_error = None;
+    for (shard, state) in states.into_iter().enumerate() {
+        let (reply, adopted) = oneshot::channel();
+        let command = Command::Adopt {
+            partition,
+            epoch,
+            state: Box::new(state),
+            reply,
+        };
+        match core.shards.send_blocking(shard, command) {
+            Ok(()) => waits.push((shard, adopted)),
+            Err(error) => {
+                first_error = Some(error);
+                break;
+            }
+        }
+    }
+    for (shard, adopted) in waits {
+        let answer = adopted
+            .blocking_recv()
+            .unwrap_or(Err(Error::ShardDown(shard)));
+        if let Err(error) = answer {
+            first_error.get_or_insert(error);
+        }
+    }
+    match first_error {
+        Some(error) => Err(error),
+        None => Ok(()),
+    }
+}
+
+/// The clean hand-over (on the control thread): `partition` is refused from now on, every
+/// shard journals and answers what it decided for it and waits for an append still being
+/// written, then lets its items go. Returns once no shard holds any of them, so that the
+/// caller may give the lease up: nothing is appended for the partition after that.
+pub(crate) fn release(core: &Core, partition: u32) -> Result<Released> {
+    let cluster = cluster_of(core)?;
+    cluster.check_partition(partition)?;
+    if cluster.standings.get(partition) == Standing::NotInstalled {
+        return Ok(Released {
+            partition,
+            items: 0,
+        });
+    }
+    // `route` refuses it from here on: no new command for it reaches a shard. The drops
+    // below come after every command for it that was sent before, mailbox by mailbox.
+    cluster.standings.set(partition, Standing::Releasing);
+    let items = drop_everywhere(core, partition, true);
+    forget_views(core, cluster.partitions, partition);
+    cluster
+        .standings
+        .swap(partition, Standing::Releasing, Standing::NotInstalled);
+    tracing::info!(partition, items, "partition released");
+    Ok(Released { partition, items })
+}
+
+/// The drop of a partition whose lease was lost (on the control thread; the caller of
+/// [`crate::Engine::lose_partition`] marked it Releasing already). No shard waits for an
+/// append still being written: the journal answers it as lost.
+pub(crate) fn lose(core: &Core, partition: u32) {
+    let Some(cluster) = core.cluster.as_ref() else {
+        return;
+    };
+    let items = drop_everywhere(core, partition, false);
+    forget_views(core, cluster.partitions, partition);
+    cluster
+        .standings
+        .swap(partition, Standing::Releasing, Standing::NotInstalled);
+    tracing::warn!(
+        partition,
+        items,
+        "partition lost; its items left the shards"
+    );
+}
+
+/// Drops `partition` on every live shard and waits for each; returns how many items left.
+/// With `wait`, a shard whose append is still being written drops only once it landed or
+/// failed. A dead shard holds nothing live and is skipped: it never answered a batch that
+/// did not land.
+fn drop_everywhere(core: &Core, partition: u32, wait: bool) -> usize {
+    let mut waits = Vec::with_capacity(core.shards.count());
+    for shard in 0..core.shards.count() {
+        let (reply, dropped) = oneshot::channel();
+        let command = Command::DropPartition {
+            partition,
+            wait,
+            reply,
+        };
+        // However busy the mailbox: the partition is not this node's to decide for.
+        match core.shards.send_until_placed(shard, command) {
+            Ok(()) => waits.push((shard, dropped)),
+            Err(error) => {
+                tracing::warn!(shard, partition, %error, "a dead shard is skipped by the drop");
+            }
+        }
+    }
+    let mut items = 0;
+    for (shard, dropped) in waits {
+        match dropped.blocking_recv() {
+            Ok(Ok(count)) => items += count,
+            Ok(Err(error)) => {
+                tracing::warn!(shard, partition, %error, "a shard refused the drop");
+            }
+            Err(_) => tracing::warn!(shard, partition, "a shard died during the drop"),
+        }
+    }
+    items
+}
+
+/// Once no shard holds `partition`: its strikes leave the board, and its gates no longer
+/// claim to know every buyer (no shard republishes them; the adopt that takes the
+/// partition again fills them anew).
+fn forget_views(core: &Core, partitions: u32, partition: u32) {
+    for entry in core.catalog.entries() {
+        entry.clear_partition(partition);
+        for gate in &entry.gates {
+            if partition_of(gate.key, partitions) == partition {
+                gate.forget_buyers();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn standings_move_only_from_where_they_are() {
+        let set = PartitionSet::new(3);
+        assert_eq!(set.get(1), Standing::NotInstalled);
+        assert!(set.swap(1, Standing::NotInstalled, Standing::Adopting));
+        assert!(
+            !set.swap(1, Standing::NotInstalled, Standing::Adopting),
+            "a second adopt"
+        );
+        set.set(1, Standing::Releasing);
+        assert!(
+            !set.swap(1, Standing::Adopting, Standing::Owned),
+            "lost meanwhile"
+        );
+        assert!(set.swap(1, Standing::Releasing, Standing::NotInstalled));
+        set.set(2, Standing::Owned);
+        assert_eq!(set.owned(), vec![2]);
+        assert_eq!(set.get(7), Standing::NotInstalled, "out of range");
+        assert!(!set.swap(7, Standing::NotInstalled, Standing::Owned));
+    }
+
+    #[test]
+    fn a_command_passes_only_for_an_owned_partition_whose_lease_is_held() {
+        let ownership = crate::ports::StaticOwnership::all_held(2);
+        let cluster = ClusterState::new(ClusterPorts {
+            ownership: ownership.clone(),
+        });
+        // Keys 4 and 5 are in partitions 0 and 1 of two.
+        assert_eq!(cluster.check(4), Err(Error::NotOwner { partition: 0 }));
+        cluster.standings.set(0, Standing::Owned);
+        assert_eq!(cluster.check(4), Ok(()));
+        assert_eq!(cluster.check(5), Err(Error::NotOwner { partition: 1 }));
+        ownership.set_held(0, false);
+        assert_eq!(
+            cluster.check(4),
+            Err(Error::NotOwner { partition: 0 }),
+            "installed, but the lease is not held for sure"
+        );
+        ownership.set_held(0, true);
+        cluster.standings.set(0, Standing::Releasing);
+        assert_eq!(cluster.check(4), Err(Error::NotOwner { partition: 0 }));
+    }
+}

@@ -1,0 +1,935 @@
+//! A cluster engine installs and drops partitions while it runs (cluster plan, step 3): a
+//! partition sold on one engine is rebuilt on another from its lane with the same stats,
+//! orders and buyers; payment deadlines that passed during the failover expire in the adopt
+//! itself; a release waits for the journal and loses no answered purchase; a partition not
+//! installed, or whose lease is not held for sure, answers "not the owner", never a 404 and
+//! never a sale; and a lane whose epoch is not older than the new ownership's is refused.
+
+mod common;
+
+use std::future::Future;
+use std::pin::{pin, Pin};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use common::{config, request, spec, T0_MS};
+use seckill_engine::{
+    item_key, parse_order_id, partition_of, AppendOutcome, ClusterPorts, Engine, EngineImage,
+    Error, Event, Journal, JournalError, ManualClock, MemoryJournal, NoClaims, NullSink, Order,
+    OrderStatus, PendingAppend, Ports, Recovery, Released, StaticOwnership,
+};
+
+/// A bound on waits that must end at once; generous, since the machine is shared.
+const MUST_ANSWER: Duration = Duration::from_secs(10);
+/// Long enough to tell "waits" from "answered at once" on a loaded machine.
+const HELD_BACK: Duration = Duration::from_millis(200);
+/// The partitions of every journal and every ownership here.
+const PARTITIONS: u32 = 2;
+
+/// A node's journal: a partitioned [`MemoryJournal`], watched. It counts the appends that
+/// began (so a test knows a shard is inside one) and can hold one append's outcome back, as
+/// a replicated log that goes on writing a batch in the background does.
+#[derive(Debug)]
+struct Watched {
+    log: Arc<MemoryJournal>,
+    appends_started: AtomicU64,
+    /// The next append answers a failure, and its outcome waits in `pending_append`.
+    hold_next: AtomicBool,
+    held: Mutex<Held>,
+}
+
+#[derive(Debug)]
+enum Held {
+    Nothing,
+    Waiting(AppendOutcome),
+    Released(AppendOutcome),
+}
+
+impl Watched {
+    fn new(log: &Arc<MemoryJournal>) -> Arc<Self> {
+        Arc::new(Watched {
+            log: Arc::clone(log),
+            appends_started: AtomicU64::new(0),
+            hold_next: AtomicBool::new(false),
+            held: Mutex::new(Held::Nothing),
+        })
+    }
+
+    fn appends_started(&self) -> u64 {
+        self.appends_started.load(Ordering::SeqCst)
+    }
+
+    /// Lets the held append's outcome be told.
+    fn release(&self) {
+        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Held::Waiting(outcome) = std::mem::replace(&mut *held, Held::Nothing) {
+            *held = Held::Released(outcome);
+        }
+    }
+}
+
+impl Journal for Watched {
+    fn append(&self, events: &[Event]) -> Result<u64, JournalError> {
+        self.log.append(events)
+    }
+
+    fn append_partitioned(&self, events: &[Event]) -> AppendOutcome {
+        // Read at entry: an append already inside the log when a test asks to hold "the
+        // next" one is not that one.
+        let hold = self.hold_next.swap(false, Ordering::SeqCst);
+        self.appends_started.fetch_add(1, Ordering::SeqCst);
+        let outcome = self.log.append_partitioned(events);
+        if !hold {
+            return outcome;
+        }
+        *self.held.lock().unwrap_or_else(PoisonError::into_inner) = Held::Waiting(outcome);
+        AppendOutcome::Failed(JournalError("held back by the test".into()))
+    }
+
+    fn last_seq(&self) -> u64 {
+        self.log.last_seq()
+    }
+
+    fn pending_append(&self) -> PendingAppend {
+        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        match std::mem::replace(&mut *held, Held::Nothing) {
+            Held::Nothing => PendingAppend::Final,
+            Held::Waiting(outcome) => {
+                *held = Held::Waiting(outcome);
+                PendingAppend::Waiting
+            }
+            Held::Released(AppendOutcome::Durable(seq)) => PendingAppend::Landed(seq),
+            Held::Released(AppendOutcome::Failed(error)) => PendingAppend::Failed(error),
+            Held::Released(AppendOutcome::PartlyLost {
+                seq,
+                lost,
+                partitions,
+                ..
+            }) => PendingAppend::PartlyLost {
+                seq,
+                lost,
+                partitions,
+            },
+        }
+    }
+
+    fn save_snapshot(&self, image: &EngineImage) -> Result<(), JournalError> {
+        self.log.save_snapshot(image)
+    }
+}
+
+/// One engine on its own manual clock and watched journal of [`PARTITIONS`] partitions.
+struct Node {
+    engine: Engine,
+    clock: Arc<ManualClock>,
+    log: Arc<MemoryJournal>,
+    journal: Arc<Watched>,
+    /// The leases a cluster engine asks about (all held at first).
+    ownership: Arc<StaticOwnership>,
+}
+
+impl Node {
+    /// An engine that runs alone ([`Engine::start`]), its orders made under `epoch`.
+    fn alone(shards: usize, now_ms: i64, epoch: u64) -> Node {
+        let clock = ManualClock::new(now_ms);
+        let log = MemoryJournal::with_partitions(PARTITIONS);
+        let journal = Watched::new(&log);
+        let recovery = Recovery {
+            image: None,
+            batches: Box::new(std::iter::empty()),
+            epoch,
+        };
+        let engine =
+            Engine::start(config(shards), ports(&clock, &journal), recovery).expect("starts");
+        Node {
+            engine,
+            clock,
+            log,
+            journal,
+            ownership: StaticOwnership::all_held(PARTITIONS),
+        }
+    }
+
+    /// A cluster engine ([`Engine::start_cluster`]) whose catalog is `catalog`, with no
+    /// partition installed.
+    fn cluster(shards: usize, now_ms: i64, catalog: Recovery) -> Node {
+        let clock = ManualClock::new(now_ms);
+        let log = MemoryJournal::with_partitions(PARTITIONS);
+        let journal = Watched::new(&log);
+        let ownership = StaticOwnership::all_held(PARTITIONS);
+        let cluster = ClusterPorts {
+            ownership: ownership.clone(),
+        };
+        let engine =
+            Engine::start_cluster(config(shards), ports(&clock, &journal), cluster, catalog)
+                .expect("starts");
+        Node {
+            engine,
+            clock,
+            log,
+            journal,
+            ownership,
+        }
+    }
+
+    /// Builds `partition` from what `source` (a journal that has written its lane) hands
+    /// over, and adopts it; the items adopted.
+    async fn take(&self, source: &MemoryJournal, partition: u32) -> usize {
+        let part = self
+            .engine
+            .build_partition(source.partition_recovery(partition))
+            .expect("built");
+        self.engine.adopt_partition(part).await.expect("adopted")
+    }
+
+    /// One unit, bought without a token: the new order.
+    async fn buy(&self, promotion_id: &str, sku: &str, user_id: &str, request_id: &str) -> Order {
+        let bought = self
+            .engine
+            .purchase(promotion_id, sku, user_id, request(request_id, 1, None))
+            .await
+            .expect("bought");
+        assert!(bought.created, "a new order");
+        bought.order
+    }
+
+    /// Waits until a shard is inside the journal's `count`th append.
+    async fn wait_for_append(&self, count: u64) {
+        let started = Instant::now();
+        while self.journal.appends_started() < count {
+            assert!(started.elapsed() < MUST_ANSWER, "the shard never appended");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    /// Waits until `partition` is no longer installed here (a release under way is past its
+    /// first step).
+    async fn wait_until_not_owned(&self, partition: u32) {
+        let started = Instant::now();
+        while self.engine.owned_partitions().contains(&partition) {
+            assert!(
+                started.elapsed() < MUST_ANSWER,
+                "the partition stayed owned"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    fn events(&self) -> Vec<Event> {
+        self.log
+            .batches()
+            .into_iter()
+            .flat_map(|(_, events)| events)
+            .collect()
+    }
+
+    /// The orders this node's log placed for `user_id`.
+    fn placed_by(&self, user_id: &str) -> Vec<Order> {
+        self.events()
+            .into_iter()
+            .filter_map(|event| match event {
+                Event::OrderPlaced { order, .. } if order.user_id == user_id => Some(order),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The orders this node's log expired.
+    fn expired(&self) -> Vec<Order> {
+        self.events()
+            .into_iter()
+            .filter_map(|event| match event {
+                Event::OrderExpired { order, .. } => Some(order),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Every order this node's log placed, as it reads now.
+    async fn orders_now(&self) -> Vec<Order> {
+        let mut orders = Vec::new();
+        for event in self.events() {
+            if let Event::OrderPlaced { order, .. } = event {
+                let now = self
+                    .engine
+                    .order(&order.order_id, None)
+                    .await
+                    .expect("read");
+                orders.push(now);
+            }
+        }
+        orders
+    }
+}
+
+fn ports(clock: &Arc<ManualClock>, journal: &Arc<Watched>) -> Ports {
+    Ports {
+        journal: journal.clone(),
+        clock: clock.clone(),
+        sink: Arc::new(NullSink),
+    }
+}
+
+/// `count` skus of promotion `promotion_id` whose items are in `partition`.
+fn skus_in(promotion_id: &str, partition: u32, count: usize) -> Vec<String> {
+    let skus: Vec<String> = (0..256)
+        .map(|n| format!("{promotion_id}-s{n}"))
+        .filter(|sku| partition_of(item_key(promotion_id, sku), PARTITIONS) == partition)
+        .take(count)
+        .collect();
+    assert_eq!(skus.len(), count, "enough skus fall in each partition");
+    skus
+}
+
+fn sku_in(promotion_id: &str, partition: u32) -> String {
+    skus_in(promotion_id, partition, 1).remove(0)
+}
+
+/// Polls `call` once: far enough to hand its command over (an engine call does that before
+/// its first wait), not to its answer.
+async fn hand_over<F: Future>(mut call: Pin<&mut F>) {
+    std::future::poll_fn(|cx| {
+        assert!(
+            call.as_mut().poll(cx).is_pending(),
+            "answered while the journal was held"
+        );
+        Poll::Ready(())
+    })
+    .await;
+}
+
+fn epoch_of(order: &Order) -> u64 {
+    parse_order_id(&order.order_id).expect("an order id").epoch
+}
+
+#[tokio::test]
+async fn a_partition_moves_to_another_engine_with_its_stats_orders_and_buyers() {
+    let a = Node::alone(1, T0_MS, 1);
+    let p0 = skus_in("p", 0, 2);
+    let (a0, b0) = (p0[0].as_str(), p0[1].as_str());
+    let a1 = sku_in("p", 1);
+    a.engine
+        .create_promotion(spec(
+            "p",
+            &[(a0, 5, 2), (b0, 3, 1), (a1.as_str(), 5, 2)],
+            false,
+        ))
+        .await
+        .expect("created");
+    let u1_a0 = a.buy("p", a0, "u1", "r1").await;
+    a.buy("p", &a1, "u1", "r1").await;
+    for user in ["u2", "u3", "u4"] {
+        a.buy("p", b0, user, "r1").await;
+    }
+    a.engine
+        .pay(&u1_a0.order_id, "pay-1", None)
+        .await
+        .expect("paid");
+    // Three strikes for s: two in partition 0, one in partition 1.
+    for (sku, request_id) in [(a0, "s1"), (a0, "s2"), (a1.as_str(), "s3")] {
+        let order = a.buy("p", sku, "s", request_id).await;
+        a.engine
+            .cancel(&order.order_id, Some("s"))
+            .await
+            .expect("cancelled");
+    }
+    assert_eq!(
+        a.engine.token_precheck("p", a0, "s", &NoClaims).map(|_| ()),
+        Err(Error::Banned)
+    );
+    let orders = a.orders_now().await;
+    let stats = a.engine.promotion_stats("p").await.expect("stats");
+
+    // Three shards here, one there: the items are spread anew.
+    let b = Node::cluster(3, T0_MS, a.log.catalog_recovery());
+    assert_eq!(
+        b.engine
+            .purchase("p", a0, "x", request("r1", 1, None))
+            .await
+            .map(|_| ()),
+        Err(Error::NotOwner { partition: 0 }),
+        "nothing installed yet: not the owner, never a 404"
+    );
+    assert_eq!(
+        b.engine.order(&u1_a0.order_id, None).await.map(|_| ()),
+        Err(Error::NotOwner { partition: 0 })
+    );
+    assert!(b.engine.owned_partitions().is_empty());
+
+    let part1 = b
+        .engine
+        .build_partition(a.log.partition_recovery(1))
+        .expect("partition 1 built");
+    let part0 = b
+        .engine
+        .build_partition(a.log.partition_recovery(0))
+        .expect("partition 0 built");
+    assert_eq!((part0.items(), part1.items()), (2, 1));
+    let epoch0 = part0.epoch();
+    assert_eq!(b.engine.adopt_partition(part0).await, Ok(2));
+    assert_eq!(
+        b.engine.token_precheck("p", a0, "s", &NoClaims).map(|_| ()),
+        Ok(()),
+        "partition 0's two strikes are on the board; partition 1, built, bans nobody yet"
+    );
+    assert_eq!(b.engine.adopt_partition(part1).await, Ok(1));
+    assert_eq!(
+        b.engine.token_precheck("p", a0, "s", &NoClaims).map(|_| ()),
+        Err(Error::Banned),
+        "all three strikes count once partition 1 is adopted"
+    );
+    assert_eq!(b.engine.owned_partitions(), vec![0, 1]);
+
+    assert_eq!(b.engine.promotion_stats("p").await, Ok(stats));
+    for order in &orders {
+        assert_eq!(
+            b.engine.order(&order.order_id, None).await.as_ref(),
+            Ok(order)
+        );
+    }
+    // The buyers came along: a retry answers its original order, not a new one.
+    let retry = b
+        .engine
+        .purchase("p", a0, "u1", request("r1", 1, None))
+        .await
+        .expect("u1's retry");
+    assert!(!retry.created);
+    assert_eq!(retry.order.order_id, u1_a0.order_id);
+    assert_eq!(retry.order.status, OrderStatus::Paid);
+    let sold_out_retry = b
+        .engine
+        .purchase("p", b0, "u3", request("r1", 1, None))
+        .await
+        .expect("a buyer of the sold-out item gets their order back");
+    assert!(!sold_out_retry.created);
+    assert_eq!(
+        b.engine
+            .purchase("p", b0, "u5", request("r1", 1, None))
+            .await
+            .map(|_| ()),
+        Err(Error::SoldOut)
+    );
+    // A new order is made under the new ownership's epoch: no id of A's comes again.
+    let fresh = b.buy("p", a0, "u9", "r1").await;
+    assert_eq!(epoch_of(&fresh), epoch0);
+    assert!(orders.iter().all(|order| epoch_of(order) < epoch0));
+    assert_eq!(b.placed_by("u9").len(), 1, "in B's journal");
+    assert!(a.placed_by("u9").is_empty());
+
+    // A release takes the partition's strikes off the board with it.
+    let released = b.engine.release_partition(1).await.expect("released");
+    assert_eq!(
+        released,
+        Released {
+            partition: 1,
+            items: 1
+        }
+    );
+    assert_eq!(
+        b.engine.token_precheck("p", a0, "s", &NoClaims).map(|_| ()),
+        Ok(()),
+        "partition 1's strike left with it"
+    );
+    a.engine.shutdown().await.expect("shutdown");
+    b.engine.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
+async fn deadlines_that_passed_during_the_failover_expire_in_the_adopt() {
+    let a = Node::alone(1, T0_MS, 1);
+    let sku = sku_in("p", 1);
+    a.engine
+        .create_promotion(spec("p", &[(sku.as_str(), 2, 1)], false))
+        .await
+        .expect("created");
+    let late = a.buy("p", &sku, "late", "r1").await;
+    let paid = a.buy("p", &sku, "payer", "r1").await;
+    a.engine
+        .pay(&paid.order_id, "pay-1", None)
+        .await
+        .expect("paid");
+    assert_eq!(late.pay_before_ms, T0_MS + 900_000);
+
+    // The next owner starts after the deadline, and nobody ticks.
+    let after = late.pay_before_ms + 1_000;
+    let b = Node::cluster(2, after, a.log.catalog_recovery());
+    assert_eq!(b.take(&a.log, 1).await, 1);
+    // Looked at before any other command reaches a shard: the adopt's own batch journaled it.
+    let expired = b.expired();
+    assert_eq!(expired.len(), 1, "{expired:?}");
+    assert_eq!(expired[0].order_id, late.order_id);
+    assert_eq!(expired[0].closed_at_ms, Some(after));
+    assert!(a.expired().is_empty(), "A never expired it");
+
+    let read = b.engine.order(&late.order_id, None).await.expect("read");
+    assert_eq!(read.status, OrderStatus::Expired);
+    let read = b.engine.order(&paid.order_id, None).await.expect("read");
+    assert_eq!(read.status, OrderStatus::Paid, "a paid order stays paid");
+    let stats = b.engine.promotion_stats("p").await.expect("stats");
+    let item = &stats.items[0];
+    assert_eq!(
+        (item.remaining, item.reserved, item.sold),
+        (1, 0, 1),
+        "the expired unit is back"
+    );
+    a.engine.shutdown().await.expect("shutdown");
+    b.engine.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
+async fn a_token_keeps_its_expiry_on_the_next_owner() {
+    let a = Node::alone(1, T0_MS, 1);
+    let sku = sku_in("t", 0);
+    a.engine
+        .create_promotion(spec("t", &[(sku.as_str(), 5, 1)], true))
+        .await
+        .expect("created");
+    let kept = a.engine.issue_token("t", &sku, "tk").await.expect("token");
+    let unused = a
+        .engine
+        .issue_token("t", &sku, "late")
+        .await
+        .expect("token");
+
+    let b = Node::cluster(1, T0_MS + 30_000, a.log.catalog_recovery());
+    b.take(&a.log, 0).await;
+    let bought = b
+        .engine
+        .purchase("t", &sku, "tk", request("r1", 1, Some(kept.token)))
+        .await
+        .expect("a token from the old owner is good until its own expiry");
+    assert!(bought.created);
+    b.clock.set_ms(unused.expires_at_ms);
+    assert_eq!(
+        b.engine
+            .purchase("t", &sku, "late", request("r1", 1, Some(unused.token)))
+            .await
+            .map(|_| ()),
+        Err(Error::TokenInvalid),
+        "and no longer"
+    );
+    a.engine.shutdown().await.expect("shutdown");
+    b.engine.shutdown().await.expect("shutdown");
+}
+
+/// A cluster node of one shard that owns both partitions, with promotion "p" of one item in
+/// each: (the sku in partition 0, the sku in partition 1).
+async fn owning_both() -> (Node, String, String) {
+    let node = Node::cluster(1, T0_MS, Recovery::empty());
+    assert_eq!(node.take(&node.log, 0).await, 0);
+    assert_eq!(node.take(&node.log, 1).await, 0);
+    let (a0, c1) = (sku_in("p", 0), sku_in("p", 1));
+    let creation = node
+        .engine
+        .create_promotion(spec(
+            "p",
+            &[(a0.as_str(), 10, 1), (c1.as_str(), 10, 1)],
+            false,
+        ))
+        .await
+        .expect("created");
+    assert!(creation.created);
+    (node, a0, c1)
+}
+
+#[tokio::test]
+async fn a_release_waits_for_a_stalled_journal_and_answers_every_accepted_purchase() {
+    let (b, a0, c1) = owning_both().await;
+    b.log.set_stalled(true);
+    let appends = b.journal.appends_started();
+    let mut first = pin!(b.engine.purchase("p", &a0, "u0", request("r1", 1, None)));
+    hand_over(first.as_mut()).await;
+    b.wait_for_append(appends + 1).await;
+    let mut second = pin!(b.engine.purchase("p", &a0, "u1", request("r1", 1, None)));
+    let mut third = pin!(b.engine.purchase("p", &a0, "u2", request("r1", 1, None)));
+    let mut other = pin!(b.engine.purchase("p", &c1, "u3", request("r1", 1, None)));
+    hand_over(second.as_mut()).await;
+    hand_over(third.as_mut()).await;
+    hand_over(other.as_mut()).await;
+
+    let mut release = pin!(b.engine.release_partition(0));
+    hand_over(release.as_mut()).await;
+    b.wait_until_not_owned(0).await;
+    // From then on the partition is refused at once, stalled journal or not.
+    let refused = tokio::time::timeout(
+        MUST_ANSWER,
+        b.engine.purchase("p", &a0, "late", request("r1", 1, None)),
+    )
+    .await
+    .expect("answered without the shard");
+    assert_eq!(refused.map(|_| ()), Err(Error::NotOwner { partition: 0 }));
+    assert!(
+        tokio::time::timeout(HELD_BACK, release.as_mut())
+            .await
+            .is_err(),
+        "released while accepted purchases waited for the journal"
+    );
+
+    b.log.set_stalled(false);
+    let released = tokio::time::timeout(MUST_ANSWER, release)
+        .await
+        .expect("released once the journal is back")
+        .expect("released");
+    assert_eq!(
+        released,
+        Released {
+            partition: 0,
+            items: 1
+        }
+    );
+    for (answer, user) in [
+        (first.await, "u0"),
+        (second.await, "u1"),
+        (third.await, "u2"),
+        (other.await, "u3"),
+    ] {
+        let bought = answer.unwrap_or_else(|error| panic!("{user}'s purchase: {error}"));
+        assert!(bought.created);
+        assert_eq!(
+            b.placed_by(user),
+            vec![bought.order.clone()],
+            "{user}'s answered order is in the log"
+        );
+    }
+    assert!(b.placed_by("late").is_empty());
+    assert_eq!(b.engine.owned_partitions(), vec![1]);
+    b.engine.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
+async fn a_release_waits_for_an_append_the_journal_is_still_writing() {
+    let (b, a0, _) = owning_both().await;
+    b.journal.hold_next.store(true, Ordering::SeqCst);
+    let held = b
+        .engine
+        .purchase("p", &a0, "u0", request("r1", 1, None))
+        .await;
+    assert_eq!(
+        held.map(|_| ()),
+        Err(Error::OutcomeUnknown),
+        "its batch is still being written"
+    );
+    let mut release = pin!(b.engine.release_partition(0));
+    hand_over(release.as_mut()).await;
+    assert!(
+        tokio::time::timeout(HELD_BACK, release.as_mut())
+            .await
+            .is_err(),
+        "let memory go that is ahead of the log"
+    );
+    b.journal.release();
+    let released = tokio::time::timeout(MUST_ANSWER, release)
+        .await
+        .expect("released once the batch landed")
+        .expect("released");
+    assert_eq!(
+        released,
+        Released {
+            partition: 0,
+            items: 1
+        }
+    );
+    assert_eq!(b.placed_by("u0").len(), 1, "the held batch landed");
+
+    // The next owner replays it: the purchase's retry answers the order it placed.
+    let c = Node::cluster(1, T0_MS, b.log.catalog_recovery());
+    c.take(&b.log, 0).await;
+    let retry = c
+        .engine
+        .purchase("p", &a0, "u0", request("r1", 1, None))
+        .await
+        .expect("the retry on the next owner");
+    assert!(!retry.created);
+    assert_eq!(vec![retry.order], b.placed_by("u0"));
+    b.engine.shutdown().await.expect("shutdown");
+    c.engine.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
+async fn after_a_release_every_call_for_the_partition_answers_not_owner() {
+    let (b, a0, c1) = owning_both().await;
+    let order = b.buy("p", &a0, "u1", "r1").await;
+    assert_eq!(
+        b.engine.release_partition(0).await,
+        Ok(Released {
+            partition: 0,
+            items: 1
+        })
+    );
+    let not_owner = Err(Error::NotOwner { partition: 0 });
+    assert_eq!(
+        b.engine
+            .purchase("p", &a0, "u2", request("r1", 1, None))
+            .await
+            .map(|_| ()),
+        not_owner
+    );
+    assert_eq!(
+        b.engine
+            .purchase("p", &a0, "u1", request("r1", 1, None))
+            .await
+            .map(|_| ()),
+        not_owner,
+        "a retry is the next owner's to answer"
+    );
+    assert_eq!(
+        b.engine.order(&order.order_id, None).await.map(|_| ()),
+        not_owner
+    );
+    assert_eq!(
+        b.engine
+            .order(&order.order_id, Some("u1"))
+            .await
+            .map(|_| ()),
+        not_owner
+    );
+    assert_eq!(
+        b.engine
+            .pay(&order.order_id, "pay-1", None)
+            .await
+            .map(|_| ()),
+        not_owner
+    );
+    assert_eq!(
+        b.engine
+            .cancel(&order.order_id, Some("u1"))
+            .await
+            .map(|_| ()),
+        not_owner
+    );
+    assert_eq!(
+        b.engine.issue_token("p", &a0, "u3").await.map(|_| ()),
+        not_owner
+    );
+    assert_eq!(
+        b.engine.promotion_stats("p").await.map(|_| ()),
+        not_owner,
+        "no figures for what is not this node's"
+    );
+    assert!(
+        b.engine.snapshot().await.is_err(),
+        "a cluster node takes no whole-engine image"
+    );
+    // The other partition is untouched.
+    b.buy("p", &c1, "u2", "r1").await;
+    assert_eq!(b.engine.owned_partitions(), vec![1]);
+    assert_eq!(
+        b.engine.release_partition(0).await,
+        Ok(Released {
+            partition: 0,
+            items: 0
+        }),
+        "a partition not installed is released at once"
+    );
+    assert_eq!(b.placed_by("u1"), vec![order.clone()]);
+
+    // Taken back from its lane, it has the order again.
+    b.take(&b.log, 0).await;
+    let retry = b
+        .engine
+        .purchase("p", &a0, "u1", request("r1", 1, None))
+        .await
+        .expect("the retry");
+    assert!(!retry.created);
+    assert_eq!(retry.order, order);
+    b.engine.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
+async fn a_lost_partition_is_refused_at_once_and_can_be_taken_again() {
+    let (b, a0, c1) = owning_both().await;
+    let order = b.buy("p", &a0, "u1", "r1").await;
+    b.engine.lose_partition(0);
+    assert_eq!(
+        b.engine
+            .purchase("p", &a0, "u2", request("r1", 1, None))
+            .await
+            .map(|_| ()),
+        Err(Error::NotOwner { partition: 0 }),
+        "refused from the call on"
+    );
+    assert_eq!(b.engine.owned_partitions(), vec![1]);
+    b.buy("p", &c1, "u2", "r1").await;
+    // The drop runs before this adopt: an adopt of a partition still installed is refused.
+    b.take(&b.log, 0).await;
+    let retry = b
+        .engine
+        .purchase("p", &a0, "u1", request("r1", 1, None))
+        .await
+        .expect("the retry");
+    assert_eq!((retry.created, retry.order), (false, order));
+    b.engine.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
+async fn a_create_while_a_partition_is_not_owned_installs_nothing_of_it() {
+    let b = Node::cluster(2, T0_MS, Recovery::empty());
+    b.take(&b.log, 0).await;
+    let (q0, q1) = (sku_in("q", 0), sku_in("q", 1));
+    b.engine
+        .create_promotion(spec(
+            "q",
+            &[(q0.as_str(), 5, 1), (q1.as_str(), 5, 1)],
+            false,
+        ))
+        .await
+        .expect("created");
+    b.buy("q", &q0, "u1", "r1").await;
+    assert_eq!(
+        b.engine
+            .purchase("q", &q1, "u1", request("r1", 1, None))
+            .await
+            .map(|_| ()),
+        Err(Error::NotOwner { partition: 1 })
+    );
+
+    let part = b
+        .engine
+        .build_partition(b.log.partition_recovery(1))
+        .expect("built");
+    assert_eq!(part.items(), 1, "q's item of partition 1, fresh");
+    // A promotion created between the build and the adopt.
+    let r1 = sku_in("r", 1);
+    b.engine
+        .create_promotion(spec("r", &[(r1.as_str(), 3, 1)], false))
+        .await
+        .expect("created");
+    // Had either create installed an item of partition 1, the adopt would find it there
+    // and be refused.
+    assert_eq!(
+        b.engine.adopt_partition(part).await,
+        Ok(2),
+        "q's and r's items of partition 1"
+    );
+    b.buy("q", &q1, "u1", "r1").await;
+    b.buy("r", &r1, "u1", "r1").await;
+    let q = b.engine.promotion_stats("q").await.expect("stats");
+    let remaining: Vec<u64> = q.items.iter().map(|item| item.remaining).collect();
+    assert_eq!(remaining, vec![4, 4], "each fresh, one sold");
+    let r = b.engine.promotion_stats("r").await.expect("stats");
+    assert_eq!(r.items[0].remaining, 2);
+    b.engine.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
+async fn a_lane_whose_epoch_is_not_older_than_the_ownership_is_refused() {
+    let a = Node::alone(1, T0_MS, 9);
+    let sku = sku_in("p", 0);
+    a.engine
+        .create_promotion(spec("p", &[(sku.as_str(), 5, 1)], false))
+        .await
+        .expect("created");
+    let order = a.buy("p", &sku, "u1", "r1").await;
+    assert_eq!(epoch_of(&order), 9);
+    let b = Node::cluster(1, T0_MS, a.log.catalog_recovery());
+    let refused_epoch = |built: seckill_engine::Result<seckill_engine::PartitionPart>| {
+        assert!(
+            matches!(&built, Err(Error::Unavailable(message)) if message.contains("epoch")),
+            "{built:?}"
+        );
+    };
+    let mut recovery = a.log.partition_recovery(0);
+    recovery.epoch = 9;
+    refused_epoch(b.engine.build_partition(recovery));
+
+    // The same from a snapshot: its items hold the order, the lane after it nothing.
+    a.engine.snapshot().await.expect("snapshot");
+    let mut recovery = a.log.partition_recovery(0);
+    assert_eq!(recovery.items.len(), 1);
+    recovery.epoch = 9;
+    refused_epoch(b.engine.build_partition(recovery));
+    assert!(b.engine.owned_partitions().is_empty());
+
+    let mut recovery = a.log.partition_recovery(0);
+    recovery.epoch = 10;
+    let part = b.engine.build_partition(recovery).expect("a newer epoch");
+    b.engine.adopt_partition(part).await.expect("adopted");
+    let retry = b
+        .engine
+        .purchase("p", &sku, "u1", request("r1", 1, None))
+        .await
+        .expect("the retry");
+    assert_eq!(retry.order, order);
+    assert_eq!(epoch_of(&b.buy("p", &sku, "u2", "r1").await), 10);
+    a.engine.shutdown().await.expect("shutdown");
+    b.engine.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
+async fn an_event_the_catalog_does_not_know_is_refused_not_a_panic() {
+    let a = Node::alone(1, T0_MS, 1);
+    let sku = sku_in("p", 1);
+    a.engine
+        .create_promotion(spec("p", &[(sku.as_str(), 5, 1)], false))
+        .await
+        .expect("created");
+    a.buy("p", &sku, "u1", "r1").await;
+    // A catalog that does not hold "p" yet.
+    let b = Node::cluster(1, T0_MS, Recovery::empty());
+    let built = b.engine.build_partition(a.log.partition_recovery(1));
+    assert!(
+        matches!(&built, Err(Error::Unavailable(message)) if message.contains("catalog behind")),
+        "{built:?}"
+    );
+    assert!(b.engine.owned_partitions().is_empty());
+    a.engine.shutdown().await.expect("shutdown");
+    b.engine.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
+async fn a_partition_whose_lease_is_not_held_for_sure_answers_not_owner() {
+    let (b, a0, _) = owning_both().await;
+    let order = b.buy("p", &a0, "u1", "r1").await;
+    b.ownership.set_held(0, false);
+    let not_owner = Err(Error::NotOwner { partition: 0 });
+    assert_eq!(
+        b.engine
+            .purchase("p", &a0, "u2", request("r1", 1, None))
+            .await
+            .map(|_| ()),
+        not_owner
+    );
+    assert_eq!(
+        b.engine.order(&order.order_id, None).await.map(|_| ()),
+        not_owner,
+        "not even a read from memory"
+    );
+    assert_eq!(
+        b.engine
+            .pay(&order.order_id, "pay-1", None)
+            .await
+            .map(|_| ()),
+        not_owner
+    );
+    assert_eq!(b.engine.promotion_stats("p").await.map(|_| ()), not_owner);
+    assert_eq!(
+        b.engine.owned_partitions(),
+        vec![0, 1],
+        "installed all the same"
+    );
+    b.ownership.set_held(0, true);
+    assert_eq!(b.engine.order(&order.order_id, None).await, Ok(order));
+
+    // A purchase that passed the engine's check and waited in the mailbox while the lease
+    // lapsed is refused by the shard: nothing decided.
+    b.log.set_stalled(true);
+    let appends = b.journal.appends_started();
+    let mut first = pin!(b.engine.purchase("p", &a0, "u2", request("r1", 1, None)));
+    hand_over(first.as_mut()).await;
+    b.wait_for_append(appends + 1).await;
+    let mut queued = pin!(b.engine.purchase("p", &a0, "u3", request("r1", 1, None)));
+    hand_over(queued.as_mut()).await;
+    b.ownership.set_held(0, false);
+    b.log.set_stalled(false);
+    let first = first.await.expect("decided before the lease lapsed");
+    assert!(first.created);
+    assert_eq!(queued.await.map(|_| ()), not_owner);
+    assert_eq!(b.placed_by("u2"), vec![first.order]);
+    assert!(
+        b.placed_by("u3").is_empty(),
+        "the queued purchase sold nothing"
+    );
+    b.engine.shutdown().await.expect("shutdown");
+}
