@@ -137,9 +137,13 @@ impl Engine {
                     epoch: rebuilt.epoch,
                     retain_ended_ms: config.retain_ended_ms(),
                 };
-                let shard_cluster = cluster
-                    .as_ref()
-                    .map(|c| ShardCluster::new(c.partitions, Arc::clone(&c.ownership)));
+                let shard_cluster = cluster.as_ref().map(|c| {
+                    ShardCluster::new(
+                        c.partitions,
+                        Arc::clone(&c.ownership),
+                        Arc::clone(&c.standings),
+                    )
+                });
                 let shard = Shard::new(settings, state, rx, shard_ports.clone(), shard_cluster);
                 (shard, tx)
             })
@@ -276,7 +280,7 @@ impl Engine {
         if cluster.check_partition(partition).is_err() {
             return;
         }
-        cluster.standings.set(partition, Standing::Releasing);
+        cluster.standings.set(partition, Standing::Losing);
         if self
             .inner
             .control

@@ -136,8 +136,13 @@ pub(crate) enum Standing {
     Adopting,
     /// Installed: its commands go to the shards (while its lease is held).
     Owned,
-    /// Being dropped (released, or its lease lost): its commands answer `NotOwner`.
+    /// Being released: new commands answer `NotOwner`; those already in a shard's mailbox
+    /// are still decided (the lease is held until the drop is done).
     Releasing,
+    /// Its lease was lost: nothing of it is decided any more, not even a command already in
+    /// a mailbox, whatever the lease says by the time the shard reads it (it may be a new
+    /// holding, after another node sold the items).
+    Losing,
 }
 
 impl Standing {
@@ -147,6 +152,7 @@ impl Standing {
             Standing::Adopting => 1,
             Standing::Owned => 2,
             Standing::Releasing => 3,
+            Standing::Losing => 4,
         }
     }
 
@@ -155,6 +161,7 @@ impl Standing {
             1 => Standing::Adopting,
             2 => Standing::Owned,
             3 => Standing::Releasing,
+            4 => Standing::Losing,
             _ => Standing::NotInstalled,
         }
     }
@@ -202,6 +209,17 @@ impl PartitionSet {
             .is_ok()
     }
 
+    /// Whether a shard holding the partition's items may decide for them now: while they
+    /// are adopted (the adopt expires what fell due), owned, or being released cleanly
+    /// (what was queued before the release is answered); never once its lease was lost,
+    /// whatever the lease says by then.
+    pub fn may_decide(&self, partition: u32) -> bool {
+        matches!(
+            self.get(partition),
+            Standing::Adopting | Standing::Owned | Standing::Releasing
+        )
+    }
+
     pub fn owned(&self) -> Vec<u32> {
         (0..self.standings.len())
             .filter_map(|index| u32::try_from(index).ok())
@@ -222,7 +240,9 @@ pub(crate) struct ClusterState {
     pub ownership: Arc<dyn Ownership>,
     /// `ownership.partitions()`, at least 1: fixed for the deployment.
     pub partitions: u32,
-    pub standings: PartitionSet,
+    /// Shared with every shard, which checks it again before it decides (a lease lost and
+    /// taken back while a command waited in a mailbox must not let old items decide).
+    pub standings: Arc<PartitionSet>,
     /// Tells this engine's parts from another engine's (see [`PartitionPart::instance`]).
     pub instance: u64,
 }
@@ -233,7 +253,7 @@ impl ClusterState {
         ClusterState {
             ownership: ports.ownership,
             partitions,
-            standings: PartitionSet::new(partitions),
+            standings: Arc::new(PartitionSet::new(partitions)),
             instance: rand::random(),
         }
     }
@@ -419,8 +439,17 @@ pub(crate) fn release(core: &Core, partition: u32) -> Result<Released> {
         });
     }
     // `route` refuses it from here on: no new command for it reaches a shard. The drops
-    // below come after every command for it that was sent before, mailbox by mailbox.
-    cluster.standings.set(partition, Standing::Releasing);
+    // below come after every command for it that was sent before, mailbox by mailbox. A
+    // lease lost meanwhile (Losing) is never turned back into a release, which would let
+    // the queued commands decide again: its own drop is on the way.
+    let current = cluster.standings.get(partition);
+    if current == Standing::Losing
+        || !cluster
+            .standings
+            .swap(partition, current, Standing::Releasing)
+    {
+        return Err(Error::NotOwner { partition });
+    }
     let items = drop_everywhere(core, partition, true);
     forget_views(core, cluster.partitions, partition);
     cluster
@@ -431,7 +460,7 @@ pub(crate) fn release(core: &Core, partition: u32) -> Result<Released> {
 }
 
 /// The drop of a partition whose lease was lost (on the control thread; the caller of
-/// [`crate::Engine::lose_partition`] marked it Releasing already). No shard waits for an
+/// [`crate::Engine::lose_partition`] marked it Losing already). No shard waits for an
 /// append still being written: the journal answers it as lost.
 pub(crate) fn lose(core: &Core, partition: u32) {
     let Some(cluster) = core.cluster.as_ref() else {
@@ -441,7 +470,7 @@ pub(crate) fn lose(core: &Core, partition: u32) {
     forget_views(core, cluster.partitions, partition);
     cluster
         .standings
-        .swap(partition, Standing::Releasing, Standing::NotInstalled);
+        .swap(partition, Standing::Losing, Standing::NotInstalled);
     tracing::warn!(
         partition,
         items,

@@ -35,6 +35,7 @@ use crate::ids::partition_of;
 use crate::item::{DecideContext, Decision, ItemState, Payment};
 use crate::model::ArchivedItem;
 use crate::model::{ItemStats, Order, PurchaseRequest, Purchased, TokenGrant};
+use crate::partition::PartitionSet;
 use crate::ports::{AppendOutcome, Clock, Journal, OrderSink, Ownership, PendingAppend};
 use crate::pump::PumpBatch;
 use crate::shard_state::{ShardState, Slot};
@@ -73,16 +74,24 @@ pub(crate) struct ShardCluster {
     /// By partition: the epoch of its ownership while this shard holds it, `None` otherwise.
     epochs: Vec<Option<u64>>,
     ownership: Arc<dyn Ownership>,
+    /// The engine's standings: a partition being released or lost is decided no more,
+    /// even before the control thread has taken its items.
+    standings: Arc<PartitionSet>,
 }
 
 impl ShardCluster {
     /// `partitions` partitions (at least 1), none held.
-    pub fn new(partitions: u32, ownership: Arc<dyn Ownership>) -> Self {
+    pub fn new(
+        partitions: u32,
+        ownership: Arc<dyn Ownership>,
+        standings: Arc<PartitionSet>,
+    ) -> Self {
         let partitions = partitions.max(1);
         ShardCluster {
             partitions,
             epochs: vec![None; partitions as usize],
             ownership,
+            standings,
         }
     }
 
@@ -99,10 +108,19 @@ impl ShardCluster {
         self.epoch(partition).is_some()
     }
 
-    /// This shard may decide for the partition's items now: it holds them, and the lease is
-    /// held for sure (checked again here, for commands queued before it lapsed).
+    /// This shard may decide for the partition's items now: it holds them, the engine has
+    /// not begun to release them (a lost lease that came back must not revive them), and
+    /// the lease is held for sure (checked again here, for commands queued before it
+    /// lapsed).
     fn decides(&self, partition: u32) -> bool {
-        self.holds(partition) && self.ownership.is_held(partition)
+        self.holds(partition)
+            && self.standings.may_decide(partition)
+            && self.ownership.is_held(partition)
+    }
+
+    /// Whether the item `key`'s payment deadlines may be acted on now.
+    fn decides_key(&self, key: u64) -> bool {
+        self.decides(self.partition(key))
     }
 
     fn hold(&mut self, partition: u32, epoch: u64) {
@@ -249,8 +267,20 @@ impl Shard {
             self.last_housekeeping = Instant::now();
             self.housekeep(now_ms);
         }
-        self.state
-            .expire_due(now_ms, &mut self.events, &mut self.touched);
+        self.expire_due(now_ms);
+    }
+
+    /// Expires the orders whose payment deadline passed; in a cluster engine only those of
+    /// partitions this shard decides for now (the others' deadlines wait: their items are
+    /// on their way out, or their lease is in doubt).
+    fn expire_due(&mut self, now_ms: i64) {
+        let cluster = self.cluster.as_ref();
+        self.state.expire_due_where(
+            now_ms,
+            |key| cluster.is_none_or(|cluster| cluster.decides_key(key)),
+            &mut self.events,
+            &mut self.touched,
+        );
     }
 
     fn housekeep(&mut self, now_ms: i64) {
@@ -781,8 +811,7 @@ impl Shard {
             Command::Pause { image, resume } => self.pause(image, &resume, now_ms),
             Command::Tick { reply } => {
                 self.housekeep(now_ms);
-                self.state
-                    .expire_due(now_ms, &mut self.events, &mut self.touched);
+                self.expire_due(now_ms);
                 self.replies.push(Reply::Unit(reply, Ok(())));
             }
             Command::Shutdown { .. }

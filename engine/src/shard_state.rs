@@ -146,9 +146,13 @@ impl ShardState {
     ) -> Vec<u64> {
         let mut installed = Vec::new();
         for (gate, item) in entry.gates.iter().zip(&entry.record.items) {
-            if !keys.contains(&gate.key) || self.items.contains_key(&gate.key) {
-                // Installed already: an install repeated for the same promotion is a no-op,
-                // never a second item.
+            if !keys.contains(&gate.key)
+                || self.items.contains_key(&gate.key)
+                || self.archived.contains_key(&gate.key)
+            {
+                // Installed already, or archived (ended, its orders in the journal's
+                // archive): an install repeated for the same promotion is a no-op, never a
+                // second item over the first one's orders.
                 continue;
             }
             let state = ItemState::new(
@@ -348,11 +352,28 @@ impl ShardState {
 
     /// Decides and applies the expiry of every order whose deadline has passed.
     pub fn expire_due(&mut self, now_ms: i64, events: &mut Vec<Event>, touched: &mut Vec<u64>) {
+        self.expire_due_where(now_ms, |_| true, events, touched);
+    }
+
+    /// [`Self::expire_due`] for the items `may_decide` allows; the deadlines of the others
+    /// are kept for later.
+    pub fn expire_due_where(
+        &mut self,
+        now_ms: i64,
+        may_decide: impl Fn(u64) -> bool,
+        events: &mut Vec<Event>,
+        touched: &mut Vec<u64>,
+    ) {
+        let mut kept = Vec::new();
         while let Some(Reverse((deadline_ms, key, seq))) = self.deadlines.peek().copied() {
             if deadline_ms > now_ms {
                 break;
             }
             self.deadlines.pop();
+            if !may_decide(key) {
+                kept.push(Reverse((deadline_ms, key, seq)));
+                continue;
+            }
             let Some(slot) = self.items.get(&key) else {
                 continue;
             };
@@ -362,5 +383,6 @@ impl ShardState {
                 touched.push(key);
             }
         }
+        self.deadlines.extend(kept);
     }
 }

@@ -355,6 +355,16 @@ async fn ended_items_leave_memory_and_stay_readable() {
     assert!(image.items.is_empty(), "both items left memory");
 
     check_archived(engine, &paid, &cancelled, &stats_before.items).await;
+    // The create posted again (a provisioning script's retry): its archived items are not
+    // installed fresh over their orders.
+    let again = engine
+        .create_promotion(spec("p", &[("a", 5, 1), ("b", 5, 1)], false))
+        .await;
+    assert!(
+        matches!(&again, Ok(c) if !c.created) || again == Err(Error::AlreadyExists),
+        "{again:?}"
+    );
+    check_archived(engine, &paid, &cancelled, &stats_before.items).await;
     // A restart replays the archiving and reads the archive the same way.
     let h = h.restart().await;
     check_archived(&h.engine, &paid, &cancelled, &stats_before.items).await;

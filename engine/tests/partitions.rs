@@ -764,6 +764,41 @@ async fn a_lost_partition_is_refused_at_once_and_can_be_taken_again() {
 }
 
 #[tokio::test]
+async fn a_purchase_queued_before_a_loss_never_sells_even_with_the_lease_back() {
+    let (b, a0, c1) = owning_both().await;
+    b.log.set_stalled(true);
+    let appends = b.journal.appends_started();
+    let mut blocking = pin!(b.engine.purchase("p", &c1, "u0", request("r1", 1, None)));
+    hand_over(blocking.as_mut()).await;
+    b.wait_for_append(appends + 1).await;
+    // Routed while partition 0 was owned: it waits in the shard's mailbox.
+    let mut queued = pin!(b.engine.purchase("p", &a0, "u1", request("r1", 1, None)));
+    hand_over(queued.as_mut()).await;
+    // The lease is lost (and, as far as the ownership can tell, held again by the time the
+    // shard reads its mailbox: the test's ownership never stops saying "held").
+    b.engine.lose_partition(0);
+    b.log.set_stalled(false);
+    let blocked = tokio::time::timeout(MUST_ANSWER, blocking)
+        .await
+        .expect("answered once the journal is back")
+        .expect("the other partition sells");
+    assert!(blocked.created);
+    let answer = tokio::time::timeout(MUST_ANSWER, queued)
+        .await
+        .expect("answered");
+    assert_eq!(
+        answer.map(|_| ()),
+        Err(Error::NotOwner { partition: 0 }),
+        "a partition being dropped decided a purchase"
+    );
+    assert!(
+        b.placed_by("u1").is_empty(),
+        "the refused purchase is in the log"
+    );
+    b.engine.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
 async fn a_create_while_a_partition_is_not_owned_installs_nothing_of_it() {
     let b = Node::cluster(2, T0_MS, Recovery::empty());
     b.take(&b.log, 0).await;
