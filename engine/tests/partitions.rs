@@ -9,16 +9,17 @@ mod common;
 
 use std::future::Future;
 use std::pin::{pin, Pin};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
+use common::watched::Watched;
 use common::{config, request, spec, T0_MS};
 use seckill_engine::{
-    item_key, parse_order_id, partition_of, AppendOutcome, ClusterPorts, Engine, EngineImage,
-    Error, Event, Journal, JournalError, ManualClock, MemoryJournal, NoClaims, NullSink, Order,
-    OrderStatus, PendingAppend, Ports, Recovery, Released, StaticOwnership,
+    item_key, parse_order_id, partition_of, ClusterPorts, Engine, Error, Event, ManualClock,
+    MemoryJournal, NoClaims, NullSink, Order, OrderStatus, Ports, Recovery, Released,
+    StaticOwnership,
 };
 
 /// A bound on waits that must end at once; generous, since the machine is shared.
@@ -27,98 +28,6 @@ const MUST_ANSWER: Duration = Duration::from_secs(10);
 const HELD_BACK: Duration = Duration::from_millis(200);
 /// The partitions of every journal and every ownership here.
 const PARTITIONS: u32 = 2;
-
-/// A node's journal: a partitioned [`MemoryJournal`], watched. It counts the appends that
-/// began (so a test knows a shard is inside one) and can hold one append's outcome back, as
-/// a replicated log that goes on writing a batch in the background does.
-#[derive(Debug)]
-struct Watched {
-    log: Arc<MemoryJournal>,
-    appends_started: AtomicU64,
-    /// The next append answers a failure, and its outcome waits in `pending_append`.
-    hold_next: AtomicBool,
-    held: Mutex<Held>,
-}
-
-#[derive(Debug)]
-enum Held {
-    Nothing,
-    Waiting(AppendOutcome),
-    Released(AppendOutcome),
-}
-
-impl Watched {
-    fn new(log: &Arc<MemoryJournal>) -> Arc<Self> {
-        Arc::new(Watched {
-            log: Arc::clone(log),
-            appends_started: AtomicU64::new(0),
-            hold_next: AtomicBool::new(false),
-            held: Mutex::new(Held::Nothing),
-        })
-    }
-
-    fn appends_started(&self) -> u64 {
-        self.appends_started.load(Ordering::SeqCst)
-    }
-
-    /// Lets the held append's outcome be told.
-    fn release(&self) {
-        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Held::Waiting(outcome) = std::mem::replace(&mut *held, Held::Nothing) {
-            *held = Held::Released(outcome);
-        }
-    }
-}
-
-impl Journal for Watched {
-    fn append(&self, events: &[Event]) -> Result<u64, JournalError> {
-        self.log.append(events)
-    }
-
-    fn append_partitioned(&self, events: &[Event]) -> AppendOutcome {
-        // Read at entry: an append already inside the log when a test asks to hold "the
-        // next" one is not that one.
-        let hold = self.hold_next.swap(false, Ordering::SeqCst);
-        self.appends_started.fetch_add(1, Ordering::SeqCst);
-        let outcome = self.log.append_partitioned(events);
-        if !hold {
-            return outcome;
-        }
-        *self.held.lock().unwrap_or_else(PoisonError::into_inner) = Held::Waiting(outcome);
-        AppendOutcome::Failed(JournalError("held back by the test".into()))
-    }
-
-    fn last_seq(&self) -> u64 {
-        self.log.last_seq()
-    }
-
-    fn pending_append(&self) -> PendingAppend {
-        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
-        match std::mem::replace(&mut *held, Held::Nothing) {
-            Held::Nothing => PendingAppend::Final,
-            Held::Waiting(outcome) => {
-                *held = Held::Waiting(outcome);
-                PendingAppend::Waiting
-            }
-            Held::Released(AppendOutcome::Durable(seq)) => PendingAppend::Landed(seq),
-            Held::Released(AppendOutcome::Failed(error)) => PendingAppend::Failed(error),
-            Held::Released(AppendOutcome::PartlyLost {
-                seq,
-                lost,
-                partitions,
-                ..
-            }) => PendingAppend::PartlyLost {
-                seq,
-                lost,
-                partitions,
-            },
-        }
-    }
-
-    fn save_snapshot(&self, image: &EngineImage) -> Result<(), JournalError> {
-        self.log.save_snapshot(image)
-    }
-}
 
 /// One engine on its own manual clock and watched journal of [`PARTITIONS`] partitions.
 struct Node {

@@ -2,6 +2,8 @@
 //! in-memory journal, and a promotion spec builder.
 #![allow(dead_code)]
 
+pub mod watched;
+
 use std::sync::Arc;
 
 use seckill_engine::{
