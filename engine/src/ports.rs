@@ -509,24 +509,12 @@ impl MemoryJournal {
                     .collect()
             })
             .unwrap_or_default();
-        let batches: Vec<_> = self
-            .batches()
-            .into_iter()
-            .filter(|(seq, _)| *seq > through)
-            .map(|(seq, events)| {
-                let events: Vec<Event> = events
-                    .into_iter()
-                    .filter(|event| event.item_key().is_some_and(in_partition))
-                    .collect();
-                (seq, events)
-            })
-            .filter(|(_, events)| !events.is_empty())
-            .map(Ok)
-            .collect();
+        let batches =
+            self.batches_after(through, |event| event.item_key().is_some_and(in_partition));
         PartitionRecovery {
             partition,
             items,
-            batches: Box::new(batches.into_iter()),
+            batches,
             epoch: self.next_epoch(),
             catalog_seq: self.last_seq(),
         }
@@ -541,25 +529,25 @@ impl MemoryJournal {
             image
         });
         let through = image.as_ref().map_or(0, |i| i.through_seq);
+        Recovery {
+            image,
+            batches: self.batches_after(through, |event| event.item_key().is_none()),
+            epoch: self.next_epoch(),
+        }
+    }
+
+    /// The batches after `through`, each cut to the events `keep` takes; a batch left with
+    /// none is left out.
+    fn batches_after(&self, through: u64, keep: impl Fn(&Event) -> bool) -> BatchStream {
         let batches: Vec<_> = self
             .batches()
             .into_iter()
             .filter(|(seq, _)| *seq > through)
-            .map(|(seq, events)| {
-                let events: Vec<Event> = events
-                    .into_iter()
-                    .filter(|event| event.item_key().is_none())
-                    .collect();
-                (seq, events)
-            })
-            .filter(|(_, events)| !events.is_empty())
+            .map(|(seq, events)| (seq, events.into_iter().filter(|e| keep(e)).collect()))
+            .filter(|(_, events): &(u64, Vec<Event>)| !events.is_empty())
             .map(Ok)
             .collect();
-        Recovery {
-            image,
-            batches: Box::new(batches.into_iter()),
-            epoch: self.next_epoch(),
-        }
+        Box::new(batches.into_iter())
     }
 
     /// Like [`MemoryJournal::recovery`] but ignoring the snapshot: the log alone.
