@@ -14,6 +14,9 @@ pub const DEFAULT_EXPIRY_TICK_MS: u64 = 200;
 pub const DEFAULT_SNAPSHOT_EVERY_EVENTS: u64 = 1_000_000;
 /// Default time an ended promotion keeps its buyers in memory (api.md: `--retain-ended-s`).
 pub const DEFAULT_RETAIN_ENDED_S: u64 = 86_400;
+/// Default patience of a clean hand-over with a batch of the partition still being written:
+/// past it the partition is dropped as if its lease was lost.
+pub const DEFAULT_RELEASE_WAIT_MS: u64 = 5_000;
 /// The most shards an engine runs.
 pub const SHARDS_MAX: usize = 1024;
 
@@ -32,6 +35,11 @@ pub struct EngineConfig {
     /// How long after its end a promotion's items keep their buyers and tokens in memory;
     /// after that they are archived (orders and stats stay readable).
     pub retain_ended_s: u64,
+    /// How long a clean hand-over ([`crate::Engine::release_partition`]) waits for a batch
+    /// of the partition that the journal is still writing. The control thread waits with
+    /// it, and creates and a shutdown wait behind it, so a stalled journal must not hold
+    /// them for good: past it the partition is dropped as a lost one is.
+    pub release_wait_ms: u64,
 }
 
 impl Default for EngineConfig {
@@ -44,6 +52,7 @@ impl Default for EngineConfig {
             expiry_tick_ms: DEFAULT_EXPIRY_TICK_MS,
             snapshot_every_events: DEFAULT_SNAPSHOT_EVERY_EVENTS,
             retain_ended_s: DEFAULT_RETAIN_ENDED_S,
+            release_wait_ms: DEFAULT_RELEASE_WAIT_MS,
         }
     }
 }

@@ -269,15 +269,23 @@ impl Engine {
             .await
     }
 
-    /// The lease of `partition` was lost (taken over, or given up): its calls answer
-    /// `NotOwner` from now on, and its items leave the shards without waiting for an
-    /// append still being written (the journal answers it as lost). Returns at once; the
-    /// drop itself runs on the control thread, before any later adopt.
-    pub fn lose_partition(&self, partition: u32) {
+    /// The lease holding of `partition` under `epoch` was lost (taken over, or given up):
+    /// its calls answer `NotOwner` from now on, and its items leave the shards without
+    /// waiting for an append still being written (the journal answers it as lost). Returns
+    /// at once; the drop itself runs on the control thread, before any later adopt.
+    ///
+    /// A loss of another holding than the one the partition is adopted under is stale (a
+    /// late report about an earlier holding, after the partition was taken again) and is
+    /// ignored: the current items decide only under their own holding anyway.
+    pub fn lose_partition(&self, partition: u32, epoch: u64) {
         let Ok(cluster) = self.cluster() else {
             return;
         };
         if cluster.check_partition(partition).is_err() {
+            return;
+        }
+        if cluster.standings.epoch(partition) != Some(epoch) {
+            tracing::debug!(partition, epoch, "a stale lease loss is ignored");
             return;
         }
         cluster.standings.set(partition, Standing::Losing);
@@ -293,6 +301,12 @@ impl Engine {
                 "a lost partition is not dropped: the engine is stopping"
             );
         }
+    }
+
+    /// The epoch of the lease holding `partition` is adopted (or being adopted) under here;
+    /// `None` when it is not installed, or when the engine runs alone.
+    pub fn partition_epoch(&self, partition: u32) -> Option<u64> {
+        self.cluster().ok()?.standings.epoch(partition)
     }
 
     /// The partitions installed here, ascending (empty when the engine runs alone). One of

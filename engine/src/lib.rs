@@ -77,6 +77,7 @@ pub struct ReadmeDoctests;
 
 mod archive;
 mod catalog;
+mod catalog_log;
 mod command;
 mod config;
 mod control;
@@ -102,9 +103,11 @@ mod snapshot;
 mod tokens;
 mod validate;
 
+pub use catalog_log::{CatalogAppendError, CatalogLog};
 pub use config::{
     EngineConfig, DEFAULT_BATCH_REQUESTS_MAX, DEFAULT_EXPIRY_TICK_MS, DEFAULT_MAILBOX_CAPACITY,
-    DEFAULT_RETAIN_ENDED_S, DEFAULT_SNAPSHOT_EVERY_EVENTS, DEFAULT_TOKEN_TTL_S,
+    DEFAULT_RELEASE_WAIT_MS, DEFAULT_RETAIN_ENDED_S, DEFAULT_SNAPSHOT_EVERY_EVENTS,
+    DEFAULT_TOKEN_TTL_S,
 };
 pub use engine::Engine;
 pub use error::{Error, JournalError, JournalResult, Result};

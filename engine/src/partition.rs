@@ -21,8 +21,10 @@
 //!   and reach the ban board only when the part is adopted.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
+
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
@@ -34,6 +36,9 @@ use crate::item::ItemState;
 use crate::ports::{BatchStream, Ownership};
 use crate::recovery::install_missing;
 use crate::shard_state::{ShardState, Strike};
+
+/// How often a release with patience looks for the shards' answers.
+const ANSWER_POLL: Duration = Duration::from_millis(1);
 
 /// What a cluster engine runs on besides its [`crate::Ports`] (see
 /// [`crate::Engine::start_cluster`]).
@@ -53,6 +58,10 @@ pub struct PartitionRecovery {
     pub partition: u32,
     /// The partition's snapshot object, possibly empty.
     pub items: Vec<ItemState>,
+    /// The lane's sequence the snapshot's items hold everything through (0: no snapshot).
+    /// Batches at or below it are in the items already and are skipped, so a lane handed
+    /// over with some of them still kept is not applied twice.
+    pub through_seq: u64,
     /// The lane's batches after the snapshot, up to the takeover record, in order. The
     /// catalog's events, if a lane holds any, are skipped: the catalog comes from its own log.
     pub batches: BatchStream,
@@ -69,6 +78,7 @@ impl fmt::Debug for PartitionRecovery {
         f.debug_struct("PartitionRecovery")
             .field("partition", &self.partition)
             .field("items", &self.items.len())
+            .field("through_seq", &self.through_seq)
             .field("epoch", &self.epoch)
             .field("catalog_seq", &self.catalog_seq)
             .finish_non_exhaustive()
@@ -124,6 +134,12 @@ pub struct Released {
     pub partition: u32,
     /// Items that left the shards.
     pub items: usize,
+    /// A batch of the partition was still being written past
+    /// [`crate::EngineConfig::release_wait_ms`]: the partition was dropped as a lost one is,
+    /// without waiting for it. Its callers hear what the journal makes of it (landed before
+    /// the next owner's takeover record, or fenced by it), so the lease may be given up all
+    /// the same.
+    pub waited_out: bool,
 }
 
 /// Where a partition stands in this engine.
@@ -173,6 +189,9 @@ impl Standing {
 #[derive(Debug)]
 pub(crate) struct PartitionSet {
     standings: Box<[AtomicU8]>,
+    /// By partition: the epoch of the lease holding it is adopted (or being adopted) under,
+    /// 0 while none. Items decide only while the lease is held under this very epoch.
+    epochs: Box<[AtomicU64]>,
 }
 
 impl PartitionSet {
@@ -181,6 +200,35 @@ impl PartitionSet {
             standings: (0..partitions)
                 .map(|_| AtomicU8::new(Standing::NotInstalled.code()))
                 .collect(),
+            epochs: (0..partitions).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    /// The epoch of the holding `partition` is adopted under, if any.
+    pub fn epoch(&self, partition: u32) -> Option<u64> {
+        let slot = self.epochs.get(usize::try_from(partition).ok()?)?;
+        match slot.load(Ordering::Acquire) {
+            0 => None,
+            epoch => Some(epoch),
+        }
+    }
+
+    /// Ties `partition` to the holding under `epoch` (`None`: to none).
+    fn set_epoch(&self, partition: u32, epoch: Option<u64>) {
+        if let Some(slot) = usize::try_from(partition)
+            .ok()
+            .and_then(|index| self.epochs.get(index))
+        {
+            slot.store(epoch.unwrap_or(0), Ordering::Release);
+        }
+    }
+
+    /// Whether the lease of `partition` is held for sure, under the holding it was adopted
+    /// under (a later holding is not enough: the items in memory may be stale by then).
+    pub fn holds_lease(&self, partition: u32, ownership: &dyn Ownership) -> bool {
+        match ownership.holding(partition) {
+            Some(epoch) => self.epoch(partition) == Some(epoch),
+            None => false,
         }
     }
 
@@ -263,11 +311,15 @@ impl ClusterState {
     }
 
     /// Whether a command for the item `key` may go to its shard: only while the item's
-    /// partition is installed here and its lease is held for sure. `NotOwner` (nothing
-    /// done) otherwise.
+    /// partition is installed here and its lease is held for sure, under the holding it was
+    /// adopted under. `NotOwner` (nothing done) otherwise.
     pub fn check(&self, key: u64) -> Result<()> {
         let partition = self.partition(key);
-        if self.standings.get(partition) == Standing::Owned && self.ownership.is_held(partition) {
+        if self.standings.get(partition) == Standing::Owned
+            && self
+                .standings
+                .holds_lease(partition, self.ownership.as_ref())
+        {
             Ok(())
         } else {
             Err(Error::NotOwner { partition })
@@ -339,10 +391,6 @@ pub(crate) fn adopt(core: &Core, mut part: PartitionPart) -> Result<usize> {
         core.config.token_ttl_ms(),
         None,
     )?;
-    if !cluster.ownership.is_held(partition) {
-        // The adopt decides (it expires orders): never without the lease.
-        return Err(Error::NotOwner { partition });
-    }
     if !cluster
         .standings
         .swap(partition, Standing::NotInstalled, Standing::Adopting)
@@ -351,6 +399,20 @@ pub(crate) fn adopt(core: &Core, mut part: PartitionPart) -> Result<usize> {
             "partition {partition} is {:?} here; only a partition not installed is adopted",
             cluster.standings.get(partition)
         )));
+    }
+    // Tied to the holding the part was built under before anything decides: the adopt
+    // itself decides (it expires orders), so never without that very lease. A loss of it
+    // reported from here on finds the epoch and turns the adopt down at its end.
+    cluster.standings.set_epoch(partition, Some(part.epoch));
+    if !cluster
+        .standings
+        .holds_lease(partition, cluster.ownership.as_ref())
+    {
+        cluster.standings.set_epoch(partition, None);
+        cluster
+            .standings
+            .swap(partition, Standing::Adopting, Standing::NotInstalled);
+        return Err(Error::NotOwner { partition });
     }
     let items = part.items();
     // The replay's strikes first, as absolute figures: an expiry the adopt journals then
@@ -375,11 +437,9 @@ pub(crate) fn adopt(core: &Core, mut part: PartitionPart) -> Result<usize> {
             // (`lose_partition` moved the partition on): nothing of it may stay.
             let error = outcome.err().unwrap_or(Error::NotOwner { partition });
             tracing::warn!(partition, %error, "adopt failed; the partition is dropped again");
-            drop_everywhere(core, partition, false);
+            let _ = drop_everywhere(core, partition, None);
             forget_views(core, cluster.partitions, partition);
-            cluster
-                .standings
-                .swap(partition, Standing::Adopting, Standing::NotInstalled);
+            uninstall(cluster, partition);
             Err(error)
         }
     }
@@ -436,6 +496,7 @@ pub(crate) fn release(core: &Core, partition: u32) -> Result<Released> {
         return Ok(Released {
             partition,
             items: 0,
+            waited_out: false,
         });
     }
     // `route` refuses it from here on: no new command for it reaches a shard. The drops
@@ -450,13 +511,31 @@ pub(crate) fn release(core: &Core, partition: u32) -> Result<Released> {
     {
         return Err(Error::NotOwner { partition });
     }
-    let items = drop_everywhere(core, partition, true);
+    let patience = Duration::from_millis(core.config.release_wait_ms);
+    let (items, waited_out) = match drop_everywhere(core, partition, Some(patience)) {
+        Ok(items) => (items, false),
+        Err(dropped) => {
+            // The journal holds a batch of the partition past our patience: nothing of it
+            // decides any more, and the shards let it go without waiting (their parked
+            // drops are answered by these).
+            cluster.standings.set(partition, Standing::Losing);
+            let items = dropped + drop_everywhere(core, partition, None).unwrap_or_else(|n| n);
+            tracing::warn!(
+                partition,
+                patience_ms = core.config.release_wait_ms,
+                "a release waited out a batch still being written; dropped as lost"
+            );
+            (items, true)
+        }
+    };
     forget_views(core, cluster.partitions, partition);
-    cluster
-        .standings
-        .swap(partition, Standing::Releasing, Standing::NotInstalled);
+    uninstall(cluster, partition);
     tracing::info!(partition, items, "partition released");
-    Ok(Released { partition, items })
+    Ok(Released {
+        partition,
+        items,
+        waited_out,
+    })
 }
 
 /// The drop of a partition whose lease was lost (on the control thread; the caller of
@@ -466,11 +545,9 @@ pub(crate) fn lose(core: &Core, partition: u32) {
     let Some(cluster) = core.cluster.as_ref() else {
         return;
     };
-    let items = drop_everywhere(core, partition, false);
+    let items = drop_everywhere(core, partition, None).unwrap_or_else(|n| n);
     forget_views(core, cluster.partitions, partition);
-    cluster
-        .standings
-        .swap(partition, Standing::Losing, Standing::NotInstalled);
+    uninstall(cluster, partition);
     tracing::warn!(
         partition,
         items,
@@ -478,11 +555,25 @@ pub(crate) fn lose(core: &Core, partition: u32) {
     );
 }
 
+/// Once no shard holds `partition`'s items: not installed, and tied to no holding. Only the
+/// control thread gets here, and only it adopts, so no adopt is under way.
+fn uninstall(cluster: &ClusterState, partition: u32) {
+    cluster.standings.set(partition, Standing::NotInstalled);
+    cluster.standings.set_epoch(partition, None);
+}
+
 /// Drops `partition` on every live shard and waits for each; returns how many items left.
-/// With `wait`, a shard whose append is still being written drops only once it landed or
-/// failed. A dead shard holds nothing live and is skipped: it never answered a batch that
-/// did not land.
-fn drop_everywhere(core: &Core, partition: u32, wait: bool) -> usize {
+/// With `patience`, a shard whose append is still being written drops only once it landed
+/// or failed, and the wait for all of them is bounded by it: past it, `Err` with the items
+/// that did leave (the late shards' drops stay parked until a drop without patience comes).
+/// Without, no shard waits. A dead shard holds nothing live and is skipped: it never
+/// answered a batch that did not land.
+fn drop_everywhere(
+    core: &Core,
+    partition: u32,
+    patience: Option<Duration>,
+) -> std::result::Result<usize, usize> {
+    let wait = patience.is_some();
     let mut waits = Vec::with_capacity(core.shards.count());
     for shard in 0..core.shards.count() {
         let (reply, dropped) = oneshot::channel();
@@ -499,17 +590,46 @@ fn drop_everywhere(core: &Core, partition: u32, wait: bool) -> usize {
             }
         }
     }
+    let deadline = patience.map(|patience| Instant::now() + patience);
     let mut items = 0;
+    let mut late = false;
     for (shard, dropped) in waits {
-        match dropped.blocking_recv() {
-            Ok(Ok(count)) => items += count,
-            Ok(Err(error)) => {
+        match answer_by(dropped, deadline) {
+            Some(Ok(Ok(count))) => items += count,
+            Some(Ok(Err(error))) => {
                 tracing::warn!(shard, partition, %error, "a shard refused the drop");
             }
-            Err(_) => tracing::warn!(shard, partition, "a shard died during the drop"),
+            Some(Err(_)) => tracing::warn!(shard, partition, "a shard died during the drop"),
+            None => late = true,
         }
     }
-    items
+    if late {
+        Err(items)
+    } else {
+        Ok(items)
+    }
+}
+
+/// A shard's answer, waited for until `deadline` (for ever without one); `None` past it.
+fn answer_by<T>(
+    mut answer: oneshot::Receiver<T>,
+    deadline: Option<Instant>,
+) -> Option<std::result::Result<T, oneshot::error::RecvError>> {
+    let Some(deadline) = deadline else {
+        return Some(answer.blocking_recv());
+    };
+    loop {
+        match answer.try_recv() {
+            Ok(value) => return Some(Ok(value)),
+            Err(oneshot::error::TryRecvError::Closed) => {
+                return Some(answer.blocking_recv());
+            }
+            Err(oneshot::error::TryRecvError::Empty) if Instant::now() >= deadline => return None,
+            Err(oneshot::error::TryRecvError::Empty) => {
+                std::thread::sleep(ANSWER_POLL);
+            }
+        }
+    }
 }
 
 /// Once no shard holds `partition`: its strikes leave the board, and its gates no longer
@@ -560,6 +680,13 @@ mod tests {
         // Keys 4 and 5 are in partitions 0 and 1 of two.
         assert_eq!(cluster.check(4), Err(Error::NotOwner { partition: 0 }));
         cluster.standings.set(0, Standing::Owned);
+        assert_eq!(
+            cluster.check(4),
+            Err(Error::NotOwner { partition: 0 }),
+            "installed, but tied to no holding"
+        );
+        ownership.hold(0, 3);
+        cluster.standings.set_epoch(0, Some(3));
         assert_eq!(cluster.check(4), Ok(()));
         assert_eq!(cluster.check(5), Err(Error::NotOwner { partition: 1 }));
         ownership.set_held(0, false);
@@ -569,6 +696,14 @@ mod tests {
             "installed, but the lease is not held for sure"
         );
         ownership.set_held(0, true);
+        assert_eq!(cluster.check(4), Ok(()), "the same holding, valid again");
+        ownership.hold(0, 4);
+        assert_eq!(
+            cluster.check(4),
+            Err(Error::NotOwner { partition: 0 }),
+            "a later holding of the lease is not the one the items were adopted under"
+        );
+        ownership.hold(0, 3);
         cluster.standings.set(0, Standing::Releasing);
         assert_eq!(cluster.check(4), Err(Error::NotOwner { partition: 0 }));
     }

@@ -191,9 +191,20 @@ pub trait Ownership: Send + Sync + 'static {
     /// How many partitions the item space is cut into (fixed for the deployment).
     fn partitions(&self) -> u32;
 
-    /// The lease of `partition` is held for sure now (its holder's local validity has not
-    /// run out), so a decision for its items cannot clash with another node's.
-    fn is_held(&self, partition: u32) -> bool;
+    /// The epoch of this node's holding of `partition`'s lease, while the lease is held for
+    /// sure now (its local validity has not run out); `None` otherwise.
+    ///
+    /// Each holding has its own epoch (drawn when the lease was taken, above every earlier
+    /// one), so the engine can tell the holding a partition was adopted under from a later
+    /// one: items adopted under one holding decide only while that very holding lasts. A
+    /// lease lost and taken again is a new holding, and whatever was adopted under the old
+    /// one (after another node may have sold its items) decides nothing.
+    fn holding(&self, partition: u32) -> Option<u64>;
+
+    /// The lease of `partition` is held for sure now, under whatever holding.
+    fn is_held(&self, partition: u32) -> bool {
+        self.holding(partition).is_some()
+    }
 }
 
 impl fmt::Debug for dyn Ownership {
@@ -205,28 +216,40 @@ impl fmt::Debug for dyn Ownership {
 }
 
 /// An [`Ownership`] that tests set by hand: `partitions` partitions, each held or not as
-/// told (all held at first).
+/// told, under the epoch it was told (all held at first, under epoch 0).
 #[derive(Debug)]
 pub struct StaticOwnership {
     partitions: u32,
-    held: Mutex<Vec<bool>>,
+    /// By partition: the holding's epoch, and whether it is held for sure now.
+    held: Mutex<Vec<(u64, bool)>>,
 }
 
 impl StaticOwnership {
-    /// `partitions` partitions (0 counts as 1, as in [`crate::partition_of`]), all held.
+    /// `partitions` partitions (0 counts as 1, as in [`crate::partition_of`]), all held
+    /// under epoch 0.
     pub fn all_held(partitions: u32) -> Arc<Self> {
         let partitions = partitions.max(1);
         Arc::new(StaticOwnership {
             partitions,
-            held: Mutex::new(vec![true; partitions as usize]),
+            held: Mutex::new(vec![(0, true); partitions as usize]),
         })
     }
 
-    /// Marks `partition` held or not; a partition out of range is ignored.
+    /// Marks `partition` held for sure or not, keeping its holding's epoch (a lease whose
+    /// validity ran out and was renewed); a partition out of range is ignored.
     pub fn set_held(&self, partition: u32, held: bool) {
+        self.update(partition, |slot| slot.1 = held);
+    }
+
+    /// A new holding of `partition`, under `epoch`, held for sure (a lease taken).
+    pub fn hold(&self, partition: u32, epoch: u64) {
+        self.update(partition, |slot| *slot = (epoch, true));
+    }
+
+    fn update(&self, partition: u32, change: impl FnOnce(&mut (u64, bool))) {
         let mut all = self.held.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(slot) = all.get_mut(partition as usize) {
-            *slot = held;
+            change(slot);
         }
     }
 }
@@ -236,9 +259,12 @@ impl Ownership for StaticOwnership {
         self.partitions
     }
 
-    fn is_held(&self, partition: u32) -> bool {
+    fn holding(&self, partition: u32) -> Option<u64> {
         let all = self.held.lock().unwrap_or_else(PoisonError::into_inner);
-        all.get(partition as usize).copied().unwrap_or(false)
+        match all.get(partition as usize) {
+            Some(&(epoch, true)) => Some(epoch),
+            _ => None,
+        }
     }
 }
 
@@ -514,6 +540,7 @@ impl MemoryJournal {
         PartitionRecovery {
             partition,
             items,
+            through_seq: through,
             batches,
             epoch: self.next_epoch(),
             catalog_seq: self.last_seq(),
@@ -761,6 +788,13 @@ mod tests {
         ownership.set_held(1, false);
         assert!(ownership.is_held(0) && !ownership.is_held(1) && ownership.is_held(2));
         assert!(!ownership.is_held(3), "out of range is never held");
+        assert_eq!(ownership.holding(0), Some(0));
+        ownership.hold(1, 7);
+        assert_eq!(ownership.holding(1), Some(7), "a new holding, held");
+        ownership.set_held(1, false);
+        assert_eq!(ownership.holding(1), None);
+        ownership.set_held(1, true);
+        assert_eq!(ownership.holding(1), Some(7), "the same holding again");
         let ownership: Arc<dyn Ownership> = ownership;
         assert_eq!(format!("{ownership:?}"), "Ownership { partitions: 3, .. }");
     }

@@ -161,6 +161,10 @@ pub(crate) fn rebuild_partition(
     )?;
     for batch in recovery.batches {
         let (seq, events) = batch.map_err(|e| Error::Unavailable(e.to_string()))?;
+        if seq <= recovery.through_seq {
+            // In the snapshot's items already.
+            continue;
+        }
         for event in &events {
             // The catalog's own events come from the catalog's log.
             let Some(key) = event.item_key() else {

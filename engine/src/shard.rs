@@ -110,12 +110,13 @@ impl ShardCluster {
 
     /// This shard may decide for the partition's items now: it holds them, the engine has
     /// not begun to release them (a lost lease that came back must not revive them), and
-    /// the lease is held for sure (checked again here, for commands queued before it
-    /// lapsed).
+    /// the lease is held for sure under the very holding they were adopted under (checked
+    /// again here, for commands queued before it lapsed or was taken by another node).
     fn decides(&self, partition: u32) -> bool {
-        self.holds(partition)
-            && self.standings.may_decide(partition)
-            && self.ownership.is_held(partition)
+        let Some(epoch) = self.epoch(partition) else {
+            return false;
+        };
+        self.standings.may_decide(partition) && self.ownership.holding(partition) == Some(epoch)
     }
 
     /// Whether the item `key`'s payment deadlines may be acted on now.
@@ -696,6 +697,9 @@ impl Shard {
         }
         let dropped = self.let_partition_go(partition);
         let _ = reply.send(Ok(dropped));
+        // A release that stopped waiting sends this drop after its parked one: the parked
+        // one must not finish later, when the partition may be adopted here again.
+        self.parked_drops.retain(|(parked, _)| *parked != partition);
     }
 
     /// Drops every item of `partition` and stops holding it; returns how many left.

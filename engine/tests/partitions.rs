@@ -18,8 +18,8 @@ use common::watched::Watched;
 use common::{config, request, spec, T0_MS};
 use seckill_engine::{
     item_key, parse_order_id, partition_of, ClusterPorts, Engine, Error, Event, ManualClock,
-    MemoryJournal, NoClaims, NullSink, Order, OrderStatus, Ports, Recovery, Released,
-    StaticOwnership,
+    MemoryJournal, NoClaims, NullSink, Order, OrderStatus, PartitionPart, PartitionRecovery, Ports,
+    Recovery, Released, StaticOwnership,
 };
 
 /// A bound on waits that must end at once; generous, since the machine is shared.
@@ -87,10 +87,25 @@ impl Node {
     /// over, and adopts it; the items adopted.
     async fn take(&self, source: &MemoryJournal, partition: u32) -> usize {
         let part = self
-            .engine
-            .build_partition(source.partition_recovery(partition))
+            .build(source.partition_recovery(partition))
             .expect("built");
         self.engine.adopt_partition(part).await.expect("adopted")
+    }
+
+    /// Takes the lease of the recovery's partition under the recovery's epoch (a new
+    /// holding, as the journal's take does), then builds the partition.
+    fn build(&self, recovery: PartitionRecovery) -> seckill_engine::Result<PartitionPart> {
+        self.ownership.hold(recovery.partition, recovery.epoch);
+        self.engine.build_partition(recovery)
+    }
+
+    /// Reports the loss of the lease holding `partition` is adopted under.
+    fn lose(&self, partition: u32) {
+        let epoch = self
+            .engine
+            .partition_epoch(partition)
+            .expect("adopted under a holding");
+        self.engine.lose_partition(partition, epoch);
     }
 
     /// One unit, bought without a token: the new order.
@@ -268,12 +283,10 @@ async fn a_partition_moves_to_another_engine_with_its_stats_orders_and_buyers() 
     assert!(b.engine.owned_partitions().is_empty());
 
     let part1 = b
-        .engine
-        .build_partition(a.log.partition_recovery(1))
+        .build(a.log.partition_recovery(1))
         .expect("partition 1 built");
     let part0 = b
-        .engine
-        .build_partition(a.log.partition_recovery(0))
+        .build(a.log.partition_recovery(0))
         .expect("partition 0 built");
     assert_eq!((part0.items(), part1.items()), (2, 1));
     let epoch0 = part0.epoch();
@@ -333,7 +346,8 @@ async fn a_partition_moves_to_another_engine_with_its_stats_orders_and_buyers() 
         released,
         Released {
             partition: 1,
-            items: 1
+            items: 1,
+            waited_out: false,
         }
     );
     assert_eq!(
@@ -485,7 +499,8 @@ async fn a_release_waits_for_a_stalled_journal_and_answers_every_accepted_purcha
         released,
         Released {
             partition: 0,
-            items: 1
+            items: 1,
+            waited_out: false,
         }
     );
     for (answer, user) in [
@@ -537,7 +552,8 @@ async fn a_release_waits_for_an_append_the_journal_is_still_writing() {
         released,
         Released {
             partition: 0,
-            items: 1
+            items: 1,
+            waited_out: false,
         }
     );
     assert_eq!(b.placed_by("u0").len(), 1, "the held batch landed");
@@ -564,7 +580,8 @@ async fn after_a_release_every_call_for_the_partition_answers_not_owner() {
         b.engine.release_partition(0).await,
         Ok(Released {
             partition: 0,
-            items: 1
+            items: 1,
+            waited_out: false,
         })
     );
     let not_owner = Err(Error::NotOwner { partition: 0 });
@@ -628,7 +645,8 @@ async fn after_a_release_every_call_for_the_partition_answers_not_owner() {
         b.engine.release_partition(0).await,
         Ok(Released {
             partition: 0,
-            items: 0
+            items: 0,
+            waited_out: false,
         }),
         "a partition not installed is released at once"
     );
@@ -650,7 +668,7 @@ async fn after_a_release_every_call_for_the_partition_answers_not_owner() {
 async fn a_lost_partition_is_refused_at_once_and_can_be_taken_again() {
     let (b, a0, c1) = owning_both().await;
     let order = b.buy("p", &a0, "u1", "r1").await;
-    b.engine.lose_partition(0);
+    b.lose(0);
     assert_eq!(
         b.engine
             .purchase("p", &a0, "u2", request("r1", 1, None))
@@ -685,7 +703,7 @@ async fn a_purchase_queued_before_a_loss_never_sells_even_with_the_lease_back() 
     hand_over(queued.as_mut()).await;
     // The lease is lost (and, as far as the ownership can tell, held again by the time the
     // shard reads its mailbox: the test's ownership never stops saying "held").
-    b.engine.lose_partition(0);
+    b.lose(0);
     b.log.set_stalled(false);
     let blocked = tokio::time::timeout(MUST_ANSWER, blocking)
         .await
@@ -729,10 +747,7 @@ async fn a_create_while_a_partition_is_not_owned_installs_nothing_of_it() {
         Err(Error::NotOwner { partition: 1 })
     );
 
-    let part = b
-        .engine
-        .build_partition(b.log.partition_recovery(1))
-        .expect("built");
+    let part = b.build(b.log.partition_recovery(1)).expect("built");
     assert_eq!(part.items(), 1, "q's item of partition 1, fresh");
     // A promotion created between the build and the adopt.
     let r1 = sku_in("r", 1);
@@ -768,7 +783,7 @@ async fn a_lane_whose_epoch_is_not_older_than_the_ownership_is_refused() {
     let order = a.buy("p", &sku, "u1", "r1").await;
     assert_eq!(epoch_of(&order), 9);
     let b = Node::cluster(1, T0_MS, a.log.catalog_recovery());
-    let refused_epoch = |built: seckill_engine::Result<seckill_engine::PartitionPart>| {
+    let refused_epoch = |built: seckill_engine::Result<PartitionPart>| {
         assert!(
             matches!(&built, Err(Error::Unavailable(message)) if message.contains("epoch")),
             "{built:?}"
@@ -776,19 +791,19 @@ async fn a_lane_whose_epoch_is_not_older_than_the_ownership_is_refused() {
     };
     let mut recovery = a.log.partition_recovery(0);
     recovery.epoch = 9;
-    refused_epoch(b.engine.build_partition(recovery));
+    refused_epoch(b.build(recovery));
 
     // The same from a snapshot: its items hold the order, the lane after it nothing.
     a.engine.snapshot().await.expect("snapshot");
     let mut recovery = a.log.partition_recovery(0);
     assert_eq!(recovery.items.len(), 1);
     recovery.epoch = 9;
-    refused_epoch(b.engine.build_partition(recovery));
+    refused_epoch(b.build(recovery));
     assert!(b.engine.owned_partitions().is_empty());
 
     let mut recovery = a.log.partition_recovery(0);
     recovery.epoch = 10;
-    let part = b.engine.build_partition(recovery).expect("a newer epoch");
+    let part = b.build(recovery).expect("a newer epoch");
     b.engine.adopt_partition(part).await.expect("adopted");
     let retry = b
         .engine
@@ -812,7 +827,7 @@ async fn an_event_the_catalog_does_not_know_is_refused_not_a_panic() {
     a.buy("p", &sku, "u1", "r1").await;
     // A catalog that does not hold "p" yet.
     let b = Node::cluster(1, T0_MS, Recovery::empty());
-    let built = b.engine.build_partition(a.log.partition_recovery(1));
+    let built = b.build(a.log.partition_recovery(1));
     assert!(
         matches!(&built, Err(Error::Unavailable(message)) if message.contains("catalog behind")),
         "{built:?}"
@@ -875,5 +890,120 @@ async fn a_partition_whose_lease_is_not_held_for_sure_answers_not_owner() {
         b.placed_by("u3").is_empty(),
         "the queued purchase sold nothing"
     );
+    b.engine.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
+async fn items_decide_only_under_the_lease_holding_they_were_adopted_under() {
+    let (b, a0, c1) = owning_both().await;
+    let order = b.buy("p", &a0, "u1", "r1").await;
+    let adopted_under = b.engine.partition_epoch(0).expect("adopted");
+    // The lease lapsed and was taken again, here or elsewhere, and the loss was never
+    // reported: a new holding is not the one partition 0's items were adopted under (another
+    // node may have sold them in between).
+    b.ownership.hold(0, adopted_under + 100);
+    let not_owner = Err(Error::NotOwner { partition: 0 });
+    assert_eq!(
+        b.engine
+            .purchase("p", &a0, "u2", request("r1", 1, None))
+            .await
+            .map(|_| ()),
+        not_owner
+    );
+    assert_eq!(
+        b.engine.order(&order.order_id, None).await.map(|_| ()),
+        not_owner,
+        "not even a read from memory"
+    );
+    b.buy("p", &c1, "u2", "r1").await;
+
+    // A purchase queued in the mailbox under the old holding is refused by the shard when
+    // the holding changes before it is read.
+    b.ownership.hold(0, adopted_under);
+    b.log.set_stalled(true);
+    let appends = b.journal.appends_started();
+    let mut first = pin!(b.engine.purchase("p", &c1, "u3", request("r1", 1, None)));
+    hand_over(first.as_mut()).await;
+    b.wait_for_append(appends + 1).await;
+    let mut queued = pin!(b.engine.purchase("p", &a0, "u4", request("r1", 1, None)));
+    hand_over(queued.as_mut()).await;
+    b.ownership.hold(0, adopted_under + 100);
+    b.log.set_stalled(false);
+    assert!(first.await.expect("the other partition sells").created);
+    assert_eq!(queued.await.map(|_| ()), not_owner);
+    assert!(
+        b.placed_by("u4").is_empty(),
+        "the queued purchase sold nothing"
+    );
+    b.engine.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
+async fn a_part_is_adopted_only_under_the_holding_it_was_built_under() {
+    let a = Node::cluster(1, T0_MS, Recovery::empty());
+    let part = a.build(a.log.partition_recovery(0)).expect("built");
+    let built_under = part.epoch();
+    // Lost and taken again between the build and the adopt: the part's replay may miss what
+    // another node appended meanwhile.
+    a.ownership.hold(0, built_under + 1);
+    assert_eq!(
+        a.engine.adopt_partition(part).await,
+        Err(Error::NotOwner { partition: 0 })
+    );
+    assert!(a.engine.owned_partitions().is_empty());
+    assert_eq!(a.engine.partition_epoch(0), None, "tied to no holding");
+    // Built again under the new holding, it is adopted.
+    assert_eq!(a.take(&a.log, 0).await, 0);
+    assert_eq!(a.engine.owned_partitions(), vec![0]);
+    a.engine.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
+async fn a_stale_report_of_an_earlier_holding_lost_is_ignored() {
+    let (b, a0, _) = owning_both().await;
+    let first_holding = b.engine.partition_epoch(0).expect("adopted");
+    b.lose(0);
+    b.take(&b.log, 0).await;
+    let second_holding = b.engine.partition_epoch(0).expect("adopted again");
+    assert!(second_holding > first_holding);
+    // The journal's report of the first holding's loss comes late, after the take.
+    b.engine.lose_partition(0, first_holding);
+    assert_eq!(b.engine.owned_partitions(), vec![0, 1]);
+    let bought = b.buy("p", &a0, "u1", "r1").await;
+    assert_eq!(epoch_of(&bought), second_holding);
+    // The report of the current holding's loss is not.
+    b.engine.lose_partition(0, second_holding);
+    assert_eq!(
+        b.engine
+            .purchase("p", &a0, "u2", request("r1", 1, None))
+            .await
+            .map(|_| ()),
+        Err(Error::NotOwner { partition: 0 })
+    );
+    b.engine.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
+async fn batches_the_snapshot_holds_already_are_not_replayed_again() {
+    let a = Node::alone(1, T0_MS, 1);
+    let sku = sku_in("p", 0);
+    a.engine
+        .create_promotion(spec("p", &[(sku.as_str(), 5, 1)], false))
+        .await
+        .expect("created");
+    a.buy("p", &sku, "u1", "r1").await;
+    a.engine.snapshot().await.expect("snapshot");
+    a.buy("p", &sku, "u2", "r1").await;
+    let b = Node::cluster(1, T0_MS, a.log.catalog_recovery());
+    // A lane handed over from before the snapshot: its first batches are in the items too.
+    let mut recovery = a.log.partition_recovery(0);
+    let through_seq = recovery.through_seq;
+    assert!(through_seq > 0, "the snapshot's lane position");
+    recovery.batches = Box::new(a.log.batches().into_iter().map(Ok));
+    let part = b.build(recovery).expect("built");
+    b.engine.adopt_partition(part).await.expect("adopted");
+    let stats = b.engine.promotion_stats("p").await.expect("stats");
+    assert_eq!(stats.items[0].remaining, 3, "two sold, each counted once");
+    a.engine.shutdown().await.expect("shutdown");
     b.engine.shutdown().await.expect("shutdown");
 }
