@@ -30,7 +30,6 @@ use crate::ids::promotion_key;
 use crate::image::EngineImage;
 use crate::model::PromotionRecord;
 use crate::partition::{self, PartitionPart, Released};
-use crate::shards::keys_by_shard;
 use crate::snapshot;
 
 /// How often the control thread looks whether a snapshot is due.
@@ -214,7 +213,7 @@ fn create(core: &Core, record: PromotionRecord) -> Result<CreateOutcome> {
     // In a cluster, only the items of partitions owned here: the adopt of another
     // partition installs that partition's items itself.
     let keys = partition::installed_here(core, item_keys(&record));
-    let by_shard = keys_by_shard(keys.into_iter(), core.shards.count());
+    let by_shard = core.shards.by_shard(keys.into_iter());
     if let Some(&down) = by_shard.keys().find(|&&shard| core.shards.is_down(shard)) {
         return Err(Error::ShardDown(down));
     }
@@ -263,11 +262,7 @@ fn install(
 fn reinstall(core: &Core, entry: &Arc<PromotionEntry>) -> Result<()> {
     let keys = entry.gates.iter().map(|gate| gate.key).collect();
     let keys = partition::installed_here(core, keys);
-    install(
-        core,
-        entry,
-        keys_by_shard(keys.into_iter(), core.shards.count()),
-    )
+    install(core, entry, core.shards.by_shard(keys.into_iter()))
 }
 
 /// Starts or stops a promotion from now; a change that changes nothing is not journaled.

@@ -42,7 +42,7 @@ use crate::pump::Responder;
 use crate::recovery::{rebuild, rebuild_catalog, rebuild_partition, Rebuilt};
 use crate::rules::{purchase_gate_refusal, token_gate_refusal};
 use crate::shard::{Shard, ShardCluster, ShardCounters, ShardPorts, ShardSettings};
-use crate::shards::{keys_by_shard, Shards};
+use crate::shards::{Routing, Shards};
 use crate::validate::validate_promotion;
 
 /// A running engine. Cheap to clone: every clone talks to the same shards.
@@ -148,8 +148,12 @@ impl Engine {
                 (shard, tx)
             })
             .collect();
+        let routing = match &cluster {
+            Some(cluster) => Routing::cluster(config.shards, cluster.partitions),
+            None => Routing::alone(config.shards),
+        };
         let core = Arc::new(Core {
-            shards: Shards::spawn(shards)?,
+            shards: Shards::spawn(shards, routing)?,
             catalog: rebuilt.catalog,
             journal: ports.journal,
             clock: ports.clock,
@@ -435,7 +439,7 @@ impl Engine {
     /// created).
     async fn stats_of(&self, entry: &PromotionEntry, keys: Vec<u64>) -> Result<PromotionStats> {
         let mut found = self
-            .item_stats(keys_by_shard(keys.into_iter(), self.core().shards.count()))
+            .item_stats(self.core().shards.by_shard(keys.into_iter()))
             .await?;
         let mut stats = entry.fresh_stats(self.now_ms());
         for (item, gate) in stats.items.iter_mut().zip(&entry.gates) {

@@ -3,8 +3,9 @@
 //! is dropped (a clean hand-over, or a lease lost). The cluster plan's Q1 and step 3.
 //!
 //! The unit a node owns is a partition, `partition_of(item_key, partitions)`: one lease and
-//! one journal lane. Shard routing stays `key % shards`, so a partition's items are spread
-//! over every shard, and adopting and dropping are broadcast to all of them.
+//! one journal lane. A cluster engine routes items to shards by `(key / partitions) %
+//! shards` (`shards::Routing`), so a partition's items are spread over every shard, and
+//! adopting and dropping are broadcast to all of them.
 //!
 //! What keeps the money right:
 //! - One copy decides. A command for an item reaches a shard only while the item's partition

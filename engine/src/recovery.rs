@@ -20,7 +20,7 @@ use crate::model::PromotionRecord;
 use crate::partition::PartitionRecovery;
 use crate::ports::{Journal, Recovery};
 use crate::shard_state::{ShardState, Strike};
-use crate::shards::{keys_by_shard, shard_index};
+use crate::shards::Routing;
 
 /// The state recovery builds, before any shard thread runs.
 #[derive(Debug)]
@@ -135,15 +135,17 @@ pub(crate) fn rebuild_partition(
     recovery: PartitionRecovery,
 ) -> Result<(Vec<ShardState>, Vec<Strike>)> {
     let partition = recovery.partition;
-    let shards = config.shards;
-    let mut states: Vec<ShardState> = (0..shards).map(|_| ShardState::collecting()).collect();
+    let routing = Routing::cluster(config.shards, partitions);
+    let mut states: Vec<ShardState> = (0..config.shards)
+        .map(|_| ShardState::collecting())
+        .collect();
     let mut newest_epoch = 0;
     for item in recovery.items {
         let key = item.key;
         in_lane(key, partition, partitions)?;
         newest_epoch = newest_epoch.max(newest_order_epoch(&item));
         let (entry, gate) = known_item(catalog, key, &item.promotion_id)?;
-        let state = &mut states[shard_index(key, shards)];
+        let state = &mut states[routing.shard(key)];
         if state.holds(key) {
             return Err(Error::Unavailable(format!(
                 "partition {partition}'s snapshot holds item {key:016x} twice"
@@ -175,12 +177,12 @@ pub(crate) fn rebuild_partition(
                 return Err(archived_in_cluster(key));
             }
             newest_epoch = newest_epoch.max(order_epoch(event));
-            if !states[shard_index(key, shards)].holds(key) {
+            if !states[routing.shard(key)].holds(key) {
                 // Every item of the catalog in this partition is held by now: the catalog
                 // has not applied this item's promotion yet.
                 return Err(catalog_behind(partition, key, seq));
             }
-            replay_item(&mut states, event);
+            replay_item(&mut states, routing, event);
         }
     }
     if newest_epoch >= recovery.epoch {
@@ -208,14 +210,14 @@ pub(crate) fn install_missing(
     token_ttl_ms: i64,
     archive: Option<&dyn Journal>,
 ) -> Result<()> {
-    let shards = states.len();
+    let routing = Routing::cluster(states.len(), partitions);
     for entry in catalog.entries() {
         let mut missing = Vec::new();
         for gate in &entry.gates {
             if partition_of(gate.key, partitions) != partition {
                 continue;
             }
-            let state = &states[shard_index(gate.key, shards)];
+            let state = &states[routing.shard(gate.key)];
             if state.holds(gate.key) || state.archived.contains_key(&gate.key) {
                 continue;
             }
@@ -229,7 +231,7 @@ pub(crate) fn install_missing(
             }
             missing.push(gate.key);
         }
-        for (shard, keys) in keys_by_shard(missing.into_iter(), shards) {
+        for (shard, keys) in routing.by_shard(missing.into_iter()) {
             states[shard].install_unpublished(&entry, &keys, token_ttl_ms);
         }
     }
@@ -308,10 +310,10 @@ fn settle_missing_items(
     config: &EngineConfig,
     now_ms: i64,
 ) -> Result<()> {
-    let shards = rebuilt.states.len();
+    let routing = Routing::alone(rebuilt.states.len());
     for entry in rebuilt.catalog.entries() {
         for gate in &entry.gates {
-            let state = &mut rebuilt.states[shard_index(gate.key, shards)];
+            let state = &mut rebuilt.states[routing.shard(gate.key)];
             if state.holds(gate.key) {
                 continue;
             }
@@ -341,7 +343,7 @@ fn restore_image(rebuilt: &mut Rebuilt, image: EngineImage) -> Result<u64> {
         let entry = rebuilt.catalog.insert(promotion.record)?;
         entry.set_window(promotion.starts_at_ms, promotion.ends_at_ms);
     }
-    let shards = rebuilt.states.len();
+    let routing = Routing::alone(rebuilt.states.len());
     for item in items {
         let entry = rebuilt
             .catalog
@@ -351,21 +353,22 @@ fn restore_image(rebuilt: &mut Rebuilt, image: EngineImage) -> Result<u64> {
             .catalog
             .gate_by_key(item.key)
             .ok_or_else(|| Error::Unavailable("snapshot item without gate".into()))?;
-        rebuilt.states[shard_index(item.key, shards)].restore(item, &entry, &gate);
+        rebuilt.states[routing.shard(item.key)].restore(item, &entry, &gate);
     }
     Ok(through_seq)
 }
 
 /// Applies one journaled event.
 fn replay(rebuilt: &mut Rebuilt, event: &Event, config: &EngineConfig, now_ms: i64) {
+    let routing = Routing::alone(rebuilt.states.len());
     if event.item_key().is_some() {
-        replay_item(&mut rebuilt.states, event);
+        replay_item(&mut rebuilt.states, routing, event);
         return;
     }
     let states = &mut rebuilt.states;
     replay_catalog(&rebuilt.catalog, event, |entry| {
         let keys = item_keys(&entry.record).into_iter();
-        for (shard, keys) in keys_by_shard(keys, states.len()) {
+        for (shard, keys) in routing.by_shard(keys) {
             states[shard].install(entry, &keys, config.token_ttl_ms(), now_ms);
         }
     });
@@ -395,11 +398,10 @@ fn replay_catalog(catalog: &Catalog, event: &Event, mut created: impl FnMut(&Arc
 }
 
 /// Applies one journaled item event to the state of the shard that owns its item (one
-/// state per shard, in shard order).
-fn replay_item(states: &mut [ShardState], event: &Event) {
+/// state per shard, in shard order, spread by `routing`).
+fn replay_item(states: &mut [ShardState], routing: Routing, event: &Event) {
     let key = event.item_key().unwrap_or_default();
-    let shard = shard_index(key, states.len());
-    states[shard].apply(event);
+    states[routing.shard(key)].apply(event);
 }
 
 /// Adds a journaled promotion to the catalog. A second creation of one id (older builds could

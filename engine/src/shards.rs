@@ -26,14 +26,17 @@ const CONTROL_SEND_ATTEMPTS: u32 = 10_000;
 /// The running shards.
 #[derive(Debug)]
 pub(crate) struct Shards {
+    routing: Routing,
     mailboxes: Vec<Sender<Command>>,
     down: Arc<Vec<AtomicBool>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Shards {
-    /// Starts one named thread per shard, each with a mailbox of `mailbox_capacity`.
-    pub fn spawn(shards: Vec<(Shard, Sender<Command>)>) -> Result<Shards> {
+    /// Starts one named thread per shard, each with a mailbox of `mailbox_capacity`, the
+    /// items spread over them by `routing` (which counts as many shards).
+    pub fn spawn(shards: Vec<(Shard, Sender<Command>)>, routing: Routing) -> Result<Shards> {
+        debug_assert_eq!(routing.shards(), shards.len());
         let down: Arc<Vec<AtomicBool>> =
             Arc::new((0..shards.len()).map(|_| AtomicBool::new(false)).collect());
         let mut mailboxes = Vec::with_capacity(shards.len());
@@ -48,6 +51,7 @@ impl Shards {
             threads.push(thread);
         }
         Ok(Shards {
+            routing,
             mailboxes,
             down,
             threads: Mutex::new(threads),
@@ -60,7 +64,15 @@ impl Shards {
 
     /// The shard that owns the item with key `key`.
     pub fn of(&self, key: u64) -> usize {
-        shard_index(key, self.count())
+        self.routing.shard(key)
+    }
+
+    /// Item keys grouped by owning shard (see [`Routing::by_shard`]).
+    pub fn by_shard(
+        &self,
+        keys: impl Iterator<Item = u64>,
+    ) -> std::collections::BTreeMap<usize, Vec<u64>> {
+        self.routing.by_shard(keys)
     }
 
     /// Shards whose thread died.
@@ -141,23 +153,79 @@ fn run_contained(index: usize, shard: Shard, down: &[AtomicBool]) {
     }
 }
 
-/// The shard that owns the item with key `key` among `shards` shards.
-pub(crate) fn shard_index(key: u64, shards: usize) -> usize {
-    (key % shards as u64) as usize
+/// Which shard owns an item: `(key / stride) % shards`.
+///
+/// An engine that runs alone has a stride of 1 (`key % shards`). A cluster engine's stride
+/// is the partition count: an item's partition is `key % partitions`, so with `key %
+/// shards` and a shard count that divides the partition count every item of a partition
+/// would land on one shard, and a node owning some partitions only would leave shards idle.
+/// Dividing first spreads each partition's items over every shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Routing {
+    shards: usize,
+    stride: u64,
 }
 
-/// Item keys grouped by owning shard, so that each shard gets one command for all of them,
-/// in shard order.
-pub(crate) fn keys_by_shard(
-    keys: impl Iterator<Item = u64>,
-    shards: usize,
-) -> std::collections::BTreeMap<usize, Vec<u64>> {
-    let mut by_shard = std::collections::BTreeMap::<usize, Vec<u64>>::new();
-    for key in keys {
-        by_shard
-            .entry(shard_index(key, shards))
-            .or_default()
-            .push(key);
+impl Routing {
+    /// `shards` shards (at least 1) of an engine that runs alone.
+    pub fn alone(shards: usize) -> Self {
+        Routing::cluster(shards, 1)
     }
-    by_shard
+
+    /// `shards` shards (at least 1) of a cluster engine of `partitions` partitions.
+    pub fn cluster(shards: usize, partitions: u32) -> Self {
+        Routing {
+            shards: shards.max(1),
+            stride: u64::from(partitions.max(1)),
+        }
+    }
+
+    pub fn shards(self) -> usize {
+        self.shards
+    }
+
+    /// The shard that owns the item with key `key`.
+    pub fn shard(self, key: u64) -> usize {
+        // Below `shards`, which is a usize: the cast cannot truncate.
+        ((key / self.stride) % self.shards as u64) as usize
+    }
+
+    /// Item keys grouped by owning shard, so that each shard gets one command for all of
+    /// them, in shard order.
+    pub fn by_shard(
+        self,
+        keys: impl Iterator<Item = u64>,
+    ) -> std::collections::BTreeMap<usize, Vec<u64>> {
+        let mut by_shard = std::collections::BTreeMap::<usize, Vec<u64>>::new();
+        for key in keys {
+            by_shard.entry(self.shard(key)).or_default().push(key);
+        }
+        by_shard
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::partition_of;
+
+    #[test]
+    fn a_cluster_spreads_each_partitions_items_over_every_shard() {
+        let (shards, partitions) = (4, 8);
+        let cluster = Routing::cluster(shards, partitions);
+        let alone = Routing::alone(shards);
+        for partition in 0..partitions {
+            let keys = (0..4_000u64).filter(|key| partition_of(*key, partitions) == partition);
+            let by_cluster = cluster.by_shard(keys.clone());
+            assert_eq!(
+                by_cluster.len(),
+                shards,
+                "partition {partition}: {by_cluster:?}"
+            );
+            // What the stride mends: every item of a partition on one shard.
+            assert_eq!(alone.by_shard(keys).len(), 1);
+        }
+        assert_eq!(alone.shard(7), 3, "alone: key % shards, as before");
+        assert_eq!(Routing::cluster(0, 0).shard(u64::MAX), 0);
+    }
 }
