@@ -38,7 +38,8 @@ pub struct EngineConfig {
     /// How long a clean hand-over ([`crate::Engine::release_partition`]) waits for a batch
     /// of the partition that the journal is still writing. The control thread waits with
     /// it, and creates and a shutdown wait behind it, so a stalled journal must not hold
-    /// them for good: past it the partition is dropped as a lost one is.
+    /// them for good: past it the partition is refused and its shards drop it without
+    /// waiting, as for a lost one, once they read their mailbox.
     pub release_wait_ms: u64,
 }
 

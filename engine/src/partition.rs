@@ -133,7 +133,8 @@ impl fmt::Debug for PartitionPart {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Released {
     pub partition: u32,
-    /// Items that left the shards.
+    /// Items that left the shards by the answer (when `waited_out`, those of the shards
+    /// that answered within the patience).
     pub items: usize,
     /// A batch of the partition was still being written past
     /// [`crate::EngineConfig::release_wait_ms`]: the partition was dropped as a lost one is,
@@ -520,7 +521,8 @@ pub(crate) fn release(core: &Core, partition: u32) -> Result<Released> {
             // decides any more, and the shards let it go without waiting (their parked
             // drops are answered by these).
             cluster.standings.set(partition, Standing::Losing);
-            let items = dropped + drop_everywhere(core, partition, None).unwrap_or_else(|n| n);
+            send_drops(core, partition);
+            let items = dropped;
             tracing::warn!(
                 partition,
                 patience_ms = core.config.release_wait_ms,
@@ -566,7 +568,7 @@ fn uninstall(cluster: &ClusterState, partition: u32) {
 /// Drops `partition` on every live shard and waits for each; returns how many items left.
 /// With `patience`, a shard whose append is still being written drops only once it landed
 /// or failed, and the wait for all of them is bounded by it: past it, `Err` with the items
-/// that did leave (the late shards' drops stay parked until a drop without patience comes).
+/// that did leave (the late shards' drops stay parked until [`send_drops`] ends them).
 /// Without, no shard waits. A dead shard holds nothing live and is skipped: it never
 /// answered a batch that did not land.
 fn drop_everywhere(
@@ -608,6 +610,24 @@ fn drop_everywhere(
         Err(items)
     } else {
         Ok(items)
+    }
+}
+
+/// Sends every live shard a drop of `partition` that does not wait for its pending append,
+/// and waits for no answer: a shard may be stuck inside the journal's append. Its mailbox
+/// reads in order, so the drop comes before any later adopt of the partition, and it ends
+/// the shard's parked drop of the partition.
+fn send_drops(core: &Core, partition: u32) {
+    for shard in 0..core.shards.count() {
+        let (reply, _) = oneshot::channel();
+        let command = Command::DropPartition {
+            partition,
+            wait: false,
+            reply,
+        };
+        if let Err(error) = core.shards.send_until_placed(shard, command) {
+            tracing::warn!(shard, partition, %error, "a dead shard is skipped by the drop");
+        }
     }
 }
 

@@ -17,9 +17,9 @@ use std::time::{Duration, Instant};
 use common::watched::Watched;
 use common::{config, request, spec, T0_MS};
 use seckill_engine::{
-    item_key, parse_order_id, partition_of, ClusterPorts, Engine, Error, Event, ManualClock,
-    MemoryJournal, NoClaims, NullSink, Order, OrderStatus, PartitionPart, PartitionRecovery, Ports,
-    Recovery, Released, StaticOwnership,
+    item_key, parse_order_id, partition_of, ClusterPorts, Engine, EngineConfig, Error, Event,
+    ManualClock, MemoryJournal, NoClaims, NullSink, Order, OrderStatus, PartitionPart,
+    PartitionRecovery, Ports, Recovery, Released, StaticOwnership,
 };
 
 /// A bound on waits that must end at once; generous, since the machine is shared.
@@ -64,6 +64,11 @@ impl Node {
     /// A cluster engine ([`Engine::start_cluster`]) whose catalog is `catalog`, with no
     /// partition installed.
     fn cluster(shards: usize, now_ms: i64, catalog: Recovery) -> Node {
+        Node::cluster_with(config(shards), now_ms, catalog)
+    }
+
+    /// [`Node::cluster`] with an engine configuration of the test's own.
+    fn cluster_with(config: EngineConfig, now_ms: i64, catalog: Recovery) -> Node {
         let clock = ManualClock::new(now_ms);
         let log = MemoryJournal::with_partitions(PARTITIONS);
         let journal = Watched::new(&log);
@@ -71,9 +76,8 @@ impl Node {
         let cluster = ClusterPorts {
             ownership: ownership.clone(),
         };
-        let engine =
-            Engine::start_cluster(config(shards), ports(&clock, &journal), cluster, catalog)
-                .expect("starts");
+        let engine = Engine::start_cluster(config, ports(&clock, &journal), cluster, catalog)
+            .expect("starts");
         Node {
             engine,
             clock,
@@ -1005,5 +1009,67 @@ async fn batches_the_snapshot_holds_already_are_not_replayed_again() {
     let stats = b.engine.promotion_stats("p").await.expect("stats");
     assert_eq!(stats.items[0].remaining, 3, "two sold, each counted once");
     a.engine.shutdown().await.expect("shutdown");
+    b.engine.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
+async fn a_release_stops_waiting_for_a_stalled_journal_and_drops_the_partition_as_lost() {
+    let patient = EngineConfig {
+        release_wait_ms: 100,
+        ..config(1)
+    };
+    let b = Node::cluster_with(patient, T0_MS, Recovery::empty());
+    b.take(&b.log, 0).await;
+    b.take(&b.log, 1).await;
+    let (a0, c1) = (sku_in("p", 0), sku_in("p", 1));
+    b.engine
+        .create_promotion(spec(
+            "p",
+            &[(a0.as_str(), 10, 1), (c1.as_str(), 10, 1)],
+            false,
+        ))
+        .await
+        .expect("created");
+    b.log.set_stalled(true);
+    let appends = b.journal.appends_started();
+    let mut stalled = pin!(b.engine.purchase("p", &a0, "u0", request("r1", 1, None)));
+    hand_over(stalled.as_mut()).await;
+    b.wait_for_append(appends + 1).await;
+    // The journal never answers within the patience: the release gives up waiting instead
+    // of holding the control thread (and every create and the shutdown behind it).
+    let released = tokio::time::timeout(MUST_ANSWER, b.engine.release_partition(0))
+        .await
+        .expect("the release does not wait for the journal")
+        .expect("released");
+    assert_eq!(
+        released,
+        Released {
+            partition: 0,
+            items: 0,
+            waited_out: true,
+        }
+    );
+    assert_eq!(
+        (b.engine.owned_partitions(), b.engine.partition_epoch(0)),
+        (vec![1], None),
+        "its only shard, stuck in the append, lets the item go once it reads its mailbox"
+    );
+    // The journal comes back: the stalled batch lands, and its buyer hears the yes it is.
+    b.log.set_stalled(false);
+    let bought = tokio::time::timeout(MUST_ANSWER, stalled)
+        .await
+        .expect("answered")
+        .expect("its batch landed");
+    assert_eq!(b.placed_by("u0"), vec![bought.order.clone()]);
+    // The next owner replays it, and the partition can be taken here again: the parked
+    // drop is gone, so it does not take the new items away.
+    b.take(&b.log, 0).await;
+    let retry = b
+        .engine
+        .purchase("p", &a0, "u0", request("r1", 1, None))
+        .await
+        .expect("the retry");
+    assert_eq!((retry.created, retry.order), (false, bought.order));
+    b.buy("p", &a0, "u1", "r1").await;
     b.engine.shutdown().await.expect("shutdown");
 }

@@ -2,5 +2,12 @@
 //!
 //! - `assign`: the pure partition-assignment planner: each live node's quota, and what one
 //!   node should take or release next (advice; the leases decide).
+//! - `registry`: membership: each node's [`registry::NodeRecord`] in the `<prefix>_NODES`
+//!   bucket, put every second; which nodes are live, by local instants; one process per
+//!   node id.
+//! - `owners`: the holder of every partition's lease, from the lease bucket (watch and
+//!   poll), and since when each unheld one is unheld: the planner's view.
 
 pub mod assign;
+pub mod owners;
+pub mod registry;
