@@ -9,6 +9,8 @@
 //! [`CatalogAppendError::Behind`], applies N + 1, validates again and finds the conflict.
 
 use std::fmt;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use crate::error::JournalError;
 use crate::event::Event;
@@ -49,5 +51,154 @@ pub trait CatalogLog: Send + Sync + 'static {
 impl fmt::Debug for dyn CatalogLog {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("CatalogLog")
+    }
+}
+
+/// A catalog log in memory, shared by every engine given a clone of it (the engines of one
+/// test cluster). Test hooks make a race certain ([`MemoryCatalogLog::rendezvous`]) and an
+/// answer lost ([`MemoryCatalogLog::lose_next_answer`]).
+#[derive(Debug, Clone, Default)]
+pub struct MemoryCatalogLog {
+    inner: Arc<MemoryCatalogInner>,
+}
+
+#[derive(Debug, Default)]
+struct MemoryCatalogInner {
+    state: Mutex<MemoryCatalogState>,
+    arrivals: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct MemoryCatalogState {
+    /// Entry `i` is at sequence `i + 1`.
+    entries: Vec<Vec<Event>>,
+    /// Appends still to meet at the rendezvous before any of them looks at the log.
+    rendezvous_size: usize,
+    rendezvous_arrived: usize,
+    /// Moves on each time a rendezvous lets its appends go.
+    rendezvous_round: u64,
+    /// The next appends' lost answers, in order: `true` when the append lands all the same.
+    lost_answers: std::collections::VecDeque<bool>,
+}
+
+/// How long appends wait at a rendezvous for the others before they go on alone (a test
+/// that armed more than it sends must not hang).
+const RENDEZVOUS_WAIT: Duration = Duration::from_secs(5);
+
+impl MemoryCatalogLog {
+    pub fn new() -> Self {
+        MemoryCatalogLog::default()
+    }
+
+    fn state(&self) -> MutexGuard<'_, MemoryCatalogState> {
+        self.inner
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The log's last sequence (0: empty).
+    pub fn last_seq(&self) -> u64 {
+        self.state().entries.len() as u64
+    }
+
+    /// Every entry, as `(seq, events)`.
+    pub fn entries(&self) -> Vec<(u64, Vec<Event>)> {
+        numbered(&self.state().entries, 0)
+    }
+
+    /// Appends without a condition, as another writer of the log would (empty `events`: a
+    /// takeover record); returns its sequence.
+    pub fn push(&self, events: Vec<Event>) -> u64 {
+        let mut state = self.state();
+        state.entries.push(events);
+        state.entries.len() as u64
+    }
+
+    /// The next `appends` calls of [`CatalogLog::append_if`] wait for each other before any
+    /// of them looks at the log, so that all of them were decided against one log: a race,
+    /// made certain.
+    pub fn rendezvous(&self, appends: usize) {
+        let mut state = self.state();
+        state.rendezvous_size = appends;
+        state.rendezvous_arrived = 0;
+    }
+
+    /// The next [`CatalogLog::append_if`] answers [`CatalogAppendError::Unknown`]; `lands`
+    /// says whether it was written all the same (when its condition held).
+    pub fn lose_next_answer(&self, lands: bool) {
+        self.state().lost_answers.push_back(lands);
+    }
+
+    /// Waits at the rendezvous, when one is armed.
+    fn meet<'a>(
+        &'a self,
+        mut state: MutexGuard<'a, MemoryCatalogState>,
+    ) -> MutexGuard<'a, MemoryCatalogState> {
+        if state.rendezvous_size == 0 {
+            return state;
+        }
+        state.rendezvous_arrived += 1;
+        if state.rendezvous_arrived >= state.rendezvous_size {
+            state.rendezvous_size = 0;
+            state.rendezvous_round += 1;
+            self.inner.arrivals.notify_all();
+            return state;
+        }
+        let round = state.rendezvous_round;
+        let (mut state, waited) = self
+            .inner
+            .arrivals
+            .wait_timeout_while(state, RENDEZVOUS_WAIT, |s| s.rendezvous_round == round)
+            .unwrap_or_else(PoisonError::into_inner);
+        if waited.timed_out() {
+            state.rendezvous_size = 0;
+            state.rendezvous_round += 1;
+            self.inner.arrivals.notify_all();
+        }
+        state
+    }
+}
+
+fn numbered(entries: &[Vec<Event>], after_seq: u64) -> Vec<(u64, Vec<Event>)> {
+    let skip = usize::try_from(after_seq).unwrap_or(usize::MAX);
+    entries
+        .iter()
+        .enumerate()
+        .skip(skip)
+        .map(|(index, events)| (index as u64 + 1, events.clone()))
+        .collect()
+}
+
+impl CatalogLog for MemoryCatalogLog {
+    fn append_if(&self, expected_seq: u64, events: &[Event]) -> Result<u64, CatalogAppendError> {
+        let mut state = self.meet(self.state());
+        let lost = state.lost_answers.pop_front();
+        let last_seq = state.entries.len() as u64;
+        if last_seq != expected_seq {
+            return Err(match lost {
+                Some(_) => CatalogAppendError::Unknown(JournalError("the answer was lost".into())),
+                None => CatalogAppendError::Behind { last_seq },
+            });
+        }
+        match lost {
+            Some(false) => Err(CatalogAppendError::Unknown(JournalError(
+                "the append timed out before it was written".into(),
+            ))),
+            Some(true) => {
+                state.entries.push(events.to_vec());
+                Err(CatalogAppendError::Unknown(JournalError(
+                    "the answer was lost after the append was written".into(),
+                )))
+            }
+            None => {
+                state.entries.push(events.to_vec());
+                Ok(last_seq + 1)
+            }
+        }
+    }
+
+    fn read_after(&self, after_seq: u64) -> Result<Vec<(u64, Vec<Event>)>, JournalError> {
+        Ok(numbered(&self.state().entries, after_seq))
     }
 }

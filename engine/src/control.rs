@@ -13,6 +13,7 @@
 //! `partition.rs`), so that a create never installs items of a partition half-way through
 //! its adopt or its drop.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
@@ -22,6 +23,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use tokio::sync::oneshot;
 
 use crate::catalog::{item_keys, PromotionEntry, WindowChange};
+use crate::catalog_sync;
 use crate::command::Command;
 use crate::core::Core;
 use crate::error::{Error, Result};
@@ -60,6 +62,15 @@ pub(crate) enum ControlOp {
     Snapshot {
         reply: oneshot::Sender<Result<EngineImage>>,
     },
+    /// A cluster engine applies what its catalog log holds past its catalog (see
+    /// `catalog_sync::catch_up`); the answer is the sequence the catalog holds then.
+    CatchUpCatalog { reply: oneshot::Sender<Result<u64>> },
+    /// A cluster engine applies entries of its catalog log that a reader off this thread
+    /// read (see `catalog_sync::apply`).
+    ApplyCatalog {
+        entries: Vec<(u64, Vec<Event>)>,
+        reply: oneshot::Sender<Result<u64>>,
+    },
     /// Every shard's expiry pass, now (tests with a manual clock).
     Tick { reply: oneshot::Sender<Result<()>> },
     /// A cluster engine takes a built partition over (see `partition::adopt`).
@@ -74,7 +85,7 @@ pub(crate) enum ControlOp {
     },
     /// A cluster engine lost a partition's lease: drop it without waiting. Nobody waits for
     /// the answer, and it always gets into the queue (see [`Control::submit`]).
-    LosePartition { partition: u32 },
+    LosePartition { partition: u32, epoch: u64 },
     /// Finish the operation under way, stop every live shard after its current batch, and
     /// stop; no snapshot or catalog change runs after this.
     Shutdown { reply: oneshot::Sender<()> },
@@ -157,6 +168,13 @@ fn handle(core: &Core, op: ControlOp) {
             reply,
         } => drop(reply.send(change_window(core, &promotion_id, change))),
         ControlOp::Snapshot { reply } => drop(reply.send(snapshot::take_and_save(core))),
+        ControlOp::CatchUpCatalog { reply } => drop(reply.send(catch_up_catalog(core))),
+        ControlOp::ApplyCatalog { entries, reply } => {
+            let applied = catalog_sync::of(core)
+                .ok_or_else(no_catalog_log)
+                .and_then(|sync| catalog_sync::apply(core, sync, entries));
+            drop(reply.send(applied))
+        }
         ControlOp::Tick { reply } => {
             drop(reply.send(on_every_shard(core, |reply| Command::Tick { reply })))
         }
@@ -167,7 +185,10 @@ fn handle(core: &Core, op: ControlOp) {
             partition: which,
             reply,
         } => drop(reply.send(partition::release(core, which))),
-        ControlOp::LosePartition { partition: which } => partition::lose(core, which),
+        ControlOp::LosePartition {
+            partition: which,
+            epoch,
+        } => partition::lose(core, which, epoch),
         ControlOp::Shutdown { reply } => drop(reply.send(())),
     }
 }
@@ -193,30 +214,16 @@ fn snapshot_if_due(core: &Core, warned_down: &mut bool) {
 }
 
 /// Creates a promotion: refuses conflicts, journals it, installs its items, publishes it.
-/// The same id with the same body is a retry and changes nothing.
+/// The same id with the same body is a retry and changes nothing. A cluster engine with a
+/// catalog log creates through the log instead (`catalog_sync.rs`).
 fn create(core: &Core, record: PromotionRecord) -> Result<CreateOutcome> {
-    if let Ok(existing) = core.catalog.entry(&record.id) {
-        return if existing.record.same_body(&record) {
-            reinstall(core, &existing)?;
-            Ok(CreateOutcome::Existing)
-        } else {
-            Err(Error::AlreadyExists)
-        };
+    if let Some(sync) = catalog_sync::of(core) {
+        return catalog_sync::create(core, sync, &record);
     }
-    if core.catalog.is_uncertain(&record.id) {
-        // An earlier create of this id may be in the log or not; a restart tells.
-        return Err(Error::OutcomeUnknown);
+    if let Some(done) = check_create(core, &record)? {
+        return Ok(done);
     }
-    if let Some(conflict) = core.catalog.conflict(&record) {
-        return Err(conflict);
-    }
-    // In a cluster, only the items of partitions owned here: the adopt of another
-    // partition installs that partition's items itself.
-    let keys = partition::installed_here(core, item_keys(&record));
-    let by_shard = core.shards.by_shard(keys.into_iter());
-    if let Some(&down) = by_shard.keys().find(|&&shard| core.shards.is_down(shard)) {
-        return Err(Error::ShardDown(down));
-    }
+    let by_shard = shards_for(core, &record)?;
     let event = Event::promotion_created(record.clone());
     if let Err(error) = journal_catalog(core, &record.id, event) {
         if error == Error::OutcomeUnknown {
@@ -226,16 +233,63 @@ fn create(core: &Core, record: PromotionRecord) -> Result<CreateOutcome> {
         return Err(error);
     }
     // Journaled: from here on the promotion exists, whatever fails below.
-    let entry = PromotionEntry::new(record.clone(), &item_keys(&record));
+    install_created(core, &record, by_shard)
+}
+
+/// What the catalog says of a create before it is journaled: `Some` for a retry of one
+/// that exists (its items are sent to their shards again), an error when it may not be
+/// made, `None` when it may.
+pub(crate) fn check_create(core: &Core, record: &PromotionRecord) -> Result<Option<CreateOutcome>> {
+    if let Ok(existing) = core.catalog.entry(&record.id) {
+        return if existing.record.same_body(record) {
+            reinstall(core, &existing)?;
+            Ok(Some(CreateOutcome::Existing))
+        } else {
+            Err(Error::AlreadyExists)
+        };
+    }
+    if core.catalog.is_uncertain(&record.id) {
+        // An earlier create of this id may be in the log or not; a restart tells.
+        return Err(Error::OutcomeUnknown);
+    }
+    match core.catalog.conflict(record) {
+        Some(conflict) => Err(conflict),
+        None => Ok(None),
+    }
+}
+
+/// The shards that take the items of a new promotion, with their items. In a cluster,
+/// only the items of partitions owned here: the adopt of another partition installs that
+/// partition's items itself. Refused while one of them is down.
+pub(crate) fn shards_for(
+    core: &Core,
+    record: &PromotionRecord,
+) -> Result<BTreeMap<usize, Vec<u64>>> {
+    let keys = partition::installed_here(core, item_keys(record));
+    let by_shard = core.shards.by_shard(keys.into_iter());
+    match by_shard.keys().find(|&&shard| core.shards.is_down(shard)) {
+        Some(&down) => Err(Error::ShardDown(down)),
+        None => Ok(by_shard),
+    }
+}
+
+/// A journaled create: its items go to their shards, then it joins the catalog.
+pub(crate) fn install_created(
+    core: &Core,
+    record: &PromotionRecord,
+    by_shard: BTreeMap<usize, Vec<u64>>,
+) -> Result<CreateOutcome> {
+    let entry = PromotionEntry::new(record.clone(), &item_keys(record));
     let installed = install(core, &entry, by_shard);
     let entry = core.catalog.insert_entry(entry)?;
     installed.map(|()| CreateOutcome::Created(entry))
 }
 
-fn install(
+/// Sends each shard its items of `entry` and waits until every one has them.
+pub(crate) fn install(
     core: &Core,
     entry: &Arc<PromotionEntry>,
-    by_shard: std::collections::BTreeMap<usize, Vec<u64>>,
+    by_shard: BTreeMap<usize, Vec<u64>>,
 ) -> Result<()> {
     let mut waits = Vec::with_capacity(by_shard.len());
     for (shard, keys) in by_shard {
@@ -267,6 +321,9 @@ fn reinstall(core: &Core, entry: &Arc<PromotionEntry>) -> Result<()> {
 
 /// Starts or stops a promotion from now; a change that changes nothing is not journaled.
 fn change_window(core: &Core, promotion_id: &str, change: WindowChange) -> Result<()> {
+    if let Some(sync) = catalog_sync::of(core) {
+        return catalog_sync::change_window(core, sync, promotion_id, change);
+    }
     let entry = core.catalog.entry(promotion_id)?;
     let now_ms = core.clock.now_ms();
     if change.needed(entry.status(now_ms))? {
@@ -274,6 +331,15 @@ fn change_window(core: &Core, promotion_id: &str, change: WindowChange) -> Resul
         entry.apply_window(change, now_ms);
     }
     Ok(())
+}
+
+fn catch_up_catalog(core: &Core) -> Result<u64> {
+    let sync = catalog_sync::of(core).ok_or_else(no_catalog_log)?;
+    catalog_sync::catch_up(core, sync)
+}
+
+fn no_catalog_log() -> Error {
+    Error::invalid("catalog", "this engine has no catalog log")
 }
 
 /// Sends the command `make` builds to every shard and waits for every answer; the first

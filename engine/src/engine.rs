@@ -27,6 +27,7 @@ use crate::config::EngineConfig;
 use crate::control::{self, Control, ControlOp, CreateOutcome};
 use crate::core::Core;
 use crate::error::{Error, Result};
+use crate::event::Event;
 use crate::guard::{check_eligibility, check_human, Admission, ClaimSource, HumanCheck, NoClaims};
 use crate::ids::{is_valid_id, parse_order_id};
 use crate::image::EngineImage;
@@ -35,7 +36,7 @@ use crate::model::{
     PurchaseRequest, Purchased, TokenGrant,
 };
 use crate::partition::{
-    not_a_cluster, ClusterPorts, ClusterState, PartitionPart, PartitionRecovery, Released, Standing,
+    not_a_cluster, ClusterPorts, ClusterState, PartitionPart, PartitionRecovery, Released,
 };
 use crate::ports::{Ports, Recovery};
 use crate::pump::Responder;
@@ -152,6 +153,9 @@ impl Engine {
             Some(cluster) => Routing::cluster(config.shards, cluster.partitions),
             None => Routing::alone(config.shards),
         };
+        if let Some(sync) = cluster.as_ref().and_then(|c| c.catalog.as_ref()) {
+            sync.start_at(rebuilt.catalog_seq);
+        }
         let core = Arc::new(Core {
             shards: Shards::spawn(shards, routing)?,
             catalog: rebuilt.catalog,
@@ -209,6 +213,15 @@ impl Engine {
         let core = self.core();
         let cluster = self.cluster()?;
         cluster.check_partition(recovery.partition)?;
+        if let Some(sync) = &cluster.catalog {
+            if sync.applied_seq() < recovery.catalog_seq {
+                return Err(Error::Unavailable(format!(
+                    "the catalog is at {}, behind the partition's takeover at {}: catch up and build again",
+                    sync.applied_seq(),
+                    recovery.catalog_seq
+                )));
+            }
+        }
         let partition = recovery.partition;
         let epoch = recovery.epoch;
         // A contradiction in the lane trips an assert of the item's `apply`; the half-built
@@ -248,10 +261,14 @@ impl Engine {
     ///
     /// Refused when the partition is installed already (an adopt, a release or a lost
     /// lease under way): two copies of an item must never decide; and `NotOwner` when its
-    /// lease is not held for sure (the adopt decides expiries). On an error nothing of
-    /// the partition stays installed; the shards may have journaled expiries, so a retry
-    /// builds again from the lane as it stands. Cancel-safe: once handed over it runs to
-    /// its end.
+    /// lease is not held for sure (the adopt decides expiries). Refused too (`Unavailable`)
+    /// for a part of a holding the partition was dropped under without waiting for its
+    /// appends (a lost lease, a failed adopt, a release that waited out the journal): one of
+    /// them may still land, so only a later holding, whose takeover fences it, adopts the
+    /// partition again; and while such a drop is still on its way to a busy shard. On an
+    /// error nothing of the partition stays installed; the shards may have journaled
+    /// expiries, so a retry takes the lease again and builds from the lane as it stands.
+    /// Cancel-safe: once handed over it runs to its end.
     pub async fn adopt_partition(&self, part: PartitionPart) -> Result<usize> {
         self.cluster()?;
         self.control(|reply| ControlOp::AdoptPartition {
@@ -288,15 +305,14 @@ impl Engine {
         if cluster.check_partition(partition).is_err() {
             return;
         }
-        if cluster.standings.epoch(partition) != Some(epoch) {
+        if !cluster.standings.lose_if_tied(partition, epoch) {
             tracing::debug!(partition, epoch, "a stale lease loss is ignored");
             return;
         }
-        cluster.standings.set(partition, Standing::Losing);
         if self
             .inner
             .control
-            .submit(ControlOp::LosePartition { partition })
+            .submit(ControlOp::LosePartition { partition, epoch })
             .is_err()
         {
             // The engine is stopping, and its shards with it.
@@ -305,6 +321,37 @@ impl Engine {
                 "a lost partition is not dropped: the engine is stopping"
             );
         }
+    }
+
+    /// The catalog log's last sequence this engine's catalog holds (0 without a catalog
+    /// log, or when the engine runs alone).
+    pub fn catalog_seq(&self) -> u64 {
+        self.core()
+            .cluster
+            .as_ref()
+            .and_then(|cluster| cluster.catalog.as_ref())
+            .map_or(0, |sync| sync.applied_seq())
+    }
+
+    /// Applies, in order, every change the catalog log holds past this engine's catalog
+    /// (other nodes' creates, starts and stops), on the control thread; returns the
+    /// sequence the catalog holds then. A node calls it when the log moved, and before it
+    /// builds a partition whose takeover saw a later catalog. Refused without a catalog log.
+    pub async fn catch_up_catalog(&self) -> Result<u64> {
+        self.cluster()?;
+        self.control(|reply| ControlOp::CatchUpCatalog { reply })
+            .await
+    }
+
+    /// Applies `entries` of the catalog log (`(seq, events)`, in order, as
+    /// [`crate::CatalogLog::read_after`] gives them) that a reader off the control thread
+    /// read: the catalog tail, so that the control thread never waits on the network for
+    /// it. Entries the catalog holds already are skipped; a gap is refused (read again).
+    /// Returns the sequence the catalog holds then.
+    pub async fn apply_catalog(&self, entries: Vec<(u64, Vec<Event>)>) -> Result<u64> {
+        self.cluster()?;
+        self.control(|reply| ControlOp::ApplyCatalog { entries, reply })
+            .await
     }
 
     /// The epoch of the lease holding `partition` is adopted (or being adopted) under here;

@@ -78,6 +78,7 @@ pub struct ReadmeDoctests;
 mod archive;
 mod catalog;
 mod catalog_log;
+mod catalog_sync;
 mod command;
 mod config;
 mod control;
@@ -103,7 +104,7 @@ mod snapshot;
 mod tokens;
 mod validate;
 
-pub use catalog_log::{CatalogAppendError, CatalogLog};
+pub use catalog_log::{CatalogAppendError, CatalogLog, MemoryCatalogLog};
 pub use config::{
     EngineConfig, DEFAULT_BATCH_REQUESTS_MAX, DEFAULT_EXPIRY_TICK_MS, DEFAULT_MAILBOX_CAPACITY,
     DEFAULT_RELEASE_WAIT_MS, DEFAULT_RETAIN_ENDED_S, DEFAULT_SNAPSHOT_EVERY_EVENTS,

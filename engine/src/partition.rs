@@ -22,13 +22,15 @@
 //!   and reach the ban board only when the part is adopted.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
+use crate::catalog_log::CatalogLog;
+use crate::catalog_sync::CatalogSync;
 use crate::command::Command;
 use crate::core::Core;
 use crate::error::{Error, Result};
@@ -44,13 +46,15 @@ const ANSWER_POLL: Duration = Duration::from_millis(1);
 /// What a cluster engine runs on besides its [`crate::Ports`] (see
 /// [`crate::Engine::start_cluster`]).
 ///
-/// Step 4 of the cluster plan adds `catalog_log: Arc<dyn CatalogLog>`, the log every node
-/// appends catalog changes to under a condition. Until then a cluster engine journals its
-/// catalog changes through its own journal, as a one-node engine does.
 #[derive(Debug, Clone)]
 pub struct ClusterPorts {
     /// Which partitions this node holds the lease of, now.
     pub ownership: Arc<dyn Ownership>,
+    /// The cluster's one catalog log, which every node appends its catalog changes to under
+    /// a condition and applies in order (see [`CatalogLog`]). `None`: the catalog changes
+    /// are journaled through the engine's own journal, as a one-node engine does (a
+    /// cluster of one writer, and tests of the partitions alone).
+    pub catalog_log: Option<Arc<dyn CatalogLog>>,
 }
 
 /// What the journal hands over when this node takes a partition: its snapshot's items and
@@ -69,8 +73,9 @@ pub struct PartitionRecovery {
     /// Drawn for this ownership: above every epoch in the lane and the snapshot (a build
     /// refuses it otherwise). Every order id made for the partition's items carries it.
     pub epoch: u64,
-    /// The catalog's last sequence number at takeover. Carried for step 4 of the cluster
-    /// plan (the driver waits until the engine's catalog reaches it); unused so far.
+    /// The catalog log's last sequence at takeover: every promotion the lane's events name
+    /// is in the log at or below it. A build is refused until the engine's catalog holds it
+    /// ([`crate::Engine::catch_up_catalog`]); 0 when the engine has no catalog log.
     pub catalog_seq: u64,
 }
 
@@ -194,6 +199,20 @@ pub(crate) struct PartitionSet {
     /// By partition: the epoch of the lease holding it is adopted (or being adopted) under,
     /// 0 while none. Items decide only while the lease is held under this very epoch.
     epochs: Box<[AtomicU64]>,
+    /// By partition: drops handed to a thread of their own (a full mailbox) and not placed
+    /// yet. No adopt is taken while any is on its way; once placed, a drop comes before any
+    /// later adopt, since a mailbox reads in order.
+    drops_unplaced: Box<[AtomicU32]>,
+    /// By partition: the newest holding (epoch) it was dropped under without waiting for its
+    /// appends (a lost lease, a failed adopt, a release that waited out the journal). Only a
+    /// later holding adopts it again: an append of that one may still land, and a new
+    /// holding's takeover record is what fences it, or puts it in the lane the next build
+    /// replays.
+    dropped_unwaited: Box<[AtomicU64]>,
+    /// Held while a partition's epoch changes (an adopt ties it, an uninstall unties it) and
+    /// while a loss is checked against it and marked: a late loss report of an earlier
+    /// holding must never mark a later holding's adopt lost. Never on the hot path.
+    ties: std::sync::Mutex<()>,
 }
 
 impl PartitionSet {
@@ -203,6 +222,98 @@ impl PartitionSet {
                 .map(|_| AtomicU8::new(Standing::NotInstalled.code()))
                 .collect(),
             epochs: (0..partitions).map(|_| AtomicU64::new(0)).collect(),
+            drops_unplaced: (0..partitions).map(|_| AtomicU32::new(0)).collect(),
+            dropped_unwaited: (0..partitions).map(|_| AtomicU64::new(0)).collect(),
+            ties: std::sync::Mutex::new(()),
+        }
+    }
+
+    fn tie_lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.ties
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Moves a partition not installed to Adopting, tied to the holding `epoch`; false when
+    /// it was installed.
+    fn begin_adopt(&self, partition: u32, epoch: u64) -> bool {
+        let _tie = self.tie_lock();
+        let begun = self.swap(partition, Standing::NotInstalled, Standing::Adopting);
+        if begun {
+            self.set_epoch(partition, Some(epoch));
+        }
+        begun
+    }
+
+    /// Not installed, and tied to no holding.
+    fn untie(&self, partition: u32) {
+        let _tie = self.tie_lock();
+        self.set(partition, Standing::NotInstalled);
+        self.set_epoch(partition, None);
+    }
+
+    /// Marks `partition` Losing if it is tied to the holding `epoch` (installed or being
+    /// adopted under it); false, nothing changed, for a report of another holding.
+    pub fn lose_if_tied(&self, partition: u32, epoch: u64) -> bool {
+        let _tie = self.tie_lock();
+        let tied = self.epoch(partition) == Some(epoch);
+        if tied {
+            self.set(partition, Standing::Losing);
+        }
+        tied
+    }
+
+    /// Why a part built under the holding `epoch` may not be adopted now, if it may not.
+    fn adoptable(&self, partition: u32, epoch: u64) -> Result<()> {
+        let index = usize::try_from(partition).unwrap_or(usize::MAX);
+        let unplaced = self
+            .drops_unplaced
+            .get(index)
+            .map_or(0, |n| n.load(Ordering::Acquire));
+        if unplaced > 0 {
+            return Err(Error::Unavailable(format!(
+                "partition {partition}'s drop is still on its way to {unplaced} busy shard(s); adopt again later"
+            )));
+        }
+        let dropped_under = self
+            .dropped_unwaited
+            .get(index)
+            .map_or(0, |e| e.load(Ordering::Acquire));
+        if epoch <= dropped_under {
+            return Err(Error::Unavailable(format!(
+                "partition {partition} was dropped under holding {dropped_under} without waiting for its appends; only a later holding adopts it (take the lease again)"
+            )));
+        }
+        Ok(())
+    }
+
+    /// A drop of `partition` is on its way to a busy shard.
+    fn drop_sent(&self, partition: u32) {
+        if let Some(n) = usize::try_from(partition)
+            .ok()
+            .and_then(|index| self.drops_unplaced.get(index))
+        {
+            n.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// A drop of `partition` on its way is placed.
+    fn drop_placed(&self, partition: u32) {
+        if let Some(n) = usize::try_from(partition)
+            .ok()
+            .and_then(|index| self.drops_unplaced.get(index))
+        {
+            n.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    /// `partition` was dropped under the holding `epoch` without waiting for its appends.
+    fn dropped_without_waiting(&self, partition: u32, epoch: u64) {
+        if let Some(slot) = usize::try_from(partition)
+            .ok()
+            .and_then(|index| self.dropped_unwaited.get(index))
+        {
+            slot.fetch_max(epoch, Ordering::AcqRel);
         }
     }
 
@@ -295,6 +406,8 @@ pub(crate) struct ClusterState {
     pub standings: Arc<PartitionSet>,
     /// Tells this engine's parts from another engine's (see [`PartitionPart::instance`]).
     pub instance: u64,
+    /// The catalog log and how far it is applied, when the engine has one.
+    pub catalog: Option<CatalogSync>,
 }
 
 impl ClusterState {
@@ -305,6 +418,7 @@ impl ClusterState {
             partitions,
             standings: Arc::new(PartitionSet::new(partitions)),
             instance: rand::random(),
+            catalog: ports.catalog_log.map(CatalogSync::new),
         }
     }
 
@@ -393,27 +507,21 @@ pub(crate) fn adopt(core: &Core, mut part: PartitionPart) -> Result<usize> {
         core.config.token_ttl_ms(),
         None,
     )?;
-    if !cluster
-        .standings
-        .swap(partition, Standing::NotInstalled, Standing::Adopting)
-    {
+    cluster.standings.adoptable(partition, part.epoch)?;
+    // Tied to the holding the part was built under before anything decides: the adopt
+    // itself decides (it expires orders), so never without that very lease. A loss of it
+    // reported from here on finds the epoch and turns the adopt down at its end.
+    if !cluster.standings.begin_adopt(partition, part.epoch) {
         return Err(Error::Unavailable(format!(
             "partition {partition} is {:?} here; only a partition not installed is adopted",
             cluster.standings.get(partition)
         )));
     }
-    // Tied to the holding the part was built under before anything decides: the adopt
-    // itself decides (it expires orders), so never without that very lease. A loss of it
-    // reported from here on finds the epoch and turns the adopt down at its end.
-    cluster.standings.set_epoch(partition, Some(part.epoch));
     if !cluster
         .standings
         .holds_lease(partition, cluster.ownership.as_ref())
     {
-        cluster.standings.set_epoch(partition, None);
-        cluster
-            .standings
-            .swap(partition, Standing::Adopting, Standing::NotInstalled);
+        cluster.standings.untie(partition);
         return Err(Error::NotOwner { partition });
     }
     let items = part.items();
@@ -439,7 +547,7 @@ pub(crate) fn adopt(core: &Core, mut part: PartitionPart) -> Result<usize> {
             // (`lose_partition` moved the partition on): nothing of it may stay.
             let error = outcome.err().unwrap_or(Error::NotOwner { partition });
             tracing::warn!(partition, %error, "adopt failed; the partition is dropped again");
-            let _ = drop_everywhere(core, partition, None);
+            drop_unwaited(core, cluster, partition, part.epoch);
             forget_views(core, cluster.partitions, partition);
             uninstall(cluster, partition);
             Err(error)
@@ -514,14 +622,15 @@ pub(crate) fn release(core: &Core, partition: u32) -> Result<Released> {
         return Err(Error::NotOwner { partition });
     }
     let patience = Duration::from_millis(core.config.release_wait_ms);
-    let (items, waited_out) = match drop_everywhere(core, partition, Some(patience)) {
+    let (items, waited_out) = match drop_waiting(core, partition, patience) {
         Ok(items) => (items, false),
         Err(dropped) => {
-            // The journal holds a batch of the partition past our patience: nothing of it
-            // decides any more, and the shards let it go without waiting (their parked
-            // drops are answered by these).
+            // The journal holds a batch of the partition past our patience (or a shard
+            // stuck in it has a full mailbox): nothing of it decides any more, and the
+            // shards let it go without waiting (their parked drops are answered by these).
             cluster.standings.set(partition, Standing::Losing);
-            send_drops(core, partition);
+            let epoch = cluster.standings.epoch(partition).unwrap_or(0);
+            drop_unwaited(core, cluster, partition, epoch);
             let items = dropped;
             tracing::warn!(
                 partition,
@@ -544,60 +653,64 @@ pub(crate) fn release(core: &Core, partition: u32) -> Result<Released> {
 /// The drop of a partition whose lease was lost (on the control thread; the caller of
 /// [`crate::Engine::lose_partition`] marked it Losing already). No shard waits for an
 /// append still being written: the journal answers it as lost.
-pub(crate) fn lose(core: &Core, partition: u32) {
+pub(crate) fn lose(core: &Core, partition: u32, epoch: u64) {
     let Some(cluster) = core.cluster.as_ref() else {
         return;
     };
-    let items = drop_everywhere(core, partition, None).unwrap_or_else(|n| n);
+    if cluster.standings.epoch(partition) != Some(epoch) {
+        // Dropped already (an adopt that failed on this very loss), or taken again under a
+        // later holding since the report: nothing of this holding is left to drop.
+        tracing::debug!(partition, epoch, "a lost holding is not installed any more");
+        return;
+    }
+    drop_unwaited(core, cluster, partition, epoch);
     forget_views(core, cluster.partitions, partition);
     uninstall(cluster, partition);
     tracing::warn!(
         partition,
-        items,
-        "partition lost; its items left the shards"
+        epoch,
+        "partition lost; its items leave the shards"
     );
 }
 
 /// Once no shard holds `partition`'s items: not installed, and tied to no holding. Only the
 /// control thread gets here, and only it adopts, so no adopt is under way.
 fn uninstall(cluster: &ClusterState, partition: u32) {
-    cluster.standings.set(partition, Standing::NotInstalled);
-    cluster.standings.set_epoch(partition, None);
+    cluster.standings.untie(partition);
 }
 
-/// Drops `partition` on every live shard and waits for each; returns how many items left.
-/// With `patience`, a shard whose append is still being written drops only once it landed
-/// or failed, and the wait for all of them is bounded by it: past it, `Err` with the items
-/// that did leave (the late shards' drops stay parked until [`send_drops`] ends them).
-/// Without, no shard waits. A dead shard holds nothing live and is skipped: it never
-/// answered a batch that did not land.
-fn drop_everywhere(
+/// Drops `partition` on every live shard, each drop waiting for the shard's append still
+/// being written, the whole (placing the drops included) bounded by `patience`. `Ok` with
+/// how many items left when every shard let go in time; past it, `Err` with the items that
+/// did (the late shards' drops stay parked until [`drop_unwaited`] ends them, and a drop
+/// not placed in time is not sent at all). A dead shard holds nothing live and is skipped:
+/// it never answered a batch that did not land.
+fn drop_waiting(
     core: &Core,
     partition: u32,
-    patience: Option<Duration>,
+    patience: Duration,
 ) -> std::result::Result<usize, usize> {
-    let wait = patience.is_some();
+    let deadline = Instant::now() + patience;
     let mut waits = Vec::with_capacity(core.shards.count());
+    let mut late = false;
     for shard in 0..core.shards.count() {
         let (reply, dropped) = oneshot::channel();
         let command = Command::DropPartition {
             partition,
-            wait,
+            wait: true,
             reply,
         };
-        // However busy the mailbox: the partition is not this node's to decide for.
-        match core.shards.send_until_placed(shard, command) {
+        match core.shards.send_by(shard, command, deadline) {
             Ok(()) => waits.push((shard, dropped)),
-            Err(error) => {
-                tracing::warn!(shard, partition, %error, "a dead shard is skipped by the drop");
+            Err(Error::ShardDown(_)) => {
+                tracing::warn!(shard, partition, "a dead shard is skipped by the drop");
             }
+            Err(_) => late = true,
         }
     }
-    let deadline = patience.map(|patience| Instant::now() + patience);
     let mut items = 0;
-    let mut late = false;
     for (shard, dropped) in waits {
-        match answer_by(dropped, deadline) {
+        match answer_by(dropped, Some(deadline)) {
             Some(Ok(Ok(count))) => items += count,
             Some(Ok(Err(error))) => {
                 tracing::warn!(shard, partition, %error, "a shard refused the drop");
@@ -613,11 +726,14 @@ fn drop_everywhere(
     }
 }
 
-/// Sends every live shard a drop of `partition` that does not wait for its pending append,
-/// and waits for no answer: a shard may be stuck inside the journal's append. Its mailbox
-/// reads in order, so the drop comes before any later adopt of the partition, and it ends
-/// the shard's parked drop of the partition.
-fn send_drops(core: &Core, partition: u32) {
+/// Drops `partition`, adopted under the holding `epoch`, on every live shard without
+/// waiting for an append still being written, nor for any answer: a shard may be stuck
+/// inside the journal's append, its mailbox full. Each drop is placed now, or from a thread
+/// of its own; no adopt of the partition is taken before all are placed, and a placed one
+/// comes before any later adopt (a mailbox reads in order). It ends a shard's parked drop
+/// of the partition. Only a later holding than `epoch` adopts the partition again.
+fn drop_unwaited(core: &Core, cluster: &ClusterState, partition: u32, epoch: u64) {
+    cluster.standings.dropped_without_waiting(partition, epoch);
     for shard in 0..core.shards.count() {
         let (reply, _) = oneshot::channel();
         let command = Command::DropPartition {
@@ -625,9 +741,10 @@ fn send_drops(core: &Core, partition: u32) {
             wait: false,
             reply,
         };
-        if let Err(error) = core.shards.send_until_placed(shard, command) {
-            tracing::warn!(shard, partition, %error, "a dead shard is skipped by the drop");
-        }
+        cluster.standings.drop_sent(partition);
+        let standings = Arc::clone(&cluster.standings);
+        core.shards
+            .place_soon(shard, command, move || standings.drop_placed(partition));
     }
 }
 
@@ -693,10 +810,36 @@ mod tests {
     }
 
     #[test]
+    fn a_loss_marks_only_the_holding_it_reports_and_an_unwaited_drop_fences_its_holding() {
+        let set = PartitionSet::new(2);
+        assert!(set.begin_adopt(1, 7));
+        assert!(!set.lose_if_tied(1, 6), "an earlier holding's loss");
+        assert_eq!(set.get(1), Standing::Adopting);
+        assert!(set.lose_if_tied(1, 7));
+        assert_eq!(set.get(1), Standing::Losing);
+        set.untie(1);
+        assert!(!set.lose_if_tied(1, 7), "nothing is tied once dropped");
+        assert_eq!((set.get(1), set.epoch(1)), (Standing::NotInstalled, None));
+
+        set.dropped_without_waiting(1, 7);
+        assert!(
+            set.adoptable(1, 7).is_err(),
+            "the holding a drop did not wait for"
+        );
+        assert!(set.adoptable(1, 8).is_ok());
+        set.drop_sent(1);
+        assert!(set.adoptable(1, 8).is_err(), "a drop still on its way");
+        set.drop_placed(1);
+        assert!(set.adoptable(1, 8).is_ok());
+        assert!(set.adoptable(0, 1).is_ok(), "another partition");
+    }
+
+    #[test]
     fn a_command_passes_only_for_an_owned_partition_whose_lease_is_held() {
         let ownership = crate::ports::StaticOwnership::all_held(2);
         let cluster = ClusterState::new(ClusterPorts {
             ownership: ownership.clone(),
+            catalog_log: None,
         });
         // Keys 4 and 5 are in partitions 0 and 1 of two.
         assert_eq!(cluster.check(4), Err(Error::NotOwner { partition: 0 }));

@@ -28,6 +28,9 @@ pub(crate) struct Rebuilt {
     pub catalog: Catalog,
     pub states: Vec<ShardState>,
     pub epoch: u64,
+    /// The last sequence the catalog holds (a cluster start's catalog log position; 0 for
+    /// a whole engine's start, which has no catalog log).
+    pub catalog_seq: u64,
 }
 
 /// Replays `recovery` into a fresh catalog and one state per shard. `now_ms` is the time
@@ -43,6 +46,7 @@ pub(crate) fn rebuild(
         catalog: Catalog::default(),
         states: (0..shards).map(|_| ShardState::default()).collect(),
         epoch: recovery.epoch,
+        catalog_seq: 0,
     };
     let through_seq = match recovery.image {
         Some(image) => restore_image(&mut rebuilt, image)?,
@@ -91,6 +95,7 @@ pub(crate) fn rebuild_catalog(
             .map(|_| ShardState::on_board(partitions))
             .collect(),
         epoch: recovery.epoch,
+        catalog_seq: 0,
     };
     let through_seq = match recovery.image {
         Some(image) if !image.items.is_empty() => {
@@ -101,11 +106,15 @@ pub(crate) fn rebuild_catalog(
         Some(image) => restore_image(&mut rebuilt, image)?,
         None => 0,
     };
+    rebuilt.catalog_seq = through_seq;
     for batch in recovery.batches {
         let (seq, events) = batch.map_err(|e| Error::Unavailable(e.to_string()))?;
         if seq <= through_seq {
             continue;
         }
+        // Empty entries (takeover records) move the position too: the first conditional
+        // append then expects the log's real end.
+        rebuilt.catalog_seq = rebuilt.catalog_seq.max(seq);
         for event in &events {
             if event.item_key().is_some() {
                 return Err(Error::Unavailable(format!(
@@ -375,7 +384,11 @@ fn replay(rebuilt: &mut Rebuilt, event: &Event, config: &EngineConfig, now_ms: i
 }
 
 /// Applies one journaled catalog event; `created` gets each promotion it adds.
-fn replay_catalog(catalog: &Catalog, event: &Event, mut created: impl FnMut(&Arc<PromotionEntry>)) {
+pub(crate) fn replay_catalog(
+    catalog: &Catalog,
+    event: &Event,
+    mut created: impl FnMut(&Arc<PromotionEntry>),
+) {
     match event {
         Event::PromotionCreated { .. } | Event::PromotionGuarded { .. } => {
             let Some(promotion) = event.created_promotion() else {

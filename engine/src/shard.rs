@@ -119,6 +119,12 @@ impl ShardCluster {
         self.standings.may_decide(partition) && self.ownership.holding(partition) == Some(epoch)
     }
 
+    /// Whether the item `key`'s gate may be published: while its partition is adopted,
+    /// owned or released cleanly (what was queued before the release is answered).
+    fn shows(&self, key: u64) -> bool {
+        self.standings.may_decide(self.partition(key))
+    }
+
     /// Whether the item `key`'s payment deadlines may be acted on now.
     fn decides_key(&self, key: u64) -> bool {
         self.decides(self.partition(key))
@@ -329,7 +335,11 @@ impl Shard {
         ArchivedItem,
         &std::sync::Arc<crate::catalog::PromotionEntry>,
     )> {
-        let entry = self.state.archived.get(&key).ok_or(Error::NotFound)?;
+        let entry = self
+            .state
+            .archived
+            .get(&key)
+            .ok_or_else(|| missing_item(self.cluster.is_some()))?;
         let item = archive::item(&*self.ports.journal, key)?.ok_or(Error::NotFound)?;
         Ok((item, entry))
     }
@@ -551,7 +561,14 @@ impl Shard {
         self.touched.sort_unstable();
         self.touched.dedup();
         let now_ms = self.ports.clock.now_ms();
+        let cluster = self.cluster.as_ref();
         for key in &self.touched {
+            // A partition on its way out after its lease was lost, or that waited out a
+            // release, keeps its gates as the drop left them: no node's view of it may come
+            // back from a shard that no longer decides for it.
+            if cluster.is_some_and(|cluster| !cluster.shows(*key)) {
+                continue;
+            }
             if let Some(slot) = self.state.items.get_mut(key) {
                 slot.publish(now_ms);
                 metrics::gauge!("seckill_item_remaining", "promotion" => slot.state.promotion_id.clone(), "sku" => slot.state.item.sku.clone())
@@ -652,9 +669,10 @@ impl Shard {
             }
         }
         // Payment deadlines that passed while the partition had no owner expire now, in
-        // this very batch, journaled before the adopt is answered.
-        self.state
-            .expire_due(now_ms, &mut self.events, &mut self.touched);
+        // this very batch, journaled before the adopt is answered: those of every partition
+        // this shard decides for now, under its lease (checked again here: the adopt may
+        // have waited in the mailbox), and no other's.
+        self.expire_due(now_ms);
         self.replies.push(Reply::Unit(reply, Ok(())));
         self.scopes.push(ReplyScope::writes(keys));
     }
@@ -899,10 +917,18 @@ impl Shard {
             .err()
             .unwrap_or(Error::Ended));
         }
-        let slot = self.state.items.get_mut(&key).ok_or(Error::NotFound)?;
+        let slot = self
+            .state
+            .items
+            .get_mut(&key)
+            .ok_or_else(|| missing_item(self.cluster.is_some()))?;
         // Exact count of outstanding tokens: expired ones no longer hold a place.
         slot.state.forget_expired_tokens(now_ms);
-        let slot = self.state.items.get(&key).ok_or(Error::NotFound)?;
+        let slot = self
+            .state
+            .items
+            .get(&key)
+            .ok_or_else(|| missing_item(self.cluster.is_some()))?;
         let ctx = self.context(slot, user_id, now_ms);
         let decision = slot.state.decide_token(&ctx, user_id, new_token)?;
         Ok(self.settle(key, decision))
@@ -1016,7 +1042,11 @@ impl Shard {
         key: u64,
         decide: impl FnOnce(&ItemState) -> Result<Decision<Order>>,
     ) -> Result<Order> {
-        let slot = self.state.items.get(&key).ok_or(Error::NotFound)?;
+        let slot = self
+            .state
+            .items
+            .get(&key)
+            .ok_or_else(|| missing_item(self.cluster.is_some()))?;
         let decision = decide(&slot.state)?;
         Ok(self.settle(key, decision))
     }
@@ -1140,4 +1170,16 @@ fn is_catalog_event(event: &Event) -> bool {
 
 fn suspended_error() -> Error {
     Error::Unavailable("the journal is not answering; writes resume once it is back".into())
+}
+/// The answer for an item the catalog knows and this shard does not hold. Alone, it is an
+/// item this shard never had (`NotFound`). In a cluster, a call only reaches the shard while
+/// the item's partition is held here, so the item's install is on its way (a promotion
+/// another node created, whose install waited for room in a full mailbox): nothing is
+/// done, and a retry finds it.
+fn missing_item(in_cluster: bool) -> Error {
+    if in_cluster {
+        Error::Unavailable("the item is not installed on its shard yet; retry".into())
+    } else {
+        Error::NotFound
+    }
 }

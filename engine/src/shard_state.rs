@@ -350,12 +350,8 @@ impl ShardState {
         }
     }
 
-    /// Decides and applies the expiry of every order whose deadline has passed.
-    pub fn expire_due(&mut self, now_ms: i64, events: &mut Vec<Event>, touched: &mut Vec<u64>) {
-        self.expire_due_where(now_ms, |_| true, events, touched);
-    }
-
-    /// [`Self::expire_due`] for the items `may_decide` allows; the deadlines of the others
+    /// Decides and applies the expiry of every order whose deadline has passed, of the items
+    /// `may_decide` allows; the deadlines of the others
     /// are kept for later.
     pub fn expire_due_where(
         &mut self,

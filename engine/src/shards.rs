@@ -11,7 +11,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Sender, TrySendError};
 
@@ -112,14 +112,58 @@ impl Shards {
 
     /// Waits for room for as long as the shard lives: for the commands that must arrive
     /// (an install after its promotion was journaled, a shutdown).
-    pub fn send_until_placed(&self, shard: usize, mut command: Command) -> Result<()> {
+    pub fn send_until_placed(&self, shard: usize, command: Command) -> Result<()> {
+        place(&self.mailboxes[shard], command).map_err(|()| Error::ShardDown(shard))
+    }
+
+    /// Waits for room until `deadline` at most; `Overloaded` past it (nothing was sent).
+    pub fn send_by(&self, shard: usize, mut command: Command, deadline: Instant) -> Result<()> {
         loop {
             match self.mailboxes[shard].try_send(command) {
                 Ok(()) => return Ok(()),
                 Err(TrySendError::Full(back)) => command = back,
                 Err(TrySendError::Disconnected(_)) => return Err(Error::ShardDown(shard)),
             }
+            if Instant::now() >= deadline {
+                return Err(Error::Overloaded);
+            }
             std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Places `command` without making the caller wait for room: at once when the mailbox
+    /// has some, else from a thread of its own that waits for as long as the shard lives.
+    /// `placed` runs once it is in, or the shard is gone. For a command that must arrive
+    /// but that the control thread must not wait on: a drop, while the shard may be stuck
+    /// inside a journal append with its mailbox full.
+    pub fn place_soon(
+        &self,
+        shard: usize,
+        command: Command,
+        placed: impl FnOnce() + Send + 'static,
+    ) {
+        let command = match self.mailboxes[shard].try_send(command) {
+            Ok(()) | Err(TrySendError::Disconnected(_)) => return placed(),
+            Err(TrySendError::Full(back)) => back,
+        };
+        let work = Arc::new(Mutex::new(Some((command, placed))));
+        let mailbox = self.mailboxes[shard].clone();
+        let on_thread = Arc::clone(&work);
+        let spawned = std::thread::Builder::new()
+            .name(format!("seckill-place-{shard}"))
+            .spawn(move || {
+                if let Some((command, placed)) = take(&on_thread) {
+                    let _ = place(&mailbox, command);
+                    placed();
+                }
+            });
+        if let Err(error) = spawned {
+            // No thread: the caller waits after all, rather than the command getting lost.
+            tracing::warn!(shard, %error, "no thread to place a command; placing it here");
+            if let Some((command, placed)) = take(&work) {
+                let _ = place(&self.mailboxes[shard], command);
+                placed();
+            }
         }
     }
 
@@ -202,6 +246,23 @@ impl Routing {
         }
         by_shard
     }
+}
+
+/// Waits for room in `mailbox` for as long as its shard lives; `Err` once it is gone.
+fn place(mailbox: &Sender<Command>, mut command: Command) -> std::result::Result<(), ()> {
+    loop {
+        match mailbox.try_send(command) {
+            Ok(()) => return Ok(()),
+            Err(TrySendError::Full(back)) => command = back,
+            Err(TrySendError::Disconnected(_)) => return Err(()),
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// The work in `slot`, once: whoever takes it first runs it.
+fn take<T>(slot: &Mutex<Option<T>>) -> Option<T> {
+    slot.lock().unwrap_or_else(PoisonError::into_inner).take()
 }
 
 #[cfg(test)]

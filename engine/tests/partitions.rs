@@ -75,6 +75,7 @@ impl Node {
         let ownership = StaticOwnership::all_held(PARTITIONS);
         let cluster = ClusterPorts {
             ownership: ownership.clone(),
+            catalog_log: None,
         };
         let engine = Engine::start_cluster(config, ports(&clock, &journal), cluster, catalog)
             .expect("starts");
@@ -1071,5 +1072,97 @@ async fn a_release_stops_waiting_for_a_stalled_journal_and_drops_the_partition_a
         .expect("the retry");
     assert_eq!((retry.created, retry.order), (false, bought.order));
     b.buy("p", &a0, "u1", "r1").await;
+    b.engine.shutdown().await.expect("shutdown");
+}
+
+/// Polls `call` once; its answer if it has one already.
+async fn poll_once<F: Future>(mut call: Pin<&mut F>) -> Poll<F::Output> {
+    std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await
+}
+
+#[tokio::test]
+async fn a_release_keeps_its_bound_when_the_stuck_shard_s_mailbox_is_full() {
+    let patient = EngineConfig {
+        release_wait_ms: 100,
+        mailbox_capacity: 4,
+        ..config(1)
+    };
+    let b = Node::cluster_with(patient, T0_MS, Recovery::empty());
+    b.take(&b.log, 0).await;
+    b.take(&b.log, 1).await;
+    let (a0, c1) = (sku_in("p", 0), sku_in("p", 1));
+    b.engine
+        .create_promotion(spec(
+            "p",
+            &[(a0.as_str(), 10, 1), (c1.as_str(), 100, 1)],
+            false,
+        ))
+        .await
+        .expect("created");
+    b.log.set_stalled(true);
+    let appends = b.journal.appends_started();
+    let mut stalled = pin!(b.engine.purchase("p", &a0, "u0", request("r1", 1, None)));
+    hand_over(stalled.as_mut()).await;
+    b.wait_for_append(appends + 1).await;
+    // Buyers of the other partition fill the stuck shard's mailbox to the brim.
+    let users: Vec<String> = (0..=4).map(|n| format!("q{n}")).collect();
+    let mut queued = Vec::new();
+    for user in &users {
+        let mut call = Box::pin(b.engine.purchase("p", &c1, user, request("r1", 1, None)));
+        match poll_once(call.as_mut()).await {
+            Poll::Pending => queued.push(call),
+            Poll::Ready(Err(Error::Overloaded)) => break,
+            Poll::Ready(other) => panic!("a queued purchase answered {other:?}"),
+        }
+    }
+    assert_eq!(queued.len(), 4, "the mailbox holds 4, the fifth is refused");
+    let held_under = b.engine.partition_epoch(0).expect("adopted");
+    // No room for the drop, the shard stuck: the release still ends within its patience.
+    let released = tokio::time::timeout(MUST_ANSWER, b.engine.release_partition(0))
+        .await
+        .expect("the release does not wait for room in a stuck shard's mailbox")
+        .expect("released");
+    assert!(released.waited_out, "{released:?}");
+    let take_again = |epoch: u64| {
+        let mut recovery = b.log.partition_recovery(0);
+        recovery.epoch = epoch;
+        b.build(recovery).expect("built")
+    };
+    // A part of the very holding the drop did not wait for is never adopted: an append of
+    // that holding may still land.
+    let refused = b.engine.adopt_partition(take_again(held_under)).await;
+    assert!(matches!(refused, Err(Error::Unavailable(_))), "{refused:?}");
+    b.log.set_stalled(false);
+    let bought = tokio::time::timeout(MUST_ANSWER, stalled)
+        .await
+        .expect("answered")
+        .expect("its batch landed");
+    for call in queued {
+        tokio::time::timeout(MUST_ANSWER, call)
+            .await
+            .expect("answered")
+            .expect("a purchase of the other partition, decided after the stall");
+    }
+    // Once the shard read its mailbox the drop is in, and a new holding takes the
+    // partition.
+    let started = Instant::now();
+    let adopted = loop {
+        let part = b.build(b.log.partition_recovery(0)).expect("built");
+        match b.engine.adopt_partition(part).await {
+            Ok(items) => break items,
+            Err(Error::Unavailable(why)) if why.contains("on its way") => {
+                assert!(started.elapsed() < MUST_ANSWER, "the drop is never placed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(other) => panic!("a new holding is refused: {other}"),
+        }
+    };
+    assert_eq!(adopted, 1);
+    let retry = b
+        .engine
+        .purchase("p", &a0, "u0", request("r1", 1, None))
+        .await
+        .expect("the retry");
+    assert_eq!((retry.created, retry.order), (false, bought.order));
     b.engine.shutdown().await.expect("shutdown");
 }

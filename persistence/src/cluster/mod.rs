@@ -5,9 +5,12 @@
 //! - `registry`: membership: each node's [`registry::NodeRecord`] in the `<prefix>_NODES`
 //!   bucket, put every second; which nodes are live, by local instants; one process per
 //!   node id.
+//! - `catalog_tail`: has the engine apply the catalog log's changes as they land (woken by
+//!   the catalog stream's own messages, and every 200 ms).
 //! - `owners`: the holder of every partition's lease, from the lease bucket (watch and
 //!   poll), and since when each unheld one is unheld: the planner's view.
 
 pub mod assign;
+pub mod catalog_tail;
 pub mod owners;
 pub mod registry;

@@ -271,13 +271,25 @@ impl Shared {
         }
     }
 
-    /// A read found `partition`'s key gone (lapsed, or never taken).
-    fn observe_absent(&self, partition: u32) {
+    /// The revision `partition`'s slot holds now (0: none seen).
+    fn revision(&self, partition: u32) -> u64 {
+        self.lock()
+            .slots
+            .get(partition as usize)
+            .map_or(0, |slot| slot.revision)
+    }
+
+    /// A read found `partition`'s key gone (lapsed, or never taken). `seen_revision` is the
+    /// slot's revision when the read began: if the watch brought a newer entry meanwhile
+    /// (a take that landed after the read), the read is older news and is dropped.
+    fn observe_absent(&self, partition: u32, seen_revision: u64) {
         let changed = {
             let mut state = self.lock();
             match state.slots.get_mut(partition as usize) {
-                Some(slot) => set_holder(slot, None, Instant::now()),
-                None => false,
+                Some(slot) if slot.revision == seen_revision => {
+                    set_holder(slot, None, Instant::now())
+                }
+                _ => false,
             }
         };
         if changed {
@@ -318,9 +330,10 @@ impl Shared {
             (to_read, full)
         };
         for partition in to_read {
+            let seen_revision = self.revision(partition);
             match self.read(partition).await? {
                 Some(entry) => self.observe(&entry),
-                None => self.observe_absent(partition),
+                None => self.observe_absent(partition, seen_revision),
             }
         }
         let mut state = self.lock();

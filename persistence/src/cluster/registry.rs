@@ -41,14 +41,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use async_nats::jetstream::context::Context;
 use async_nats::jetstream::kv::{Config, CreateErrorKind, Entry, Operation, Store, Watch};
 use async_nats::jetstream::stream::StorageType;
-use async_nats::{ConnectOptions, ServerAddr};
 use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use tokio::sync::watch;
 
 use super::assign::NodeId;
-use crate::jetstream::ClusterOptions;
+use crate::jetstream::{connect_client, ClusterError, ClusterOptions};
 
 /// How often a node puts its record.
 pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
@@ -124,31 +123,14 @@ fn nats(what: &str, error: impl std::fmt::Display) -> MembershipError {
 
 /// A NATS connection of the membership's own: heartbeats and the lease view do not queue
 /// behind a journal's appends. Retried until `options.connect_timeout`.
-// TODO(builder): the same loop as `jetstream::journal::connect` (private there); share it.
 pub async fn connect(options: &ClusterOptions) -> Result<Context, MembershipError> {
-    let urls = options.urls.join(",");
-    let unreachable = |reason: String| MembershipError::Unreachable {
-        urls: urls.clone(),
-        reason,
-    };
-    let addresses: Vec<ServerAddr> = options
-        .urls
-        .iter()
-        .map(|url| url.parse::<ServerAddr>())
-        .collect::<Result<_, _>>()
-        .map_err(|e| unreachable(format!("bad NATS URL: {e}")))?;
-    let deadline = Instant::now() + options.connect_timeout;
-    loop {
-        let attempt = ConnectOptions::new()
-            .name(format!("seckill {} membership", options.node_id))
-            .connection_timeout(Duration::from_secs(2))
-            .connect(addresses.clone())
-            .await;
-        match attempt {
-            Ok(client) => return Ok(async_nats::jetstream::new(client)),
-            Err(error) if Instant::now() >= deadline => return Err(unreachable(error.to_string())),
-            Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+    let name = format!("seckill {} membership", options.node_id);
+    match connect_client(options, &name).await {
+        Ok(client) => Ok(async_nats::jetstream::new(client)),
+        Err(ClusterError::Unreachable { urls, reason }) => {
+            Err(MembershipError::Unreachable { urls, reason })
         }
+        Err(error) => Err(MembershipError::Nats(error.to_string())),
     }
 }
 

@@ -640,6 +640,23 @@ fn check_image(image: &EngineImage) -> Result<(), ClusterError> {
 
 /// The JetStream context and the largest message the journal may send on it.
 async fn connect(options: &ClusterOptions) -> Result<(Context, usize), ClusterError> {
+    let client = connect_client(options, &format!("seckill {}", options.node_id)).await?;
+    let info = client.server_info();
+    check_server_version(&info.version)?;
+    // Half the server's limit: room for headers, and for a server whose limit is lower
+    // than its neighbours'.
+    let message_bytes_max = MESSAGE_BYTES_MAX.min(info.max_payload / 2).max(1);
+    let mut js = async_nats::jetstream::new(client);
+    js.set_timeout(REQUEST_TIMEOUT);
+    Ok((js, message_bytes_max))
+}
+
+/// A NATS connection to `options.urls`, named `name`, tried again every 250 ms until
+/// `options.connect_timeout`.
+pub(crate) async fn connect_client(
+    options: &ClusterOptions,
+    name: &str,
+) -> Result<async_nats::Client, ClusterError> {
     let urls = options.urls.join(",");
     let unreachable = |reason: String| ClusterError::Unreachable {
         urls: urls.clone(),
@@ -652,26 +669,18 @@ async fn connect(options: &ClusterOptions) -> Result<(Context, usize), ClusterEr
         .collect::<Result<_, _>>()
         .map_err(|e| unreachable(format!("bad NATS URL: {e}")))?;
     let deadline = Instant::now() + options.connect_timeout;
-    let client = loop {
+    loop {
         let attempt = ConnectOptions::new()
-            .name(format!("seckill {}", options.node_id))
+            .name(name)
             .connection_timeout(Duration::from_secs(2))
             .connect(addresses.clone())
             .await;
         match attempt {
-            Ok(client) => break client,
+            Ok(client) => return Ok(client),
             Err(error) if Instant::now() >= deadline => return Err(unreachable(error.to_string())),
             Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
         }
-    };
-    let info = client.server_info();
-    check_server_version(&info.version)?;
-    // Half the server's limit: room for headers, and for a server whose limit is lower
-    // than its neighbours'.
-    let message_bytes_max = MESSAGE_BYTES_MAX.min(info.max_payload / 2).max(1);
-    let mut js = async_nats::jetstream::new(client);
-    js.set_timeout(REQUEST_TIMEOUT);
-    Ok((js, message_bytes_max))
+    }
 }
 
 /// The oldest nats-server the conditional appends are sound on (fixes of nats-server

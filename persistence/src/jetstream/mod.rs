@@ -24,10 +24,13 @@
 //! - `partition_log`: [`PartitionLog`], the conditional appender of one stream.
 //! - `writer`: a lane's writer task (retries until known) and its lease keeper.
 //! - `tail`: reading a run of a stream back as batches.
+//! - `catalog_log`: [`JetStreamCatalogLog`], the cluster's one catalog log, which every node
+//!   appends to under a condition.
 //! - `snapshot`: the engine's image in an object store, with every lane's sequence.
 //! - `journal`: [`JetStreamJournal`], the engine's `Journal`: opening, appending, snapshots.
 //! - `source`: the journal as the SQL flusher's `EventSource`.
 
+mod catalog_log;
 mod error;
 mod journal;
 mod lease;
@@ -40,7 +43,9 @@ mod source;
 mod tail;
 mod writer;
 
+pub use catalog_log::JetStreamCatalogLog;
 pub use error::{AppendError, ClusterError, LeaseError};
+pub(crate) use journal::connect_client;
 pub use journal::JetStreamJournal;
 pub use lease::{Lease, LeaseRecord, LEASE_BUCKET};
 pub use meta::ClusterRecord;

@@ -149,12 +149,16 @@ pub fn stop_node(
 
 /// A JetStream context of its own, for reading the streams directly.
 pub async fn jetstream(urls: &[String]) -> async_nats::jetstream::Context {
+    async_nats::jetstream::new(client(urls).await)
+}
+
+/// A plain NATS connection to the cluster.
+pub async fn client(urls: &[String]) -> async_nats::Client {
     let servers: Vec<ServerAddr> = urls
         .iter()
         .map(|url| url.parse().expect("a NATS URL"))
         .collect();
-    let client = async_nats::connect(servers).await.expect("NATS answers");
-    async_nats::jetstream::new(client)
+    async_nats::connect(servers).await.expect("NATS answers")
 }
 
 /// Deletes every stream and bucket under `prefix` (after a passing test: a failing one

@@ -1,0 +1,130 @@
+//! Every node applies the catalog log's changes as they land (cluster plan, Q2): a task
+//! reads the log past the engine's catalog and hands what it read to the engine
+//! (`Engine::apply_catalog`) whenever a message is published on the catalog stream's
+//! subject, which every node's append is, and every [`POLL_EVERY`] besides, for a wake-up
+//! that was missed (a reconnect, a slow consumer). The reads run in the task, never on the
+//! engine's control thread, so a slow or absent NATS holds up no partition move.
+//!
+//! Core NATS delivers the stream's messages to a plain subscriber as they are published, so
+//! no subject of our own is needed for the wake-up; what the engine applies still comes
+//! from the stream, in order, never from the wake-up's payload.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use seckill_engine::Engine;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::jetstream::{ClusterError, JetStreamCatalogLog, Names, CATALOG_LANE};
+
+/// How often the tail catches up without a wake-up.
+pub const POLL_EVERY: Duration = Duration::from_millis(200);
+/// How soon the tail looks again after a wake-up that found nothing new yet.
+const RECHECK_AFTER_WAKEUP: Duration = Duration::from_millis(10);
+
+/// The running tail; [`CatalogTail::stop`] ends it.
+#[derive(Debug)]
+pub struct CatalogTail {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl CatalogTail {
+    /// Subscribes to the catalog stream's subject of `names` on `client` and starts the task
+    /// on the current runtime.
+    pub async fn start(
+        client: &async_nats::Client,
+        names: &Names,
+        log: Arc<JetStreamCatalogLog>,
+        engine: Engine,
+    ) -> Result<CatalogTail, ClusterError> {
+        let subject = names.subject(CATALOG_LANE);
+        let wakeups = client
+            .subscribe(subject.clone())
+            .await
+            .map_err(|e| ClusterError::Nats(format!("subscribing to {subject}: {e}")))?;
+        // The server has the subscription once it answered a flush: an append from here
+        // on wakes the tail.
+        client
+            .flush()
+            .await
+            .map_err(|e| ClusterError::Nats(format!("subscribing to {subject}: {e}")))?;
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(run(wakeups, log, engine, stopped));
+        Ok(CatalogTail { stop, task })
+    }
+
+    /// Stops the task and waits for it.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+async fn run(
+    mut wakeups: async_nats::Subscriber,
+    log: Arc<JetStreamCatalogLog>,
+    engine: Engine,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let mut failing = false;
+    let mut next_look = POLL_EVERY;
+    loop {
+        let woken = tokio::select! {
+            _ = stopped.changed() => return,
+            // A closed subscription wakes nobody: the timer carries on alone.
+            () = async {
+                if wakeups.next().await.is_none() {
+                    std::future::pending::<()>().await;
+                }
+            } => true,
+            () = tokio::time::sleep(next_look) => false,
+        };
+        let before = engine.catalog_seq();
+        // Every wake-up that queued up meanwhile is answered by this one catch-up.
+        while let Ok(Some(_)) = tokio::time::timeout(Duration::ZERO, wakeups.next()).await {}
+        match catch_up(&log, &engine).await {
+            Ok(seq) if failing => {
+                tracing::info!(seq, "the catalog log is read again");
+                failing = false;
+            }
+            Ok(_) => {}
+            Err(error) if !failing => {
+                tracing::warn!(%error, "the catalog log cannot be read; trying again");
+                failing = true;
+            }
+            Err(_) => {}
+        }
+        // The wake-up reaches subscribers as the stream takes the message, which may be
+        // before the stream reports it stored: look again soon when it brought nothing.
+        next_look = if woken && engine.catalog_seq() == before {
+            RECHECK_AFTER_WAKEUP
+        } else {
+            POLL_EVERY
+        };
+        if *stopped.borrow() {
+            return;
+        }
+    }
+}
+
+/// Reads what the log holds past the engine's catalog, if anything, and has the engine
+/// apply it; the sequence the catalog holds then.
+async fn catch_up(log: &JetStreamCatalogLog, engine: &Engine) -> Result<u64, String> {
+    let applied = engine.catalog_seq();
+    let last = log.last_seq().await.map_err(|e| e.to_string())?;
+    if last == applied {
+        return Ok(applied);
+    }
+    // Below what the engine applied too: the read refuses a stream made again.
+    let entries = log
+        .read_entries_after(applied)
+        .await
+        .map_err(|e| e.to_string())?;
+    engine
+        .apply_catalog(entries)
+        .await
+        .map_err(|e| e.to_string())
+}
