@@ -97,44 +97,23 @@ pub(crate) fn create(
     record: &PromotionRecord,
 ) -> Result<CreateOutcome> {
     let event = Event::promotion_created(record.clone());
-    let deadline = Instant::now() + CHANGE_PATIENCE;
-    for attempt in 1..=APPEND_ATTEMPTS_MAX {
-        if Instant::now() >= deadline {
-            break;
-        }
+    for attempt in attempts() {
         if let Some(done) = control::check_create(core, record)? {
             return Ok(done);
         }
         let by_shard = control::shards_for(core, record)?;
-        let expected_seq = sync.applied_seq();
-        match sync
-            .log
-            .append_if(expected_seq, std::slice::from_ref(&event))
-        {
-            Ok(seq) => {
-                check_position(expected_seq, seq)?;
+        match append_once(core, sync, &event, attempt)? {
+            Appended::At(seq) => {
                 // In the catalog before the position says so: a build that sees the
                 // position finds the promotion.
                 let created = control::install_created(core, record, by_shard);
                 sync.applied(seq);
                 return created;
             }
-            Err(CatalogAppendError::Behind { .. }) => catch_up_after_refusal(core, sync, attempt)?,
-            Err(CatalogAppendError::Unknown(error)) => {
-                match resolve(core, sync, expected_seq, &event)? {
-                    Landed::Ours => {
-                        return Ok(CreateOutcome::Created(core.catalog.entry(&record.id)?))
-                    }
-                    Landed::Other => {}
-                    Landed::NotYet => {
-                        tracing::warn!(promotion = %record.id, %error, "a catalog append's outcome is unknown");
-                        return Err(Error::OutcomeUnknown);
-                    }
-                }
+            Appended::Applied => {
+                return Ok(CreateOutcome::Created(core.catalog.entry(&record.id)?))
             }
-            Err(CatalogAppendError::Failed(error)) => {
-                return Err(Error::Unavailable(format!("the catalog log: {error}")))
-            }
+            Appended::Again => {}
         }
     }
     Err(busy())
@@ -148,45 +127,69 @@ pub(crate) fn change_window(
     promotion_id: &str,
     change: WindowChange,
 ) -> Result<()> {
-    let deadline = Instant::now() + CHANGE_PATIENCE;
-    for attempt in 1..=APPEND_ATTEMPTS_MAX {
-        if Instant::now() >= deadline {
-            break;
-        }
+    for attempt in attempts() {
         let entry = core.catalog.entry(promotion_id)?;
         let now_ms = core.clock.now_ms();
         if !change.needed(entry.status(now_ms))? {
             return Ok(());
         }
         let event = change.event(promotion_id, now_ms);
-        let expected_seq = sync.applied_seq();
-        match sync
-            .log
-            .append_if(expected_seq, std::slice::from_ref(&event))
-        {
-            Ok(seq) => {
-                check_position(expected_seq, seq)?;
+        match append_once(core, sync, &event, attempt)? {
+            Appended::At(seq) => {
                 entry.apply_window(change, now_ms);
                 sync.applied(seq);
                 return Ok(());
             }
-            Err(CatalogAppendError::Behind { .. }) => catch_up_after_refusal(core, sync, attempt)?,
-            Err(CatalogAppendError::Unknown(error)) => {
-                match resolve(core, sync, expected_seq, &event)? {
-                    Landed::Ours => return Ok(()),
-                    Landed::Other => {}
-                    Landed::NotYet => {
-                        tracing::warn!(promotion = %promotion_id, %error, "a catalog append's outcome is unknown");
-                        return Err(Error::OutcomeUnknown);
-                    }
-                }
-            }
-            Err(CatalogAppendError::Failed(error)) => {
-                return Err(Error::Unavailable(format!("the catalog log: {error}")))
-            }
+            Appended::Applied => return Ok(()),
+            Appended::Again => {}
         }
     }
     Err(busy())
+}
+
+/// The attempts a change has: [`APPEND_ATTEMPTS_MAX`] of them, numbered from 1, within
+/// [`CHANGE_PATIENCE`].
+fn attempts() -> impl Iterator<Item = usize> {
+    let deadline = Instant::now() + CHANGE_PATIENCE;
+    (1..=APPEND_ATTEMPTS_MAX).take_while(move |_| Instant::now() < deadline)
+}
+
+/// What one conditional append of a change came to.
+enum Appended {
+    /// It landed at this sequence: the caller applies it and marks it applied.
+    At(u64),
+    /// Its answer was lost, and the log holds it: applied by the catch-up already.
+    Applied,
+    /// Another change came first (caught up now): validate again and append again.
+    Again,
+}
+
+/// Appends `event` expecting the log to end where the catalog does. An error when the
+/// change did not land (`Unavailable`) or may land still (`OutcomeUnknown`).
+fn append_once(core: &Core, sync: &CatalogSync, event: &Event, attempt: usize) -> Result<Appended> {
+    let expected_seq = sync.applied_seq();
+    match sync
+        .log
+        .append_if(expected_seq, std::slice::from_ref(event))
+    {
+        Ok(seq) => check_position(expected_seq, seq).map(|()| Appended::At(seq)),
+        Err(CatalogAppendError::Behind { .. }) => {
+            catch_up_after_refusal(core, sync, attempt).map(|()| Appended::Again)
+        }
+        Err(CatalogAppendError::Unknown(error)) => {
+            match resolve(core, sync, expected_seq, event)? {
+                Landed::Ours => Ok(Appended::Applied),
+                Landed::Other => Ok(Appended::Again),
+                Landed::NotYet => {
+                    tracing::warn!(%error, "a catalog append's outcome is unknown");
+                    Err(Error::OutcomeUnknown)
+                }
+            }
+        }
+        Err(CatalogAppendError::Failed(error)) => {
+            Err(Error::Unavailable(format!("the catalog log: {error}")))
+        }
+    }
 }
 
 /// Applies, in order, every entry the log holds past this engine's catalog; returns the

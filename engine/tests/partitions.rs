@@ -19,7 +19,7 @@ use common::{config, request, spec, T0_MS};
 use seckill_engine::{
     item_key, parse_order_id, partition_of, ClusterPorts, Engine, EngineConfig, Error, Event,
     ManualClock, MemoryJournal, NoClaims, NullSink, Order, OrderStatus, PartitionPart,
-    PartitionRecovery, Ports, Recovery, Released, StaticOwnership,
+    PartitionRecovery, Ports, Purchased, Recovery, Released, StaticOwnership,
 };
 
 /// A bound on waits that must end at once; generous, since the machine is shared.
@@ -102,6 +102,30 @@ impl Node {
     fn build(&self, recovery: PartitionRecovery) -> seckill_engine::Result<PartitionPart> {
         self.ownership.hold(recovery.partition, recovery.epoch);
         self.engine.build_partition(recovery)
+    }
+
+    /// Stalls the journal and hands over a purchase of `sku` of promotion "p" by u0, whose
+    /// batch is then inside the append: the call, not answered yet.
+    async fn purchase_into_a_stalled_append<'a>(
+        &'a self,
+        sku: &'a str,
+    ) -> Pin<Box<impl Future<Output = seckill_engine::Result<Purchased>> + 'a>> {
+        self.log.set_stalled(true);
+        let appends = self.journal.appends_started();
+        let mut call = Box::pin(self.engine.purchase("p", sku, "u0", request("r1", 1, None)));
+        hand_over(call.as_mut()).await;
+        self.wait_for_append(appends + 1).await;
+        call
+    }
+
+    /// u0's retry of its request r1 for `sku` of promotion "p" answers `order`, made before.
+    async fn assert_retry_finds(&self, sku: &str, order: Order) {
+        let retry = self
+            .engine
+            .purchase("p", sku, "u0", request("r1", 1, None))
+            .await
+            .expect("the retry");
+        assert_eq!((retry.created, retry.order), (false, order));
     }
 
     /// Reports the loss of the lease holding `partition` is adopted under.
@@ -445,7 +469,12 @@ async fn a_token_keeps_its_expiry_on_the_next_owner() {
 /// A cluster node of one shard that owns both partitions, with promotion "p" of one item in
 /// each: (the sku in partition 0, the sku in partition 1).
 async fn owning_both() -> (Node, String, String) {
-    let node = Node::cluster(1, T0_MS, Recovery::empty());
+    owning_both_with(config(1)).await
+}
+
+/// [`owning_both`] run by `config`.
+async fn owning_both_with(config: EngineConfig) -> (Node, String, String) {
+    let node = Node::cluster_with(config, T0_MS, Recovery::empty());
     assert_eq!(node.take(&node.log, 0).await, 0);
     assert_eq!(node.take(&node.log, 1).await, 0);
     let (a0, c1) = (sku_in("p", 0), sku_in("p", 1));
@@ -1019,23 +1048,8 @@ async fn a_release_stops_waiting_for_a_stalled_journal_and_drops_the_partition_a
         release_wait_ms: 100,
         ..config(1)
     };
-    let b = Node::cluster_with(patient, T0_MS, Recovery::empty());
-    b.take(&b.log, 0).await;
-    b.take(&b.log, 1).await;
-    let (a0, c1) = (sku_in("p", 0), sku_in("p", 1));
-    b.engine
-        .create_promotion(spec(
-            "p",
-            &[(a0.as_str(), 10, 1), (c1.as_str(), 10, 1)],
-            false,
-        ))
-        .await
-        .expect("created");
-    b.log.set_stalled(true);
-    let appends = b.journal.appends_started();
-    let mut stalled = pin!(b.engine.purchase("p", &a0, "u0", request("r1", 1, None)));
-    hand_over(stalled.as_mut()).await;
-    b.wait_for_append(appends + 1).await;
+    let (b, a0, _) = owning_both_with(patient).await;
+    let stalled = b.purchase_into_a_stalled_append(&a0).await;
     // The journal never answers within the patience: the release gives up waiting instead
     // of holding the control thread (and every create and the shutdown behind it).
     let released = tokio::time::timeout(MUST_ANSWER, b.engine.release_partition(0))
@@ -1065,12 +1079,7 @@ async fn a_release_stops_waiting_for_a_stalled_journal_and_drops_the_partition_a
     // The next owner replays it, and the partition can be taken here again: the parked
     // drop is gone, so it does not take the new items away.
     b.take(&b.log, 0).await;
-    let retry = b
-        .engine
-        .purchase("p", &a0, "u0", request("r1", 1, None))
-        .await
-        .expect("the retry");
-    assert_eq!((retry.created, retry.order), (false, bought.order));
+    b.assert_retry_finds(&a0, bought.order).await;
     b.buy("p", &a0, "u1", "r1").await;
     b.engine.shutdown().await.expect("shutdown");
 }
@@ -1087,23 +1096,8 @@ async fn a_release_keeps_its_bound_when_the_stuck_shard_s_mailbox_is_full() {
         mailbox_capacity: 4,
         ..config(1)
     };
-    let b = Node::cluster_with(patient, T0_MS, Recovery::empty());
-    b.take(&b.log, 0).await;
-    b.take(&b.log, 1).await;
-    let (a0, c1) = (sku_in("p", 0), sku_in("p", 1));
-    b.engine
-        .create_promotion(spec(
-            "p",
-            &[(a0.as_str(), 10, 1), (c1.as_str(), 100, 1)],
-            false,
-        ))
-        .await
-        .expect("created");
-    b.log.set_stalled(true);
-    let appends = b.journal.appends_started();
-    let mut stalled = pin!(b.engine.purchase("p", &a0, "u0", request("r1", 1, None)));
-    hand_over(stalled.as_mut()).await;
-    b.wait_for_append(appends + 1).await;
+    let (b, a0, c1) = owning_both_with(patient).await;
+    let stalled = b.purchase_into_a_stalled_append(&a0).await;
     // Buyers of the other partition fill the stuck shard's mailbox to the brim.
     let users: Vec<String> = (0..=4).map(|n| format!("q{n}")).collect();
     let mut queued = Vec::new();
@@ -1158,11 +1152,6 @@ async fn a_release_keeps_its_bound_when_the_stuck_shard_s_mailbox_is_full() {
         }
     };
     assert_eq!(adopted, 1);
-    let retry = b
-        .engine
-        .purchase("p", &a0, "u0", request("r1", 1, None))
-        .await
-        .expect("the retry");
-    assert_eq!((retry.created, retry.order), (false, bought.order));
+    b.assert_retry_finds(&a0, bought.order).await;
     b.engine.shutdown().await.expect("shutdown");
 }
