@@ -81,8 +81,14 @@ fn spec(id: &str, sku: &str) -> PromotionSpec {
     }
 }
 
-/// A cluster engine of two partitions on an in-memory journal, over the catalog `log`.
+/// A cluster engine of two partitions on an in-memory journal, over the catalog `log`,
+/// started with no catalog.
 fn cluster_engine(log: &Arc<JetStreamCatalogLog>) -> Engine {
+    cluster_engine_from(log, Recovery::empty())
+}
+
+/// [`cluster_engine`] started from `catalog`.
+fn cluster_engine_from(log: &Arc<JetStreamCatalogLog>, catalog: Recovery) -> Engine {
     let ports = Ports {
         journal: MemoryJournal::with_partitions(2),
         clock: ManualClock::new(T0_MS),
@@ -98,7 +104,7 @@ fn cluster_engine(log: &Arc<JetStreamCatalogLog>) -> Engine {
         snapshot_every_events: 0,
         ..EngineConfig::default()
     };
-    Engine::start_cluster(config, ports, cluster, Recovery::empty()).expect("starts")
+    Engine::start_cluster(config, ports, cluster, catalog).expect("starts")
 }
 
 #[test]
@@ -181,13 +187,7 @@ fn two_engines_racing_creates_that_share_a_sku_never_both_succeed() {
         driver
             .block_on(engine.catch_up_catalog())
             .expect("caught up");
-        let mut ids: Vec<String> = engine
-            .public_promotions()
-            .into_iter()
-            .map(|p| p.id)
-            .collect();
-        ids.sort();
-        ids
+        sorted_ids(engine)
     });
     assert_eq!(ids[0].len(), ROUNDS);
     assert_eq!(ids[0], ids[1], "both catalogs hold the same promotions");
@@ -247,4 +247,59 @@ fn eventually(check: impl Fn() -> bool) -> std::time::Duration {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     started.elapsed()
+}
+
+#[test]
+fn a_node_that_starts_later_starts_from_the_whole_catalog_log() {
+    let Some(urls) = nats_urls() else { return };
+    let runtime = runtime();
+    let prefix = unique_prefix();
+    let logs = two_logs(&runtime, &urls, &prefix);
+    let early = cluster_engine(&logs[0]);
+    for n in 0..3 {
+        runtime
+            .block_on(early.create_promotion(spec(&format!("p{n}"), &format!("s{n}"))))
+            .expect("created");
+    }
+    runtime
+        .block_on(early.stop_promotion("p1"))
+        .expect("stopped");
+    let catalog = runtime.block_on(logs[1].recovery(7)).expect("read");
+    let late = cluster_engine_from(&logs[1], catalog);
+    assert_eq!(late.catalog_seq(), 4, "the catalog starts at the log's end");
+    let status = |id: &str| late.public_promotion(id).map(|p| p.status);
+    assert_eq!(status("p0"), Ok(PromotionStatus::Live));
+    assert_eq!(
+        status("p1"),
+        Ok(PromotionStatus::Ended),
+        "the stop is applied"
+    );
+    // It validates against what it read: a SKU of a live promotion is refused at once.
+    let taken = runtime.block_on(late.create_promotion(spec("q0", "s0")));
+    assert!(
+        matches!(taken, Err(Error::SkuInOtherPromotion { .. })),
+        "{taken:?}"
+    );
+    runtime
+        .block_on(late.create_promotion(spec("q9", "s9")))
+        .expect("created at the log's end");
+    runtime
+        .block_on(early.catch_up_catalog())
+        .expect("caught up");
+    assert_eq!(sorted_ids(&early), sorted_ids(&late));
+    for engine in [early, late] {
+        runtime.block_on(engine.shutdown()).expect("stops");
+    }
+    delete_catalog(&runtime, &urls, &prefix);
+}
+
+/// The ids of the promotions `engine` knows, sorted.
+fn sorted_ids(engine: &Engine) -> Vec<String> {
+    let mut ids: Vec<String> = engine
+        .public_promotions()
+        .into_iter()
+        .map(|p| p.id)
+        .collect();
+    ids.sort();
+    ids
 }

@@ -16,7 +16,7 @@ use std::time::Duration;
 use async_nats::jetstream::context::{Context, PublishErrorKind};
 use async_nats::jetstream::message::PublishMessage;
 use bytes::Bytes;
-use seckill_engine::{CatalogAppendError, CatalogLog, Event, JournalError};
+use seckill_engine::{CatalogAppendError, CatalogLog, Event, JournalError, Recovery};
 use tokio::runtime::Handle;
 
 use super::error::{is_wrong_last_sequence, ClusterError};
@@ -164,6 +164,27 @@ impl JetStreamCatalogLog {
             Ok(ack) => Attempt::Stored(ack.sequence),
             Err(error) => classify(&error),
         }
+    }
+
+    /// What a cluster node's engine starts from (`Engine::start_cluster`): the whole
+    /// catalog log as batches, and `epoch`, this node's start epoch. Every entry comes,
+    /// takeover records as empty ones, so the engine's catalog starts at the log's end.
+    /// The catalog snapshot of the plan's step 6 will let this start later in the log.
+    pub async fn recovery(&self, epoch: u64) -> Result<Recovery, ClusterError> {
+        let entries = self.read_entries_after(0).await?;
+        if let Some((first, _)) = entries.first() {
+            if *first != 1 {
+                return Err(ClusterError::Nats(format!(
+                    "the catalog stream {} starts at {first}: its beginning was purged, and no catalog snapshot exists yet",
+                    self.stream
+                )));
+            }
+        }
+        Ok(Recovery {
+            image: None,
+            batches: Box::new(entries.into_iter().map(Ok)),
+            epoch,
+        })
     }
 
     /// Every entry after `after_seq` (see `CatalogLog::read_after`), read on the caller's
