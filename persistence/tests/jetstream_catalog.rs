@@ -15,6 +15,7 @@ use seckill_engine::{
     ManualClock, MemoryJournal, NullSink, Ports, PromotionSpec, PromotionStatus, Recovery,
     StaticOwnership,
 };
+use seckill_persistence::cluster::catalog_acks::{CatalogAcks, ACK_WAIT};
 use seckill_persistence::cluster::catalog_tail::CatalogTail;
 use seckill_persistence::jetstream::{JetStreamCatalogLog, Names, StreamSettings, CATALOG_LANE};
 
@@ -207,9 +208,15 @@ fn a_change_made_on_one_node_is_applied_by_the_other_s_tail_without_asking() {
     let engines = logs.each_ref().map(cluster_engine);
     let tail = runtime.block_on(async {
         let client = jetstream_common::client(&urls).await;
-        CatalogTail::start(&client, &names, Arc::clone(&logs[1]), engines[1].clone())
-            .await
-            .expect("the tail starts")
+        CatalogTail::start(
+            &client,
+            &names,
+            Arc::clone(&logs[1]),
+            engines[1].clone(),
+            None,
+        )
+        .await
+        .expect("the tail starts")
     });
     let mut later = spec("p1", "sku");
     later.starts_at_ms = T0_MS + 3_600_000;
@@ -302,4 +309,63 @@ fn sorted_ids(engine: &Engine) -> Vec<String> {
         .collect();
     ids.sort();
     ids
+}
+
+#[test]
+fn a_change_waits_until_every_live_node_applied_it_and_names_the_late_ones() {
+    let Some(urls) = nats_urls() else { return };
+    let runtime = runtime();
+    let prefix = unique_prefix();
+    let names = Names::new(&prefix);
+    let logs = two_logs(&runtime, &urls, &prefix);
+    let engines = logs.each_ref().map(cluster_engine);
+    let nodes = vec!["a".to_owned(), "b".to_owned()];
+    let (acks_a, tail_b) = runtime.block_on(async {
+        let client = jetstream_common::client(&urls).await;
+        let acks_a = CatalogAcks::start(&client, &prefix, "a")
+            .await
+            .expect("listens");
+        let acks_b = CatalogAcks::start(&client, &prefix, "b")
+            .await
+            .expect("listens");
+        let tail_b = CatalogTail::start(
+            &client,
+            &names,
+            Arc::clone(&logs[1]),
+            engines[1].clone(),
+            Some(Arc::new(acks_b)),
+        )
+        .await
+        .expect("the tail starts");
+        (acks_a, tail_b)
+    });
+    let wait_for_b = |seq: u64| {
+        let started = std::time::Instant::now();
+        let late = runtime.block_on(acks_a.wait_applied(seq, &nodes, ACK_WAIT));
+        (late, started.elapsed())
+    };
+    runtime
+        .block_on(engines[0].create_promotion(spec("p1", "s1")))
+        .expect("created on A");
+    let (late, waited) = wait_for_b(engines[0].catalog_seq());
+    println!("B acknowledged A's create after {waited:?}");
+    assert!(late.is_empty(), "B applies and announces: {late:?}");
+    assert!(
+        engines[1].public_promotion("p1").is_ok(),
+        "B knows p1 once acknowledged"
+    );
+
+    // B's tail stops: A's next change is not acknowledged, and A hears who is late.
+    runtime.block_on(tail_b.stop());
+    runtime
+        .block_on(engines[0].create_promotion(spec("p2", "s2")))
+        .expect("created on A");
+    let (late, waited) = wait_for_b(engines[0].catalog_seq());
+    assert_eq!(late, vec!["b".to_owned()]);
+    assert!(waited >= ACK_WAIT, "waited its whole bound: {waited:?}");
+    acks_a.stop();
+    for engine in engines {
+        runtime.block_on(engine.shutdown()).expect("stops");
+    }
+    delete_catalog(&runtime, &urls, &prefix);
 }

@@ -10,13 +10,14 @@
 //! from the stream, in order, never from the wake-up's payload.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use seckill_engine::Engine;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use super::catalog_acks::{CatalogAcks, ANNOUNCE_EVERY};
 use crate::jetstream::{ClusterError, JetStreamCatalogLog, Names, CATALOG_LANE};
 
 /// How often the tail catches up without a wake-up.
@@ -33,12 +34,14 @@ pub struct CatalogTail {
 
 impl CatalogTail {
     /// Subscribes to the catalog stream's subject of `names` on `client` and starts the task
-    /// on the current runtime.
+    /// on the current runtime. With `acks`, the task announces the engine's position after
+    /// each catch-up that moved it, and every [`ANNOUNCE_EVERY`] besides.
     pub async fn start(
         client: &async_nats::Client,
         names: &Names,
         log: Arc<JetStreamCatalogLog>,
         engine: Engine,
+        acks: Option<Arc<CatalogAcks>>,
     ) -> Result<CatalogTail, ClusterError> {
         let subject = names.subject(CATALOG_LANE);
         let wakeups = client
@@ -52,7 +55,8 @@ impl CatalogTail {
             .await
             .map_err(|e| ClusterError::Nats(format!("subscribing to {subject}: {e}")))?;
         let (stop, stopped) = watch::channel(false);
-        let task = tokio::spawn(run(wakeups, log, engine, stopped));
+        let tail = Tail { log, engine, acks };
+        let task = tokio::spawn(run(wakeups, tail, stopped));
         Ok(CatalogTail { stop, task })
     }
 
@@ -63,12 +67,16 @@ impl CatalogTail {
     }
 }
 
-async fn run(
-    mut wakeups: async_nats::Subscriber,
+/// What the task works with.
+struct Tail {
     log: Arc<JetStreamCatalogLog>,
     engine: Engine,
-    mut stopped: watch::Receiver<bool>,
-) {
+    acks: Option<Arc<CatalogAcks>>,
+}
+
+async fn run(mut wakeups: async_nats::Subscriber, tail: Tail, mut stopped: watch::Receiver<bool>) {
+    let Tail { log, engine, acks } = &tail;
+    let mut announced_at: Option<Instant> = None;
     let mut failing = false;
     let mut next_look = POLL_EVERY;
     loop {
@@ -85,7 +93,7 @@ async fn run(
         let before = engine.catalog_seq();
         // Every wake-up that queued up meanwhile is answered by this one catch-up.
         while let Ok(Some(_)) = tokio::time::timeout(Duration::ZERO, wakeups.next()).await {}
-        match catch_up(&log, &engine).await {
+        match catch_up(log, engine).await {
             Ok(seq) if failing => {
                 tracing::info!(seq, "the catalog log is read again");
                 failing = false;
@@ -96,6 +104,13 @@ async fn run(
                 failing = true;
             }
             Err(_) => {}
+        }
+        if let Some(acks) = acks {
+            let moved = engine.catalog_seq() != before;
+            if moved || announced_at.is_none_or(|at| at.elapsed() >= ANNOUNCE_EVERY) {
+                acks.announce(engine.catalog_seq()).await;
+                announced_at = Some(Instant::now());
+            }
         }
         // The wake-up reaches subscribers as the stream takes the message, which may be
         // before the stream reports it stored: look again soon when it brought nothing.
