@@ -520,7 +520,9 @@ impl MemoryJournal {
     /// [`MemoryJournal::with_partitions`] counts them): the items of the last snapshot in
     /// that partition, the partition's events of every batch after it (the other
     /// partitions' and the catalog's left out), and a fresh epoch. For tests that move a
-    /// partition from one engine to another.
+    /// partition from one engine to another. Its `catalog_seq` is this journal's last
+    /// sequence, the catalog's position when the catalog is journaled here; a test whose
+    /// engines have a catalog log of their own sets that log's position instead.
     pub fn partition_recovery(&self, partition: u32) -> PartitionRecovery {
         let partitions = self.partitions;
         let in_partition = move |key: u64| partition_of(key, partitions) == partition;
