@@ -101,14 +101,15 @@ pub(crate) fn create(
         if let Some(done) = control::check_create(core, record)? {
             return Ok(done);
         }
-        let by_shard = control::shards_for(core, record)?;
+        // A dead shard refuses the create before anything is appended, as alone.
+        control::shards_for(core, record)?;
         match append_once(core, sync, &event, attempt)? {
             Appended::At(seq) => {
                 // In the catalog before the position says so: a build that sees the
                 // position finds the promotion.
-                let created = control::install_created(core, record, by_shard);
+                let created = install_and_insert(core, record);
                 sync.applied(seq);
-                return created;
+                return created.map(CreateOutcome::Created);
             }
             Appended::Applied => {
                 return Ok(CreateOutcome::Created(core.catalog.entry(&record.id)?))
@@ -177,7 +178,12 @@ fn append_once(core: &Core, sync: &CatalogSync, event: &Event, attempt: usize) -
             catch_up_after_refusal(core, sync, attempt).map(|()| Appended::Again)
         }
         Err(CatalogAppendError::Unknown(error)) => {
-            match resolve(core, sync, expected_seq, event)? {
+            // A log that cannot be read now leaves the change as unknown as the append.
+            let landed = resolve(core, sync, expected_seq, event).map_err(|read_error| {
+                tracing::warn!(%error, %read_error, "a catalog append's outcome cannot be read");
+                Error::OutcomeUnknown
+            })?;
+            match landed {
                 Landed::Ours => Ok(Appended::Applied),
                 Landed::Other => Ok(Appended::Again),
                 Landed::NotYet => {
@@ -295,19 +301,34 @@ fn apply_created(core: &Core, record: PromotionRecord) {
         tracing::warn!(promotion = %record.id, same_body, "the catalog log creates this promotion again; the first creation stands");
         return;
     }
-    let entry = PromotionEntry::new(record.clone(), &item_keys(&record));
-    let keys = partition::installed_here(core, item_keys(&record));
+    if let Err(error) = install_and_insert(core, &record) {
+        tracing::warn!(%error, "a promotion from the catalog log does not join the catalog");
+    }
+}
+
+/// A promotion in the log (ours or another node's) joins this engine: its items of the
+/// partitions owned here are placed on their shards without waiting for any (see
+/// [`apply_created`]), then it joins the catalog.
+fn install_and_insert(core: &Core, record: &PromotionRecord) -> Result<Arc<PromotionEntry>> {
+    let entry = PromotionEntry::new(record.clone(), &item_keys(record));
+    place_installs(core, &entry);
+    core.catalog.insert_entry(entry)
+}
+
+/// Places the install of `entry`'s items of the partitions owned here on every live shard
+/// that holds some, waiting for no shard: a stuck one must not hold the control thread.
+/// An install is idempotent, and a shard installs only the items of partitions it holds.
+pub(crate) fn place_installs(core: &Core, entry: &Arc<PromotionEntry>) {
+    let keys = entry.gates.iter().map(|gate| gate.key).collect();
+    let keys = partition::installed_here(core, keys);
     for (shard, keys) in core.shards.by_shard(keys.into_iter()) {
         let (reply, _) = oneshot::channel();
         let command = Command::Install {
-            entry: Arc::clone(&entry),
+            entry: Arc::clone(entry),
             keys,
             reply,
         };
         core.shards.place_soon(shard, command, || {});
-    }
-    if let Err(error) = core.catalog.insert_entry(entry) {
-        tracing::warn!(%error, "a promotion from the catalog log does not join the catalog");
     }
 }
 

@@ -532,7 +532,7 @@ pub(crate) fn adopt(core: &Core, mut part: PartitionPart) -> Result<usize> {
             .entry
             .set_strikes(partition, strike.user_id.clone(), strike.count);
     }
-    let adopted = adopt_on_every_shard(core, partition, part.epoch, part.states);
+    let (adopted, placed_any) = adopt_on_every_shard(core, partition, part.epoch, part.states);
     match adopted {
         Ok(())
             if cluster
@@ -547,7 +547,11 @@ pub(crate) fn adopt(core: &Core, mut part: PartitionPart) -> Result<usize> {
             // (`lose_partition` moved the partition on): nothing of it may stay.
             let error = outcome.err().unwrap_or(Error::NotOwner { partition });
             tracing::warn!(partition, %error, "adopt failed; the partition is dropped again");
-            drop_unwaited(core, cluster, partition, part.epoch);
+            if placed_any {
+                drop_unwaited(core, cluster, partition, part.epoch);
+            }
+            // Else no shard got its part: nothing was decided, and the holding may adopt
+            // the partition again.
             forget_views(core, cluster.partitions, partition);
             uninstall(cluster, partition);
             Err(error)
@@ -556,13 +560,14 @@ pub(crate) fn adopt(core: &Core, mut part: PartitionPart) -> Result<usize> {
 }
 
 /// Hands each shard its part and waits for every answer (also after a refusal, so that
-/// whatever follows comes after every adopt). The first refusal is the answer.
+/// whatever follows comes after every adopt). The first refusal is the answer; beside it,
+/// whether any shard got its part at all.
 fn adopt_on_every_shard(
     core: &Core,
     partition: u32,
     epoch: u64,
     states: Vec<ShardState>,
-) -> Result<()> {
+) -> (Result<()>, bool) {
     let mut waits = Vec::with_capacity(states.len());
     let mut first_error = None;
     for (shard, state) in states.into_iter().enumerate() {
@@ -581,6 +586,7 @@ fn adopt_on_every_shard(
             }
         }
     }
+    let placed_any = !waits.is_empty();
     for (shard, adopted) in waits {
         let answer = adopted
             .blocking_recv()
@@ -589,10 +595,11 @@ fn adopt_on_every_shard(
             first_error.get_or_insert(error);
         }
     }
-    match first_error {
+    let outcome = match first_error {
         Some(error) => Err(error),
         None => Ok(()),
-    }
+    };
+    (outcome, placed_any)
 }
 
 /// The clean hand-over (on the control thread): `partition` is refused from now on, every

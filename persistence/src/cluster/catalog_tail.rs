@@ -114,14 +114,22 @@ async fn run(mut wakeups: async_nats::Subscriber, tail: Tail, mut stopped: watch
         }
         // The wake-up reaches subscribers as the stream takes the message, which may be
         // before the stream reports it stored: look again soon when it brought nothing.
-        next_look = if woken && engine.catalog_seq() == before {
-            RECHECK_AFTER_WAKEUP
-        } else {
-            POLL_EVERY
-        };
+        next_look = next_look_after(woken, engine.catalog_seq() != before, next_look);
         if *stopped.borrow() {
             return;
         }
+    }
+}
+
+/// How long to sleep before the next look. A wake-up that found nothing new looks again
+/// after [`RECHECK_AFTER_WAKEUP`], then after twice as long each time nothing is found,
+/// up to [`POLL_EVERY`]; anything found, or a plain poll, keeps to [`POLL_EVERY`].
+fn next_look_after(woken: bool, moved: bool, last: Duration) -> Duration {
+    match (woken, moved) {
+        (_, true) => POLL_EVERY,
+        (true, false) => RECHECK_AFTER_WAKEUP,
+        (false, false) if last < POLL_EVERY => (last * 2).min(POLL_EVERY),
+        (false, false) => POLL_EVERY,
     }
 }
 
@@ -142,4 +150,27 @@ async fn catch_up(log: &JetStreamCatalogLog, engine: &Engine) -> Result<u64, Str
         .apply_catalog(entries)
         .await
         .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wake_up_that_found_nothing_looks_again_sooner_then_backs_off_to_the_poll() {
+        let first = next_look_after(true, false, POLL_EVERY);
+        assert_eq!(first, RECHECK_AFTER_WAKEUP);
+        let second = next_look_after(false, false, first);
+        assert_eq!(second, RECHECK_AFTER_WAKEUP * 2);
+        let mut look = second;
+        for _ in 0..10 {
+            look = next_look_after(false, false, look);
+        }
+        assert_eq!(look, POLL_EVERY, "backs off to the poll and stays there");
+        assert_eq!(
+            next_look_after(false, true, second),
+            POLL_EVERY,
+            "found: poll again"
+        );
+    }
 }

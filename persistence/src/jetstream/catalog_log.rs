@@ -208,6 +208,11 @@ impl JetStreamCatalogLog {
                 "the catalog stream holds no entry {} (it starts at {seq}): a catalog snapshot is needed",
                 after_seq + 1
             ))),
+            // Purged past the position altogether: nothing readable, though the log is ahead.
+            None if last_seq > after_seq => Err(ClusterError::Nats(format!(
+                "the catalog stream ends at {last_seq} and holds no entry {}: a catalog snapshot is needed",
+                after_seq + 1
+            ))),
             _ => Ok(entries),
         }
     }
