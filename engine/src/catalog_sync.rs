@@ -201,14 +201,15 @@ fn append_once(core: &Core, sync: &CatalogSync, event: &Event, attempt: usize) -
 /// Applies, in order, every entry the log holds past this engine's catalog; returns the
 /// sequence the catalog holds now.
 pub(crate) fn catch_up(core: &Core, sync: &CatalogSync) -> Result<u64> {
-    let entries = sync
-        .log
-        .read_after(sync.applied_seq())
-        .map_err(|error| Error::Unavailable(format!("the catalog log: {error}")))?;
-    for (seq, events) in entries {
-        apply_entry(core, sync, seq, &events)?;
-    }
-    Ok(sync.applied_seq())
+    let entries = read_after(sync, sync.applied_seq())?;
+    apply(core, sync, entries)
+}
+
+/// The log's entries after `after_seq`; a log that cannot be read is `Unavailable`.
+fn read_after(sync: &CatalogSync, after_seq: u64) -> Result<Vec<(u64, Vec<Event>)>> {
+    sync.log
+        .read_after(after_seq)
+        .map_err(|error| Error::Unavailable(format!("the catalog log: {error}")))
 }
 
 /// After an append refused as behind: catches up. A log read may lag the append that
@@ -227,18 +228,13 @@ fn catch_up_after_refusal(core: &Core, sync: &CatalogSync, attempt: usize) -> Re
 /// After an append whose answer was lost at `expected_seq`: catches up, and tells what the
 /// log holds at the position the append would have taken.
 fn resolve(core: &Core, sync: &CatalogSync, expected_seq: u64, ours: &Event) -> Result<Landed> {
-    let entries = sync
-        .log
-        .read_after(expected_seq)
-        .map_err(|error| Error::Unavailable(format!("the catalog log: {error}")))?;
+    let entries = read_after(sync, expected_seq)?;
     let landed = match entries.first() {
         None => Landed::NotYet,
         Some((seq, events)) if *seq == expected_seq + 1 && is_only(events, ours) => Landed::Ours,
         Some(_) => Landed::Other,
     };
-    for (seq, events) in entries {
-        apply_entry(core, sync, seq, &events)?;
-    }
+    apply(core, sync, entries)?;
     Ok(landed)
 }
 

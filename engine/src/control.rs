@@ -274,7 +274,7 @@ pub(crate) fn shards_for(
 }
 
 /// A journaled create: its items go to their shards, then it joins the catalog.
-pub(crate) fn install_created(
+fn install_created(
     core: &Core,
     record: &PromotionRecord,
     by_shard: BTreeMap<usize, Vec<u64>>,
@@ -286,7 +286,7 @@ pub(crate) fn install_created(
 }
 
 /// Sends each shard its items of `entry` and waits until every one has them.
-pub(crate) fn install(
+fn install(
     core: &Core,
     entry: &Arc<PromotionEntry>,
     by_shard: BTreeMap<usize, Vec<u64>>,

@@ -265,20 +265,15 @@ impl PartitionSet {
 
     /// Why a part built under the holding `epoch` may not be adopted now, if it may not.
     fn adoptable(&self, partition: u32, epoch: u64) -> Result<()> {
-        let index = usize::try_from(partition).unwrap_or(usize::MAX);
-        let unplaced = self
-            .drops_unplaced
-            .get(index)
-            .map_or(0, |n| n.load(Ordering::Acquire));
+        let unplaced =
+            nth(&self.drops_unplaced, partition).map_or(0, |n| n.load(Ordering::Acquire));
         if unplaced > 0 {
             return Err(Error::Unavailable(format!(
                 "partition {partition}'s drop is still on its way to {unplaced} busy shard(s); adopt again later"
             )));
         }
-        let dropped_under = self
-            .dropped_unwaited
-            .get(index)
-            .map_or(0, |e| e.load(Ordering::Acquire));
+        let dropped_under =
+            nth(&self.dropped_unwaited, partition).map_or(0, |e| e.load(Ordering::Acquire));
         if epoch <= dropped_under {
             return Err(Error::Unavailable(format!(
                 "partition {partition} was dropped under holding {dropped_under} without waiting for its appends; only a later holding adopts it (take the lease again)"
@@ -289,37 +284,28 @@ impl PartitionSet {
 
     /// A drop of `partition` is on its way to a busy shard.
     fn drop_sent(&self, partition: u32) {
-        if let Some(n) = usize::try_from(partition)
-            .ok()
-            .and_then(|index| self.drops_unplaced.get(index))
-        {
+        if let Some(n) = nth(&self.drops_unplaced, partition) {
             n.fetch_add(1, Ordering::AcqRel);
         }
     }
 
     /// A drop of `partition` on its way is placed.
     fn drop_placed(&self, partition: u32) {
-        if let Some(n) = usize::try_from(partition)
-            .ok()
-            .and_then(|index| self.drops_unplaced.get(index))
-        {
+        if let Some(n) = nth(&self.drops_unplaced, partition) {
             n.fetch_sub(1, Ordering::AcqRel);
         }
     }
 
     /// `partition` was dropped under the holding `epoch` without waiting for its appends.
     fn dropped_without_waiting(&self, partition: u32, epoch: u64) {
-        if let Some(slot) = usize::try_from(partition)
-            .ok()
-            .and_then(|index| self.dropped_unwaited.get(index))
-        {
+        if let Some(slot) = nth(&self.dropped_unwaited, partition) {
             slot.fetch_max(epoch, Ordering::AcqRel);
         }
     }
 
     /// The epoch of the holding `partition` is adopted under, if any.
     pub fn epoch(&self, partition: u32) -> Option<u64> {
-        let slot = self.epochs.get(usize::try_from(partition).ok()?)?;
+        let slot = nth(&self.epochs, partition)?;
         match slot.load(Ordering::Acquire) {
             0 => None,
             epoch => Some(epoch),
@@ -328,10 +314,7 @@ impl PartitionSet {
 
     /// Ties `partition` to the holding under `epoch` (`None`: to none).
     fn set_epoch(&self, partition: u32, epoch: Option<u64>) {
-        if let Some(slot) = usize::try_from(partition)
-            .ok()
-            .and_then(|index| self.epochs.get(index))
-        {
+        if let Some(slot) = nth(&self.epochs, partition) {
             slot.store(epoch.unwrap_or(0), Ordering::Release);
         }
     }
@@ -389,8 +372,13 @@ impl PartitionSet {
     }
 
     fn slot(&self, partition: u32) -> Option<&AtomicU8> {
-        self.standings.get(usize::try_from(partition).ok()?)
+        nth(&self.standings, partition)
     }
+}
+
+/// The entry of `partition` in a by-partition table; `None` out of range.
+fn nth<T>(table: &[T], partition: u32) -> Option<&T> {
+    table.get(usize::try_from(partition).ok()?)
 }
 
 /// What a cluster engine keeps beside its core: the leases, the partition count and where
@@ -717,7 +705,7 @@ fn drop_waiting(
     }
     let mut items = 0;
     for (shard, dropped) in waits {
-        match answer_by(dropped, Some(deadline)) {
+        match answer_by(dropped, deadline) {
             Some(Ok(Ok(count))) => items += count,
             Some(Ok(Err(error))) => {
                 tracing::warn!(shard, partition, %error, "a shard refused the drop");
@@ -755,14 +743,11 @@ fn drop_unwaited(core: &Core, cluster: &ClusterState, partition: u32, epoch: u64
     }
 }
 
-/// A shard's answer, waited for until `deadline` (for ever without one); `None` past it.
+/// A shard's answer, waited for until `deadline`; `None` past it.
 fn answer_by<T>(
     mut answer: oneshot::Receiver<T>,
-    deadline: Option<Instant>,
+    deadline: Instant,
 ) -> Option<std::result::Result<T, oneshot::error::RecvError>> {
-    let Some(deadline) = deadline else {
-        return Some(answer.blocking_recv());
-    };
     loop {
         match answer.try_recv() {
             Ok(value) => return Some(Ok(value)),

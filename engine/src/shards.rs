@@ -113,22 +113,13 @@ impl Shards {
     /// Waits for room for as long as the shard lives: for the commands that must arrive
     /// (an install after its promotion was journaled, a shutdown).
     pub fn send_until_placed(&self, shard: usize, command: Command) -> Result<()> {
-        place(&self.mailboxes[shard], command).map_err(|()| Error::ShardDown(shard))
+        place(&self.mailboxes[shard], command, None).map_err(|refused| refused.error(shard))
     }
 
     /// Waits for room until `deadline` at most; `Overloaded` past it (nothing was sent).
-    pub fn send_by(&self, shard: usize, mut command: Command, deadline: Instant) -> Result<()> {
-        loop {
-            match self.mailboxes[shard].try_send(command) {
-                Ok(()) => return Ok(()),
-                Err(TrySendError::Full(back)) => command = back,
-                Err(TrySendError::Disconnected(_)) => return Err(Error::ShardDown(shard)),
-            }
-            if Instant::now() >= deadline {
-                return Err(Error::Overloaded);
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
+    pub fn send_by(&self, shard: usize, command: Command, deadline: Instant) -> Result<()> {
+        place(&self.mailboxes[shard], command, Some(deadline))
+            .map_err(|refused| refused.error(shard))
     }
 
     /// Places `command` without making the caller wait for room: at once when the mailbox
@@ -153,7 +144,7 @@ impl Shards {
             .name(format!("seckill-place-{shard}"))
             .spawn(move || {
                 if let Some((command, placed)) = take(&on_thread) {
-                    let _ = place(&mailbox, command);
+                    let _ = place(&mailbox, command, None);
                     placed();
                 }
             });
@@ -161,7 +152,7 @@ impl Shards {
             // No thread: the caller waits after all, rather than the command getting lost.
             tracing::warn!(shard, %error, "no thread to place a command; placing it here");
             if let Some((command, placed)) = take(&work) {
-                let _ = place(&self.mailboxes[shard], command);
+                let _ = place(&self.mailboxes[shard], command, None);
                 placed();
             }
         }
@@ -248,13 +239,38 @@ impl Routing {
     }
 }
 
-/// Waits for room in `mailbox` for as long as its shard lives; `Err` once it is gone.
-fn place(mailbox: &Sender<Command>, mut command: Command) -> std::result::Result<(), ()> {
+/// Why a command was not placed.
+enum Unplaced {
+    /// The shard is gone.
+    Gone,
+    /// No room by the deadline: nothing was sent.
+    Late,
+}
+
+impl Unplaced {
+    fn error(self, shard: usize) -> Error {
+        match self {
+            Unplaced::Gone => Error::ShardDown(shard),
+            Unplaced::Late => Error::Overloaded,
+        }
+    }
+}
+
+/// Waits for room in `mailbox` until `deadline`, or for as long as its shard lives without
+/// one.
+fn place(
+    mailbox: &Sender<Command>,
+    mut command: Command,
+    deadline: Option<Instant>,
+) -> std::result::Result<(), Unplaced> {
     loop {
         match mailbox.try_send(command) {
             Ok(()) => return Ok(()),
             Err(TrySendError::Full(back)) => command = back,
-            Err(TrySendError::Disconnected(_)) => return Err(()),
+            Err(TrySendError::Disconnected(_)) => return Err(Unplaced::Gone),
+        }
+        if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+            return Err(Unplaced::Late);
         }
         std::thread::sleep(Duration::from_millis(1));
     }
