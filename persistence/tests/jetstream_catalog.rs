@@ -21,6 +21,30 @@ use seckill_persistence::jetstream::{JetStreamCatalogLog, Names, StreamSettings,
 
 const T0_MS: i64 = 1_800_000_000_000;
 
+/// What every test here runs on: the cluster, a runtime, a prefix of its own and two
+/// nodes' catalog logs under it. `None` (the test is skipped) without a cluster.
+struct Setup {
+    urls: Vec<String>,
+    runtime: tokio::runtime::Runtime,
+    prefix: String,
+    logs: [Arc<JetStreamCatalogLog>; 2],
+}
+
+impl Setup {
+    fn new() -> Option<Setup> {
+        let urls = nats_urls()?;
+        let runtime = runtime();
+        let prefix = unique_prefix();
+        let logs = two_logs(&runtime, &urls, &prefix);
+        Some(Setup {
+            urls,
+            runtime,
+            prefix,
+            logs,
+        })
+    }
+}
+
 /// Two nodes' catalog logs under `prefix`, each on its own connection and epoch.
 fn two_logs(
     runtime: &tokio::runtime::Runtime,
@@ -110,10 +134,15 @@ fn cluster_engine_from(log: &Arc<JetStreamCatalogLog>, catalog: Recovery) -> Eng
 
 #[test]
 fn appends_from_two_nodes_land_one_at_each_position() {
-    let Some(urls) = nats_urls() else { return };
-    let runtime = runtime();
-    let prefix = unique_prefix();
-    let logs = two_logs(&runtime, &urls, &prefix);
+    let Some(Setup {
+        urls,
+        runtime,
+        prefix,
+        logs,
+    }) = Setup::new()
+    else {
+        return;
+    };
     for round in 0..20u64 {
         let barrier = Arc::new(Barrier::new(2));
         let outcomes: Vec<Result<u64, CatalogAppendError>> = logs
@@ -153,10 +182,15 @@ fn appends_from_two_nodes_land_one_at_each_position() {
 
 #[test]
 fn two_engines_racing_creates_that_share_a_sku_never_both_succeed() {
-    let Some(urls) = nats_urls() else { return };
-    let runtime = runtime();
-    let prefix = unique_prefix();
-    let logs = two_logs(&runtime, &urls, &prefix);
+    let Some(Setup {
+        urls,
+        runtime,
+        prefix,
+        logs,
+    }) = Setup::new()
+    else {
+        return;
+    };
     let engines = logs.each_ref().map(cluster_engine);
     let driver = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -200,11 +234,16 @@ fn two_engines_racing_creates_that_share_a_sku_never_both_succeed() {
 
 #[test]
 fn a_change_made_on_one_node_is_applied_by_the_other_s_tail_without_asking() {
-    let Some(urls) = nats_urls() else { return };
-    let runtime = runtime();
-    let prefix = unique_prefix();
+    let Some(Setup {
+        urls,
+        runtime,
+        prefix,
+        logs,
+    }) = Setup::new()
+    else {
+        return;
+    };
     let names = Names::new(&prefix);
-    let logs = two_logs(&runtime, &urls, &prefix);
     let engines = logs.each_ref().map(cluster_engine);
     let tail = runtime.block_on(async {
         let client = jetstream_common::client(&urls).await;
@@ -258,10 +297,15 @@ fn eventually(check: impl Fn() -> bool) -> std::time::Duration {
 
 #[test]
 fn a_node_that_starts_later_starts_from_the_whole_catalog_log() {
-    let Some(urls) = nats_urls() else { return };
-    let runtime = runtime();
-    let prefix = unique_prefix();
-    let logs = two_logs(&runtime, &urls, &prefix);
+    let Some(Setup {
+        urls,
+        runtime,
+        prefix,
+        logs,
+    }) = Setup::new()
+    else {
+        return;
+    };
     let early = cluster_engine(&logs[0]);
     for n in 0..3 {
         runtime
@@ -313,11 +357,16 @@ fn sorted_ids(engine: &Engine) -> Vec<String> {
 
 #[test]
 fn a_change_waits_until_every_live_node_applied_it_and_names_the_late_ones() {
-    let Some(urls) = nats_urls() else { return };
-    let runtime = runtime();
-    let prefix = unique_prefix();
+    let Some(Setup {
+        urls,
+        runtime,
+        prefix,
+        logs,
+    }) = Setup::new()
+    else {
+        return;
+    };
     let names = Names::new(&prefix);
-    let logs = two_logs(&runtime, &urls, &prefix);
     let engines = logs.each_ref().map(cluster_engine);
     let nodes = vec!["a".to_owned(), "b".to_owned()];
     let (acks_a, tail_b) = runtime.block_on(async {

@@ -56,14 +56,7 @@ impl CatalogAcks {
         node_id: &str,
     ) -> Result<CatalogAcks, ClusterError> {
         let subject = applied_subject(prefix);
-        let subscription = client
-            .subscribe(subject.clone())
-            .await
-            .map_err(|e| ClusterError::Nats(format!("subscribing to {subject}: {e}")))?;
-        client
-            .flush()
-            .await
-            .map_err(|e| ClusterError::Nats(format!("subscribing to {subject}: {e}")))?;
+        let subscription = super::subscribe_now(client, &subject).await?;
         let (record, heard) = watch::channel(HashMap::new());
         let task = tokio::spawn(collect(subscription, record));
         Ok(CatalogAcks {

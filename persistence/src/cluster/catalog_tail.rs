@@ -44,16 +44,8 @@ impl CatalogTail {
         acks: Option<Arc<CatalogAcks>>,
     ) -> Result<CatalogTail, ClusterError> {
         let subject = names.subject(CATALOG_LANE);
-        let wakeups = client
-            .subscribe(subject.clone())
-            .await
-            .map_err(|e| ClusterError::Nats(format!("subscribing to {subject}: {e}")))?;
-        // The server has the subscription once it answered a flush: an append from here
-        // on wakes the tail.
-        client
-            .flush()
-            .await
-            .map_err(|e| ClusterError::Nats(format!("subscribing to {subject}: {e}")))?;
+        // An append from here on wakes the tail.
+        let wakeups = super::subscribe_now(client, &subject).await?;
         let (stop, stopped) = watch::channel(false);
         let tail = Tail { log, engine, acks };
         let task = tokio::spawn(run(wakeups, tail, stopped));

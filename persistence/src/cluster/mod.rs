@@ -17,3 +17,20 @@ pub mod catalog_acks;
 pub mod catalog_tail;
 pub mod owners;
 pub mod registry;
+
+/// Subscribes to `subject` and waits until the server has the subscription (it answered a
+/// flush), so that every message published from then on reaches it.
+pub(crate) async fn subscribe_now(
+    client: &async_nats::Client,
+    subject: &str,
+) -> Result<async_nats::Subscriber, crate::jetstream::ClusterError> {
+    let failed = |e: &dyn std::fmt::Display| {
+        crate::jetstream::ClusterError::Nats(format!("subscribing to {subject}: {e}"))
+    };
+    let subscription = client
+        .subscribe(subject.to_owned())
+        .await
+        .map_err(|e| failed(&e))?;
+    client.flush().await.map_err(|e| failed(&e))?;
+    Ok(subscription)
+}

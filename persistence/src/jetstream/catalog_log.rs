@@ -13,15 +13,14 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use async_nats::jetstream::context::{Context, PublishErrorKind};
-use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::context::Context;
 use bytes::Bytes;
 use seckill_engine::{CatalogAppendError, CatalogLog, Event, JournalError, Recovery};
 use tokio::runtime::Handle;
 
-use super::error::{is_wrong_last_sequence, ClusterError};
+use super::error::{AppendError, ClusterError};
 use super::names::{Names, CATALOG_LANE};
-use super::partition_log::{PartitionLog, StreamSettings};
+use super::partition_log::{publish_conditional, PartitionLog, StreamSettings};
 use super::tail::read_range;
 use crate::journal::layout::encode_batch;
 
@@ -152,17 +151,13 @@ impl JetStreamCatalogLog {
     }
 
     async fn publish_once(&self, payload: Bytes, expected_seq: u64, message_id: &str) -> Attempt {
-        let publish = PublishMessage::build()
-            .payload(payload)
-            .message_id(message_id)
-            .expected_last_sequence(expected_seq);
-        let sent = match self.js.send_publish(self.subject.clone(), publish).await {
-            Ok(sent) => sent,
-            Err(error) => return classify(&error),
-        };
-        match sent.await {
-            Ok(ack) => Attempt::Stored(ack.sequence),
-            Err(error) => classify(&error),
+        let stream = (&self.js, self.stream.as_str(), self.subject.as_str());
+        match publish_conditional(stream, payload, expected_seq, message_id, None).await {
+            Ok(seq) => Attempt::Stored(seq),
+            Err(AppendError::Fenced { .. }) => Attempt::WrongLastSequence,
+            Err(AppendError::Refused { reason, .. }) => Attempt::Refused(reason),
+            // "No responders" included: a stream between two leaders answers so.
+            Err(AppendError::Unknown { reason, .. }) => Attempt::Unanswered(reason),
         }
     }
 
@@ -171,15 +166,8 @@ impl JetStreamCatalogLog {
     /// takeover records as empty ones, so the engine's catalog starts at the log's end.
     /// The catalog snapshot of the plan's step 6 will let this start later in the log.
     pub async fn recovery(&self, epoch: u64) -> Result<Recovery, ClusterError> {
+        // Refused when the stream's beginning was purged (no catalog snapshot exists yet).
         let entries = self.read_entries_after(0).await?;
-        if let Some((first, _)) = entries.first() {
-            if *first != 1 {
-                return Err(ClusterError::Nats(format!(
-                    "the catalog stream {} starts at {first}: its beginning was purged, and no catalog snapshot exists yet",
-                    self.stream
-                )));
-            }
-        }
         Ok(Recovery {
             image: None,
             batches: Box::new(entries.into_iter().map(Ok)),
@@ -215,16 +203,6 @@ impl JetStreamCatalogLog {
             ))),
             _ => Ok(entries),
         }
-    }
-}
-
-fn classify(error: &async_nats::error::Error<PublishErrorKind>) -> Attempt {
-    match error.kind() {
-        PublishErrorKind::WrongLastSequence => Attempt::WrongLastSequence,
-        PublishErrorKind::Other if is_wrong_last_sequence(error) => Attempt::WrongLastSequence,
-        PublishErrorKind::MaxPayloadExceeded => Attempt::Refused(error.to_string()),
-        // "No responders" included: a stream between two leaders answers so.
-        _ => Attempt::Unanswered(error.to_string()),
     }
 }
 

@@ -191,23 +191,8 @@ impl PartitionLog {
         message_id: &str,
         takeover: Option<&str>,
     ) -> Result<u64, AppendError> {
-        let mut publish = PublishMessage::build()
-            .payload(payload)
-            .message_id(message_id)
-            .expected_last_sequence(expected);
-        if let Some(owner) = takeover {
-            publish = publish.header(TAKEOVER_HEADER, owner);
-        }
-        // The ack future is always awaited: dropping one unread would leave its outcome
-        // unknown to us while the server may have stored the message.
-        let ack = self
-            .js
-            .send_publish(self.subject.clone(), publish)
-            .await
-            .map_err(|e| self.classify(expected, &e))?
-            .await
-            .map_err(|e| self.classify(expected, &e))?;
-        Ok(ack.sequence)
+        let stream = (&self.js, self.stream.as_str(), self.subject.as_str());
+        publish_conditional(stream, payload, expected, message_id, takeover).await
     }
 
     /// After an [`AppendError::Unknown`]: reads the stream's tail. `Ok(true)` when the one
@@ -292,29 +277,59 @@ impl PartitionLog {
             .map_err(|e| unknown(&self.stream, e))?;
         Ok(message.payload)
     }
+}
 
-    fn classify(
-        &self,
-        expected: u64,
-        error: &async_nats::error::Error<PublishErrorKind>,
-    ) -> AppendError {
-        let stream = self.stream.clone();
-        match error.kind() {
-            PublishErrorKind::WrongLastSequence => AppendError::Fenced { stream, expected },
-            // Not "no such stream": the client says so for "no responders", which is what a
-            // stream between two leaders answers during an election. Retried as unknown.
-            PublishErrorKind::MaxPayloadExceeded => AppendError::Refused {
-                stream,
-                reason: error.to_string(),
-            },
-            PublishErrorKind::Other if is_wrong_last_sequence(error) => {
-                AppendError::Fenced { stream, expected }
-            }
-            _ => AppendError::Unknown {
-                stream,
-                reason: error.to_string(),
-            },
+/// One attempt at appending `payload` with `message_id` to a stream, given as its context,
+/// name and subject, if the stream's last sequence is still `expected`; the sequence it
+/// was stored at. `takeover` marks a takeover record (its header names the new owner and
+/// its epoch). Every conditional append of the journal goes through here: the partitions'
+/// ([`PartitionLog`]) and the catalog log's.
+pub(super) async fn publish_conditional(
+    (js, stream, subject): (&Context, &str, &str),
+    payload: Bytes,
+    expected: u64,
+    message_id: &str,
+    takeover: Option<&str>,
+) -> Result<u64, AppendError> {
+    let mut publish = PublishMessage::build()
+        .payload(payload)
+        .message_id(message_id)
+        .expected_last_sequence(expected);
+    if let Some(owner) = takeover {
+        publish = publish.header(TAKEOVER_HEADER, owner);
+    }
+    // The ack future is always awaited: dropping one unread would leave its outcome
+    // unknown to us while the server may have stored the message.
+    let ack = js
+        .send_publish(subject.to_owned(), publish)
+        .await
+        .map_err(|e| classify(stream, expected, &e))?
+        .await
+        .map_err(|e| classify(stream, expected, &e))?;
+    Ok(ack.sequence)
+}
+
+fn classify(
+    stream: &str,
+    expected: u64,
+    error: &async_nats::error::Error<PublishErrorKind>,
+) -> AppendError {
+    let stream = stream.to_owned();
+    match error.kind() {
+        PublishErrorKind::WrongLastSequence => AppendError::Fenced { stream, expected },
+        // Not "no such stream": the client says so for "no responders", which is what a
+        // stream between two leaders answers during an election. Retried as unknown.
+        PublishErrorKind::MaxPayloadExceeded => AppendError::Refused {
+            stream,
+            reason: error.to_string(),
+        },
+        PublishErrorKind::Other if is_wrong_last_sequence(error) => {
+            AppendError::Fenced { stream, expected }
         }
+        _ => AppendError::Unknown {
+            stream,
+            reason: error.to_string(),
+        },
     }
 }
 
