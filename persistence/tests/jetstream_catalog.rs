@@ -134,18 +134,11 @@ fn cluster_engine_from(log: &Arc<JetStreamCatalogLog>, catalog: Recovery) -> Eng
 
 #[test]
 fn appends_from_two_nodes_land_one_at_each_position() {
-    let Some(Setup {
-        urls,
-        runtime,
-        prefix,
-        logs,
-    }) = Setup::new()
-    else {
-        return;
-    };
+    let Some(t) = Setup::new() else { return };
     for round in 0..20u64 {
         let barrier = Arc::new(Barrier::new(2));
-        let outcomes: Vec<Result<u64, CatalogAppendError>> = logs
+        let outcomes: Vec<Result<u64, CatalogAppendError>> = t
+            .logs
             .iter()
             .enumerate()
             .map(|(node, log)| {
@@ -169,29 +162,24 @@ fn appends_from_two_nodes_land_one_at_each_position() {
             "round {round}: the other is behind: {outcomes:?}"
         );
     }
-    let read = logs.each_ref().map(|log| log.read_after(0).expect("reads"));
+    let read = t
+        .logs
+        .each_ref()
+        .map(|log| log.read_after(0).expect("reads"));
     assert_eq!(read[0].len(), 20);
     assert_eq!(read[0], read[1], "both nodes read one log");
     assert_eq!(
-        logs[1].read_after(19).expect("reads").len(),
+        t.logs[1].read_after(19).expect("reads").len(),
         1,
         "a read after a position starts there"
     );
-    delete_catalog(&runtime, &urls, &prefix);
+    delete_catalog(&t.runtime, &t.urls, &t.prefix);
 }
 
 #[test]
 fn two_engines_racing_creates_that_share_a_sku_never_both_succeed() {
-    let Some(Setup {
-        urls,
-        runtime,
-        prefix,
-        logs,
-    }) = Setup::new()
-    else {
-        return;
-    };
-    let engines = logs.each_ref().map(cluster_engine);
+    let Some(t) = Setup::new() else { return };
+    let engines = t.logs.each_ref().map(cluster_engine);
     let driver = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -229,28 +217,20 @@ fn two_engines_racing_creates_that_share_a_sku_never_both_succeed() {
     for engine in engines {
         driver.block_on(engine.shutdown()).expect("stops");
     }
-    delete_catalog(&runtime, &urls, &prefix);
+    delete_catalog(&t.runtime, &t.urls, &t.prefix);
 }
 
 #[test]
 fn a_change_made_on_one_node_is_applied_by_the_other_s_tail_without_asking() {
-    let Some(Setup {
-        urls,
-        runtime,
-        prefix,
-        logs,
-    }) = Setup::new()
-    else {
-        return;
-    };
-    let names = Names::new(&prefix);
-    let engines = logs.each_ref().map(cluster_engine);
-    let tail = runtime.block_on(async {
-        let client = jetstream_common::client(&urls).await;
+    let Some(t) = Setup::new() else { return };
+    let names = Names::new(&t.prefix);
+    let engines = t.logs.each_ref().map(cluster_engine);
+    let tail = t.runtime.block_on(async {
+        let client = jetstream_common::client(&t.urls).await;
         CatalogTail::start(
             &client,
             &names,
-            Arc::clone(&logs[1]),
+            Arc::clone(&t.logs[1]),
             engines[1].clone(),
             None,
         )
@@ -260,7 +240,7 @@ fn a_change_made_on_one_node_is_applied_by_the_other_s_tail_without_asking() {
     let mut later = spec("p1", "sku");
     later.starts_at_ms = T0_MS + 3_600_000;
     later.ends_at_ms = T0_MS + 7_200_000;
-    runtime
+    t.runtime
         .block_on(engines[0].create_promotion(later))
         .expect("created on A");
     let status = || {
@@ -272,17 +252,17 @@ fn a_change_made_on_one_node_is_applied_by_the_other_s_tail_without_asking() {
     let seen = eventually(|| status().is_some());
     println!("B applied A's create after {seen:?}");
     assert_eq!(status(), Some(PromotionStatus::Upcoming), "B knows p1");
-    runtime
+    t.runtime
         .block_on(engines[0].start_promotion("p1"))
         .expect("started on A");
     let seen = eventually(|| status() == Some(PromotionStatus::Live));
     println!("B applied A's start after {seen:?}");
     assert_eq!(status(), Some(PromotionStatus::Live), "B knows the start");
-    runtime.block_on(tail.stop());
+    t.runtime.block_on(tail.stop());
     for engine in engines {
-        runtime.block_on(engine.shutdown()).expect("stops");
+        t.runtime.block_on(engine.shutdown()).expect("stops");
     }
-    delete_catalog(&runtime, &urls, &prefix);
+    delete_catalog(&t.runtime, &t.urls, &t.prefix);
 }
 
 /// Polls `check` every 20 ms for at most 10 s (a bound on a hang, not a target); how long
@@ -297,26 +277,18 @@ fn eventually(check: impl Fn() -> bool) -> std::time::Duration {
 
 #[test]
 fn a_node_that_starts_later_starts_from_the_whole_catalog_log() {
-    let Some(Setup {
-        urls,
-        runtime,
-        prefix,
-        logs,
-    }) = Setup::new()
-    else {
-        return;
-    };
-    let early = cluster_engine(&logs[0]);
+    let Some(t) = Setup::new() else { return };
+    let early = cluster_engine(&t.logs[0]);
     for n in 0..3 {
-        runtime
+        t.runtime
             .block_on(early.create_promotion(spec(&format!("p{n}"), &format!("s{n}"))))
             .expect("created");
     }
-    runtime
+    t.runtime
         .block_on(early.stop_promotion("p1"))
         .expect("stopped");
-    let catalog = runtime.block_on(logs[1].recovery(7)).expect("read");
-    let late = cluster_engine_from(&logs[1], catalog);
+    let catalog = t.runtime.block_on(t.logs[1].recovery(7)).expect("read");
+    let late = cluster_engine_from(&t.logs[1], catalog);
     assert_eq!(late.catalog_seq(), 4, "the catalog starts at the log's end");
     let status = |id: &str| late.public_promotion(id).map(|p| p.status);
     assert_eq!(status("p0"), Ok(PromotionStatus::Live));
@@ -326,22 +298,22 @@ fn a_node_that_starts_later_starts_from_the_whole_catalog_log() {
         "the stop is applied"
     );
     // It validates against what it read: a SKU of a live promotion is refused at once.
-    let taken = runtime.block_on(late.create_promotion(spec("q0", "s0")));
+    let taken = t.runtime.block_on(late.create_promotion(spec("q0", "s0")));
     assert!(
         matches!(taken, Err(Error::SkuInOtherPromotion { .. })),
         "{taken:?}"
     );
-    runtime
+    t.runtime
         .block_on(late.create_promotion(spec("q9", "s9")))
         .expect("created at the log's end");
-    runtime
+    t.runtime
         .block_on(early.catch_up_catalog())
         .expect("caught up");
     assert_eq!(sorted_ids(&early), sorted_ids(&late));
     for engine in [early, late] {
-        runtime.block_on(engine.shutdown()).expect("stops");
+        t.runtime.block_on(engine.shutdown()).expect("stops");
     }
-    delete_catalog(&runtime, &urls, &prefix);
+    delete_catalog(&t.runtime, &t.urls, &t.prefix);
 }
 
 /// The ids of the promotions `engine` knows, sorted.
@@ -357,30 +329,22 @@ fn sorted_ids(engine: &Engine) -> Vec<String> {
 
 #[test]
 fn a_change_waits_until_every_live_node_applied_it_and_names_the_late_ones() {
-    let Some(Setup {
-        urls,
-        runtime,
-        prefix,
-        logs,
-    }) = Setup::new()
-    else {
-        return;
-    };
-    let names = Names::new(&prefix);
-    let engines = logs.each_ref().map(cluster_engine);
+    let Some(t) = Setup::new() else { return };
+    let names = Names::new(&t.prefix);
+    let engines = t.logs.each_ref().map(cluster_engine);
     let nodes = vec!["a".to_owned(), "b".to_owned()];
-    let (acks_a, tail_b) = runtime.block_on(async {
-        let client = jetstream_common::client(&urls).await;
-        let acks_a = CatalogAcks::start(&client, &prefix, "a")
+    let (acks_a, tail_b) = t.runtime.block_on(async {
+        let client = jetstream_common::client(&t.urls).await;
+        let acks_a = CatalogAcks::start(&client, &t.prefix, "a")
             .await
             .expect("listens");
-        let acks_b = CatalogAcks::start(&client, &prefix, "b")
+        let acks_b = CatalogAcks::start(&client, &t.prefix, "b")
             .await
             .expect("listens");
         let tail_b = CatalogTail::start(
             &client,
             &names,
-            Arc::clone(&logs[1]),
+            Arc::clone(&t.logs[1]),
             engines[1].clone(),
             Some(Arc::new(acks_b)),
         )
@@ -390,10 +354,12 @@ fn a_change_waits_until_every_live_node_applied_it_and_names_the_late_ones() {
     });
     let wait_for_b = |seq: u64| {
         let started = std::time::Instant::now();
-        let late = runtime.block_on(acks_a.wait_applied(seq, &nodes, ACK_WAIT));
+        let late = t
+            .runtime
+            .block_on(acks_a.wait_applied(seq, &nodes, ACK_WAIT));
         (late, started.elapsed())
     };
-    runtime
+    t.runtime
         .block_on(engines[0].create_promotion(spec("p1", "s1")))
         .expect("created on A");
     let (late, waited) = wait_for_b(engines[0].catalog_seq());
@@ -405,8 +371,8 @@ fn a_change_waits_until_every_live_node_applied_it_and_names_the_late_ones() {
     );
 
     // B's tail stops: A's next change is not acknowledged, and A hears who is late.
-    runtime.block_on(tail_b.stop());
-    runtime
+    t.runtime.block_on(tail_b.stop());
+    t.runtime
         .block_on(engines[0].create_promotion(spec("p2", "s2")))
         .expect("created on A");
     let (late, waited) = wait_for_b(engines[0].catalog_seq());
@@ -414,7 +380,7 @@ fn a_change_waits_until_every_live_node_applied_it_and_names_the_late_ones() {
     assert!(waited >= ACK_WAIT, "waited its whole bound: {waited:?}");
     acks_a.stop();
     for engine in engines {
-        runtime.block_on(engine.shutdown()).expect("stops");
+        t.runtime.block_on(engine.shutdown()).expect("stops");
     }
-    delete_catalog(&runtime, &urls, &prefix);
+    delete_catalog(&t.runtime, &t.urls, &t.prefix);
 }
