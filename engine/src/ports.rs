@@ -73,6 +73,23 @@ pub trait Journal: Send + Sync + 'static {
         }
     }
 
+    /// Like [`Journal::append_partitioned`], told the holding (the lease epoch) each
+    /// partition's events were decided under: `holding_of(partition)`. A journal of leased
+    /// lanes lands a partition's part only in the lane of that very holding, and answers it
+    /// lost otherwise: a lease lost and taken again is another holding, whose replay did not
+    /// see these events, so they must never reach its lane. A cluster engine's shard calls
+    /// this with the epochs it adopted its partitions under.
+    ///
+    /// The default ignores the holdings: [`Journal::append_partitioned`].
+    fn append_held(
+        &self,
+        events: &[Event],
+        holding_of: &dyn Fn(u32) -> Option<u64>,
+    ) -> AppendOutcome {
+        let _ = holding_of;
+        self.append_partitioned(events)
+    }
+
     /// The highest sequence number handed out so far (0 when none).
     fn last_seq(&self) -> u64;
 

@@ -388,7 +388,17 @@ impl Shard {
     /// part of the batch, keeps the rest and drops those partitions' items instead.
     fn journal_batch(&mut self) -> BatchOutcome {
         let started = Instant::now();
-        match self.ports.journal.append_partitioned(&self.events) {
+        let outcome = match &self.cluster {
+            // Every event of a partition in the batch was decided under the epoch this shard
+            // holds it under (an adopt joins a batch before any of its events, a drop ends
+            // the batch first).
+            Some(cluster) => self
+                .ports
+                .journal
+                .append_held(&self.events, &|partition| cluster.epoch(partition)),
+            None => self.ports.journal.append_partitioned(&self.events),
+        };
+        match outcome {
             AppendOutcome::Durable(seq) => {
                 metrics::histogram!("seckill_journal_append_seconds")
                     .record(started.elapsed().as_secs_f64());

@@ -11,10 +11,14 @@
 //!   the catalog stream's own messages, and every 200 ms).
 //! - `owners`: the holder of every partition's lease, from the lease bucket (watch and
 //!   poll), and since when each unheld one is unheld: the planner's view.
+//! - `node`: [`node::ClusterNode`], the driver: plans on every tick and change, takes
+//!   (journal, then engine) and releases (engine, then journal) one partition at a time,
+//!   reports lost leases to the engine, hands everything over on SIGTERM.
 
 pub mod assign;
 pub mod catalog_acks;
 pub mod catalog_tail;
+pub mod node;
 pub mod owners;
 pub mod registry;
 

@@ -36,7 +36,7 @@ use super::options::ClusterOptions;
 use super::partition_log::{PartitionLog, StreamSettings};
 use super::snapshot::{self, SnapshotFile};
 use super::tail::read_range;
-use super::writer::{keep_lease, spawn_writer, Job, LaneHandle, LeaseState};
+use super::writer::{keep_lease, spawn_writer, Job, LaneHandle, LeaseMode, LeaseState};
 use crate::journal::layout::encode_batch;
 
 /// How often `open` asks again for a lease another node holds.
@@ -46,7 +46,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 /// How many times a takeover record is tried before `open` gives up.
 const TAKEOVER_ATTEMPTS: usize = 20;
 
-type Answer = oneshot::Receiver<Result<u64, AppendError>>;
+pub(crate) type Answer = oneshot::Receiver<Result<u64, AppendError>>;
 
 /// The local sequence of a snapshot cut and every lane's `(lane, last sequence)` at it.
 type Cut = (u64, Vec<(u32, u64)>);
@@ -89,12 +89,13 @@ impl std::fmt::Debug for JetStreamJournal {
     }
 }
 
-/// A lane taken at open: its lease (kept by its keeper task) and its log.
-struct Taken {
-    lane: u32,
-    lease_epoch: u64,
-    state: Arc<LeaseState>,
-    log: PartitionLog,
+/// A lane taken (at open, or by a partition journal's take): its lease (kept by its
+/// keeper task) and its log.
+pub(crate) struct Taken {
+    pub lane: u32,
+    pub lease_epoch: u64,
+    pub state: Arc<LeaseState>,
+    pub log: PartitionLog,
 }
 
 impl JetStreamJournal {
@@ -284,10 +285,10 @@ impl JetStreamJournal {
 
 /// The largest message the journal sends (less when the server's `max_payload` is under
 /// twice this): half of NATS's default `max_payload` (1 MiB).
-const MESSAGE_BYTES_MAX: usize = 512 * 1024;
+pub(crate) const MESSAGE_BYTES_MAX: usize = 512 * 1024;
 
 /// Encodes `events` as one message, or as several in order when one would be too large.
-fn encode_parts(
+pub(crate) fn encode_parts(
     events: &[Event],
     bytes_max: usize,
     out: &mut Vec<Bytes>,
@@ -559,7 +560,9 @@ async fn open_async(
         lane, state, log, ..
     } in taken
     {
-        handles.insert(lane, spawn_writer(runtime, lane, log, state));
+        // The task runs as long as the journal: nothing waits for its end.
+        let (handle, _task) = spawn_writer(runtime, lane, log, state);
+        handles.insert(lane, handle);
     }
     tracing::info!(
         node = %options.node_id,
@@ -601,7 +604,7 @@ async fn open_async(
 }
 
 /// Runs `step` until it succeeds, a refusal that no retry changes, or `deadline`.
-async fn retry<T, F, Fut>(deadline: Instant, mut step: F) -> Result<T, ClusterError>
+pub(crate) async fn retry<T, F, Fut>(deadline: Instant, mut step: F) -> Result<T, ClusterError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, ClusterError>>,
@@ -628,7 +631,7 @@ fn empty_image() -> EngineImage {
     }
 }
 
-fn check_image(image: &EngineImage) -> Result<(), ClusterError> {
+pub(crate) fn check_image(image: &EngineImage) -> Result<(), ClusterError> {
     if image.version > EVENT_VERSION {
         return Err(ClusterError::NewerVersion {
             found: image.version,
@@ -639,7 +642,7 @@ fn check_image(image: &EngineImage) -> Result<(), ClusterError> {
 }
 
 /// The JetStream context and the largest message the journal may send on it.
-async fn connect(options: &ClusterOptions) -> Result<(Context, usize), ClusterError> {
+pub(crate) async fn connect(options: &ClusterOptions) -> Result<(Context, usize), ClusterError> {
     let client = connect_client(options, &format!("seckill {}", options.node_id)).await?;
     let info = client.server_info();
     check_server_version(&info.version)?;
@@ -736,7 +739,7 @@ async fn take_leases(
                         lease,
                         state,
                         stopped.clone(),
-                        Arc::clone(give_up),
+                        LeaseMode::AllOrNothing(Arc::clone(give_up)),
                     ));
                     break;
                 }
@@ -801,7 +804,7 @@ async fn read_tails(
     Ok(batches)
 }
 
-async fn first_seq(js: &Context, stream: &str) -> Result<u64, ClusterError> {
+pub(crate) async fn first_seq(js: &Context, stream: &str) -> Result<u64, ClusterError> {
     let mut handle = js
         .get_stream(stream)
         .await
@@ -816,7 +819,7 @@ async fn first_seq(js: &Context, stream: &str) -> Result<u64, ClusterError> {
 /// Appends the takeover record of this ownership, conditional on the stream's tail. A
 /// refusal means someone appended since the tail was read (an old owner's last batch): the
 /// tail is read again and the record tried again, so it lands after everything they wrote.
-async fn append_takeover(lane: &mut Taken, node: &str) -> Result<(), ClusterError> {
+pub(crate) async fn append_takeover(lane: &mut Taken, node: &str) -> Result<(), ClusterError> {
     let owner = format!("{node}/{}", lane.lease_epoch);
     for _ in 0..TAKEOVER_ATTEMPTS {
         if !lane.state.is_held() {

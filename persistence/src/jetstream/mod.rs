@@ -27,7 +27,10 @@
 //! - `catalog_log`: [`JetStreamCatalogLog`], the cluster's one catalog log, which every node
 //!   appends to under a condition.
 //! - `snapshot`: the engine's image in an object store, with every lane's sequence.
-//! - `journal`: [`JetStreamJournal`], the engine's `Journal`: opening, appending, snapshots.
+//! - `journal`: [`JetStreamJournal`], the engine's `Journal` for a node that owns every
+//!   partition: opening, appending, snapshots.
+//! - `partition_journal`: [`PartitionJournal`], the `Journal` and `Ownership` of a cluster
+//!   node that takes and releases partitions while it runs (join mode).
 //! - `source`: the journal as the SQL flusher's `EventSource`.
 
 mod catalog_log;
@@ -37,6 +40,7 @@ mod lease;
 mod meta;
 mod names;
 mod options;
+mod partition_journal;
 mod partition_log;
 mod snapshot;
 mod source;
@@ -51,4 +55,5 @@ pub use lease::{Lease, LeaseRecord, LEASE_BUCKET};
 pub use meta::ClusterRecord;
 pub use names::{all_lanes, item_lane, Names, CATALOG_LANE, FIRST_PARTITION_LANE};
 pub use options::{ClusterOptions, DEFAULT_PARTITIONS, DEFAULT_PREFIX};
+pub use partition_journal::{LaneEvent, PartitionJournal};
 pub use partition_log::{PartitionLog, StreamSettings, TAKEOVER_HEADER};

@@ -15,10 +15,12 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch, Notify};
+use tokio::task::JoinHandle;
 
 use super::error::{AppendError, LeaseError};
 use super::lease::Lease;
+use super::partition_journal::LaneEvent;
 use super::partition_log::PartitionLog;
 
 /// The first pause between two attempts of an unanswered append; it doubles up to
@@ -40,6 +42,17 @@ pub(crate) struct LaneHandle {
     /// The stream's last sequence as far as this node's acknowledged appends go.
     pub acked_seq: Arc<AtomicU64>,
     pub state: Arc<LeaseState>,
+    /// Tells the writer to take no new job and stop once the queued ones are written (a
+    /// clean hand-over of the lane): see [`LaneHandle::close`].
+    close: Arc<Notify>,
+}
+
+impl LaneHandle {
+    /// From now on the lane takes no job (a send fails, as to a stopped writer); the jobs
+    /// queued before are written, then the writer task ends.
+    pub fn close(&self) {
+        self.close.notify_one();
+    }
 }
 
 /// The lease as the writer sees it: lost for good, or valid until a deadline.
@@ -83,7 +96,7 @@ impl LeaseState {
         self.lost.load(Ordering::Acquire)
     }
 
-    fn lose(&self) {
+    pub fn lose(&self) {
         self.lost.store(true, Ordering::Release);
     }
 
@@ -120,27 +133,32 @@ impl LeaseState {
     }
 }
 
-/// Starts the lane's writer task on `runtime`.
+/// Starts the lane's writer task on `runtime`; the task ends once the lane is closed and
+/// its queue written (or every sender is gone).
 pub(crate) fn spawn_writer(
     runtime: &tokio::runtime::Handle,
     lane: u32,
     log: PartitionLog,
     state: Arc<LeaseState>,
-) -> LaneHandle {
+) -> (LaneHandle, JoinHandle<()>) {
     let (jobs, queue) = mpsc::unbounded_channel();
     let acked_seq = Arc::new(AtomicU64::new(log.last_seq()));
-    runtime.spawn(write_loop(
+    let close = Arc::new(Notify::new());
+    let task = runtime.spawn(write_loop(
         log,
         queue,
         Arc::clone(&acked_seq),
         Arc::clone(&state),
+        Arc::clone(&close),
     ));
-    LaneHandle {
+    let handle = LaneHandle {
         lane,
         jobs,
         acked_seq,
         state,
-    }
+        close,
+    };
+    (handle, task)
 }
 
 async fn write_loop(
@@ -148,8 +166,21 @@ async fn write_loop(
     mut queue: mpsc::UnboundedReceiver<Job>,
     acked_seq: Arc<AtomicU64>,
     state: Arc<LeaseState>,
+    close: Arc<Notify>,
 ) {
-    while let Some(job) = queue.recv().await {
+    let mut closing = false;
+    loop {
+        let job = tokio::select! {
+            biased;
+            // Closed: later sends fail, what is queued is still received (and written).
+            () = close.notified(), if !closing => {
+                closing = true;
+                queue.close();
+                continue;
+            }
+            job = queue.recv() => job,
+        };
+        let Some(job) = job else { break };
         let outcome = append_until_known(&mut log, job.payload, &state).await;
         match &outcome {
             Ok(seq) => acked_seq.store(*seq, Ordering::Release),
@@ -296,16 +327,59 @@ fn fenced(log: &PartitionLog) -> AppendError {
     }
 }
 
+/// What the loss of one lane's lease means to the others.
+pub(crate) enum LeaseMode {
+    /// One node owns every lane: once it loses one it gives up all of them (through this
+    /// sender), so a standby waiting for the whole set can take over instead of both
+    /// waiting forever. A lease that lapsed and that nobody took is taken again.
+    AllOrNothing(Arc<watch::Sender<bool>>),
+    /// A cluster node's partition: lost alone, and reported. Never taken again by the
+    /// keeper: a new holding is a new take (replay, takeover record), under a new epoch.
+    PerLane(PerLane),
+}
+
+/// Where a [`LeaseMode::PerLane`] keeper reports the loss of its holding.
+pub(crate) struct PerLane {
+    pub partition: u32,
+    /// The holding's epoch, as the engine knows it (0 until drawn, just after the take).
+    pub epoch: Arc<AtomicU64>,
+    pub events: broadcast::Sender<LaneEvent>,
+    /// A test hook: while set, the keeper skips its renewals (a node paused, as by SIGSTOP,
+    /// as far as this lease goes).
+    pub paused: Arc<AtomicBool>,
+}
+
+impl LeaseMode {
+    /// The lane is lost (another node holds its lease, or its stream took someone else's
+    /// append).
+    fn lost(&self) {
+        match self {
+            LeaseMode::AllOrNothing(give_up) => {
+                give_up.send_replace(true);
+            }
+            LeaseMode::PerLane(lane) => {
+                // Nobody listening is no error: the engine checks the lease on every call.
+                let _ = lane.events.send(LaneEvent::Lost {
+                    partition: lane.partition,
+                    epoch: lane.epoch.load(Ordering::Acquire),
+                });
+            }
+        }
+    }
+
+    fn paused(&self) -> bool {
+        matches!(self, LeaseMode::PerLane(lane) if lane.paused.load(Ordering::Acquire))
+    }
+}
+
 /// Renews `lease` every third of its TTL until `stop` says so (then releases it, a clean
-/// hand-over) or until another node holds it (then the lane is lost for good).
-///
-/// One node owns every lane: once it loses one it gives up all of them (`give_up`), so a
-/// standby waiting for the whole set can take over instead of both waiting forever.
+/// hand-over) or until another node holds it (then the lane is lost for good, and `mode`
+/// says what that means to the node's other lanes).
 pub(crate) async fn keep_lease(
     mut lease: Lease,
     state: Arc<LeaseState>,
     mut stop: watch::Receiver<bool>,
-    give_up: Arc<watch::Sender<bool>>,
+    mode: LeaseMode,
 ) {
     let every = lease.renew_every();
     loop {
@@ -317,14 +391,24 @@ pub(crate) async fn keep_lease(
             break;
         }
         if state.is_lost() {
-            // Lost by its writer (the stream held someone else's append): the others go.
-            give_up.send_replace(true);
+            // Lost by its writer (the stream held someone else's append).
+            mode.lost();
             break;
+        }
+        if mode.paused() {
+            continue;
         }
         match lease.renew().await {
             Ok(()) => {
                 tracing::debug!(lease = lease.partition_key(), "lease renewed");
                 state.renewed(lease.valid_until());
+            }
+            Err(LeaseError::Held { key, holder }) if matches!(mode, LeaseMode::PerLane(_)) => {
+                tracing::warn!(lease = %key, %holder, "lease lost; this node no longer writes the partition");
+                state.lose();
+                state.settled.store(true, Ordering::Release);
+                mode.lost();
+                return;
             }
             Err(LeaseError::Held { key, holder }) => match lease.reacquire().await {
                 // It had lapsed (an outage longer than the TTL) and nobody took it.
@@ -339,7 +423,7 @@ pub(crate) async fn keep_lease(
                     tracing::error!(lease = %key, %holder, "lease lost to another node; this node gives up every lane (restart it to serve again)");
                     state.lose();
                     state.settled.store(true, Ordering::Release);
-                    give_up.send_replace(true);
+                    mode.lost();
                     return;
                 }
             },
