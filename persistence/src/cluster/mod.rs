@@ -11,6 +11,10 @@
 //!   the catalog stream's own messages, and every 200 ms).
 //! - `owners`: the holder of every partition's lease, from the lease bucket (watch and
 //!   poll), and since when each unheld one is unheld: the planner's view.
+//! - `wire`: the frames nodes send each other (calls, answers), postcard-encoded and
+//!   versioned.
+//! - `rpc`: [`rpc::Forwarder`] hands calls to their partition's owner, many to a frame;
+//!   [`rpc::RpcServer`] runs them on the owner's engine and answers many to a frame.
 //! - `node`: [`node::ClusterNode`], the driver: plans on every tick and change, takes
 //!   (journal, then engine) and releases (engine, then journal) one partition at a time,
 //!   reports lost leases to the engine, hands everything over on SIGTERM.
@@ -21,6 +25,8 @@ pub mod catalog_tail;
 pub mod node;
 pub mod owners;
 pub mod registry;
+pub mod rpc;
+pub mod wire;
 
 /// Subscribes to `subject` and waits until the server has the subscription (it answered a
 /// flush), so that every message published from then on reaches it.
