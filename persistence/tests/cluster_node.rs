@@ -2,9 +2,10 @@
 //! driver (cluster plan, step 7), on a real JetStream cluster: the first owns every
 //! partition; joiners get their share by clean hand-overs; a node that dies (its driver,
 //! heartbeats and lease renewals stop at once) has its partitions taken by the others after
-//! the lease TTL; a node's SIGTERM hands its partitions over. Meanwhile buyers buy from
-//! whichever node owns their item: no item sells more than its stock, a retry answers the
-//! order it made wherever the partition went, and the last owner finds every order.
+//! the lease TTL, and itself sells nothing more; a node's SIGTERM hands its partitions over
+//! before the TTL could. Buyers buy from whichever node owns their item, during the first
+//! join's hand-overs too: no item sells more than its stock, a retry answers the order it
+//! made wherever the partition went, and the last owner finds every order.
 //!
 //! Needs `SECKILL_TEST_NATS_URLS` (comma-separated `nats://` URLs); skipped without it.
 
@@ -73,6 +74,7 @@ fn member(
             .await
             .expect("the lease view");
         ClusterNode::start(journal.clone(), engine.clone(), registry, owners)
+            .expect("the driver starts")
     });
     Member {
         id,
@@ -229,19 +231,44 @@ fn nodes_share_partitions_take_over_a_dead_one_and_hand_over_on_shutdown() {
         .expect("created on a");
     record(&runtime, &skus, &[&a], 0..2, &mut orders);
 
+    // b joins while buyers buy (retries of the first orders among them): the hand-overs
+    // happen under traffic.
     let b = member(&runtime, &urls, &prefix, "b", &clock);
-    let balanced = eventually("a and b share the partitions", || {
-        settled(&[&a, &b], &[2, 2])
+    let balanced = std::thread::scope(|scope| {
+        let buyers = scope.spawn(|| {
+            let mut bought = BTreeMap::new();
+            record(&runtime, &skus, &[&a, &b], 0..4, &mut bought);
+            bought
+        });
+        let balanced = eventually("a and b share the partitions", || {
+            settled(&[&a, &b], &[2, 2])
+        });
+        let bought = buyers.join().expect("the buyers finish");
+        for (key, order) in bought {
+            if let Some(earlier) = orders.insert(key.clone(), order.clone()) {
+                assert_eq!(
+                    earlier, order,
+                    "{key:?}: a retry during the hand-overs answers its order"
+                );
+            }
+        }
+        balanced
     });
     println!("b joined: 2/2 after {balanced:?}");
-    // Retries of the first orders, wherever their partitions went, then more sales.
-    record(&runtime, &skus, &[&a, &b], 0..4, &mut orders);
+    assert!(
+        balanced < LEASE_TTL,
+        "clean hand-overs, not lapsed leases: {balanced:?}"
+    );
 
     let c = member(&runtime, &urls, &prefix, "c", &clock);
     let balanced = eventually("a, b and c share the partitions", || {
         settled(&[&a, &b, &c], &[2, 1, 1])
     });
     println!("c joined: 2/1/1 after {balanced:?}");
+    assert!(
+        balanced < LEASE_TTL,
+        "clean hand-overs, not lapsed leases: {balanced:?}"
+    );
     record(&runtime, &skus, &[&a, &b, &c], 2..5, &mut orders);
 
     // b dies: its driver, its heartbeats and its lease renewals stop at once.
@@ -264,9 +291,24 @@ fn nodes_share_partitions_take_over_a_dead_one_and_hand_over_on_shutdown() {
         killed.elapsed(),
         split(&[&a, &c])
     );
+    // The dead node decides nothing for what it lost, even asked directly.
+    for partition in &b_had {
+        let sku = &skus[*partition as usize];
+        let request = PurchaseRequest {
+            request_id: "r-ghost".into(),
+            quantity: 1,
+            token: None,
+        };
+        let asked = runtime.block_on(b.engine.purchase("sale", sku, "ghost", request));
+        assert!(
+            matches!(asked, Err(Error::NotOwner { .. })),
+            "b sells {sku}: {asked:?}"
+        );
+    }
     record(&runtime, &skus, &[&a, &c], 0..10, &mut orders);
 
     // c's SIGTERM: it hands everything to a, the one live node left.
+    let c_had = c.engine.owned_partitions().len();
     let handed = runtime.block_on(c.node.hand_over_all());
     let stopped = Instant::now();
     eventually("a owns every partition", || {
@@ -276,7 +318,12 @@ fn nodes_share_partitions_take_over_a_dead_one_and_hand_over_on_shutdown() {
         "c handed {handed} partitions over; a owned all {:?} after the hand-over",
         stopped.elapsed()
     );
+    assert_eq!(handed, c_had, "c handed over everything it had");
     assert!(handed >= 1, "c held a partition to hand over");
+    assert!(
+        stopped.elapsed() < LEASE_TTL,
+        "a SIGTERM hands over, leases are not left to lapse"
+    );
     assert!(c.engine.owned_partitions().is_empty());
 
     // Every unit sold once, and the last owner's replay holds every order.

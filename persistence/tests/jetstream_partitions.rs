@@ -3,11 +3,14 @@
 //! replays exactly what the last one wrote; a lapsed lease loses its partition alone (the
 //! batch's other partitions land); a batch decided under an earlier holding never reaches a
 //! later holding's lane; and two engines hand a partition over mid-sale, cleanly and by a
-//! lapsed lease, without overselling, losing or repeating an order.
+//! lapsed lease, without overselling, losing or repeating an order; and each owner's SQL
+//! flusher writes its partitions' rows, a new owner's going on from the old one's cursor.
 //!
-//! Needs `SECKILL_TEST_NATS_URLS` (comma-separated `nats://` URLs); skipped without it.
+//! Needs `SECKILL_TEST_NATS_URLS` (comma-separated `nats://` URLs); skipped without it. The
+//! SQL test needs `SECKILL_TEST_DATABASE_URL` (PostgreSQL) as well.
 
 mod jetstream_common;
+mod sql_common;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -485,5 +488,149 @@ fn two_engines_move_partitions_mid_sale_and_never_oversell_lose_or_repeat_an_ord
         runtime.block_on(node.engine.shutdown()).expect("stops");
         node.journal.release_all();
     }
+    t.clean_up();
+}
+
+#[test]
+fn each_owner_flushes_its_partitions_and_a_new_owner_goes_on_from_the_cursor() {
+    let Some(t) = Setup::new() else { return };
+    let Some(database_url) = sql_common::postgres_url("the cluster's SQL") else {
+        return;
+    };
+    let runtime = jetstream_common::runtime();
+    let db = runtime.block_on(sql_common::TestDb::postgres(&database_url));
+    let clock = ManualClock::new(T0_MS);
+    let nodes = [node(&t, "a", &clock), node(&t, "b", &clock)];
+    const STOCK: u64 = 5;
+    let skus = [sku_in("sale", 1), sku_in("sale", 2)];
+    let spec = PromotionSpec {
+        guard: Default::default(),
+        id: Some("sale".into()),
+        name: "sale".into(),
+        starts_at_ms: T0_MS,
+        ends_at_ms: T0_MS + 3_600_000,
+        payment_timeout_s: 900,
+        require_token: false,
+        token_multiplier: 5,
+        items: skus
+            .iter()
+            .map(|sku| ItemSpec {
+                sku: sku.clone(),
+                title: None,
+                stock: STOCK,
+                price_cents: 100,
+                per_user_limit: 1,
+            })
+            .collect(),
+    };
+    runtime
+        .block_on(nodes[0].engine.create_promotion(spec))
+        .expect("created on A");
+    for partition in 0..PARTITIONS {
+        nodes[0].take(&runtime, partition);
+    }
+    let flushers = nodes.each_ref().map(|n| {
+        let source: Arc<dyn seckill_persistence::sql::EventSource> = n.journal.clone();
+        runtime
+            .block_on(seckill_persistence::sql::Flusher::start(
+                sql_common::options(db.flusher_url()),
+                source,
+                n.engine.clone(),
+            ))
+            .expect("the flusher starts")
+    });
+    // Each order with the node that owns its item at the end: sku 0's partition moves to B.
+    let mut orders: Vec<(String, usize)> = Vec::new();
+    for n in 0..3 {
+        for (i, sku) in skus.iter().enumerate() {
+            let order = nodes[0]
+                .buy(&runtime, sku, &format!("u{n}"))
+                .expect("A sells");
+            orders.push((order, usize::from(i == 0)));
+        }
+    }
+    nodes[0].release(&runtime, 1);
+    nodes[1].take(&runtime, 1);
+    for n in 3..5 {
+        let user = format!("u{n}");
+        orders.push((nodes[1].buy(&runtime, &skus[0], &user).expect("B sells"), 1));
+        orders.push((nodes[0].buy(&runtime, &skus[1], &user).expect("A sells"), 0));
+    }
+    // Every order as its owner has it now, in SQL exactly once.
+    let mut expected: Vec<sql_common::OrderRow> = orders
+        .iter()
+        .map(|(id, owner)| {
+            let order = runtime
+                .block_on(nodes[*owner].engine.order(id, None))
+                .expect("its owner reads it");
+            sql_common::OrderRow::of(&order)
+        })
+        .collect();
+    expected.sort_by(|x, y| x.order_id.cmp(&y.order_id));
+    let started = Instant::now();
+    let rows = loop {
+        let rows = runtime.block_on(db.orders());
+        if rows == expected || started.elapsed() > WAIT_MAX {
+            break rows;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    println!(
+        "SQL held all {} orders {:?} after the last sale",
+        rows.len(),
+        started.elapsed()
+    );
+    assert_eq!(
+        rows, expected,
+        "every order in SQL once, as its owner has it"
+    );
+    // Each item's row by its owner: all sold (reserved), A's figure of the item it handed
+    // over replaced by B's.
+    let expected_items: Vec<sql_common::ItemRow> = {
+        let mut items: Vec<_> = skus
+            .iter()
+            .map(|sku| sql_common::ItemRow {
+                promotion_id: "sale".into(),
+                sku: sku.clone(),
+                stock: STOCK as i64,
+                remaining: 0,
+                reserved: STOCK as i64,
+                sold: 0,
+                tokens_issued: 0,
+                tokens_outstanding: 0,
+            })
+            .collect();
+        items.sort_by(|x, y| x.sku.cmp(&y.sku));
+        items
+    };
+    let started = Instant::now();
+    let items = loop {
+        let mut items = runtime.block_on(db.items());
+        items.sort_by(|x, y| x.sku.cmp(&y.sku));
+        if items == expected_items || started.elapsed() > WAIT_MAX {
+            break items;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(
+        items, expected_items,
+        "each item's row is its owner's figures"
+    );
+    let cursors = runtime.block_on(db.lane_cursors());
+    let lanes: Vec<i64> = cursors.iter().map(|(lane, _)| *lane).collect();
+    assert!(
+        [1, 3, 4].iter().all(|lane| lanes.contains(lane)),
+        "the catalog lane and both partitions' lanes have cursors: {cursors:?}"
+    );
+    for flusher in flushers {
+        runtime
+            .block_on(flusher.shutdown(Duration::from_secs(20)))
+            .expect("the flusher drains");
+    }
+    for node in &nodes {
+        runtime.block_on(node.engine.shutdown()).expect("stops");
+        node.journal.release_all();
+    }
+    runtime.block_on(db.cleanup());
     t.clean_up();
 }

@@ -11,15 +11,19 @@
 //!
 //! A lease the journal loses (taken by another node while this one was paused or cut off)
 //! is reported to the engine at once (`lose_partition`), from the journal's lane events and,
-//! should one be missed, from a scan on every tick. [`ClusterNode::hand_over_all`] is the
+//! should one be missed, from the reconciliation every round makes first (which also gives
+//! back a lease the engine never adopted). A take that fails is tried again after a pause
+//! that doubles up to 10 s. [`ClusterNode::hand_over_all`] is the
 //! SIGTERM path: draining (the others stop counting this node), every partition released,
 //! the membership record deleted.
 //!
 //! Nothing here decides who may write: the leases do. The plan is advice, and two nodes that
 //! plan on different views cost a hand-over at most.
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use seckill_engine::Engine;
 use tokio::sync::{broadcast, watch};
@@ -55,30 +59,51 @@ struct Driver {
     engine: Engine,
     registry: Registry,
     owners: Owners,
+    /// Set by a stop: the round under way ends after its current action.
+    stopping: AtomicBool,
+    /// By partition: takes that failed in a row, and when the next may be tried.
+    failed_takes: Mutex<HashMap<u32, (u32, Instant)>>,
 }
+
+/// The pause after a take that failed, doubled with each failure in a row up to
+/// [`TAKE_BACKOFF_MAX`]: a node that cannot adopt (a dead shard, a lane that does not
+/// replay) must not spin taking and giving back, writing a takeover record each time.
+const TAKE_BACKOFF_FIRST: Duration = Duration::from_millis(250);
+const TAKE_BACKOFF_MAX: Duration = Duration::from_secs(10);
 
 impl ClusterNode {
     /// Starts driving `engine` (a cluster engine on `journal`, which is its journal and its
     /// ownership) on the current Tokio runtime.
+    ///
+    /// Refused when the lease view and the journal count partitions differently (the
+    /// planner would never plan some of them, or plan ones that do not exist).
     pub fn start(
         journal: Arc<PartitionJournal>,
         engine: Engine,
         registry: Registry,
         owners: Owners,
-    ) -> ClusterNode {
+    ) -> Result<ClusterNode, ClusterError> {
+        if owners.partitions() != journal.partitions() {
+            return Err(ClusterError::PartitionsMismatch {
+                stored: journal.partitions(),
+                given: owners.partitions(),
+            });
+        }
         let driver = Arc::new(Driver {
             journal,
             engine,
             registry,
             owners,
+            stopping: AtomicBool::new(false),
+            failed_takes: Mutex::new(HashMap::new()),
         });
         let (stop, stopped) = watch::channel(false);
         let task = tokio::spawn(drive(Arc::clone(&driver), stopped));
-        ClusterNode {
+        Ok(ClusterNode {
             driver,
             stop,
             task: Mutex::new(Some(task)),
-        }
+        })
     }
 
     /// The partitions this node's engine has installed, ascending.
@@ -97,6 +122,7 @@ impl ClusterNode {
     /// Stops planning, after the action under way. Nothing is handed over: the leases
     /// lapse unless the journal releases them.
     pub async fn stop(&self) {
+        self.driver.stopping.store(true, Ordering::Release);
         self.stop.send_replace(true);
         let task = self
             .task
@@ -111,8 +137,9 @@ impl ClusterNode {
 
     /// The clean shutdown (SIGTERM): this node stops planning, turns draining (no other
     /// node counts on it from here), hands every partition over (engine first, then the
-    /// lease), and leaves the membership. Returns how many partitions it released; one
-    /// that failed is left to lapse (its lease TTL).
+    /// lease), and leaves the membership. Returns how many partitions it released. One the
+    /// engine refused to release loses its lease all the same (the journal refuses its
+    /// appends from then on; the next owner's takeover fences anything in flight).
     pub async fn hand_over_all(&self) -> usize {
         // Planning stops first: this very call does the releases, and counts them.
         self.stop().await;
@@ -169,18 +196,15 @@ impl Driver {
                 metrics::counter!("seckill_cluster_partitions_lost_total").increment(1);
                 self.engine.lose_partition(partition, epoch);
             }
-            // Missed ones are found by the scan of every step.
+            // Missed ones are found by the reconciliation of every step.
             Err(_) => {}
         }
     }
 
-    /// One round: report lost holdings, then plan and act, when the views are fresh.
+    /// One round: the engine and the journal made to agree, then a plan and its actions,
+    /// when the views are fresh.
     async fn step(&self) {
-        for partition in 0..self.journal.partitions() {
-            if let Some(epoch) = self.journal.lost_holding(partition) {
-                self.engine.lose_partition(partition, epoch);
-            }
-        }
+        self.reconcile().await;
         metrics::gauge!("seckill_cluster_partitions_owned")
             .set(self.engine.owned_partitions().len() as f64);
         if !self.registry.is_in_touch() {
@@ -192,13 +216,78 @@ impl Driver {
         };
         let live = self.registry.live();
         for action in plan(&view.view(&live), self.registry.node_id()) {
+            if self.stopping.load(Ordering::Acquire) {
+                return;
+            }
             match action {
-                Action::Take(partition) => self.take(partition).await,
+                Action::Take(partition) if self.may_try(partition) => self.take(partition).await,
+                Action::Take(_) => {}
                 Action::Release(partition) => {
                     self.release(partition).await;
                 }
             }
         }
+    }
+
+    /// Makes the engine's partitions and the journal's holdings agree (run before any take
+    /// of the round, so no take is under way):
+    /// - a partition the engine adopted under a holding the journal no longer has (lost, or
+    ///   replaced by a take whose loss report was missed) is lost to the engine;
+    /// - a holding the engine is not tied to (a take cut short, a release the engine did
+    ///   not finish) gives its lease back, so another node may take the partition.
+    async fn reconcile(&self) {
+        for partition in 0..self.journal.partitions() {
+            let journal = self.journal.writing_epoch(partition);
+            match self.engine.partition_epoch(partition) {
+                Some(epoch) if journal != Some(epoch) => {
+                    self.engine.lose_partition(partition, epoch);
+                }
+                None if journal.is_some() => {
+                    tracing::warn!(
+                        partition,
+                        "the journal holds a partition the engine does not; its lease goes back"
+                    );
+                    self.give_back(partition).await;
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Whether a take of `partition` is due (not backing off after failures).
+    fn may_try(&self, partition: u32) -> bool {
+        let failed = self
+            .failed_takes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        failed
+            .get(&partition)
+            .is_none_or(|(_, next)| Instant::now() >= *next)
+    }
+
+    /// Records the outcome of a take of `partition`.
+    fn took(&self, partition: u32, adopted: bool) {
+        let mut failed = self
+            .failed_takes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if adopted {
+            failed.remove(&partition);
+            return;
+        }
+        let count = failed.get(&partition).map_or(0, |(count, _)| *count) + 1;
+        let pause = TAKE_BACKOFF_FIRST
+            .saturating_mul(1 << count.min(6))
+            .min(TAKE_BACKOFF_MAX);
+        if count >= 3 {
+            tracing::error!(
+                partition,
+                failures = count,
+                ?pause,
+                "this node keeps failing to take the partition"
+            );
+        }
+        failed.insert(partition, (count, Instant::now() + pause));
     }
 
     /// Takes, builds and adopts `partition`; gives the lease back when any step fails.
@@ -211,10 +300,12 @@ impl Driver {
             Ok(Err(ClusterError::LeaseHeld { .. })) => return,
             Ok(Err(error)) => {
                 tracing::warn!(partition, %error, "taking the partition failed; the next plan tries again");
+                self.took(partition, false);
                 return;
             }
             Err(error) => {
                 tracing::error!(partition, %error, "the take's thread failed");
+                self.took(partition, false);
                 return;
             }
         };
@@ -223,10 +314,12 @@ impl Driver {
             Ok(items) => {
                 metrics::counter!("seckill_cluster_takeovers_total").increment(1);
                 tracing::info!(partition, epoch, items, "partition adopted");
+                self.took(partition, true);
             }
             Err(error) => {
                 tracing::warn!(partition, %error, "the partition was taken but not adopted; its lease goes back");
                 self.give_back(partition).await;
+                self.took(partition, false);
             }
         }
     }

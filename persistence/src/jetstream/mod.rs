@@ -32,6 +32,8 @@
 //! - `partition_journal`: [`PartitionJournal`], the `Journal` and `Ownership` of a cluster
 //!   node that takes and releases partitions while it runs (join mode).
 //! - `source`: the journal as the SQL flusher's `EventSource`.
+//! - `partition_source`: the partition journal as the SQL flusher's `EventSource` (the
+//!   catalog lane and the lanes this node writes).
 
 mod catalog_log;
 mod error;
@@ -42,6 +44,7 @@ mod names;
 mod options;
 mod partition_journal;
 mod partition_log;
+mod partition_source;
 mod snapshot;
 mod source;
 mod tail;

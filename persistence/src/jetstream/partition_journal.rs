@@ -54,6 +54,8 @@ use super::writer::{keep_lease, spawn_writer, Job, LaneHandle, LeaseMode, LeaseS
 const RELEASE_DRAIN_WAIT: Duration = Duration::from_secs(5);
 /// How long a release waits for the keeper to delete the lease.
 const RELEASE_LEASE_WAIT: Duration = Duration::from_secs(2);
+/// How often the catalog log's last sequence is read for the SQL flusher.
+const CATALOG_POLL: Duration = Duration::from_millis(250);
 /// Lane events kept for a slow listener before the oldest are dropped (it then hears
 /// `Lagged`, and reads [`PartitionJournal::owned_partitions`] instead).
 const LANE_EVENTS_KEPT: usize = 1_024;
@@ -120,6 +122,9 @@ pub struct PartitionJournal {
     meta_store: Store,
     lease_ttl: Duration,
     catalog: Arc<JetStreamCatalogLog>,
+    /// The catalog log's last sequence as last seen (polled every [`CATALOG_POLL`]): how
+    /// far the SQL flusher may read the catalog lane (every message there is on a quorum).
+    catalog_seen: Arc<AtomicU64>,
     /// By partition: the lane of the holding this node has, or had until it was lost.
     slots: Vec<Mutex<Option<Arc<Lane>>>>,
     /// By partition: taken by a take or a release for its whole length (never by the
@@ -193,13 +198,6 @@ impl PartitionJournal {
         (0..self.record.partitions)
             .filter(|&p| self.holding(p).is_some())
             .collect()
-    }
-
-    /// The epoch of `partition`'s holding when that holding was lost (and the partition
-    /// not taken again since): the engine must drop what it adopted under it.
-    pub fn lost_holding(&self, partition: u32) -> Option<u64> {
-        let lane = self.lane(partition)?;
-        lane.handle.state.is_lost().then_some(lane.epoch)
     }
 
     /// Takes `partition`: its lease (refused with [`ClusterError::LeaseHeld`] while another
@@ -299,6 +297,49 @@ impl PartitionJournal {
                 lane.paused.store(paused, Ordering::Release);
             }
         }
+    }
+
+    /// The epoch of the holding of `partition` this node writes under now (held, or in
+    /// doubt; not lost), if any.
+    pub fn writing_epoch(&self, partition: u32) -> Option<u64> {
+        let lane = self.lane(partition)?;
+        (!lane.handle.state.is_lost()).then_some(lane.epoch)
+    }
+
+    /// The lanes of the partitions this node writes now (held, or in doubt; not lost),
+    /// ascending.
+    pub(crate) fn writing_lanes(&self) -> Vec<u32> {
+        (0..self.record.partitions)
+            .filter(|&p| {
+                self.lane(p)
+                    .is_some_and(|lane| !lane.handle.state.is_lost())
+            })
+            .map(lane_of)
+            .collect()
+    }
+
+    /// How far this node's appends reached in `lane` (0 for a lane it does not write).
+    pub(crate) fn acked_seq(&self, lane: u32) -> u64 {
+        lane.checked_sub(FIRST_PARTITION_LANE)
+            .and_then(|partition| self.lane(partition))
+            .map_or(0, |held| held.handle.acked_seq.load(Ordering::Acquire))
+    }
+
+    pub(crate) fn catalog_seen(&self) -> u64 {
+        self.catalog_seen.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn names(&self) -> &Names {
+        &self.names
+    }
+
+    pub(crate) fn js(&self) -> &Context {
+        &self.js
+    }
+
+    /// Runs `future` on the journal's runtime, from a thread outside it.
+    pub(crate) fn run<F: std::future::Future>(&self, future: F) -> F::Output {
+        self.block_on(future)
     }
 
     fn slot(&self, partition: u32) -> Result<&Mutex<Option<Arc<Lane>>>, ClusterError> {
@@ -627,6 +668,13 @@ async fn join_async(
         "joined the cluster"
     );
     let (events, _) = broadcast::channel(LANE_EVENTS_KEPT);
+    let catalog = Arc::new(catalog);
+    let catalog_seen = Arc::new(AtomicU64::new(0));
+    // Ends with the runtime (the journal's drop).
+    runtime.spawn(poll_catalog(
+        Arc::clone(&catalog),
+        Arc::clone(&catalog_seen),
+    ));
     let journal = PartitionJournal {
         runtime: None,
         handle: runtime.clone(),
@@ -644,12 +692,26 @@ async fn join_async(
         lease_store,
         meta_store,
         lease_ttl: options.lease_ttl,
-        catalog: Arc::new(catalog),
+        catalog,
+        catalog_seen,
         local_seq: AtomicU64::new(0),
         pending: Mutex::new(HashMap::new()),
         events,
     };
     Ok((journal, catalog_recovery))
+}
+
+/// Keeps `seen` at the catalog log's last sequence.
+async fn poll_catalog(catalog: Arc<JetStreamCatalogLog>, seen: Arc<AtomicU64>) {
+    loop {
+        match catalog.last_seq().await {
+            Ok(seq) => {
+                seen.fetch_max(seq, Ordering::AcqRel);
+            }
+            Err(error) => tracing::debug!(%error, "reading the catalog's position failed"),
+        }
+        tokio::time::sleep(CATALOG_POLL).await;
+    }
 }
 
 impl Drop for PartitionJournal {

@@ -37,6 +37,10 @@ pub const DEFAULT_TRANSACTION_EVENTS_MAX: usize = 20_000;
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(50);
 /// Default period of the `promotion_items` stats refresh.
 pub const DEFAULT_STATS_INTERVAL: Duration = Duration::from_secs(1);
+/// The lane every node of a cluster flushes: the catalog's (the JetStream journal's lane
+/// 1). A step of it written by another node first is no fault.
+const SHARED_LANE: u32 = 1;
+
 /// Default first and last pause of the retry backoff.
 pub const DEFAULT_BACKOFF_MIN: Duration = Duration::from_millis(50);
 pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -540,6 +544,13 @@ impl FlushLoop {
         }
         match self.copier.write_chunk(lane, deadline).await {
             Ok(()) => Step::Wrote,
+            Err(error @ SqlError::CursorMoved { .. }) if id == SHARED_LANE => {
+                // Every node of a cluster flushes the catalog lane, and one of them wins
+                // each step: no fault, no pause. Take up from where the winner left it.
+                tracing::debug!(%error, "another node wrote the catalog lane's step");
+                self.take_up_again(id).await;
+                Step::Idle
+            }
             Err(error @ SqlError::CursorMoved { .. }) => {
                 self.count_error("moving the cursor", Some(id), &error);
                 // Take up from wherever the other writer left the tables.
@@ -590,7 +601,8 @@ impl FlushLoop {
         let engine = self.copier.engine.clone();
         let database = self.copier.database.clone();
         let refresh = async move {
-            let stats = match engine.list_promotion_stats().await {
+            // Each item's row is written by the node that owns it (every item, alone).
+            let stats = match engine.list_promotion_stats_owned().await {
                 Ok(stats) => stats,
                 Err(error) => {
                     // A stopped or overloaded engine: nothing to copy this round.
