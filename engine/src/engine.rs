@@ -540,35 +540,51 @@ impl Engine {
     /// decides for and no others: what a cluster node's SQL flusher writes (each item's
     /// row by its owner). An engine alone owns every item: [`Engine::list_promotion_stats`].
     pub async fn list_promotion_stats_owned(&self) -> Result<Vec<PromotionStats>> {
-        let Some(cluster) = &self.core().cluster else {
+        if self.core().cluster.is_none() {
             return self.list_promotion_stats().await;
-        };
+        }
         let mut entries = self.core().catalog.entries();
         entries.sort_by(|x, y| {
             (x.record.created_at_ms, &x.record.id).cmp(&(y.record.created_at_ms, &y.record.id))
         });
         let mut all = Vec::with_capacity(entries.len());
         for entry in entries {
-            let owned: Vec<bool> = entry
-                .gates
-                .iter()
-                .map(|gate| cluster.check(gate.key).is_ok())
-                .collect();
-            let keys = entry
-                .gates
-                .iter()
-                .zip(&owned)
-                .filter(|(_, owned)| **owned)
-                .map(|(gate, _)| gate.key)
-                .collect();
-            let mut stats = self.stats_of(&entry, keys).await?;
-            let mut mine = owned.iter();
-            stats
-                .items
-                .retain(|_| mine.next().copied().unwrap_or(false));
-            all.push(stats);
+            all.push(self.owned_stats_of(&entry).await?);
         }
         Ok(all)
+    }
+
+    /// One promotion with the exact stats of the items this engine decides for and no
+    /// others (a cluster node's part of the answer; alone: [`Engine::promotion_stats`]).
+    pub async fn promotion_stats_owned(&self, promotion_id: &str) -> Result<PromotionStats> {
+        let entry = self.core().catalog.entry(promotion_id)?;
+        self.owned_stats_of(&entry).await
+    }
+
+    /// `entry`'s stats with the items this engine decides for alone.
+    async fn owned_stats_of(&self, entry: &PromotionEntry) -> Result<PromotionStats> {
+        let Some(cluster) = &self.core().cluster else {
+            let keys = entry.gates.iter().map(|g| g.key).collect();
+            return self.stats_of(entry, keys).await;
+        };
+        let owned: Vec<bool> = entry
+            .gates
+            .iter()
+            .map(|gate| cluster.check(gate.key).is_ok())
+            .collect();
+        let keys = entry
+            .gates
+            .iter()
+            .zip(&owned)
+            .filter(|(_, owned)| **owned)
+            .map(|(gate, _)| gate.key)
+            .collect();
+        let mut stats = self.stats_of(entry, keys).await?;
+        let mut mine = owned.iter();
+        stats
+            .items
+            .retain(|_| mine.next().copied().unwrap_or(false));
+        Ok(stats)
     }
 
     /// The shoppers' view of one promotion, from the gates (no shard round trip).

@@ -41,6 +41,8 @@
 pub mod auth;
 pub mod claims;
 pub mod client_addr;
+#[cfg(feature = "persistence")]
+pub mod cluster_link;
 pub mod config;
 pub mod error;
 pub mod extract;
@@ -49,6 +51,7 @@ pub mod limit;
 pub mod listen;
 pub mod live;
 mod metric_docs;
+pub mod owner_calls;
 pub mod routes;
 pub mod sale_report;
 pub mod server;

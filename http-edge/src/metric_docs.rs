@@ -67,7 +67,7 @@ const fn histogram(name: &'static str, unit: Unit, help: &'static str) -> Metric
 }
 
 /// How many metrics seckill emits.
-const METRIC_COUNT: usize = 36;
+const METRIC_COUNT: usize = 44;
 
 /// Every metric the engine, the persistence crate and the edge emit, by subsystem.
 pub const METRICS: [MetricDoc; METRIC_COUNT] = [
@@ -188,6 +188,48 @@ pub const METRICS: [MetricDoc; METRIC_COUNT] = [
         Unit::Count,
         "Highest log sequence number trimmed away after a snapshot.",
         false,
+    ),
+    // A cluster node (persistence cluster/node.rs, cluster/rpc.rs; edge cluster_link.rs).
+    gauge(
+        "seckill_cluster_partitions_owned",
+        Unit::Count,
+        "Partitions this node's engine has installed (owns) now.",
+        false,
+    ),
+    counter(
+        "seckill_cluster_takeovers_total",
+        "Partitions this node took and adopted (a join's share, a hand-over, or a dead node's).",
+        false,
+    ),
+    counter(
+        "seckill_cluster_handovers_total",
+        "Partitions this node handed over cleanly (engine released, then the lease deleted).",
+        false,
+    ),
+    counter(
+        "seckill_cluster_partitions_lost_total",
+        "Partition leases this node lost to another node (paused or cut off past the TTL).",
+        false,
+    ),
+    counter(
+        "seckill_rpc_calls_served_total",
+        "Calls other nodes handed to this one, as the owner of their items.",
+        false,
+    ),
+    counter(
+        "seckill_rpc_frames_refused_total",
+        "Frames from other nodes refused unread (another wire version, or undecodable).",
+        false,
+    ),
+    counter(
+        "seckill_cluster_forward_timeouts_total",
+        "Writes handed to another node that got no answer in time (answered outcome_unknown).",
+        false,
+    ),
+    histogram(
+        "seckill_cluster_forward_seconds",
+        Unit::Seconds,
+        "Time to get the owner's answer to a call handed to another node.",
     ),
     // The SQL flusher (persistence sql/flusher.rs).
     gauge(

@@ -160,12 +160,24 @@ pub async fn serve_with_hook(
     if let Some(reader) = storage.sql_reader() {
         state.set_sql_reader(reader);
     }
+    match storage.start_cluster_link(&engine).await {
+        Ok(Some(calls)) => state.set_owner_calls(calls),
+        Ok(None) => {}
+        Err(error) => {
+            serving.abort().await;
+            let _ = engine.shutdown().await;
+            storage.shutdown(Duration::ZERO).await;
+            return Err(error);
+        }
+    }
     state.set_ready(engine.clone());
     announce(&config, &listen_addr, &storage, &engine, started.elapsed());
     on_ready(engine.clone());
 
     let grace = Duration::from_secs(config.shutdown_grace_s);
     let http_outcome = serving.until_shutdown(shutdown, grace).await;
+    // A cluster node's partitions go to the others while its engine still runs.
+    storage.hand_over().await;
     if let Err(error) = engine.shutdown().await {
         tracing::warn!(%error, "engine shutdown");
     }
@@ -301,10 +313,14 @@ async fn start_engine(config: &Config, storage: &mut Storage) -> Result<Engine, 
         sink: storage.sink(),
     };
     let recovery = storage.take_recovery();
-    tokio::task::spawn_blocking(move || Engine::start(engine_config, ports, recovery))
-        .await
-        .map_err(|e| StartError::Recovery(e.to_string()))?
-        .map_err(|e| StartError::Recovery(e.to_string()))
+    let cluster = storage.cluster_ports();
+    tokio::task::spawn_blocking(move || match cluster {
+        Some(cluster) => Engine::start_cluster(engine_config, ports, cluster, recovery),
+        None => Engine::start(engine_config, ports, recovery),
+    })
+    .await
+    .map_err(|e| StartError::Recovery(e.to_string()))?
+    .map_err(|e| StartError::Recovery(e.to_string()))
 }
 
 /// The start-up line, and the warnings the operator must see once.

@@ -15,6 +15,7 @@ use crate::human::captcha::{CaptchaSetupError, CaptchaVerifier};
 use crate::human::pow::PowIssuer;
 use crate::limit::RateLimits;
 use crate::live::LiveBoard;
+use crate::owner_calls::OwnerCalls;
 use crate::sale_report::SqlReader;
 
 /// Histogram buckets for latencies, in seconds: 50 us to 10 s.
@@ -59,6 +60,8 @@ struct Inner {
     /// The SQL flusher's lag and the sale report; set once the flusher runs (never with the
     /// memory journal).
     sql_reader: OnceLock<Arc<dyn SqlReader>>,
+    /// A cluster node's way to the owners of the items it does not own (`--cluster`).
+    owner_calls: OnceLock<Arc<dyn OwnerCalls>>,
     /// Flips to true when the server shuts down: endless answers (the live stream) end
     /// then, so the shutdown does not wait out its grace for them.
     closing: tokio::sync::watch::Sender<bool>,
@@ -169,6 +172,7 @@ impl AppState {
                 captcha_verifier,
                 live_board: Box::leak(Box::default()),
                 sql_reader: OnceLock::new(),
+                owner_calls: OnceLock::new(),
                 closing: tokio::sync::watch::Sender::new(false),
             }),
         })
@@ -199,6 +203,16 @@ impl AppState {
     /// The live meters (`GET /admin/promotions/{id}/live`).
     pub fn live_board(&self) -> &'static LiveBoard {
         self.inner.live_board
+    }
+
+    /// Lets the routes hand calls to other nodes (a cluster node, before it is ready).
+    pub fn set_owner_calls(&self, calls: Arc<dyn OwnerCalls>) {
+        let _ = self.inner.owner_calls.set(calls);
+    }
+
+    /// The way to the other nodes; None outside a cluster.
+    pub fn owner_calls(&self) -> Option<&Arc<dyn OwnerCalls>> {
+        self.inner.owner_calls.get()
     }
 
     /// Gives the operator routes the SQL flusher's lag and the sale report.

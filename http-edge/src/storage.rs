@@ -183,6 +183,45 @@ impl Storage {
         }
     }
 
+    /// A cluster node's engine runs on these besides its journal; `None` off a cluster.
+    pub fn cluster_ports(&self) -> Option<seckill_engine::ClusterPorts> {
+        match &self.backend {
+            #[cfg(feature = "persistence")]
+            Backend::Cluster(cluster) => Some(cluster.cluster_ports()),
+            _ => None,
+        }
+    }
+
+    /// A cluster node's services, once its engine runs: the routes' way to the owners of
+    /// the items it does not own. `None` off a cluster.
+    pub async fn start_cluster_link(
+        &mut self,
+        engine: &Engine,
+    ) -> Result<Option<Arc<dyn crate::owner_calls::OwnerCalls>>, StartError> {
+        match &mut self.backend {
+            #[cfg(feature = "persistence")]
+            Backend::Cluster(cluster) => {
+                let link = cluster.start_link(engine).await?;
+                Ok(Some(link as Arc<dyn crate::owner_calls::OwnerCalls>))
+            }
+            _ => {
+                let _ = engine;
+                Ok(None)
+            }
+        }
+    }
+
+    /// A cluster node hands its partitions over (SIGTERM); call it before the engine
+    /// stops. Nothing to do off a cluster.
+    pub async fn hand_over(&mut self) {
+        // `&mut`: the storage is not `Sync` (its recovery is not), and a shared borrow
+        // held across the await would make the server's future not `Send`.
+        #[cfg(feature = "persistence")]
+        if let Backend::Cluster(cluster) = &mut self.backend {
+            cluster.hand_over().await;
+        }
+    }
+
     /// After the engine has stopped: syncs the log and lets the readers drain within `grace`
     /// (and with `--cluster`, then hands the partitions' leases back).
     pub async fn shutdown(self, grace: Duration) {
@@ -257,16 +296,18 @@ mod durable {
 
 #[cfg(feature = "persistence")]
 mod cluster {
-    //! The journal on NATS JetStream (`--cluster`), read by the same readers.
+    //! The journal on NATS JetStream (`--cluster`): a node of a cluster, which joins, takes
+    //! its share of the partitions and hands calls for the others to their owners.
 
     use std::sync::Arc;
     use std::time::Duration;
 
-    use seckill_engine::{Journal, Recovery};
-    use seckill_persistence::jetstream::{ClusterError, ClusterOptions, JetStreamJournal};
+    use seckill_engine::{CatalogLog, ClusterPorts, Engine, Journal, Recovery};
+    use seckill_persistence::jetstream::{ClusterError, ClusterOptions, PartitionJournal};
     use seckill_persistence::sql::EventSource;
 
     use super::readers::Readers;
+    use crate::cluster_link::ClusterLink;
     use crate::config::ClusterConfig;
     use crate::start_error::StartError;
 
@@ -275,17 +316,20 @@ mod cluster {
     const APPEND_PATIENCE: Duration = Duration::from_secs(2);
 
     pub struct Cluster {
-        journal: Arc<JetStreamJournal>,
+        journal: Arc<PartitionJournal>,
+        options: ClusterOptions,
+        advertise: String,
+        link: Option<Arc<ClusterLink>>,
     }
 
     impl Cluster {
-        /// Connects and takes every partition. Blocking; with another node holding the
-        /// partitions it waits (a standby, which the journal logs) until they are free.
+        /// Connects and joins the cluster (no partition taken yet: the driver takes this
+        /// node's share once the engine runs). Blocking. The recovery is the catalog's.
         pub fn open(
             cluster: &ClusterConfig,
         ) -> Result<(Cluster, Arc<dyn Journal>, Recovery), StartError> {
-            let (journal, recovery) =
-                JetStreamJournal::open(&options(cluster)).map_err(start_error)?;
+            let options = options(cluster);
+            let (journal, recovery) = PartitionJournal::join(&options).map_err(start_error)?;
             tracing::info!(
                 journal = "NATS JetStream",
                 nats = %cluster.urls_for_log(),
@@ -299,11 +343,51 @@ mod cluster {
                  has it"
             );
             let dyn_journal: Arc<dyn Journal> = journal.clone();
-            Ok((Cluster { journal }, dyn_journal, recovery))
+            let cluster = Cluster {
+                journal,
+                options,
+                advertise: cluster.advertise.clone(),
+                link: None,
+            };
+            Ok((cluster, dyn_journal, recovery))
         }
 
-        /// The journal as its readers read it: the lanes of the partitions this node owns,
-        /// so each partition's owner delivers that partition's events.
+        /// What the engine runs on besides its journal: the leases and the catalog log.
+        pub fn cluster_ports(&self) -> ClusterPorts {
+            let catalog_log: Arc<dyn CatalogLog> = self.journal.catalog_log();
+            ClusterPorts {
+                ownership: self.journal.clone(),
+                catalog_log: Some(catalog_log),
+            }
+        }
+
+        /// Starts the node's services (membership, the partition driver, the catalog tail,
+        /// the link to the other nodes) once the engine runs.
+        pub async fn start_link(
+            &mut self,
+            engine: &Engine,
+        ) -> Result<Arc<ClusterLink>, StartError> {
+            let link = ClusterLink::start(
+                Arc::clone(&self.journal),
+                engine,
+                &self.options,
+                &self.advertise,
+            )
+            .await?;
+            let link = Arc::new(link);
+            self.link = Some(Arc::clone(&link));
+            Ok(link)
+        }
+
+        /// SIGTERM, before the engine stops: every partition handed over.
+        pub async fn hand_over(&self) {
+            if let Some(link) = &self.link {
+                link.hand_over().await;
+            }
+        }
+
+        /// The journal as its readers read it: the catalog lane and the lanes of the
+        /// partitions this node writes, so each partition's owner delivers its events.
         pub fn event_source(&self) -> Arc<dyn EventSource> {
             Arc::clone(&self.journal) as Arc<dyn EventSource>
         }
@@ -311,13 +395,12 @@ mod cluster {
         pub async fn shutdown(self, readers: Option<Readers>, grace: Duration) {
             // The shards have stopped and every acknowledged batch is on a quorum already:
             // nothing to sync. The readers copy the tail to SQL and to the events targets,
-            // then the leases go back so that another node can take the partitions at once
-            // instead of after a TTL.
+            // then any lease still held goes back.
             if let Some(readers) = readers {
                 readers.shutdown(grace).await;
             }
             let journal = self.journal;
-            if let Err(error) = tokio::task::spawn_blocking(move || journal.shutdown()).await {
+            if let Err(error) = tokio::task::spawn_blocking(move || journal.release_all()).await {
                 tracing::warn!(%error, "handing the partition leases back failed; they lapse");
             }
         }
@@ -331,7 +414,6 @@ mod cluster {
             replicas: cluster.replicas,
             prefix: cluster.prefix.clone(),
             lease_ttl: Duration::from_secs(cluster.lease_ttl_s),
-            // A second node waits as a standby for as long as the first one runs.
             lease_wait: None,
             append_patience: APPEND_PATIENCE,
             ..ClusterOptions::default()

@@ -392,3 +392,189 @@ fn assert_data_dirs_hold_no_journal(dir: &Path) {
         );
     }
 }
+
+/// The nodes' view of the cluster: node id -> the partitions it holds.
+async fn cluster_view(node: &Node) -> Option<(u64, Vec<(String, usize)>)> {
+    let (status, body) = send(node.admin(Method::GET, "/admin/cluster")).await;
+    if status != StatusCode::OK {
+        return None;
+    }
+    let partitions = body["partitions"].as_u64()?;
+    let nodes = body["nodes"]
+        .as_array()?
+        .iter()
+        .map(|n| {
+            let held = n["partitions"].as_array().map_or(0, Vec::len);
+            (n["node_id"].as_str().unwrap_or_default().to_owned(), held)
+        })
+        .collect();
+    Some((partitions, nodes))
+}
+
+/// Polls `node`'s `/admin/cluster` until `check` holds; panics after [`PROCESS_LIMIT`].
+async fn wait_for_view(node: &Node, what: &str, check: impl Fn(&[(String, usize)]) -> bool) {
+    let deadline = Instant::now() + PROCESS_LIMIT;
+    loop {
+        if let Some((_, nodes)) = cluster_view(node).await {
+            if check(&nodes) {
+                return;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not within {PROCESS_LIMIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `user` buys one unit of `sku` through `node`: the status and body.
+async fn buy(node: &Node, sku: &str, user: &str) -> (StatusCode, Value) {
+    send(
+        node.client
+            .post(node.url(&format!("/promotions/spread/items/{sku}/purchase")))
+            .header("X-User-Id", user)
+            .json(&json!({"request_id": format!("{user}-{sku}")})),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_node_answers_for_every_item_and_the_others_take_over_a_killed_one() {
+    if cfg!(not(feature = "persistence")) {
+        println!("skipped: built without the persistence feature (no JetStream journal)");
+        return;
+    }
+    let Some(nats_urls) = env_value("SECKILL_TEST_NATS_URLS") else {
+        println!("skipped: SECKILL_TEST_NATS_URLS not set");
+        return;
+    };
+    let Some(base_database_url) = env_value("SECKILL_TEST_DATABASE_URL") else {
+        println!("skipped: SECKILL_TEST_DATABASE_URL not set");
+        return;
+    };
+    const PARTITIONS: u32 = 4;
+    const STOCK: u64 = 6;
+    let prefix = format!("T{:016X}", rand::random::<u64>());
+    println!("NATS prefix {prefix}");
+    let schema = TestSchema::create(&base_database_url).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let deployment = Deployment {
+        nats_urls,
+        database_url: schema.url.clone(),
+        prefix,
+        dir: dir.path().to_owned(),
+    };
+    let mut nodes = vec![Node::start(&deployment, "node-a", PARTITIONS).await];
+    let skus: Vec<String> = (0..8).map(|n| format!("s{n}")).collect();
+    let items: Vec<(&str, u64)> = skus.iter().map(|sku| (sku.as_str(), STOCK)).collect();
+    let (status, body) = send(
+        nodes[0]
+            .admin(Method::POST, "/admin/promotions")
+            .json(&live_promotion("spread", &items, false)),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    nodes.push(Node::start(&deployment, "node-b", PARTITIONS).await);
+    nodes.push(Node::start(&deployment, "node-c", PARTITIONS).await);
+    wait_for_view(&nodes[0], "three nodes share the partitions", |view| {
+        view.len() == 3 && view.iter().all(|(_, held)| *held >= 1)
+    })
+    .await;
+
+    // Every node sells every item (most of them owned elsewhere), and reads every order.
+    let mut orders: Vec<(String, Value)> = Vec::new();
+    for (n, sku) in skus.iter().enumerate() {
+        for round in 0..3 {
+            let node = &nodes[(n + round) % 3];
+            let (status, order) = buy(node, sku, &format!("u{round}")).await;
+            assert_eq!(
+                status,
+                StatusCode::CREATED,
+                "{sku} through node {}: {order}",
+                (n + round) % 3
+            );
+            orders.push((format!("u{round}"), order));
+        }
+    }
+    for (i, (user, order)) in orders.iter().enumerate() {
+        let id = order["order_id"].as_str().expect("an order id");
+        let node = &nodes[(i + 1) % 3];
+        let (status, seen) = send(
+            node.client
+                .get(node.url(&format!("/orders/{id}")))
+                .header("X-User-Id", user.as_str()),
+        )
+        .await;
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "{id} read through another node: {seen}"
+        );
+        assert_eq!(&seen, order, "the owner's answer, whichever node is asked");
+    }
+    let (status, stats) = send(nodes[1].admin(Method::GET, "/admin/promotions/spread")).await;
+    assert_eq!(status, StatusCode::OK, "{stats}");
+    for item in stats["items"].as_array().expect("items") {
+        assert_eq!(
+            item["reserved"], 3,
+            "every item's figures from its owner: {item}"
+        );
+    }
+
+    // kill -9 of node-b: the others take its partitions; writes to its items answer 503
+    // for a while, then succeed.
+    let killed = Instant::now();
+    if let Some(mut child) = nodes[1].child.take() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let survivors = [&nodes[0], &nodes[2]];
+    let mut gap = Duration::ZERO;
+    for (n, sku) in skus.iter().enumerate() {
+        let node = survivors[n % 2];
+        loop {
+            let (status, order) = buy(node, sku, "after").await;
+            if status == StatusCode::CREATED {
+                gap = gap.max(killed.elapsed());
+                orders.push(("after".into(), order));
+                break;
+            }
+            assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{sku}: {order}");
+            assert!(
+                killed.elapsed() < Duration::from_secs(30),
+                "{sku} never sold again"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    println!(
+        "after kill -9 of one node of three, every item sold again within {gap:?} (lease TTL 3 s)"
+    );
+    assert!(gap < Duration::from_secs(15), "api.md: at most 15 s of 503");
+    // Nothing acknowledged was lost, and nothing sold twice.
+    for (user, order) in &orders {
+        let id = order["order_id"].as_str().expect("an order id");
+        let (status, seen) = send(
+            nodes[2]
+                .client
+                .get(nodes[2].url(&format!("/orders/{id}")))
+                .header("X-User-Id", user.as_str()),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{id} after the takeover: {seen}");
+    }
+    let (status, stats) = send(nodes[0].admin(Method::GET, "/admin/promotions/spread")).await;
+    assert_eq!(status, StatusCode::OK, "{stats}");
+    for item in stats["items"].as_array().expect("items") {
+        assert_eq!(
+            item["reserved"], 4,
+            "three before, one after, each once: {item}"
+        );
+    }
+    for index in [0, 2] {
+        let status = nodes[index].terminate().await;
+        assert_eq!(status.code(), Some(0), "{}", nodes[index].stderr());
+    }
+    schema.drop_schema().await;
+}

@@ -32,6 +32,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/admin/promotions/{id}/report"),
     ("get", "/admin/orders/{order_id}"),
     ("post", "/admin/orders/{order_id}/pay"),
+    ("get", "/admin/cluster"),
     ("get", "/promotions"),
     ("get", "/promotions/{id}"),
     ("post", "/promotions/{id}/items/{sku}/challenge"),

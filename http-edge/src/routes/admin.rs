@@ -63,6 +63,10 @@ pub async fn create_promotion(
     let engine = state.engine()?;
     let spec = body.into_spec()?;
     let creation = engine.create_promotion(spec).await?;
+    if let Some(owner) = state.owner_calls() {
+        // In force on every live node before the answer.
+        owner.catalog_applied(engine.catalog_seq()).await;
+    }
     Ok((
         created_or_ok(creation.created),
         Json(creation.promotion.into()),
@@ -90,7 +94,18 @@ pub async fn list_promotions(
     _: Admin,
     State(state): State<AppState>,
 ) -> Result<Json<PromotionList<PromotionView>>, AppError> {
-    let all = state.engine()?.list_promotion_stats().await?;
+    let engine = state.engine()?;
+    let all = match (engine.list_promotion_stats().await, state.owner_calls()) {
+        // Some items are other nodes': each promotion's figures from their owners.
+        (Err(seckill_engine::Error::NotOwner { .. }), Some(owner)) => {
+            let mut all = Vec::new();
+            for promotion in engine.list_promotion_stats_owned().await? {
+                all.push(owner.promotion_stats(&promotion.id).await?);
+            }
+            all
+        }
+        (local, _) => local?,
+    };
     Ok(Json(PromotionList {
         promotions: all.into_iter().map(PromotionView::from).collect(),
     }))
@@ -103,6 +118,37 @@ pub async fn list_promotions(
 pub struct NamedPromotion {
     engine: Engine,
     id: String,
+    /// A cluster node's way to the owners of the promotion's items.
+    owner_calls: Option<std::sync::Arc<dyn crate::owner_calls::OwnerCalls>>,
+}
+
+impl NamedPromotion {
+    /// The promotion's stats, each item's from its owner in a cluster.
+    async fn stats(&self) -> Result<seckill_engine::PromotionStats, AppError> {
+        match (
+            self.engine.promotion_stats(&self.id).await,
+            &self.owner_calls,
+        ) {
+            (Err(seckill_engine::Error::NotOwner { .. }), Some(owner)) => {
+                Ok(owner.promotion_stats(&self.id).await?)
+            }
+            (local, _) => Ok(local?),
+        }
+    }
+
+    /// After a start or a stop: in force on every live node, and the figures of every
+    /// item (the engine's own answer shows other nodes' items as created).
+    async fn changed(
+        &self,
+        local: seckill_engine::PromotionStats,
+    ) -> Result<seckill_engine::PromotionStats, AppError> {
+        let Some(owner) = &self.owner_calls else {
+            return Ok(local);
+        };
+        owner.catalog_applied(self.engine.catalog_seq()).await;
+        // The change is made; figures that cannot be gathered now leave its own answer.
+        Ok(owner.promotion_stats(&self.id).await.unwrap_or(local))
+    }
 }
 
 impl FromRequestParts<AppState> for NamedPromotion {
@@ -112,7 +158,12 @@ impl FromRequestParts<AppState> for NamedPromotion {
         Admin::from_request_parts(parts, state).await?;
         let PathParams(id) = PathParams::<String>::from_request_parts(parts, state).await?;
         let engine = state.engine()?.clone();
-        Ok(NamedPromotion { engine, id })
+        let owner_calls = state.owner_calls().cloned();
+        Ok(NamedPromotion {
+            engine,
+            id,
+            owner_calls,
+        })
     }
 }
 
@@ -138,7 +189,7 @@ impl FromRequestParts<AppState> for NamedPromotion {
     )
 )]
 pub async fn get_promotion(named: NamedPromotion) -> Result<Json<PromotionView>, AppError> {
-    Ok(Json(named.engine.promotion_stats(&named.id).await?.into()))
+    Ok(Json(named.stats().await?.into()))
 }
 
 /// `POST /admin/promotions/{id}/start`: live from now.
@@ -165,7 +216,8 @@ pub async fn get_promotion(named: NamedPromotion) -> Result<Json<PromotionView>,
     )
 )]
 pub async fn start_promotion(named: NamedPromotion) -> Result<Json<PromotionView>, AppError> {
-    Ok(Json(named.engine.start_promotion(&named.id).await?.into()))
+    let started = named.engine.start_promotion(&named.id).await?;
+    Ok(Json(named.changed(started).await?.into()))
 }
 
 /// `POST /admin/promotions/{id}/stop`: ended from now.
@@ -191,7 +243,8 @@ pub async fn start_promotion(named: NamedPromotion) -> Result<Json<PromotionView
     )
 )]
 pub async fn stop_promotion(named: NamedPromotion) -> Result<Json<PromotionView>, AppError> {
-    Ok(Json(named.engine.stop_promotion(&named.id).await?.into()))
+    let stopped = named.engine.stop_promotion(&named.id).await?;
+    Ok(Json(named.changed(stopped).await?.into()))
 }
 
 /// `GET /admin/orders/{order_id}`: any shopper's order (the console's look-up by id).
@@ -220,7 +273,13 @@ pub async fn get_order(
     State(state): State<AppState>,
     PathParams(order_id): PathParams<String>,
 ) -> Result<Json<OrderView>, AppError> {
-    let order = state.engine()?.order(&order_id, None).await?;
+    let local = state.engine()?.order(&order_id, None).await;
+    let order = match (local, state.owner_calls()) {
+        (Err(seckill_engine::Error::NotOwner { .. }), Some(owner)) => {
+            owner.order(&order_id, None).await?
+        }
+        (local, _) => local?,
+    };
     Ok(Json(order.into()))
 }
 
@@ -261,9 +320,83 @@ pub async fn pay_order(
     JsonBody(body): JsonBody<PayBody>,
 ) -> Result<Json<OrderView>, AppError> {
     let amount_cents = body.amount_cents()?;
-    let order = state
+    let local = state
         .engine()?
         .pay(&order_id, &body.payment_ref, amount_cents)
-        .await?;
+        .await;
+    let order = match (local, state.owner_calls()) {
+        // Nothing was done here: the owner decides.
+        (Err(seckill_engine::Error::NotOwner { .. }), Some(owner)) => {
+            owner
+                .pay(&order_id, &body.payment_ref, amount_cents)
+                .await?
+        }
+        (local, _) => local?,
+    };
     Ok(Json(order.into()))
+}
+
+/// A cluster node as `GET /admin/cluster` shows it.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ClusterNodeView {
+    pub node_id: String,
+    /// Where the other nodes reach it (`--advertise`).
+    pub advertise: String,
+    /// The partitions whose lease it holds, ascending.
+    pub partitions: Vec<u32>,
+    /// When its last heartbeat landed (RFC 3339).
+    pub last_seen: String,
+}
+
+/// `GET /admin/cluster`.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ClusterView {
+    pub partitions: u32,
+    pub nodes: Vec<ClusterNodeView>,
+}
+
+/// `GET /admin/cluster` (api.md, "v2: a cluster of nodes"): the partition count and every
+/// node with the partitions it holds. 404 off a cluster.
+#[utoipa::path(
+    get,
+    path = "/admin/cluster",
+    tag = "operator",
+    operation_id = "get_cluster",
+    summary = "The cluster's nodes and their partitions",
+    description = "Every live node, and every node still holding a partition, with the \
+                   partitions whose lease it holds. 404 `not_found` on a server started \
+                   without `--cluster`.",
+    security(("admin_key" = [])),
+    responses(
+        (status = 200, description = "The nodes.", body = ClusterView),
+        (status = 401, description = OPERATOR_UNAUTHORIZED, body = ErrorBody),
+        (status = 404, description = "`not_found`: not a cluster.", body = ErrorBody),
+        (status = 500, description = INTERNAL, body = ErrorBody),
+        (status = 503, description = UNAVAILABLE_READ, body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before repeating."))),
+    )
+)]
+pub async fn get_cluster(
+    _: Admin,
+    State(state): State<AppState>,
+) -> Result<Json<ClusterView>, AppError> {
+    state.engine()?;
+    let Some(owner) = state.owner_calls() else {
+        return Err(seckill_engine::Error::NotFound.into());
+    };
+    let status = owner.status();
+    let nodes = status
+        .nodes
+        .into_iter()
+        .map(|node| ClusterNodeView {
+            node_id: node.node_id,
+            advertise: node.advertise,
+            partitions: node.partitions,
+            last_seen: crate::views::rfc3339(node.last_seen_ms),
+        })
+        .collect();
+    Ok(Json(ClusterView {
+        partitions: status.partitions,
+        nodes,
+    }))
 }

@@ -48,6 +48,7 @@ pub fn app(state: AppState) -> Router {
             "/admin/promotions/{id}/report",
             get(report::promotion_report),
         )
+        .route("/admin/cluster", get(admin::get_cluster))
         .route("/admin/orders/{order_id}", get(admin::get_order))
         .route("/admin/orders/{order_id}/pay", post(admin::pay_order))
         .route("/promotions", get(shopper::list_promotions))

@@ -73,6 +73,7 @@ pub(super) const UNAVAILABLE_WRITE: &str =
         super::admin::stop_promotion,
         super::admin::get_order,
         super::admin::pay_order,
+        super::admin::get_cluster,
         crate::routes::live::promotion_live,
         crate::routes::report::promotion_report,
         super::shopper::list_promotions,

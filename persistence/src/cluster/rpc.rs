@@ -397,8 +397,9 @@ async fn caught_up(engine: &Engine, seq: u64) -> bool {
     waited.is_ok()
 }
 
-/// One call on the engine.
-async fn run(engine: &Engine, op: Op) -> Answer {
+/// One call on `engine`, as the owner runs a forwarded one (also for a node that finds
+/// itself the owner after all).
+pub async fn run(engine: &Engine, op: Op) -> Answer {
     let refused = Answer::Refused;
     match op {
         Op::Token {
@@ -434,5 +435,9 @@ async fn run(engine: &Engine, op: Op) -> Answer {
             .pay(&order_id, &payment_ref, amount_cents)
             .await
             .map_or_else(refused, Answer::Order),
+        Op::StatsOwned { promotion_id } => engine
+            .promotion_stats_owned(&promotion_id)
+            .await
+            .map_or_else(refused, Answer::Stats),
     }
 }

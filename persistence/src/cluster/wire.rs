@@ -7,7 +7,7 @@
 //! frame of another version whole (it answers nothing, so the sender's calls time out),
 //! which a rolling upgrade must keep in mind: bump it only with a way to speak both.
 
-use seckill_engine::{Error, Order, PurchaseRequest, Purchased, TokenGrant};
+use seckill_engine::{Error, Order, PromotionStats, PurchaseRequest, Purchased, TokenGrant};
 use serde::{Deserialize, Serialize};
 
 /// The version every frame carries.
@@ -61,13 +61,15 @@ pub enum Op {
         payment_ref: String,
         amount_cents: Option<i64>,
     },
+    /// The promotion with the exact stats of the items the asked node owns, no others.
+    StatsOwned { promotion_id: String },
 }
 
 impl Op {
     /// Whether the call may change state: an unanswered write's outcome is unknown, an
     /// unanswered read changed nothing.
     pub fn is_write(&self) -> bool {
-        !matches!(self, Op::ReadOrder { .. })
+        !matches!(self, Op::ReadOrder { .. } | Op::StatsOwned { .. })
     }
 }
 
@@ -84,6 +86,7 @@ pub enum Answer {
     Token(TokenGrant),
     Purchased(Purchased),
     Order(Order),
+    Stats(PromotionStats),
     /// The engine refused (`NotOwner` among them: the partition moved before the call was
     /// decided, nothing was done).
     Refused(Error),
