@@ -28,7 +28,10 @@ use crate::control::{self, Control, ControlOp, CreateOutcome};
 use crate::core::Core;
 use crate::error::{Error, Result};
 use crate::event::Event;
-use crate::guard::{check_eligibility, check_human, Admission, ClaimSource, HumanCheck, NoClaims};
+use crate::guard::{
+    check_eligibility, check_human, Admission, ClaimSource, HumanCheck, NoClaims, OneClaim,
+    PromotionGuard,
+};
 use crate::ids::{is_valid_id, parse_order_id};
 use crate::image::EngineImage;
 use crate::model::{
@@ -628,6 +631,28 @@ impl Engine {
     /// (banned, not live, sold out) and the promotion's eligibility rule let it through:
     /// the human check to verify before [`Engine::issue_token_admitted`]. Lets a caller spend
     /// a costly check (a captcha verifier's round trip) only on requests that could succeed.
+    /// The promotion's guard (its human check and eligibility rule), from the catalog:
+    /// what a cluster node checks and forwards for an item it does not own.
+    pub fn guard_of(&self, promotion_id: &str) -> Result<PromotionGuard> {
+        Ok(self
+            .core()
+            .catalog
+            .entry(promotion_id)?
+            .record
+            .guard
+            .clone())
+    }
+
+    /// The claim `guard`'s eligibility rule reads, as `claims` has it: what is forwarded to
+    /// the owner of an item with a call (nothing for a promotion without a rule).
+    pub fn claim_for(guard: &PromotionGuard, claims: &dyn ClaimSource) -> OneClaim {
+        OneClaim(guard.eligibility.as_ref().and_then(|rule| {
+            claims
+                .claim(&rule.claim)
+                .map(|value| (rule.claim.clone(), value))
+        }))
+    }
+
     pub fn token_precheck(
         &self,
         promotion_id: &str,

@@ -69,8 +69,9 @@ impl PromotionGuard {
     }
 }
 
-/// One claim of a shopper, as the caller read it.
-#[derive(Debug, Clone, PartialEq)]
+/// One claim of a shopper, as the caller read it. Serializable: a cluster node hands the
+/// claim a promotion's rule reads to the item's owner with the call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ClaimValue {
     Text(String),
     Number(f64),
@@ -82,6 +83,20 @@ pub enum ClaimValue {
 /// futures that borrow one stay `Send`.
 pub trait ClaimSource: Sync {
     fn claim(&self, name: &str) -> Option<ClaimValue>;
+}
+
+/// A shopper of one claim (or none): what a cluster node forwards with a call, the claim
+/// the promotion's eligibility rule reads.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct OneClaim(pub Option<(String, ClaimValue)>);
+
+impl ClaimSource for OneClaim {
+    fn claim(&self, name: &str) -> Option<ClaimValue> {
+        self.0
+            .as_ref()
+            .filter(|(held, _)| held == name)
+            .map(|(_, value)| value.clone())
+    }
 }
 
 /// A shopper with no claims.

@@ -115,7 +115,7 @@ pub use error::{Error, JournalError, JournalResult, Result};
 pub use event::{Event, EVENT_VERSION};
 pub use guard::{
     check_eligibility, check_human, Admission, ClaimSource, ClaimValue, Eligibility,
-    EligibilityRule, HumanCheck, NoClaims, PromotionGuard, ANY_OF_VALUES_MAX,
+    EligibilityRule, HumanCheck, NoClaims, OneClaim, PromotionGuard, ANY_OF_VALUES_MAX,
     CLAIM_VALUE_BYTES_MAX,
 };
 pub use ids::{

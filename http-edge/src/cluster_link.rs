@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use seckill_engine::{
-    item_key, parse_order_id, partition_of, Engine, Error, Order, PromotionStats, PurchaseRequest,
-    Purchased, Result, TokenGrant,
+    item_key, parse_order_id, partition_of, Engine, Error, OneClaim, Order, PromotionStats,
+    PurchaseRequest, Purchased, Result, TokenGrant,
 };
 use seckill_persistence::cluster::catalog_acks::{CatalogAcks, ACK_WAIT};
 use seckill_persistence::cluster::catalog_tail::CatalogTail;
@@ -87,9 +87,6 @@ impl ClusterLink {
         )
         .await
         .map_err(|e| failed("the catalog tail", &e))?;
-        let server = RpcServer::start(&client, &options.prefix, &me, engine.clone())
-            .await
-            .map_err(|e| failed("serving other nodes", &e))?;
         let catalog_engine = engine.clone();
         let forwarder = Forwarder::start(&client, &options.prefix, &me, move || {
             catalog_engine.catalog_seq()
@@ -99,6 +96,11 @@ impl ClusterLink {
         let registry = Registry::start(&js, options, advertise)
             .await
             .map_err(|e| failed("joining the membership", &e))?;
+        // After the membership claim, which waits out an earlier process of this node id:
+        // two servers on one subject would both run a frame.
+        let server = RpcServer::start(&client, &options.prefix, &me, engine.clone())
+            .await
+            .map_err(|e| failed("serving other nodes", &e))?;
         let owners = Owners::start(&js, options, partitions)
             .await
             .map_err(|e| failed("the lease view", &e))?;
@@ -148,15 +150,19 @@ impl ClusterLink {
         self.server.stop();
     }
 
-    /// The holder of the partition of item `key`, as the lease view has it.
+    /// The holder of the partition of item `key`, as the lease view has it, while it is
+    /// live: a dead node's lease stays until its TTL, and a call sent to it would wait out
+    /// its whole answer time for nothing (and end "unknown" when nothing was done).
     fn holder(&self, key: u64) -> Option<String> {
         let partition = partition_of(key, self.partitions);
-        self.node
+        let holder = self
+            .node
             .owners()
             .holders()
             .get(partition as usize)
             .cloned()
-            .flatten()
+            .flatten()?;
+        (holder == self.me || self.node.registry().live().contains(&holder)).then_some(holder)
     }
 
     /// Runs `op` on the owner of item `key`: another node through the link, or this one
@@ -270,12 +276,16 @@ impl OwnerCalls for ClusterLink {
         promotion_id: &'a str,
         sku: &'a str,
         user_id: &'a str,
+        claim: OneClaim,
+        human_check_passed: bool,
     ) -> Boxed<'a, TokenGrant> {
         Box::pin(async move {
             let op = Op::Token {
                 promotion_id: promotion_id.to_owned(),
                 sku: sku.to_owned(),
                 user_id: user_id.to_owned(),
+                claim: claim.0,
+                human_check_passed,
             };
             match self.route(item_key(promotion_id, sku), op).await? {
                 Answer::Token(grant) => Ok(grant),
@@ -290,6 +300,7 @@ impl OwnerCalls for ClusterLink {
         sku: &'a str,
         user_id: &'a str,
         request: PurchaseRequest,
+        claim: OneClaim,
     ) -> Boxed<'a, Purchased> {
         Box::pin(async move {
             let op = Op::Purchase {
@@ -297,6 +308,7 @@ impl OwnerCalls for ClusterLink {
                 sku: sku.to_owned(),
                 user_id: user_id.to_owned(),
                 request,
+                claim: claim.0,
             };
             match self.route(item_key(promotion_id, sku), op).await? {
                 Answer::Purchased(purchased) => Ok(purchased),

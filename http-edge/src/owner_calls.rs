@@ -9,18 +9,24 @@
 use std::future::Future;
 use std::pin::Pin;
 
-use seckill_engine::{Order, PromotionStats, PurchaseRequest, Purchased, Result, TokenGrant};
+use seckill_engine::{
+    OneClaim, Order, PromotionStats, PurchaseRequest, Purchased, Result, TokenGrant,
+};
 
 /// A boxed future of an owner's answer.
 pub type Answer<'a, T> = Pin<Box<dyn Future<Output = Result<T>> + Send + 'a>>;
 
 /// Hands calls to the owner of their item's partition.
 pub trait OwnerCalls: Send + Sync + std::fmt::Debug + 'static {
+    /// `claim`: what the promotion's eligibility rule reads ([`seckill_engine::Engine::claim_for`]);
+    /// `human_check_passed`: this node verified the promotion's human check.
     fn issue_token<'a>(
         &'a self,
         promotion_id: &'a str,
         sku: &'a str,
         user_id: &'a str,
+        claim: OneClaim,
+        human_check_passed: bool,
     ) -> Answer<'a, TokenGrant>;
 
     fn purchase<'a>(
@@ -29,6 +35,7 @@ pub trait OwnerCalls: Send + Sync + std::fmt::Debug + 'static {
         sku: &'a str,
         user_id: &'a str,
         request: PurchaseRequest,
+        claim: OneClaim,
     ) -> Answer<'a, Purchased>;
 
     fn order<'a>(&'a self, order_id: &'a str, user_id: Option<&'a str>) -> Answer<'a, Order>;

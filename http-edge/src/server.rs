@@ -175,9 +175,13 @@ pub async fn serve_with_hook(
     on_ready(engine.clone());
 
     let grace = Duration::from_secs(config.shutdown_grace_s);
-    let http_outcome = serving.until_shutdown(shutdown, grace).await;
-    // A cluster node's partitions go to the others while its engine still runs.
-    storage.hand_over().await;
+    // A cluster node hands its partitions over first, while it still serves: the requests
+    // that reach it meanwhile go to the partitions' new owners.
+    let handing_over = async {
+        shutdown.await;
+        storage.hand_over().await;
+    };
+    let http_outcome = serving.until_shutdown(handing_over, grace).await;
     if let Err(error) = engine.shutdown().await {
         tracing::warn!(%error, "engine shutdown");
     }

@@ -513,6 +513,43 @@ async fn every_node_answers_for_every_item_and_the_others_take_over_a_killed_one
         );
         assert_eq!(&seen, order, "the owner's answer, whichever node is asked");
     }
+    // A promotion that requires a token: the token through one node, the purchase through
+    // another, neither of them (for most items) the owner.
+    let tokened: Vec<String> = (0..4).map(|n| format!("t{n}")).collect();
+    let tokened_items: Vec<(&str, u64)> = tokened.iter().map(|sku| (sku.as_str(), STOCK)).collect();
+    let (status, body) = send(
+        nodes[2]
+            .admin(Method::POST, "/admin/promotions")
+            .json(&live_promotion("tokened", &tokened_items, true)),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    for (n, sku) in tokened.iter().enumerate() {
+        let asked = &nodes[(n + 1) % 3];
+        let (status, grant) = send(
+            asked
+                .client
+                .post(asked.url(&format!("/promotions/tokened/items/{sku}/token")))
+                .header("X-User-Id", "holder"),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "a token for {sku}: {grant}");
+        let buyer = &nodes[(n + 2) % 3];
+        let (status, order) = send(
+            buyer
+                .client
+                .post(buyer.url(&format!("/promotions/tokened/items/{sku}/purchase")))
+                .header("X-User-Id", "holder")
+                .json(&json!({"request_id": format!("holder-{sku}"), "token": grant["token"]})),
+        )
+        .await;
+        assert_eq!(
+            status,
+            StatusCode::CREATED,
+            "{sku} bought with its token: {order}"
+        );
+    }
+
     let (status, stats) = send(nodes[1].admin(Method::GET, "/admin/promotions/spread")).await;
     assert_eq!(status, StatusCode::OK, "{stats}");
     for item in stats["items"].as_array().expect("items") {

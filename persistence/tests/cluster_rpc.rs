@@ -24,6 +24,11 @@ const ANSWER_WITHIN: Duration = Duration::from_secs(5);
 
 /// The owner: a one-node engine selling `sku` (stock `stock`, one per user).
 fn owner(stock: u64) -> Engine {
+    owner_guarded(stock, Default::default())
+}
+
+/// [`owner`], its promotion guarded by `guard`.
+fn owner_guarded(stock: u64, guard: seckill_engine::PromotionGuard) -> Engine {
     let ports = Ports {
         journal: MemoryJournal::new(),
         clock: ManualClock::new(T0_MS),
@@ -36,7 +41,7 @@ fn owner(stock: u64) -> Engine {
     };
     let engine = Engine::start(config, ports, Recovery::empty()).expect("starts");
     let spec = PromotionSpec {
-        guard: Default::default(),
+        guard,
         id: Some("p".into()),
         name: "p".into(),
         starts_at_ms: T0_MS,
@@ -66,6 +71,7 @@ fn purchase(user: &str) -> Op {
             quantity: 1,
             token: None,
         },
+        claim: None,
     }
 }
 
@@ -220,4 +226,39 @@ async fn a_call_nobody_answers_is_unknown_for_a_write_and_harmless_for_a_read() 
             write: false
         })
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guarded_call_carries_the_claim_its_rule_reads_and_the_owner_decides_on_it() {
+    let Some(urls) = nats_urls() else { return };
+    let guard = seckill_engine::PromotionGuard {
+        human_check: seckill_engine::HumanCheck::None,
+        eligibility: Some(seckill_engine::Eligibility {
+            claim: "level".into(),
+            rule: seckill_engine::EligibilityRule::Min(3),
+        }),
+    };
+    let engine = owner_guarded(5, guard);
+    let (_server, a) = link(&urls, &engine).await;
+    let buy = |user: &str, level: Option<f64>| {
+        let mut op = purchase(user);
+        if let Op::Purchase { claim, .. } = &mut op {
+            *claim = level.map(|l| ("level".to_owned(), seckill_engine::ClaimValue::Number(l)));
+        }
+        a.call("b", op, ANSWER_WITHIN)
+    };
+    assert!(
+        matches!(buy("senior", Some(5.0)).await, Ok(Answer::Purchased(_))),
+        "an eligible shopper's claim travels with the call"
+    );
+    assert_eq!(
+        buy("junior", Some(1.0)).await,
+        Ok(Answer::Refused(Error::NotEligible))
+    );
+    assert_eq!(
+        buy("anonymous", None).await,
+        Ok(Answer::Refused(Error::NotEligible)),
+        "no claim, no sale, as on the owner itself"
+    );
+    engine.shutdown().await.expect("stops");
 }

@@ -95,11 +95,13 @@ pub async fn promotion_live(
     PathParams(id): PathParams<String>,
 ) -> Result<Response, AppError> {
     let engine = state.engine()?.clone();
-    let stats = engine.promotion_stats(&id).await?;
+    let owner_calls = state.owner_calls().cloned();
+    let stats = stats_of(&engine, owner_calls.as_ref(), &id).await?;
     let skus: Vec<String> = stats.items.iter().map(|item| item.sku.clone()).collect();
     let watch = state.live_board().watch(&id, &skus);
     let feed = Feed {
         engine,
+        owner_calls,
         before: watch.read(),
         watch,
         id,
@@ -110,6 +112,20 @@ pub async fn promotion_live(
     };
     let sse = Sse::new(events(feed)).keep_alive(KeepAlive::default());
     Ok(sse.into_response())
+}
+
+/// The promotion's stats: this engine's, or in a cluster each item's from its owner.
+async fn stats_of(
+    engine: &Engine,
+    owner_calls: Option<&Arc<dyn crate::owner_calls::OwnerCalls>>,
+    id: &str,
+) -> seckill_engine::Result<PromotionStats> {
+    match (engine.promotion_stats(id).await, owner_calls) {
+        (Err(seckill_engine::Error::NotOwner { .. }), Some(owner)) => {
+            owner.promotion_stats(id).await
+        }
+        (local, _) => local,
+    }
 }
 
 fn ticker() -> Interval {
@@ -123,6 +139,8 @@ fn ticker() -> Interval {
 /// One watcher's state between events.
 struct Feed {
     engine: Engine,
+    /// A cluster node's way to the figures of items other nodes own.
+    owner_calls: Option<Arc<dyn crate::owner_calls::OwnerCalls>>,
     watch: Watch,
     id: String,
     before: MeterReading,
@@ -142,7 +160,7 @@ fn events(feed: Feed) -> impl Stream<Item = Result<Event, Infallible>> {
             () = feed.closing.closed() => return None,
         }
         let stats = tokio::select! {
-            stats = feed.engine.promotion_stats(&feed.id) => stats,
+            stats = stats_of(&feed.engine, feed.owner_calls.as_ref(), &feed.id) => stats,
             () = feed.closing.closed() => return None,
         };
         let event = match stats {

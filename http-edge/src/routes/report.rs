@@ -44,8 +44,9 @@ pub async fn promotion_report(
     State(state): State<AppState>,
     PathParams(id): PathParams<String>,
 ) -> Result<Json<ReportView>, AppError> {
-    // 404 for a promotion the engine does not know, before SQL is asked.
-    state.engine()?.promotion_stats(&id).await?;
+    // 404 for a promotion the engine does not know, before SQL is asked (from the catalog:
+    // a cluster node knows every promotion, whichever node owns its items).
+    state.engine()?.public_promotion(&id)?;
     let reader = state
         .sql_reader()
         .ok_or_else(|| unavailable("this server has no SQL database"))?;

@@ -191,7 +191,15 @@ pub async fn issue_token(
     state.limits().check_ip(LimitedRoute::Token, client)?;
     state.limits().check(LimitedRoute::Token, user_id)?;
     let engine = state.engine()?;
-    let check = engine.token_precheck(&promotion_id, &sku, user_id, &shopper.claims)?;
+    let check = match (
+        engine.token_precheck(&promotion_id, &sku, user_id, &shopper.claims),
+        state.owner_calls(),
+    ) {
+        // Another node's item: its owner answers the gate's refusals; the human check is
+        // verified here (its proof came to this node), and the owner takes the verdict.
+        (Err(EngineError::NotOwner { .. }), Some(_)) => engine.guard_of(&promotion_id)?.human_check,
+        (check, _) => check?,
+    };
     let asked = HumanCheckAsked {
         user_id,
         promotion_id: &promotion_id,
@@ -214,7 +222,10 @@ pub async fn issue_token(
     let grant = match (local, state.owner_calls()) {
         // Nothing was done here: the owner decides (it re-runs the gate's refusals).
         (Err(EngineError::NotOwner { .. }), Some(owner)) => {
-            owner.issue_token(&promotion_id, &sku, user_id).await?
+            let claim = Engine::claim_for(&engine.guard_of(&promotion_id)?, &shopper.claims);
+            owner
+                .issue_token(&promotion_id, &sku, user_id, claim, passed)
+                .await?
         }
         (local, _) => local?,
     };
@@ -347,8 +358,8 @@ pub async fn purchase(
         quantity: body.quantity.unwrap_or(1),
         token: body.token,
     };
-    let local = state
-        .engine()?
+    let engine = state.engine()?;
+    let local = engine
         .purchase_admitted(
             &promotion_id,
             &sku,
@@ -360,8 +371,9 @@ pub async fn purchase(
     let purchased = match (local, state.owner_calls()) {
         // Nothing was done here: the owner decides.
         (Err(EngineError::NotOwner { .. }), Some(owner)) => {
+            let claim = Engine::claim_for(&engine.guard_of(&promotion_id)?, &shopper.claims);
             owner
-                .purchase(&promotion_id, &sku, &shopper.user_id, request)
+                .purchase(&promotion_id, &sku, &shopper.user_id, request, claim)
                 .await?
         }
         (local, _) => local?,

@@ -31,7 +31,7 @@ use async_nats::connection::State;
 use async_nats::Client;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
-use seckill_engine::{Engine, Error};
+use seckill_engine::{Admission, Engine, Error, OneClaim};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::subscribe_now;
@@ -147,21 +147,22 @@ impl Forwarder {
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         let (answered, answer) = oneshot::channel();
         self.shared.lock_waiting().insert(id, answered);
+        // However this call ends (answered, timed out, or its caller gone), its entry goes.
+        let _waiting = Waiting {
+            shared: &self.shared,
+            id,
+        };
         if self.shared.link(owner).send(Call { id, op }).is_err() {
-            self.shared.lock_waiting().remove(&id);
             return Err(not_sent("the link to the owner stopped"));
         }
         match tokio::time::timeout(within, answer).await {
             Ok(Ok(answer)) => Ok(answer),
             // The waiter was dropped: the frame was never published.
             Ok(Err(_)) => Err(not_sent("the frame could not be published")),
-            Err(_) => {
-                self.shared.lock_waiting().remove(&id);
-                Err(ForwardError::Timeout {
-                    owner: owner.to_owned(),
-                    write,
-                })
-            }
+            Err(_) => Err(ForwardError::Timeout {
+                owner: owner.to_owned(),
+                write,
+            }),
         }
     }
 
@@ -171,6 +172,18 @@ impl Forwarder {
             calls_sent: self.shared.calls_sent.load(Ordering::Relaxed),
             late_answers: self.shared.late_answers.load(Ordering::Relaxed),
         }
+    }
+}
+
+/// A call's entry in the waiting table, removed when the call ends.
+struct Waiting<'a> {
+    shared: &'a Shared,
+    id: u64,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.shared.lock_waiting().remove(&self.id);
     }
 }
 
@@ -364,16 +377,39 @@ async fn answer_frame(client: Client, engine: Engine, frame: Frame) {
                 _ => break,
             }
         }
-        let frame_out = AnswerFrame {
-            version: WIRE_VERSION,
-            answers,
-        };
-        let sent = client
-            .publish(frame.reply_to.clone(), encode_answers(&frame_out).into())
-            .await;
-        if let Err(error) = sent {
+        publish_answers(&client, &frame.reply_to, &frame.from, answers).await;
+    }
+}
+
+/// The largest answer frame sent whole: a frame of big answers (stats of large promotions)
+/// past NATS's message limit would lose every answer in it, so such a frame goes one answer
+/// to a message instead.
+const ANSWER_FRAME_BYTES_MAX: usize = 256 * 1024;
+
+async fn publish_answers(client: &Client, reply_to: &str, from: &str, answers: Vec<(u64, Answer)>) {
+    let whole_frame = AnswerFrame {
+        version: WIRE_VERSION,
+        answers,
+    };
+    let whole = encode_answers(&whole_frame);
+    let payloads = if whole.len() <= ANSWER_FRAME_BYTES_MAX || whole_frame.answers.len() == 1 {
+        vec![whole]
+    } else {
+        whole_frame
+            .answers
+            .into_iter()
+            .map(|answer| {
+                encode_answers(&AnswerFrame {
+                    version: WIRE_VERSION,
+                    answers: vec![answer],
+                })
+            })
+            .collect()
+    };
+    for payload in payloads {
+        if let Err(error) = client.publish(reply_to.to_owned(), payload.into()).await {
             // The calls are done; their senders time out and learn the outcome by repeating.
-            tracing::warn!(to = %frame.from, %error, "answers could not be published");
+            tracing::warn!(to = %from, %error, "answers could not be published");
         }
     }
 }
@@ -406,17 +442,27 @@ pub async fn run(engine: &Engine, op: Op) -> Answer {
             promotion_id,
             sku,
             user_id,
-        } => engine
-            .issue_token(&promotion_id, &sku, &user_id)
-            .await
-            .map_or_else(refused, Answer::Token),
+            claim,
+            human_check_passed,
+        } => {
+            let claims = OneClaim(claim);
+            let admission = Admission {
+                claims: &claims,
+                human_check_passed,
+            };
+            engine
+                .issue_token_admitted(&promotion_id, &sku, &user_id, admission)
+                .await
+                .map_or_else(refused, Answer::Token)
+        }
         Op::Purchase {
             promotion_id,
             sku,
             user_id,
             request,
+            claim,
         } => engine
-            .purchase(&promotion_id, &sku, &user_id, request)
+            .purchase_admitted(&promotion_id, &sku, &user_id, request, &OneClaim(claim))
             .await
             .map_or_else(refused, Answer::Purchased),
         Op::ReadOrder { order_id, user_id } => engine

@@ -7,14 +7,16 @@
 //! frame of another version whole (it answers nothing, so the sender's calls time out),
 //! which a rolling upgrade must keep in mind: bump it only with a way to speak both.
 
-use seckill_engine::{Error, Order, PromotionStats, PurchaseRequest, Purchased, TokenGrant};
+use seckill_engine::{
+    ClaimValue, Error, Order, PromotionStats, PurchaseRequest, Purchased, TokenGrant,
+};
 use serde::{Deserialize, Serialize};
 
 /// The version every frame carries.
-pub const WIRE_VERSION: u8 = 1;
+pub const WIRE_VERSION: u8 = 2;
 
 /// Calls from one node to another.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Frame {
     pub version: u8,
     /// The sending node's id (for the owner's logs and metrics).
@@ -28,25 +30,34 @@ pub struct Frame {
 }
 
 /// One call, numbered by its sender.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Call {
     pub id: u64,
     pub op: Op,
 }
 
-/// What the owner is asked to do: the engine call of the same name.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// The claim a promotion's eligibility rule reads, as the sending node read it from the
+/// shopper's credential (`None`: no rule, or no such claim).
+pub type Claim = Option<(String, ClaimValue)>;
+
+/// What the owner is asked to do: the engine call of the same name. A guarded promotion's
+/// facts come with it: the sending node verified the shopper's credential and the human
+/// check (the owner decides eligibility from the claim, as its own gate would).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Op {
     Token {
         promotion_id: String,
         sku: String,
         user_id: String,
+        claim: Claim,
+        human_check_passed: bool,
     },
     Purchase {
         promotion_id: String,
         sku: String,
         user_id: String,
         request: PurchaseRequest,
+        claim: Claim,
     },
     ReadOrder {
         order_id: String,
@@ -146,6 +157,7 @@ mod tests {
                     quantity: 1,
                     token: None,
                 },
+                claim: Some(("level".into(), ClaimValue::Number(3.0))),
             },
         }
     }
