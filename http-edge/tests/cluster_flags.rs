@@ -615,3 +615,227 @@ async fn every_node_answers_for_every_item_and_the_others_take_over_a_killed_one
     }
     schema.drop_schema().await;
 }
+
+/// A node's address and client, for buyers running beside the test.
+#[derive(Clone)]
+struct Endpoint {
+    client: reqwest::Client,
+    base: String,
+}
+
+impl Node {
+    fn endpoint(&self) -> Endpoint {
+        Endpoint {
+            client: self.client.clone(),
+            base: self.base.clone(),
+        }
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`) to the node's pid.
+    fn signal(&mut self, signal: &str) {
+        let pid = self.child().id().to_string();
+        let sent = Command::new("kill")
+            .args([format!("-{signal}"), pid.clone()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -{signal} {pid}");
+    }
+}
+
+/// Buys `skus` through `endpoints` in turn until `stop`, one new shopper a request: every
+/// acknowledged order (201) as `(user, order)`, and the statuses seen.
+async fn keep_buying(
+    endpoints: Vec<Endpoint>,
+    skus: Vec<String>,
+    stop: tokio::sync::watch::Receiver<bool>,
+    tag: &'static str,
+) -> (Vec<(String, Value)>, Vec<u16>) {
+    let (mut acked, mut statuses) = (Vec::new(), Vec::new());
+    let mut n = 0usize;
+    while !*stop.borrow() {
+        let endpoint = &endpoints[n % endpoints.len()];
+        let sku = &skus[n % skus.len()];
+        let user = format!("{tag}{n}");
+        let answer = endpoint
+            .client
+            .post(format!(
+                "{}/promotions/storm/items/{sku}/purchase",
+                endpoint.base
+            ))
+            .header("X-User-Id", &user)
+            .json(&json!({"request_id": format!("{user}-{sku}")}))
+            .send()
+            .await;
+        if let Ok(answer) = answer {
+            let status = answer.status().as_u16();
+            statuses.push(status);
+            if status == 201 {
+                let order: Value = answer.json().await.unwrap_or(Value::Null);
+                acked.push((user, order));
+            }
+        }
+        n += 1;
+    }
+    (acked, statuses)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_joining_mid_sale_and_a_node_paused_past_its_leases_lose_and_repeat_nothing() {
+    if cfg!(not(feature = "persistence")) {
+        println!("skipped: built without the persistence feature (no JetStream journal)");
+        return;
+    }
+    let Some(nats_urls) = env_value("SECKILL_TEST_NATS_URLS") else {
+        println!("skipped: SECKILL_TEST_NATS_URLS not set");
+        return;
+    };
+    let Some(base_database_url) = env_value("SECKILL_TEST_DATABASE_URL") else {
+        println!("skipped: SECKILL_TEST_DATABASE_URL not set");
+        return;
+    };
+    const PARTITIONS: u32 = 4;
+    // More than the buyers can buy in the test's seconds: every refusal seen is a fault's.
+    const STOCK: u64 = 100_000;
+    let prefix = format!("T{:016X}", rand::random::<u64>());
+    println!("NATS prefix {prefix}");
+    let schema = TestSchema::create(&base_database_url).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let deployment = Deployment {
+        nats_urls,
+        database_url: schema.url.clone(),
+        prefix,
+        dir: dir.path().to_owned(),
+    };
+    let mut nodes = vec![
+        Node::start(&deployment, "node-a", PARTITIONS).await,
+        Node::start(&deployment, "node-b", PARTITIONS).await,
+    ];
+    let skus: Vec<String> = (0..4).map(|n| format!("k{n}")).collect();
+    let items: Vec<(&str, u64)> = skus.iter().map(|sku| (sku.as_str(), STOCK)).collect();
+    let (status, body) = send(
+        nodes[0]
+            .admin(Method::POST, "/admin/promotions")
+            .json(&live_promotion("storm", &items, false)),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+
+    // (d) a third node joins while buyers buy through the first two.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let buyers = tokio::spawn(keep_buying(
+        vec![nodes[0].endpoint(), nodes[1].endpoint()],
+        skus.clone(),
+        stopped.clone(),
+        "d",
+    ));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    nodes.push(Node::start(&deployment, "node-c", PARTITIONS).await);
+    wait_for_view(&nodes[0], "three nodes share the partitions", |view| {
+        view.len() == 3 && view.iter().all(|(_, held)| *held >= 1)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.send_replace(true);
+    let (mut acked, statuses) = buyers.await.expect("the buyers end");
+    let refused = statuses.iter().filter(|s| **s != 201).count();
+    println!(
+        "(d) a node joined mid-sale: {} purchases, {} acknowledged, {refused} refused ({:?})",
+        statuses.len(),
+        acked.len(),
+        statuses
+            .iter()
+            .filter(|s| **s != 201)
+            .collect::<std::collections::BTreeSet<_>>()
+    );
+    assert!(
+        statuses.iter().all(|s| *s == 201 || *s == 503),
+        "only sales and 503 during the hand-overs: {statuses:?}"
+    );
+
+    // (b) node-a is paused past its leases while buyers buy through every node, node-a
+    // included (those requests wait in its socket), then goes on.
+    // One buyer a node: the ones of the running nodes go on while node-a's waits.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let buyers: Vec<_> = nodes
+        .iter()
+        .zip(["ba", "bb", "bc"])
+        .map(|(node, tag)| {
+            tokio::spawn(keep_buying(
+                vec![node.endpoint()],
+                skus.clone(),
+                stopped.clone(),
+                tag,
+            ))
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    nodes[0].signal("STOP");
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    nodes[0].signal("CONT");
+    wait_for_view(
+        &nodes[1],
+        "node-a rejoins and holds partitions again",
+        |view| view.len() == 3 && view.iter().all(|(_, held)| *held >= 1),
+    )
+    .await;
+    stop.send_replace(true);
+    for (buyer, tag) in
+        buyers
+            .into_iter()
+            .zip(["through node-a", "through node-b", "through node-c"])
+    {
+        let (more, statuses) = buyer.await.expect("the buyers end");
+        let refused: std::collections::BTreeSet<u16> =
+            statuses.iter().copied().filter(|s| *s != 201).collect();
+        println!(
+            "(b) node-a paused 7 s (lease TTL 3 s), then rejoined; {tag}: {} purchases, {} acknowledged, refused with {refused:?}",
+            statuses.len(),
+            more.len()
+        );
+        assert!(
+            statuses.iter().all(|s| *s == 201 || *s == 503),
+            "{tag}: only sales and 503 while a node is paused: {refused:?}"
+        );
+        acked.extend(more);
+    }
+
+    // Every acknowledged order is there, on any node, and no unit was sold twice.
+    let mut per_sku: std::collections::BTreeMap<String, u64> = Default::default();
+    let ids: std::collections::BTreeSet<String> = acked
+        .iter()
+        .map(|(_, order)| order["order_id"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(ids.len(), acked.len(), "no order id acknowledged twice");
+    for (i, (user, order)) in acked.iter().enumerate() {
+        let id = order["order_id"].as_str().expect("an order id");
+        let node = &nodes[i % 3];
+        let (status, seen) = send(
+            node.client
+                .get(node.url(&format!("/orders/{id}")))
+                .header("X-User-Id", user.as_str()),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "acknowledged {id} is gone: {seen}");
+        *per_sku
+            .entry(seen["sku"].as_str().unwrap_or_default().to_owned())
+            .or_default() += 1;
+    }
+    let (status, stats) = send(nodes[2].admin(Method::GET, "/admin/promotions/storm")).await;
+    assert_eq!(status, StatusCode::OK, "{stats}");
+    for item in stats["items"].as_array().expect("items") {
+        let sku = item["sku"].as_str().unwrap_or_default();
+        let reserved = item["reserved"].as_u64().unwrap_or(u64::MAX);
+        // At least the acknowledged ones: a request whose answer never came (one waiting in
+        // the paused node's socket past the client's timeout) may have bought as well.
+        assert!(
+            reserved >= per_sku.get(sku).copied().unwrap_or(0),
+            "{sku}: an acknowledged order is missing from its owner's figures: {item}"
+        );
+        assert!(reserved <= STOCK, "{sku} oversold: {item}");
+    }
+    for node in nodes.iter_mut() {
+        let status = node.terminate().await;
+        assert_eq!(status.code(), Some(0), "{}", node.stderr());
+    }
+    schema.drop_schema().await;
+}
