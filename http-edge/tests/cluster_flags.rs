@@ -293,6 +293,35 @@ impl TestSchema {
     }
 }
 
+/// What a NATS test of this file runs on: a prefix of its own in NATS, a schema of its own
+/// in PostgreSQL, a directory for the nodes (kept while the returned guard lives). `None`
+/// (the test is skipped, and says so) without the persistence feature, NATS or PostgreSQL.
+async fn deployment() -> Option<(Deployment, TestSchema, tempfile::TempDir)> {
+    if cfg!(not(feature = "persistence")) {
+        println!("skipped: built without the persistence feature (no JetStream journal)");
+        return None;
+    }
+    let Some(nats_urls) = env_value("SECKILL_TEST_NATS_URLS") else {
+        println!("skipped: SECKILL_TEST_NATS_URLS not set");
+        return None;
+    };
+    let Some(base_database_url) = env_value("SECKILL_TEST_DATABASE_URL") else {
+        println!("skipped: SECKILL_TEST_DATABASE_URL not set");
+        return None;
+    };
+    let prefix = format!("T{:016X}", rand::random::<u64>());
+    println!("NATS prefix {prefix}");
+    let schema = TestSchema::create(&base_database_url).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let deployment = Deployment {
+        nats_urls,
+        database_url: schema.url.clone(),
+        prefix,
+        dir: dir.path().to_owned(),
+    };
+    Some((deployment, schema, dir))
+}
+
 fn env_value(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|value| !value.is_empty())
 }
@@ -317,27 +346,8 @@ async fn buy_one(node: &Node) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_order_survives_a_restart_and_another_partition_count_is_refused() {
-    if cfg!(not(feature = "persistence")) {
-        println!("skipped: built without the persistence feature (no JetStream journal)");
+    let Some((deployment, schema, _dir)) = deployment().await else {
         return;
-    }
-    let Some(nats_urls) = env_value("SECKILL_TEST_NATS_URLS") else {
-        println!("skipped: SECKILL_TEST_NATS_URLS not set");
-        return;
-    };
-    let Some(base_database_url) = env_value("SECKILL_TEST_DATABASE_URL") else {
-        println!("skipped: SECKILL_TEST_DATABASE_URL not set");
-        return;
-    };
-    let prefix = format!("T{:016X}", rand::random::<u64>());
-    println!("NATS prefix {prefix}");
-    let schema = TestSchema::create(&base_database_url).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let deployment = Deployment {
-        nats_urls,
-        database_url: schema.url.clone(),
-        prefix,
-        dir: dir.path().to_owned(),
     };
 
     let mut first = Node::start(&deployment, "node-a", 3).await;
@@ -441,29 +451,10 @@ async fn buy(node: &Node, sku: &str, user: &str) -> (StatusCode, Value) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_node_answers_for_every_item_and_the_others_take_over_a_killed_one() {
-    if cfg!(not(feature = "persistence")) {
-        println!("skipped: built without the persistence feature (no JetStream journal)");
-        return;
-    }
-    let Some(nats_urls) = env_value("SECKILL_TEST_NATS_URLS") else {
-        println!("skipped: SECKILL_TEST_NATS_URLS not set");
-        return;
-    };
-    let Some(base_database_url) = env_value("SECKILL_TEST_DATABASE_URL") else {
-        println!("skipped: SECKILL_TEST_DATABASE_URL not set");
-        return;
-    };
     const PARTITIONS: u32 = 4;
     const STOCK: u64 = 6;
-    let prefix = format!("T{:016X}", rand::random::<u64>());
-    println!("NATS prefix {prefix}");
-    let schema = TestSchema::create(&base_database_url).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let deployment = Deployment {
-        nats_urls,
-        database_url: schema.url.clone(),
-        prefix,
-        dir: dir.path().to_owned(),
+    let Some((deployment, schema, _dir)) = deployment().await else {
+        return;
     };
     let mut nodes = vec![Node::start(&deployment, "node-a", PARTITIONS).await];
     let skus: Vec<String> = (0..8).map(|n| format!("s{n}")).collect();
@@ -681,30 +672,11 @@ async fn keep_buying(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_joining_mid_sale_and_a_node_paused_past_its_leases_lose_and_repeat_nothing() {
-    if cfg!(not(feature = "persistence")) {
-        println!("skipped: built without the persistence feature (no JetStream journal)");
-        return;
-    }
-    let Some(nats_urls) = env_value("SECKILL_TEST_NATS_URLS") else {
-        println!("skipped: SECKILL_TEST_NATS_URLS not set");
-        return;
-    };
-    let Some(base_database_url) = env_value("SECKILL_TEST_DATABASE_URL") else {
-        println!("skipped: SECKILL_TEST_DATABASE_URL not set");
-        return;
-    };
     const PARTITIONS: u32 = 4;
     // More than the buyers can buy in the test's seconds: every refusal seen is a fault's.
     const STOCK: u64 = 100_000;
-    let prefix = format!("T{:016X}", rand::random::<u64>());
-    println!("NATS prefix {prefix}");
-    let schema = TestSchema::create(&base_database_url).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let deployment = Deployment {
-        nats_urls,
-        database_url: schema.url.clone(),
-        prefix,
-        dir: dir.path().to_owned(),
+    let Some((deployment, schema, _dir)) = deployment().await else {
+        return;
     };
     let mut nodes = vec![
         Node::start(&deployment, "node-a", PARTITIONS).await,

@@ -16,12 +16,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use jetstream_common::{
-    delete_everything, nats_urls, options, unique_prefix, LEASE_TTL, PARTITIONS,
+    cluster_engine, delete_everything, nats_urls, options, sale_spec, unique_prefix, LEASE_TTL,
+    PARTITIONS,
 };
-use seckill_engine::{
-    item_key, partition_of, CatalogLog, ClusterPorts, Engine, EngineConfig, Error, ItemSpec,
-    ManualClock, NullSink, Ports, PromotionSpec, PurchaseRequest,
-};
+use seckill_engine::{item_key, partition_of, Engine, Error, ManualClock, PurchaseRequest};
 use seckill_persistence::cluster::node::ClusterNode;
 use seckill_persistence::cluster::owners::Owners;
 use seckill_persistence::cluster::registry::{self, nodes_bucket, Registry};
@@ -49,22 +47,7 @@ fn member(
     let options = options(urls, prefix, id, None);
     let (journal, catalog) =
         PartitionJournal::join(&options).unwrap_or_else(|e| panic!("{id} joins: {e}"));
-    let catalog_log: Arc<dyn CatalogLog> = journal.catalog_log();
-    let ports = Ports {
-        journal: journal.clone(),
-        clock: clock.clone(),
-        sink: Arc::new(NullSink),
-    };
-    let cluster = ClusterPorts {
-        ownership: journal.clone(),
-        catalog_log: Some(catalog_log),
-    };
-    let config = EngineConfig {
-        shards: 2,
-        snapshot_every_events: 0,
-        ..EngineConfig::default()
-    };
-    let engine = Engine::start_cluster(config, ports, cluster, catalog).expect("starts");
+    let engine = cluster_engine(&journal, catalog, clock);
     let node = runtime.block_on(async {
         let js = registry::connect(&options).await.expect("NATS");
         let registry = Registry::start(&js, &options, &format!("127.0.0.1:{}", 7100 + id.len()))
@@ -206,26 +189,7 @@ fn nodes_share_partitions_take_over_a_dead_one_and_hand_over_on_shutdown() {
     let a = member(&runtime, &urls, &prefix, "a", &clock);
     let took = eventually("a alone owns every partition", || settled(&[&a], &[4]));
     println!("a alone took all {PARTITIONS} partitions in {took:?}");
-    let spec = PromotionSpec {
-        guard: Default::default(),
-        id: Some("sale".into()),
-        name: "sale".into(),
-        starts_at_ms: T0_MS,
-        ends_at_ms: T0_MS + 3_600_000,
-        payment_timeout_s: 900,
-        require_token: false,
-        token_multiplier: 5,
-        items: skus
-            .iter()
-            .map(|sku| ItemSpec {
-                sku: sku.clone(),
-                title: None,
-                stock: STOCK,
-                price_cents: 100,
-                per_user_limit: 1,
-            })
-            .collect(),
-    };
+    let spec = sale_spec(&skus, STOCK, T0_MS);
     runtime
         .block_on(a.engine.create_promotion(spec))
         .expect("created on a");

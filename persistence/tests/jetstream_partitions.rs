@@ -17,12 +17,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use jetstream_common::{
-    delete_everything, nats_urls, options, unique_prefix, LEASE_TTL, PARTITIONS,
+    cluster_engine, delete_everything, nats_urls, options, sale_spec, unique_prefix, LEASE_TTL,
+    PARTITIONS,
 };
 use seckill_engine::{
-    item_key, partition_of, AppendOutcome, CatalogLog, ClusterPorts, Engine, EngineConfig, Error,
-    Event, ItemSpec, Journal, ManualClock, NullSink, Ownership, PendingAppend, Ports,
-    PromotionSpec, PurchaseRequest, Recovery,
+    item_key, partition_of, AppendOutcome, Engine, Error, Event, Journal, ManualClock, Ownership,
+    PendingAppend, PurchaseRequest, Recovery,
 };
 use seckill_persistence::jetstream::{ClusterError, LaneEvent, PartitionJournal};
 
@@ -296,22 +296,7 @@ struct Node {
 
 fn node(t: &Setup, node_id: &str, clock: &Arc<ManualClock>) -> Node {
     let (journal, catalog) = t.join(node_id);
-    let ports = Ports {
-        journal: journal.clone(),
-        clock: clock.clone(),
-        sink: Arc::new(NullSink),
-    };
-    let catalog_log: Arc<dyn CatalogLog> = journal.catalog_log();
-    let cluster = ClusterPorts {
-        ownership: journal.clone(),
-        catalog_log: Some(catalog_log),
-    };
-    let config = EngineConfig {
-        shards: 2,
-        snapshot_every_events: 0,
-        ..EngineConfig::default()
-    };
-    let engine = Engine::start_cluster(config, ports, cluster, catalog).expect("starts");
+    let engine = cluster_engine(&journal, catalog, clock);
     Node { journal, engine }
 }
 
@@ -364,26 +349,7 @@ fn two_engines_move_partitions_mid_sale_and_never_oversell_lose_or_repeat_an_ord
     let nodes = [node(&t, "a", &clock), node(&t, "b", &clock)];
     const STOCK: u64 = 5;
     let (handed, lapsed) = (sku_in("sale", 1), sku_in("sale", 2));
-    let spec = PromotionSpec {
-        guard: Default::default(),
-        id: Some("sale".into()),
-        name: "sale".into(),
-        starts_at_ms: T0_MS,
-        ends_at_ms: T0_MS + 3_600_000,
-        payment_timeout_s: 900,
-        require_token: false,
-        token_multiplier: 5,
-        items: [&handed, &lapsed]
-            .into_iter()
-            .map(|sku| ItemSpec {
-                sku: sku.clone(),
-                title: None,
-                stock: STOCK,
-                price_cents: 100,
-                per_user_limit: 1,
-            })
-            .collect(),
-    };
+    let spec = sale_spec(&[handed.clone(), lapsed.clone()], STOCK, T0_MS);
     runtime
         .block_on(nodes[0].engine.create_promotion(spec))
         .expect("created on A");
@@ -503,26 +469,7 @@ fn each_owner_flushes_its_partitions_and_a_new_owner_goes_on_from_the_cursor() {
     let nodes = [node(&t, "a", &clock), node(&t, "b", &clock)];
     const STOCK: u64 = 5;
     let skus = [sku_in("sale", 1), sku_in("sale", 2)];
-    let spec = PromotionSpec {
-        guard: Default::default(),
-        id: Some("sale".into()),
-        name: "sale".into(),
-        starts_at_ms: T0_MS,
-        ends_at_ms: T0_MS + 3_600_000,
-        payment_timeout_s: 900,
-        require_token: false,
-        token_multiplier: 5,
-        items: skus
-            .iter()
-            .map(|sku| ItemSpec {
-                sku: sku.clone(),
-                title: None,
-                stock: STOCK,
-                price_cents: 100,
-                per_user_limit: 1,
-            })
-            .collect(),
-    };
+    let spec = sale_spec(&skus, STOCK, T0_MS);
     runtime
         .block_on(nodes[0].engine.create_promotion(spec))
         .expect("created on A");

@@ -104,12 +104,7 @@ impl JetStreamJournal {
     pub fn open(
         options: &ClusterOptions,
     ) -> Result<(Arc<JetStreamJournal>, Recovery), ClusterError> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("seckill-jetstream")
-            .enable_all()
-            .build()
-            .map_err(|e| nats("starting the JetStream runtime", e))?;
+        let runtime = journal_runtime()?;
         let opened = runtime.block_on(open_async(options, runtime.handle()))?;
         let (journal, recovery) = opened.into_journal(runtime);
         Ok((Arc::new(journal), recovery))
@@ -601,6 +596,17 @@ async fn open_async(
         recovery,
         stop_leases,
     })
+}
+
+/// The runtime a journal owns (its writers, keepers and requests run there; the shards
+/// block on it from their own threads).
+pub(crate) fn journal_runtime() -> Result<Runtime, ClusterError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("seckill-jetstream")
+        .enable_all()
+        .build()
+        .map_err(|e| nats("starting the JetStream runtime", e))
 }
 
 /// Runs `step` until it succeeds, a refusal that no retry changes, or `deadline`.

@@ -40,7 +40,9 @@ use tokio::task::JoinHandle;
 
 use super::catalog_log::JetStreamCatalogLog;
 use super::error::ClusterError;
-use super::journal::{append_takeover, connect, encode_parts, first_seq, retry, Answer, Taken};
+use super::journal::{
+    append_takeover, connect, encode_parts, first_seq, journal_runtime, retry, Answer, Taken,
+};
 use super::lease::Lease;
 use super::meta::{self, ClusterRecord};
 use super::names::{Names, FIRST_PARTITION_LANE};
@@ -154,12 +156,7 @@ impl PartitionJournal {
     pub fn join(
         options: &ClusterOptions,
     ) -> Result<(Arc<PartitionJournal>, Recovery), ClusterError> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("seckill-jetstream")
-            .enable_all()
-            .build()
-            .map_err(|e| super::error::nats("starting the JetStream runtime", e))?;
+        let runtime = journal_runtime()?;
         let handle = runtime.handle().clone();
         let (mut journal, catalog) = runtime.block_on(join_async(options, handle))?;
         journal.runtime = Some(runtime);

@@ -10,7 +10,7 @@ use seckill_engine::Event;
 
 use super::names::CATALOG_LANE;
 use super::partition_journal::PartitionJournal;
-use super::tail::read_range;
+use super::tail::read_up_to;
 use crate::sql::{EventSource, SqlError};
 
 impl EventSource for PartitionJournal {
@@ -27,13 +27,9 @@ impl EventSource for PartitionJournal {
         batches_max: usize,
     ) -> Result<Vec<(u64, Vec<Event>)>, SqlError> {
         let last = EventSource::last_seq(self, lane);
-        if after_seq >= last || batches_max == 0 {
-            return Ok(Vec::new());
-        }
-        let to = last.min(after_seq.saturating_add(batches_max as u64));
         let stream = self.names().stream(lane);
         let js = self.js().clone();
-        self.run(async move { read_range(&js, &stream, after_seq + 1, to).await })
+        self.run(async move { read_up_to(&js, &stream, after_seq, batches_max, last).await })
             .map_err(|e| SqlError::Source(e.to_string()))
     }
 

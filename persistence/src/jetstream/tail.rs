@@ -58,6 +58,22 @@ pub async fn read_range(
         .await
 }
 
+/// Up to `batches_max` batches of `stream` after `after_seq`, none past `last_seq` (what is
+/// known to be on a quorum): a lane read for the SQL flusher.
+pub async fn read_up_to(
+    js: &Context,
+    stream: &str,
+    after_seq: u64,
+    batches_max: usize,
+    last_seq: u64,
+) -> Result<Vec<(u64, Vec<Event>)>, ClusterError> {
+    if after_seq >= last_seq || batches_max == 0 {
+        return Ok(Vec::new());
+    }
+    let to = last_seq.min(after_seq.saturating_add(batches_max as u64));
+    read_range(js, stream, after_seq + 1, to).await
+}
+
 /// `from..=to` moved up past what the stream purged (`first` is its first kept sequence),
 /// keeping its length, and not past `last`.
 fn kept_run(from: u64, to: u64, first: u64, last: u64) -> (u64, u64) {

@@ -632,3 +632,53 @@ pub async fn check_stock_and_limits(engine: &Engine, promotion_id: &str, context
         }
     }
 }
+
+/// A cluster engine on `journal` (its journal and its ownership) over the journal's catalog
+/// log, started from `catalog`: two shards, no snapshots.
+pub fn cluster_engine(
+    journal: &Arc<seckill_persistence::jetstream::PartitionJournal>,
+    catalog: Recovery,
+    clock: &Arc<seckill_engine::ManualClock>,
+) -> Engine {
+    let catalog_log: Arc<dyn seckill_engine::CatalogLog> = journal.catalog_log();
+    let ports = Ports {
+        journal: journal.clone(),
+        clock: clock.clone(),
+        sink: Arc::new(NullSink),
+    };
+    let cluster = seckill_engine::ClusterPorts {
+        ownership: journal.clone(),
+        catalog_log: Some(catalog_log),
+    };
+    let config = EngineConfig {
+        shards: 2,
+        snapshot_every_events: 0,
+        ..EngineConfig::default()
+    };
+    Engine::start_cluster(config, ports, cluster, catalog).expect("starts")
+}
+
+/// Promotion "sale", live from `t0_ms` for an hour: `skus`, each `stock` units, one a
+/// shopper.
+pub fn sale_spec(skus: &[String], stock: u64, t0_ms: i64) -> seckill_engine::PromotionSpec {
+    seckill_engine::PromotionSpec {
+        guard: Default::default(),
+        id: Some("sale".into()),
+        name: "sale".into(),
+        starts_at_ms: t0_ms,
+        ends_at_ms: t0_ms + 3_600_000,
+        payment_timeout_s: 900,
+        require_token: false,
+        token_multiplier: 5,
+        items: skus
+            .iter()
+            .map(|sku| seckill_engine::ItemSpec {
+                sku: sku.clone(),
+                title: None,
+                stock,
+                price_cents: 100,
+                per_user_limit: 1,
+            })
+            .collect(),
+    }
+}
