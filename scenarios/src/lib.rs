@@ -23,6 +23,7 @@
 pub mod bots;
 pub mod check;
 pub mod client;
+pub mod cluster;
 pub mod compare;
 pub mod pow;
 pub mod report;

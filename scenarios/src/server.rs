@@ -25,8 +25,15 @@ pub use seckill_http_edge::config::Durability;
 /// Which server to start, and how.
 #[derive(Debug, Clone)]
 pub enum ServerKind {
-    Seckill { durability: Durability },
-    Baseline { redis_url: String },
+    Seckill {
+        durability: Durability,
+    },
+    /// A node of a cluster (`--cluster ...` in the extra arguments; no `--durability`,
+    /// which a cluster does not take).
+    SeckillCluster,
+    Baseline {
+        redis_url: String,
+    },
 }
 
 /// Everything needed to start (and restart) a server.
@@ -46,6 +53,7 @@ impl ServerSpec {
             ServerKind::Seckill { durability } => {
                 format!("seckill (durability {})", durability.as_str())
             }
+            ServerKind::SeckillCluster => "seckill (cluster node)".to_owned(),
             ServerKind::Baseline { .. } => "redis+lua baseline".to_owned(),
         }
     }
@@ -97,7 +105,7 @@ impl SpawnedServer {
     pub fn sqlite_path(&self) -> Option<PathBuf> {
         match self.spec.kind {
             ServerKind::Seckill { .. } => Some(self.data_dir().join("orders.db")),
-            ServerKind::Baseline { .. } => None,
+            ServerKind::SeckillCluster | ServerKind::Baseline { .. } => None,
         }
     }
 
@@ -126,6 +134,22 @@ impl SpawnedServer {
         let listen = format!("127.0.0.1:{}", self.port);
         let credentials = &self.spec.credentials;
         let mut args: Vec<String> = match &self.spec.kind {
+            ServerKind::SeckillCluster => vec![
+                "serve".into(),
+                "--listen".into(),
+                listen,
+                "--data-dir".into(),
+                self.data_dir().display().to_string(),
+                "--admin-key".into(),
+                credentials.admin_key.clone(),
+                "--auth".into(),
+                match credentials.auth {
+                    AuthMode::Header => "header".into(),
+                    AuthMode::Jwt => "jwt".into(),
+                },
+                "--user-secret".into(),
+                credentials.user_secret.clone(),
+            ],
             ServerKind::Seckill { durability } => vec![
                 "serve".into(),
                 "--listen".into(),
@@ -153,7 +177,15 @@ impl SpawnedServer {
                 redis_url.clone(),
             ],
         };
-        args.extend(self.spec.extra_args.iter().cloned());
+        // `{port}` in an extra argument is this server's port (a cluster node's
+        // `--advertise`).
+        let port = self.port.to_string();
+        args.extend(
+            self.spec
+                .extra_args
+                .iter()
+                .map(|arg| arg.replace("{port}", &port)),
+        );
         args
     }
 

@@ -16,6 +16,7 @@ use clap::builder::RangedU64ValueParser;
 use clap::{Args, Parser, Subcommand};
 use seckill_scenarios::bots::{self, BotsOptions, Mode};
 use seckill_scenarios::client::{Api, Credentials};
+use seckill_scenarios::cluster::{run_cluster, ClusterOptions};
 use seckill_scenarios::compare::{self, CompareOptions, Pairing};
 use seckill_scenarios::report::{chart_svg, Report};
 use seckill_scenarios::run::{run_scenario, RunOptions, Target};
@@ -43,6 +44,42 @@ enum Command {
     Soak(SoakArgs),
     /// A bot farm and people compete for one item, with the checks against bots off and on.
     Bots(BotsArgs),
+    /// A sale on a cluster of seckill nodes it starts (NATS and PostgreSQL given), the
+    /// connections spread over the nodes; optionally kill -9 of one node mid-sale.
+    Cluster(ClusterArgs),
+}
+
+#[derive(Debug, Args)]
+struct ClusterArgs {
+    /// The seckill binary; every node is started from it (--auth header, loopback).
+    #[arg(long)]
+    spawn: PathBuf,
+    /// Nodes to start.
+    #[arg(long, default_value_t = 3, value_parser = bounded(2, 16))]
+    nodes: u64,
+    /// The NATS servers (comma-separated `nats://` URLs, nats-server 2.11 or later).
+    #[arg(long, env = "SECKILL_TEST_NATS_URLS")]
+    nats: String,
+    /// The PostgreSQL every node writes to.
+    #[arg(long, env = "SECKILL_TEST_DATABASE_URL")]
+    database_url: String,
+    #[arg(long, default_value_t = 16, value_parser = bounded(1, 4096))]
+    partitions: u64,
+    #[arg(long, default_value_t = 3, value_parser = bounded(1, 600))]
+    lease_ttl_s: u64,
+    /// Requests in flight at once, spread over the nodes.
+    #[arg(long, default_value_t = 64, value_parser = bounded(1, 4096))]
+    connections: u64,
+    #[arg(long, default_value_t = 20, value_parser = bounded(1, 3600))]
+    duration_s: u64,
+    /// kill -9 of the last node this many seconds into the sale (0: no fault).
+    #[arg(long, default_value_t = 0)]
+    kill_at_s: u64,
+    /// Items of the promotion (spread over the partitions).
+    #[arg(long, default_value_t = 32, value_parser = bounded(1, 1000))]
+    items: u64,
+    #[command(flatten)]
+    keys: Keys,
 }
 
 /// Who the runner speaks as (and what a spawned server is started with).
@@ -311,6 +348,7 @@ async fn main() -> ExitCode {
         Command::Compare(args) => run_compare(args).await,
         Command::Soak(args) => run_soak(args).await,
         Command::Bots(args) => run_bots(args).await,
+        Command::Cluster(args) => run_cluster_sale(args).await,
     };
     match outcome {
         Ok(true) => ExitCode::SUCCESS,
@@ -320,6 +358,26 @@ async fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+async fn run_cluster_sale(args: ClusterArgs) -> Result<bool> {
+    // Each bounded by its parser.
+    let options = ClusterOptions {
+        binary: args.spawn,
+        credentials: args.keys.credentials(AuthMode::Header),
+        nodes: args.nodes as usize,
+        nats_urls: args.nats,
+        database_url: args.database_url,
+        partitions: args.partitions as u32,
+        lease_ttl_s: args.lease_ttl_s,
+        connections: args.connections as usize,
+        duration: Duration::from_secs(args.duration_s),
+        kill_at: (args.kill_at_s > 0).then(|| Duration::from_secs(args.kill_at_s)),
+        items: args.items as usize,
+    };
+    let report = run_cluster(&options).await?;
+    report.print();
+    Ok(report.per_node.iter().any(|node| node.created > 0))
 }
 
 fn load_scenario(path: &Path, common: &Common) -> Result<Scenario> {
