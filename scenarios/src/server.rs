@@ -130,44 +130,37 @@ impl SpawnedServer {
         self.scratch_path.clone()
     }
 
+    /// `seckill serve` on `listen` with the run's credentials and data directory.
+    fn serve_arguments(&self, listen: String) -> Vec<String> {
+        let credentials = &self.spec.credentials;
+        vec![
+            "serve".into(),
+            "--listen".into(),
+            listen,
+            "--data-dir".into(),
+            self.data_dir().display().to_string(),
+            "--admin-key".into(),
+            credentials.admin_key.clone(),
+            "--auth".into(),
+            match credentials.auth {
+                AuthMode::Header => "header".into(),
+                AuthMode::Jwt => "jwt".into(),
+            },
+            "--user-secret".into(),
+            credentials.user_secret.clone(),
+        ]
+    }
+
     fn arguments(&self) -> Vec<String> {
         let listen = format!("127.0.0.1:{}", self.port);
         let credentials = &self.spec.credentials;
         let mut args: Vec<String> = match &self.spec.kind {
-            ServerKind::SeckillCluster => vec![
-                "serve".into(),
-                "--listen".into(),
-                listen,
-                "--data-dir".into(),
-                self.data_dir().display().to_string(),
-                "--admin-key".into(),
-                credentials.admin_key.clone(),
-                "--auth".into(),
-                match credentials.auth {
-                    AuthMode::Header => "header".into(),
-                    AuthMode::Jwt => "jwt".into(),
-                },
-                "--user-secret".into(),
-                credentials.user_secret.clone(),
-            ],
-            ServerKind::Seckill { durability } => vec![
-                "serve".into(),
-                "--listen".into(),
-                listen,
-                "--data-dir".into(),
-                self.data_dir().display().to_string(),
-                "--admin-key".into(),
-                credentials.admin_key.clone(),
-                "--auth".into(),
-                match credentials.auth {
-                    AuthMode::Header => "header".into(),
-                    AuthMode::Jwt => "jwt".into(),
-                },
-                "--user-secret".into(),
-                credentials.user_secret.clone(),
-                "--durability".into(),
-                durability.as_str().into(),
-            ],
+            ServerKind::SeckillCluster => self.serve_arguments(listen),
+            ServerKind::Seckill { durability } => {
+                let mut args = self.serve_arguments(listen);
+                args.extend(["--durability".into(), durability.as_str().into()]);
+                args
+            }
             ServerKind::Baseline { redis_url } => vec![
                 "--listen".into(),
                 listen,
