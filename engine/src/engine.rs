@@ -476,13 +476,30 @@ impl Engine {
             return self.promotion_stats(promotion_id).await;
         };
         let entry = self.core().catalog.entry(promotion_id)?;
-        let owned: Vec<u64> = entry
+        let (stats, _) = self.owned_part(&entry, cluster).await?;
+        Ok(stats)
+    }
+
+    /// `entry`'s stats with the exact figures of the items this engine decides for now
+    /// (the others as created), and which those are, gate for gate.
+    async fn owned_part(
+        &self,
+        entry: &PromotionEntry,
+        cluster: &ClusterState,
+    ) -> Result<(PromotionStats, Vec<bool>)> {
+        let owned: Vec<bool> = entry
             .gates
             .iter()
-            .map(|g| g.key)
-            .filter(|key| cluster.check(*key).is_ok())
+            .map(|gate| cluster.check(gate.key).is_ok())
             .collect();
-        self.stats_of(&entry, owned).await
+        let keys = entry
+            .gates
+            .iter()
+            .zip(&owned)
+            .filter(|(_, owned)| **owned)
+            .map(|(gate, _)| gate.key)
+            .collect();
+        Ok((self.stats_of(entry, keys).await?, owned))
     }
 
     /// The promotion's stats with the exact figures of the items `keys` (the others as
@@ -570,19 +587,7 @@ impl Engine {
             let keys = entry.gates.iter().map(|g| g.key).collect();
             return self.stats_of(entry, keys).await;
         };
-        let owned: Vec<bool> = entry
-            .gates
-            .iter()
-            .map(|gate| cluster.check(gate.key).is_ok())
-            .collect();
-        let keys = entry
-            .gates
-            .iter()
-            .zip(&owned)
-            .filter(|(_, owned)| **owned)
-            .map(|(gate, _)| gate.key)
-            .collect();
-        let mut stats = self.stats_of(entry, keys).await?;
+        let (mut stats, owned) = self.owned_part(entry, cluster).await?;
         let mut mine = owned.iter();
         stats
             .items

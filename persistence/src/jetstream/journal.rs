@@ -280,7 +280,7 @@ impl JetStreamJournal {
 
 /// The largest message the journal sends (less when the server's `max_payload` is under
 /// twice this): half of NATS's default `max_payload` (1 MiB).
-pub(crate) const MESSAGE_BYTES_MAX: usize = 512 * 1024;
+const MESSAGE_BYTES_MAX: usize = 512 * 1024;
 
 /// Encodes `events` as one message, or as several in order when one would be too large.
 pub(crate) fn encode_parts(
@@ -637,7 +637,7 @@ fn empty_image() -> EngineImage {
     }
 }
 
-pub(crate) fn check_image(image: &EngineImage) -> Result<(), ClusterError> {
+fn check_image(image: &EngineImage) -> Result<(), ClusterError> {
     if image.version > EVENT_VERSION {
         return Err(ClusterError::NewerVersion {
             found: image.version,

@@ -334,11 +334,6 @@ impl PartitionJournal {
         &self.js
     }
 
-    /// Runs `future` on the journal's runtime, from a thread outside it.
-    pub(crate) fn run<F: std::future::Future>(&self, future: F) -> F::Output {
-        self.block_on(future)
-    }
-
     fn slot(&self, partition: u32) -> Result<&Mutex<Option<Arc<Lane>>>, ClusterError> {
         self.slots.get(partition as usize).ok_or_else(|| {
             ClusterError::Nats(format!(
@@ -363,7 +358,8 @@ impl PartitionJournal {
             .clone()
     }
 
-    fn block_on<F: std::future::Future>(&self, future: F) -> F::Output {
+    /// Runs `future` on the journal's runtime, from a thread outside it.
+    pub(crate) fn block_on<F: std::future::Future>(&self, future: F) -> F::Output {
         match &self.runtime {
             Some(runtime) => runtime.block_on(future),
             None => unreachable!("the runtime lives as long as the journal"),

@@ -29,7 +29,7 @@ impl EventSource for PartitionJournal {
         let last = EventSource::last_seq(self, lane);
         let stream = self.names().stream(lane);
         let js = self.js().clone();
-        self.run(async move { read_up_to(&js, &stream, after_seq, batches_max, last).await })
+        self.block_on(async move { read_up_to(&js, &stream, after_seq, batches_max, last).await })
             .map_err(|e| SqlError::Source(e.to_string()))
     }
 
