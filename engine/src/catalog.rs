@@ -19,6 +19,7 @@ use crate::model::{
     ItemRecord, ItemStats, PromotionRecord, PromotionStats, PromotionStatus, PublicItem,
     PublicPromotion,
 };
+use crate::remote_view::{buyer_fingerprint, ItemFigures, VIEW_BUYERS_MAX};
 
 /// An operator's change of a promotion's window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -346,6 +347,33 @@ impl PromotionEntry {
             .set(partition, count);
     }
 
+    /// Raises the user's strikes in `partition` to `count` if they are below it. Strikes
+    /// only grow, so the highest figure heard of a partition's owner is the closest to the
+    /// truth: a late message of an older holding can never lower a count (and let a banned
+    /// user back in). Used by a cluster node for the partitions other nodes own.
+    pub fn raise_strikes(&self, partition: u32, user_id: String, count: u32) {
+        if count == 0 {
+            return;
+        }
+        let mut strikes = self.strikes.entry(user_id).or_default();
+        if strikes.count(partition) < count {
+            strikes.set(partition, count);
+        }
+    }
+
+    /// Every strike counted in a partition `wanted` accepts: `(partition, user, count)`.
+    pub fn strikes_in(&self, wanted: impl Fn(u32) -> bool) -> Vec<(u32, String, u32)> {
+        let mut found = Vec::new();
+        for user in self.strikes.iter() {
+            for &(partition, count) in &user.value().counts {
+                if wanted(partition) {
+                    found.push((partition, user.key().clone(), count));
+                }
+            }
+        }
+        found
+    }
+
     /// Forgets every strike of `partition` (a partition this node no longer owns: its
     /// owner's figures replace them). Used when a partition is dropped.
     pub fn clear_partition(&self, partition: u32) {
@@ -410,6 +438,13 @@ impl PartitionStrikes {
 
     pub fn clear(&mut self, partition: u32) {
         self.set(partition, 0);
+    }
+
+    /// The strikes counted in `partition` (0 when none).
+    pub fn count(&self, partition: u32) -> u32 {
+        self.counts
+            .binary_search_by_key(&partition, |(p, _)| *p)
+            .map_or(0, |at| self.counts[at].1)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -498,6 +533,33 @@ impl ItemGate {
 
     pub fn is_sold_out(&self) -> bool {
         self.sold_out.load(Ordering::Acquire)
+    }
+
+    /// The item's figures for the other nodes of a cluster (read by the owner's view
+    /// publisher): the flags first (Acquire), then the buyers, so that a set said to be
+    /// whole holds every buyer up to those flags (`publish` fills it before it sets them).
+    pub fn figures(&self) -> ItemFigures {
+        let sold_out = self.is_sold_out();
+        let whole = self.buyers_complete();
+        let remaining = self.remaining.load(Ordering::Acquire);
+        let buyers = (whole && self.buyers.len() <= VIEW_BUYERS_MAX).then(|| {
+            let mut prints: Vec<u64> = self
+                .buyers
+                .iter()
+                .map(|user| buyer_fingerprint(user.key()))
+                .collect();
+            prints.sort_unstable();
+            prints.dedup();
+            prints
+        });
+        ItemFigures {
+            key: self.key,
+            remaining,
+            sold_out,
+            // The set was whole when the flag was read; an archive emptying it since
+            // would show an empty set, so it is read whole again after.
+            buyers: buyers.filter(|_| self.buyers_complete()),
+        }
     }
 
     pub fn public_view(&self) -> PublicItem {

@@ -178,7 +178,7 @@ impl Engine {
         })
     }
 
-    fn core(&self) -> &Core {
+    pub(crate) fn core(&self) -> &Core {
         &self.inner.core
     }
 
@@ -597,11 +597,8 @@ impl Engine {
 
     /// The shoppers' view of one promotion, from the gates (no shard round trip).
     pub fn public_promotion(&self, promotion_id: &str) -> Result<PublicPromotion> {
-        Ok(self
-            .core()
-            .catalog
-            .entry(promotion_id)?
-            .public_view(self.now_ms()))
+        let entry = self.core().catalog.entry(promotion_id)?;
+        Ok(self.with_remote_figures(&entry, entry.public_view(self.now_ms())))
     }
 
     /// Upcoming and live promotions in the shoppers' view, soonest first.
@@ -612,7 +609,7 @@ impl Engine {
             .catalog
             .entries()
             .iter()
-            .map(|e| e.public_view(now_ms))
+            .map(|e| self.with_remote_figures(e, e.public_view(now_ms)))
             .filter(|v| v.status != PromotionStatus::Ended)
             .collect();
         views.sort_by(|a, b| a.starts_at_ms.cmp(&b.starts_at_ms).then(a.id.cmp(&b.id)));
@@ -667,8 +664,7 @@ impl Engine {
     ) -> Result<HumanCheck> {
         check_id("user_id", user_id)?;
         let (entry, gate) = self.core().catalog.gate(promotion_id, sku)?;
-        // A gate of a partition not owned here shows no figure to refuse by.
-        self.route(gate.key)?;
+        self.token_route(&entry, &gate, user_id)?;
         self.token_refusal(&entry, &gate, user_id, claims)?;
         Ok(entry.record.guard.human_check)
     }
@@ -685,9 +681,7 @@ impl Engine {
     ) -> Result<TokenGrant> {
         check_id("user_id", user_id)?;
         let (entry, gate) = self.core().catalog.gate(promotion_id, sku)?;
-        // Before the gate's refusals: a gate of a partition not owned here shows no figure
-        // to refuse by.
-        let shard = self.route(gate.key)?;
+        let shard = self.token_route(&entry, &gate, user_id)?;
         self.token_refusal(&entry, &gate, user_id, admission.claims)?;
         check_human(&entry.record.guard, admission.human_check_passed)?;
         let (reply, rx) = Responder::channel();
@@ -698,6 +692,16 @@ impl Engine {
         };
         self.core().shards.send(shard, command)?;
         answer_write(rx).await
+    }
+
+    /// The shard of a token request's item, before the gate's refusals: a gate of a
+    /// partition not owned here shows no figure to refuse by, so such a request is refused
+    /// by the owner's view when it can be, and answers `NotOwner` (hand it over) otherwise.
+    fn token_route(&self, entry: &PromotionEntry, gate: &ItemGate, user_id: &str) -> Result<usize> {
+        self.route(gate.key).map_err(|not_owner| {
+            self.remote_token_refusal(entry, gate, user_id)
+                .unwrap_or(not_owner)
+        })
     }
 
     fn token_refusal(
@@ -751,8 +755,11 @@ impl Engine {
         }
         let (entry, gate) = self.core().catalog.gate(promotion_id, sku)?;
         // Before the gate's refusals: a gate of a partition not owned here shows no figure
-        // to refuse by.
-        let shard = self.route(gate.key)?;
+        // to refuse by; the owner's view may, and the owner decides otherwise.
+        let shard = self.route(gate.key).map_err(|not_owner| {
+            self.remote_purchase_refusal(&entry, &gate, user_id)
+                .unwrap_or(not_owner)
+        })?;
         if let Some(refusal) = self.purchase_refusal(&entry, &gate, user_id) {
             return Err(refusal);
         }

@@ -96,6 +96,8 @@ mod partition;
 mod ports;
 mod pump;
 mod recovery;
+mod remote_gates;
+mod remote_view;
 mod rules;
 mod shard;
 mod shard_state;
@@ -136,6 +138,9 @@ pub use ports::{
     Ownership, PendingAppend, Ports, Recovery, StaticOwnership, SystemClock,
 };
 pub use pump::ReplyPump;
+pub use remote_view::{
+    buyer_fingerprint, ItemFigures, PartitionView, VIEW_BUYERS_MAX, VIEW_FRESH_MS,
+};
 pub use tokens::{TokenBook, TokenRecord};
 pub use validate::{
     ITEMS_MAX, PAYMENT_TIMEOUT_S_MAX, PAYMENT_TIMEOUT_S_MIN, STOCK_MAX, TOKEN_MULTIPLIER_MAX,

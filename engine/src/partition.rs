@@ -38,6 +38,7 @@ use crate::ids::partition_of;
 use crate::item::ItemState;
 use crate::ports::{BatchStream, Ownership};
 use crate::recovery::install_missing;
+use crate::remote_view::RemoteViews;
 use crate::shard_state::{ShardState, Strike};
 
 /// How often a release with patience looks for the shards' answers.
@@ -396,6 +397,8 @@ pub(crate) struct ClusterState {
     pub instance: u64,
     /// The catalog log and how far it is applied, when the engine has one.
     pub catalog: Option<CatalogSync>,
+    /// What the other nodes' views say of the partitions owned elsewhere.
+    pub views: RemoteViews,
 }
 
 impl ClusterState {
@@ -407,6 +410,7 @@ impl ClusterState {
             standings: Arc::new(PartitionSet::new(partitions)),
             instance: rand::random(),
             catalog: ports.catalog_log.map(CatalogSync::new),
+            views: RemoteViews::default(),
         }
     }
 

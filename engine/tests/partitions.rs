@@ -1155,3 +1155,166 @@ async fn a_release_keeps_its_bound_when_the_stuck_shard_s_mailbox_is_full() {
     b.assert_retry_finds(&a0, bought.order).await;
     b.engine.shutdown().await.expect("shutdown");
 }
+
+/// A node that owns nothing, with the catalog of [`owning_both`] plus promotion "q" of one
+/// unit of `x` (a sku of partition 0), created on it as on the owner.
+async fn watching(a0: &str, c1: &str, x: &str) -> Node {
+    let other = Node::cluster(1, T0_MS, Recovery::empty());
+    for spec in [
+        spec("p", &[(a0, 10, 1), (c1, 10, 1)], false),
+        spec("q", &[(x, 1, 1)], false),
+    ] {
+        other.engine.create_promotion(spec).await.expect("created");
+    }
+    other
+}
+
+/// Every view `from` publishes now, heard by `to`.
+fn hear(from: &Node, to: &Node) {
+    let views = from.engine.owned_views();
+    assert_eq!(
+        views.iter().map(|v| v.partition).collect::<Vec<_>>(),
+        from.engine.owned_partitions(),
+        "one view per owned partition"
+    );
+    for view in views {
+        to.engine.apply_view(view);
+    }
+}
+
+/// `item`'s (remaining, sold_out) in `node`'s public view of `promotion_id`.
+fn shown(node: &Node, promotion_id: &str, sku: &str) -> (u64, bool) {
+    let view = node.engine.public_promotion(promotion_id).expect("known");
+    let item = view
+        .items
+        .iter()
+        .find(|item| item.sku == sku)
+        .expect("the item");
+    (item.remaining, item.sold_out)
+}
+
+#[tokio::test]
+async fn a_node_refuses_by_the_owner_s_view_for_one_second_then_hands_over() {
+    let (owner, a0, c1) = owning_both().await;
+    let x = skus_in("q", 0, 1).remove(0);
+    owner
+        .engine
+        .create_promotion(spec("q", &[(x.as_str(), 1, 1)], false))
+        .await
+        .expect("created");
+    let order = owner.buy("q", &x, "u1", "r1").await;
+    let other = watching(&a0, &c1, &x).await;
+    let not_owner = Err(Error::NotOwner { partition: 0 });
+
+    // Nothing heard yet: the owner decides, and the public view has no figure but stock.
+    assert_eq!(
+        other.engine.issue_token("q", &x, "u2").await.map(|_| ()),
+        not_owner
+    );
+    hear(&owner, &other);
+    assert_eq!(
+        other.engine.issue_token("q", &x, "u2").await.map(|_| ()),
+        Err(Error::SoldOut),
+        "a fresh view of a sold-out item refuses a token"
+    );
+    assert_eq!(
+        other
+            .engine
+            .purchase("q", &x, "u2", request("r1", 1, None))
+            .await
+            .map(|_| ()),
+        Err(Error::SoldOut),
+        "and a purchase by a shopper known to hold no order"
+    );
+    assert_eq!(
+        other
+            .engine
+            .purchase("q", &x, "u1", request("r1", 1, None))
+            .await
+            .map(|_| ()),
+        not_owner,
+        "the buyer may be retrying: the owner answers the original order"
+    );
+    assert_eq!(shown(&other, "q", &x), (0, true));
+    assert_eq!(
+        other.engine.issue_token("p", &a0, "u2").await.map(|_| ()),
+        not_owner,
+        "an item with stock is the owner's to decide"
+    );
+    assert_eq!(shown(&other, "p", &a0), (10, false));
+
+    // One second without a view: nothing is refused by it any more.
+    other.clock.advance_ms(1_000);
+    assert_eq!(
+        other.engine.issue_token("q", &x, "u2").await.map(|_| ()),
+        not_owner
+    );
+    assert_eq!(
+        shown(&other, "q", &x),
+        (0, false),
+        "a stale view never claims sold out"
+    );
+
+    // Stock comes back on the owner: its next view says so.
+    owner
+        .engine
+        .cancel(&order.order_id, Some("u1"))
+        .await
+        .expect("cancelled");
+    hear(&owner, &other);
+    assert_eq!(shown(&other, "q", &x), (1, false));
+    assert_eq!(
+        other.engine.issue_token("q", &x, "u2").await.map(|_| ()),
+        not_owner
+    );
+    owner.engine.shutdown().await.expect("shutdown");
+    other.engine.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
+async fn strikes_travel_with_the_view_and_an_owner_ignores_views_of_its_own_partitions() {
+    let (owner, a0, c1) = owning_both().await;
+    for round in 0..3 {
+        let order = owner.buy("p", &a0, "striker", &format!("r{round}")).await;
+        owner
+            .engine
+            .cancel(&order.order_id, Some("striker"))
+            .await
+            .expect("cancelled");
+    }
+    let x = skus_in("q", 0, 1).remove(0);
+    let other = watching(&a0, &c1, &x).await;
+    hear(&owner, &other);
+    assert_eq!(
+        other
+            .engine
+            .issue_token("p", &c1, "striker")
+            .await
+            .map(|_| ()),
+        Err(Error::Banned),
+        "three cancellations in partition 0 ban from every item of the promotion"
+    );
+
+    // A view of partition 0 that says "sold out" (an impostor, or a holding that ended)
+    // changes nothing on the node that owns it.
+    let mut forged = other_view_of(&owner, 0);
+    for item in &mut forged.items {
+        item.remaining = 0;
+        item.sold_out = true;
+    }
+    forged.epoch += 1_000;
+    owner.engine.apply_view(forged);
+    owner.buy("p", &a0, "u9", "r1").await;
+    assert_eq!(shown(&owner, "p", &a0), (9, false));
+    owner.engine.shutdown().await.expect("shutdown");
+    other.engine.shutdown().await.expect("shutdown");
+}
+
+/// `node`'s own view of `partition`.
+fn other_view_of(node: &Node, partition: u32) -> seckill_engine::PartitionView {
+    node.engine
+        .owned_views()
+        .into_iter()
+        .find(|view| view.partition == partition)
+        .expect("owned")
+}

@@ -18,6 +18,7 @@ use seckill_persistence::cluster::node::ClusterNode;
 use seckill_persistence::cluster::owners::Owners;
 use seckill_persistence::cluster::registry::{self, Registry};
 use seckill_persistence::cluster::rpc::{self, ForwardError, Forwarder, RpcServer};
+use seckill_persistence::cluster::views::GateViews;
 use seckill_persistence::cluster::wire::{Answer, Op};
 use seckill_persistence::jetstream::{ClusterOptions, Names, PartitionJournal};
 
@@ -42,6 +43,9 @@ pub struct ClusterLink {
     node: ClusterNode,
     forwarder: Forwarder,
     server: RpcServer,
+    /// Publishes this node's partitions' figures and keeps the others' (for the cheap
+    /// refusals); stopped when the link is dropped.
+    _views: GateViews,
     tail: tokio::sync::Mutex<Option<CatalogTail>>,
     acks: Arc<CatalogAcks>,
     partitions: u32,
@@ -101,6 +105,9 @@ impl ClusterLink {
         let server = RpcServer::start(&client, &options.prefix, &me, engine.clone())
             .await
             .map_err(|e| failed("serving other nodes", &e))?;
+        let views = GateViews::start(&client, &options.prefix, &me, engine.clone())
+            .await
+            .map_err(|e| failed("the views between nodes", &e))?;
         let owners = Owners::start(&js, options, partitions)
             .await
             .map_err(|e| failed("the lease view", &e))?;
@@ -111,6 +118,7 @@ impl ClusterLink {
             node,
             forwarder,
             server,
+            _views: views,
             tail: tokio::sync::Mutex::new(Some(tail)),
             acks,
             partitions,

@@ -67,7 +67,7 @@ const fn histogram(name: &'static str, unit: Unit, help: &'static str) -> Metric
 }
 
 /// How many metrics seckill emits.
-const METRIC_COUNT: usize = 44;
+const METRIC_COUNT: usize = 45;
 
 /// Every metric the engine, the persistence crate and the edge emit, by subsystem.
 pub const METRICS: [MetricDoc; METRIC_COUNT] = [
@@ -209,6 +209,12 @@ pub const METRICS: [MetricDoc; METRIC_COUNT] = [
     counter(
         "seckill_cluster_partitions_lost_total",
         "Partition leases this node lost to another node (paused or cut off past the TTL).",
+        false,
+    ),
+    counter(
+        "seckill_cluster_views_total",
+        "Partition views (an owner's gate figures, for the cheap refusals) this node sent \
+         (`direction=\"sent\"`) and heard from other nodes (`\"heard\"`).",
         false,
     ),
     counter(

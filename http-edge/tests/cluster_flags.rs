@@ -6,25 +6,24 @@
 //! `SECKILL_TEST_DATABASE_URL`; it is skipped without either. It runs under a random prefix
 //! of its own in NATS and a schema of its own in PostgreSQL, so tests sharing both never meet.
 
+mod cluster_common;
 mod common;
 
-use std::fs::File;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::path::Path;
+use std::process::ExitStatus;
 use std::time::{Duration, Instant};
+
+use futures::future::join_all;
 
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use common::process::{free_port, path_arg, run_to_exit, seckill};
-use common::{live_promotion, send, ADMIN_KEY};
-
-/// A bound on any one process's start or exit; it means "hung", not "slow".
-const PROCESS_LIMIT: Duration = Duration::from_secs(60);
-/// A bound on one HTTP request to a node.
-const REQUEST_LIMIT: Duration = Duration::from_secs(10);
-/// The shopper of the NATS test.
-const SHOPPER: &str = "alice";
+use cluster_common::{
+    assert_acked_present, assert_sql_matches, buy, deployment, env_value, fault_answer,
+    keep_buying, refusals, wait_for_view, Node, Shoppers, PROCESS_LIMIT,
+};
+use common::process::{path_arg, run_to_exit};
+use common::{live_promotion, send};
 
 /// The lines seckill wrote to stderr, without empty ones.
 fn stderr_lines(stderr: &str) -> Vec<String> {
@@ -99,231 +98,6 @@ fn cluster_flags_without_cluster_are_refused() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_refused(output.status, &stderr, &[flag, "--cluster"]);
     }
-}
-
-/// What every node of the NATS test shares: the NATS servers, its prefix there, its
-/// PostgreSQL schema, and a directory for the nodes' data directories and logs.
-struct Deployment {
-    nats_urls: String,
-    database_url: String,
-    prefix: String,
-    dir: PathBuf,
-}
-
-/// A `seckill` child process. Dropping it kills it (by its pid), so no path of a test,
-/// a panic included, leaves a process behind.
-struct Node {
-    child: Option<Child>,
-    base: String,
-    stderr_path: PathBuf,
-    client: reqwest::Client,
-}
-
-impl Node {
-    /// Spawns node `node_id` with `--partitions partitions`; stderr goes to a file (a pipe
-    /// nobody reads could fill and stall the child), logging at `log_level`.
-    fn spawn(deployment: &Deployment, node_id: &str, partitions: u32, log_level: &str) -> Node {
-        let port = free_port();
-        let listen = format!("127.0.0.1:{port}");
-        let base = format!("http://{listen}");
-        let data = path_arg(&deployment.dir.join(format!("data-{node_id}")));
-        let stderr_path = deployment
-            .dir
-            .join(format!("{node_id}-p{partitions}-{port}.stderr"));
-        let stderr = File::create(&stderr_path).expect("stderr file");
-        let partitions = partitions.to_string();
-        let child = seckill()
-            .args(["serve", "--auth", "header", "--admin-key", ADMIN_KEY])
-            .args(["--data-dir", &data, "--listen", &listen])
-            .args(["--database-url", &deployment.database_url])
-            .args(["--cluster", &deployment.nats_urls])
-            .args(["--cluster-prefix", &deployment.prefix])
-            .args(["--node-id", node_id, "--advertise", &base])
-            .args(["--partitions", &partitions, "--replicas", "3"])
-            // Short leases: a lease left behind by a node that died in a failed run lapses
-            // quickly instead of holding the next start for the default TTL.
-            .args(["--lease-ttl-s", "3"])
-            .env("RUST_LOG", log_level)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(stderr))
-            .spawn()
-            .expect("spawn seckill");
-        seckill_http_edge::human::captcha::install_crypto_provider();
-        let client = reqwest::Client::builder()
-            .timeout(REQUEST_LIMIT)
-            .build()
-            .expect("HTTP client");
-        Node {
-            child: Some(child),
-            base,
-            stderr_path,
-            client,
-        }
-    }
-
-    /// Spawns the node and waits until it answers `/readyz` 200 (and `/healthz` 200).
-    async fn start(deployment: &Deployment, node_id: &str, partitions: u32) -> Node {
-        let mut node = Node::spawn(deployment, node_id, partitions, "info");
-        node.wait_ready().await;
-        node
-    }
-
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
-    }
-
-    fn child(&mut self) -> &mut Child {
-        self.child.as_mut().expect("the node is running")
-    }
-
-    async fn wait_ready(&mut self) {
-        let deadline = Instant::now() + PROCESS_LIMIT;
-        loop {
-            if let Ok(Some(status)) = self.child().try_wait() {
-                panic!("seckill exited at start with {status}: {}", self.stderr());
-            }
-            let ready = self.client.get(self.url("/readyz")).send().await;
-            if ready.is_ok_and(|r| r.status() == StatusCode::OK) {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "seckill not ready within {PROCESS_LIMIT:?}: {}",
-                self.stderr()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let health = self.client.get(self.url("/healthz")).send().await;
-        assert!(
-            health.is_ok_and(|r| r.status() == StatusCode::OK),
-            "/healthz after /readyz 200"
-        );
-    }
-
-    /// Waits at most [`PROCESS_LIMIT`] for the process to exit on its own.
-    async fn wait_exit(&mut self) -> ExitStatus {
-        let deadline = Instant::now() + PROCESS_LIMIT;
-        loop {
-            if let Some(status) = self.child().try_wait().expect("try_wait") {
-                self.child = None;
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "seckill did not exit within {PROCESS_LIMIT:?}: {}",
-                self.stderr()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// SIGTERM (to its pid), then its exit status.
-    async fn terminate(&mut self) -> ExitStatus {
-        let pid = self.child().id().to_string();
-        let sent = Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("run kill");
-        assert!(sent.success(), "kill -TERM {pid}");
-        self.wait_exit().await
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{}", self.base, path)
-    }
-
-    fn admin(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
-        self.client
-            .request(method, self.url(path))
-            .bearer_auth(ADMIN_KEY)
-    }
-
-    fn shopper(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
-        self.client
-            .request(method, self.url(path))
-            .header("X-User-Id", SHOPPER)
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            // Child::kill signals this child's own pid, nothing else.
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// A PostgreSQL schema for this test alone; the URL puts the server's tables in it.
-struct TestSchema {
-    admin: sqlx::PgPool,
-    name: String,
-    url: String,
-}
-
-impl TestSchema {
-    async fn create(base_url: &str) -> TestSchema {
-        let admin = sqlx::postgres::PgPoolOptions::new()
-            .max_connections(1)
-            .connect(base_url)
-            .await
-            .expect("PostgreSQL from SECKILL_TEST_DATABASE_URL reachable");
-        let name = format!(
-            "seckill_cluster_{}_{:016x}",
-            std::process::id(),
-            rand::random::<u64>()
-        );
-        sqlx::query(&format!("CREATE SCHEMA {name}"))
-            .execute(&admin)
-            .await
-            .expect("create schema");
-        let separator = if base_url.contains('?') { '&' } else { '?' };
-        let url = format!("{base_url}{separator}options=-c%20search_path%3D{name}");
-        TestSchema { admin, name, url }
-    }
-
-    async fn drop_schema(self) {
-        sqlx::query(&format!("DROP SCHEMA {} CASCADE", self.name))
-            .execute(&self.admin)
-            .await
-            .expect("drop schema");
-        self.admin.close().await;
-    }
-}
-
-/// What a NATS test of this file runs on: a prefix of its own in NATS, a schema of its own
-/// in PostgreSQL, a directory for the nodes (kept while the returned guard lives). `None`
-/// (the test is skipped, and says so) without the persistence feature, NATS or PostgreSQL.
-async fn deployment() -> Option<(Deployment, TestSchema, tempfile::TempDir)> {
-    if cfg!(not(feature = "persistence")) {
-        println!("skipped: built without the persistence feature (no JetStream journal)");
-        return None;
-    }
-    let Some(nats_urls) = env_value("SECKILL_TEST_NATS_URLS") else {
-        println!("skipped: SECKILL_TEST_NATS_URLS not set");
-        return None;
-    };
-    let Some(base_database_url) = env_value("SECKILL_TEST_DATABASE_URL") else {
-        println!("skipped: SECKILL_TEST_DATABASE_URL not set");
-        return None;
-    };
-    let prefix = format!("T{:016X}", rand::random::<u64>());
-    println!("NATS prefix {prefix}");
-    let schema = TestSchema::create(&base_database_url).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let deployment = Deployment {
-        nats_urls,
-        database_url: schema.url.clone(),
-        prefix,
-        dir: dir.path().to_owned(),
-    };
-    Some((deployment, schema, dir))
-}
-
-fn env_value(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|value| !value.is_empty())
 }
 
 /// Creates a live promotion and buys one unit of it; the order as answered.
@@ -401,52 +175,6 @@ fn assert_data_dirs_hold_no_journal(dir: &Path) {
             data.display()
         );
     }
-}
-
-/// The nodes' view of the cluster: node id -> the partitions it holds.
-async fn cluster_view(node: &Node) -> Option<(u64, Vec<(String, usize)>)> {
-    let (status, body) = send(node.admin(Method::GET, "/admin/cluster")).await;
-    if status != StatusCode::OK {
-        return None;
-    }
-    let partitions = body["partitions"].as_u64()?;
-    let nodes = body["nodes"]
-        .as_array()?
-        .iter()
-        .map(|n| {
-            let held = n["partitions"].as_array().map_or(0, Vec::len);
-            (n["node_id"].as_str().unwrap_or_default().to_owned(), held)
-        })
-        .collect();
-    Some((partitions, nodes))
-}
-
-/// Polls `node`'s `/admin/cluster` until `check` holds; panics after [`PROCESS_LIMIT`].
-async fn wait_for_view(node: &Node, what: &str, check: impl Fn(&[(String, usize)]) -> bool) {
-    let deadline = Instant::now() + PROCESS_LIMIT;
-    loop {
-        if let Some((_, nodes)) = cluster_view(node).await {
-            if check(&nodes) {
-                return;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: not within {PROCESS_LIMIT:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// `user` buys one unit of `sku` through `node`: the status and body.
-async fn buy(node: &Node, sku: &str, user: &str) -> (StatusCode, Value) {
-    send(
-        node.client
-            .post(node.url(&format!("/promotions/spread/items/{sku}/purchase")))
-            .header("X-User-Id", user)
-            .json(&json!({"request_id": format!("{user}-{sku}")})),
-    )
-    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -550,6 +278,8 @@ async fn every_node_answers_for_every_item_and_the_others_take_over_a_killed_one
         );
     }
 
+    sold_out_everywhere(&nodes).await;
+
     // kill -9 of node-b: the others take its partitions; writes to its items answer 503
     // for a while, then succeed.
     let killed = Instant::now();
@@ -600,6 +330,9 @@ async fn every_node_answers_for_every_item_and_the_others_take_over_a_killed_one
             "three before, one after, each once: {item}"
         );
     }
+    let items = assert_acked_present(&[&nodes[0], &nodes[2]], "spread", &orders, STOCK).await;
+    let caught_up = assert_sql_matches(&schema, "spread", &orders, &items).await;
+    println!("(a) SQL equal to the engine {caught_up:?} after the last check began");
     for index in [0, 2] {
         let status = nodes[index].terminate().await;
         assert_eq!(status.code(), Some(0), "{}", nodes[index].stderr());
@@ -607,74 +340,15 @@ async fn every_node_answers_for_every_item_and_the_others_take_over_a_killed_one
     schema.drop_schema().await;
 }
 
-/// A node's address and client, for buyers running beside the test.
-#[derive(Clone)]
-struct Endpoint {
-    client: reqwest::Client,
-    base: String,
-}
-
-impl Node {
-    fn endpoint(&self) -> Endpoint {
-        Endpoint {
-            client: self.client.clone(),
-            base: self.base.clone(),
-        }
-    }
-
-    /// Sends `signal` (`STOP`, `CONT`) to the node's pid.
-    fn signal(&mut self, signal: &str) {
-        let pid = self.child().id().to_string();
-        let sent = Command::new("kill")
-            .args([format!("-{signal}"), pid.clone()])
-            .status()
-            .expect("run kill");
-        assert!(sent.success(), "kill -{signal} {pid}");
-    }
-}
-
-/// Buys `skus` through `endpoints` in turn until `stop`, one new shopper a request: every
-/// acknowledged order (201) as `(user, order)`, and the statuses seen.
-async fn keep_buying(
-    endpoints: Vec<Endpoint>,
-    skus: Vec<String>,
-    stop: tokio::sync::watch::Receiver<bool>,
-    tag: &'static str,
-) -> (Vec<(String, Value)>, Vec<u16>) {
-    let (mut acked, mut statuses) = (Vec::new(), Vec::new());
-    let mut n = 0usize;
-    while !*stop.borrow() {
-        let endpoint = &endpoints[n % endpoints.len()];
-        let sku = &skus[n % skus.len()];
-        let user = format!("{tag}{n}");
-        let answer = endpoint
-            .client
-            .post(format!(
-                "{}/promotions/storm/items/{sku}/purchase",
-                endpoint.base
-            ))
-            .header("X-User-Id", &user)
-            .json(&json!({"request_id": format!("{user}-{sku}")}))
-            .send()
-            .await;
-        if let Ok(answer) = answer {
-            let status = answer.status().as_u16();
-            statuses.push(status);
-            if status == 201 {
-                let order: Value = answer.json().await.unwrap_or(Value::Null);
-                acked.push((user, order));
-            }
-        }
-        n += 1;
-    }
-    (acked, statuses)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_joining_mid_sale_and_a_node_paused_past_its_leases_lose_and_repeat_nothing() {
     const PARTITIONS: u32 = 4;
     // More than the buyers can buy in the test's seconds: every refusal seen is a fault's.
     const STOCK: u64 = 100_000;
+    // 7 s in CI (past the 3 s lease TTL); the README's full run sets 20, as the issue asks.
+    let pause_s: u64 = env_value("SECKILL_TEST_PAUSE_S")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(7);
     let Some((deployment, schema, _dir)) = deployment().await else {
         return;
     };
@@ -699,6 +373,7 @@ async fn a_node_joining_mid_sale_and_a_node_paused_past_its_leases_lose_and_repe
         skus.clone(),
         stopped.clone(),
         "d",
+        Shoppers::NewEach,
     ));
     tokio::time::sleep(Duration::from_millis(500)).await;
     nodes.push(Node::start(&deployment, "node-c", PARTITIONS).await);
@@ -708,20 +383,18 @@ async fn a_node_joining_mid_sale_and_a_node_paused_past_its_leases_lose_and_repe
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.send_replace(true);
-    let (mut acked, statuses) = buyers.await.expect("the buyers end");
-    let refused = statuses.iter().filter(|s| **s != 201).count();
+    let (mut acked, answers) = buyers.await.expect("the buyers end");
+    let refused = answers.iter().filter(|a| a.status != 201).count();
     println!(
         "(d) a node joined mid-sale: {} purchases, {} acknowledged, {refused} refused ({:?})",
-        statuses.len(),
+        answers.len(),
         acked.len(),
-        statuses
-            .iter()
-            .filter(|s| **s != 201)
-            .collect::<std::collections::BTreeSet<_>>()
+        refusals(&answers)
     );
     assert!(
-        statuses.iter().all(|s| *s == 201 || *s == 503),
-        "only sales and 503 during the hand-overs: {statuses:?}"
+        answers.iter().all(|a| matches!(a.status, 201 | 503)),
+        "only sales and 503 during the hand-overs: {:?}",
+        refusals(&answers)
     );
 
     // (b) node-a is paused past its leases while buyers buy through every node, node-a
@@ -737,12 +410,13 @@ async fn a_node_joining_mid_sale_and_a_node_paused_past_its_leases_lose_and_repe
                 skus.clone(),
                 stopped.clone(),
                 tag,
+                Shoppers::Shared,
             ))
         })
         .collect();
     tokio::time::sleep(Duration::from_millis(300)).await;
     nodes[0].signal("STOP");
-    tokio::time::sleep(Duration::from_secs(7)).await;
+    tokio::time::sleep(Duration::from_secs(pause_s)).await;
     nodes[0].signal("CONT");
     wait_for_view(
         &nodes[1],
@@ -756,58 +430,178 @@ async fn a_node_joining_mid_sale_and_a_node_paused_past_its_leases_lose_and_repe
             .into_iter()
             .zip(["through node-a", "through node-b", "through node-c"])
     {
-        let (more, statuses) = buyer.await.expect("the buyers end");
-        let refused: std::collections::BTreeSet<u16> =
-            statuses.iter().copied().filter(|s| *s != 201).collect();
+        let (more, answers) = buyer.await.expect("the buyers end");
         println!(
-            "(b) node-a paused 7 s (lease TTL 3 s), then rejoined; {tag}: {} purchases, {} acknowledged, refused with {refused:?}",
-            statuses.len(),
-            more.len()
+            "(b) node-a paused {pause_s} s (lease TTL 3 s), then rejoined; {tag}: {} purchases, {} acknowledged, refused with {:?}",
+            answers.len(),
+            more.len(),
+            refusals(&answers)
         );
         assert!(
-            statuses.iter().all(|s| *s == 201 || *s == 503),
-            "{tag}: only sales and 503 while a node is paused: {refused:?}"
+            answers.iter().all(fault_answer),
+            "{tag}: only sales, 503 and the per-user limit while a node is paused: {:?}",
+            refusals(&answers)
         );
         acked.extend(more);
     }
 
-    // Every acknowledged order is there, on any node, and no unit was sold twice.
-    let mut per_sku: std::collections::BTreeMap<String, u64> = Default::default();
-    let ids: std::collections::BTreeSet<String> = acked
-        .iter()
-        .map(|(_, order)| order["order_id"].as_str().unwrap_or_default().to_owned())
-        .collect();
-    assert_eq!(ids.len(), acked.len(), "no order id acknowledged twice");
-    for (i, (user, order)) in acked.iter().enumerate() {
-        let id = order["order_id"].as_str().expect("an order id");
-        let node = &nodes[i % 3];
-        let (status, seen) = send(
-            node.client
-                .get(node.url(&format!("/orders/{id}")))
-                .header("X-User-Id", user.as_str()),
-        )
-        .await;
-        assert_eq!(status, StatusCode::OK, "acknowledged {id} is gone: {seen}");
-        *per_sku
-            .entry(seen["sku"].as_str().unwrap_or_default().to_owned())
-            .or_default() += 1;
-    }
-    let (status, stats) = send(nodes[2].admin(Method::GET, "/admin/promotions/storm")).await;
-    assert_eq!(status, StatusCode::OK, "{stats}");
-    for item in stats["items"].as_array().expect("items") {
-        let sku = item["sku"].as_str().unwrap_or_default();
-        let reserved = item["reserved"].as_u64().unwrap_or(u64::MAX);
-        // At least the acknowledged ones: a request whose answer never came (one waiting in
-        // the paused node's socket past the client's timeout) may have bought as well.
-        assert!(
-            reserved >= per_sku.get(sku).copied().unwrap_or(0),
-            "{sku}: an acknowledged order is missing from its owner's figures: {item}"
-        );
-        assert!(reserved <= STOCK, "{sku} oversold: {item}");
-    }
+    // Every acknowledged order is there, on any node, no unit was sold twice, no shopper
+    // holds more than the limit, and SQL says the same as the engine.
+    let on = [&nodes[0], &nodes[1], &nodes[2]];
+    let items = assert_acked_present(&on, "storm", &acked, STOCK).await;
+    let caught_up = assert_sql_matches(&schema, "storm", &acked, &items).await;
+    println!("(b), (d): SQL equal to the engine {caught_up:?} after the last check began");
     for node in nodes.iter_mut() {
         let status = node.terminate().await;
         assert_eq!(status.code(), Some(0), "{}", node.stderr());
     }
     schema.drop_schema().await;
+}
+
+/// A bound on a view reaching every node: api.md's 1 s is what the test reports; this
+/// only means "never".
+const VIEW_LIMIT: Duration = Duration::from_secs(10);
+
+/// Promotion "gone", four items of one unit each, all bought through `nodes[0]` (most of
+/// them owned elsewhere). Every node's public view shows them sold out soon after (the
+/// time is printed: api.md allows 1 s), and every node refuses a new shopper's token and
+/// purchase `sold_out` by itself, from the owners' views, handing nothing to an owner.
+/// A cancel brings the stock back in every node's view.
+async fn sold_out_everywhere(nodes: &[Node]) {
+    let skus = ["g0", "g1", "g2", "g3"];
+    let items: Vec<(&str, u64)> = skus.iter().map(|sku| (*sku, 1)).collect();
+    let (status, body) = send(
+        nodes[0]
+            .admin(Method::POST, "/admin/promotions")
+            .json(&live_promotion("gone", &items, false)),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let mut orders = Vec::new();
+    for sku in skus {
+        let (status, order) = send(
+            nodes[0]
+                .shopper(
+                    Method::POST,
+                    &format!("/promotions/gone/items/{sku}/purchase"),
+                )
+                .json(&json!({"request_id": format!("first-{sku}")})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{sku}: {order}");
+        orders.push(order);
+    }
+    let sold = Instant::now();
+    let shown = wait_until_every_node_shows(nodes, |item| {
+        item["sold_out"] == true && item["remaining"] == 0
+    })
+    .await;
+    println!("views: sold out shown by every node {shown:?} after the last sale (api.md: 1 s)");
+
+    let handed_before = join_all(nodes.iter().map(forwarded_calls)).await;
+    for (n, node) in nodes.iter().enumerate() {
+        for sku in skus {
+            let shopper = format!("late-{n}-{sku}");
+            let (status, body) = send(
+                node.client
+                    .post(node.url(&format!("/promotions/gone/items/{sku}/purchase")))
+                    .header("X-User-Id", &shopper)
+                    .json(&json!({"request_id": "r1"})),
+            )
+            .await;
+            assert_eq!(
+                (status, &body["error"]["code"]),
+                (StatusCode::CONFLICT, &json!("sold_out")),
+                "{sku} through node {n}"
+            );
+            let (status, body) = send(
+                node.client
+                    .post(node.url(&format!("/promotions/gone/items/{sku}/token")))
+                    .header("X-User-Id", &shopper),
+            )
+            .await;
+            assert_eq!(
+                (status, &body["error"]["code"]),
+                (StatusCode::CONFLICT, &json!("sold_out")),
+                "{sku} through node {n}"
+            );
+        }
+    }
+    let handed_after = join_all(nodes.iter().map(forwarded_calls)).await;
+    assert_eq!(
+        handed_before, handed_after,
+        "the sold-out refusals were every node's own: no call handed to an owner"
+    );
+    // The buyer's retry still gets its order, through a node that is not the owner too.
+    for (n, node) in nodes.iter().enumerate() {
+        let sku = skus[n];
+        let (status, again) = send(
+            node.shopper(
+                Method::POST,
+                &format!("/promotions/gone/items/{sku}/purchase"),
+            )
+            .json(&json!({"request_id": format!("first-{sku}")})),
+        )
+        .await;
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "{sku} retried through node {n}: {again}"
+        );
+        assert_eq!(again["order_id"], orders[n]["order_id"]);
+    }
+
+    let id = orders[0]["order_id"].as_str().expect("an order id");
+    let (status, cancelled) =
+        send(nodes[2].shopper(Method::POST, &format!("/orders/{id}/cancel"))).await;
+    assert_eq!(status, StatusCode::OK, "{cancelled}");
+    let back = Instant::now();
+    let shown = wait_until_every_node_shows(nodes, |item| {
+        item["sku"] != "g0" || (item["sold_out"] == false && item["remaining"] == 1)
+    })
+    .await;
+    println!("views: stock back shown by every node {shown:?} after the cancel (api.md: 1 s); sold out {:?} before", back - sold);
+}
+
+/// Polls every node's `GET /promotions/gone` until `check` holds for each of its items;
+/// the time it took.
+async fn wait_until_every_node_shows(nodes: &[Node], check: impl Fn(&Value) -> bool) -> Duration {
+    let started = Instant::now();
+    for node in nodes {
+        loop {
+            let (status, view) = send(node.client.get(node.url("/promotions/gone"))).await;
+            assert_eq!(status, StatusCode::OK, "{view}");
+            if view["items"]
+                .as_array()
+                .is_some_and(|items| items.iter().all(&check))
+            {
+                break;
+            }
+            assert!(
+                started.elapsed() < VIEW_LIMIT,
+                "not shown by {}: {view}",
+                node.base
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    started.elapsed()
+}
+
+/// How many calls `node` has handed to other nodes, by its `/metrics`.
+async fn forwarded_calls(node: &Node) -> u64 {
+    let text = node
+        .client
+        .get(node.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    text.lines()
+        .filter(|line| line.starts_with("seckill_cluster_forward_seconds_count"))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|count| count as u64)
+        .sum()
 }

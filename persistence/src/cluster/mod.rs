@@ -15,6 +15,8 @@
 //!   versioned.
 //! - `rpc`: [`rpc::Forwarder`] hands calls to their partition's owner, many to a frame;
 //!   [`rpc::RpcServer`] runs them on the owner's engine and answers many to a frame.
+//! - `views`: [`views::GateViews`]: every owner publishes its partitions' gate figures ten
+//!   times a second, and every node keeps the others' for its cheap refusals.
 //! - `node`: [`node::ClusterNode`], the driver: plans on every tick and change, takes
 //!   (journal, then engine) and releases (engine, then journal) one partition at a time,
 //!   reports lost leases to the engine, hands everything over on SIGTERM.
@@ -26,6 +28,7 @@ pub mod node;
 pub mod owners;
 pub mod registry;
 pub mod rpc;
+pub mod views;
 pub mod wire;
 
 /// Subscribes to `subject` and waits until the server has the subscription (it answered a

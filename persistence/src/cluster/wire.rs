@@ -8,7 +8,7 @@
 //! which a rolling upgrade must keep in mind: bump it only with a way to speak both.
 
 use seckill_engine::{
-    ClaimValue, Error, Order, PromotionStats, PurchaseRequest, Purchased, TokenGrant,
+    ClaimValue, Error, Order, PartitionView, PromotionStats, PurchaseRequest, Purchased, TokenGrant,
 };
 use serde::{Deserialize, Serialize};
 
@@ -101,6 +101,25 @@ pub enum Answer {
     /// The engine refused (`NotOwner` among them: the partition moved before the call was
     /// decided, nothing was done).
     Refused(Error),
+}
+
+/// An owner's figures for one of its partitions, for the other nodes' views (cluster
+/// plan, Q3; `views.rs`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ViewFrame {
+    pub version: u8,
+    /// The owner's node id: a node skips its own frames.
+    pub from: String,
+    pub view: PartitionView,
+}
+
+pub fn encode_view(frame: &ViewFrame) -> Vec<u8> {
+    postcard::to_stdvec(frame).unwrap_or_default()
+}
+
+pub fn decode_view(bytes: &[u8]) -> Result<ViewFrame, WireError> {
+    check_version(bytes)?;
+    postcard::from_bytes(bytes).map_err(|e| WireError::Decode(e.to_string()))
 }
 
 /// A frame that could not be read.

@@ -1,0 +1,205 @@
+//! Issue 13's fault (c) through the real binary: `kill -9` of one NATS server of three while
+//! three `seckill --cluster` nodes sell through every node. api.md: "The loss of one NATS
+//! server of three changes nothing but latency (and at most the pause of a leader
+//! election)". Afterwards: every acknowledged order readable through every node, no unit
+//! sold twice, no shopper over the limit across nodes, SQL equal to the engine.
+//!
+//! Runs on a NATS cluster of its own (`.ci/nats-cluster start` on ports 16222-16244), so
+//! that killing a server disturbs no other test; stops every server it started, by pid.
+//! Needs `SECKILL_TEST_NATS_URLS` (the sign that the NATS tests are on) and
+//! `SECKILL_TEST_DATABASE_URL`; skipped without either.
+
+mod cluster_common;
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, StatusCode};
+
+use cluster_common::{
+    assert_acked_present, assert_sql_matches, deployment_on, fault_answer, keep_buying,
+    longest_gap, nats_tests_on, refusals, wait_for_view, Node, Shoppers,
+};
+use common::{live_promotion, send};
+
+const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../.ci/nats-cluster");
+/// Clients on 16222-16224, routes on 16232-16234, monitoring on 16242-16244.
+const BASE_PORT: u16 = 16222;
+const PARTITIONS: u32 = 4;
+/// More than the buyers can buy in the test's seconds.
+const STOCK: u64 = 100_000;
+/// The sale before the fault, and after it.
+const BEFORE: Duration = Duration::from_secs(3);
+const AFTER: Duration = Duration::from_secs(10);
+/// The longest stretch without a sale one leader election may cause (as in the journal's
+/// own NATS fault test, `persistence/tests/jetstream_faults.rs`).
+const GAP_MAX: Duration = Duration::from_secs(15);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kill_of_one_nats_server_costs_a_cluster_sale_nothing_but_latency() {
+    if nats_tests_on().is_none() {
+        return;
+    }
+    let mut nats = NatsCluster::start();
+    let Some((deployment, schema, _dir)) = deployment_on(nats.urls.clone()).await else {
+        return;
+    };
+    let nodes = vec![
+        Node::start(&deployment, "node-a", PARTITIONS).await,
+        Node::start(&deployment, "node-b", PARTITIONS).await,
+        Node::start(&deployment, "node-c", PARTITIONS).await,
+    ];
+    let skus: Vec<String> = (0..4).map(|n| format!("k{n}")).collect();
+    let items: Vec<(&str, u64)> = skus.iter().map(|sku| (sku.as_str(), STOCK)).collect();
+    let (status, body) = send(
+        nodes[0]
+            .admin(Method::POST, "/admin/promotions")
+            .json(&live_promotion("storm", &items, false)),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    wait_for_view(&nodes[0], "three nodes share the partitions", |view| {
+        view.len() == 3 && view.iter().all(|(_, held)| *held >= 1)
+    })
+    .await;
+
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let buyers: Vec<_> = nodes
+        .iter()
+        .zip(["ca", "cb", "cc"])
+        .map(|(node, tag)| {
+            tokio::spawn(keep_buying(
+                vec![node.endpoint()],
+                skus.clone(),
+                stopped.clone(),
+                tag,
+                Shoppers::Shared,
+            ))
+        })
+        .collect();
+    tokio::time::sleep(BEFORE).await;
+    let killed = Instant::now();
+    nats.kill(0);
+    tokio::time::sleep(AFTER).await;
+    let ended = Instant::now();
+    stop.send_replace(true);
+
+    let mut acked = Vec::new();
+    let mut answers = Vec::new();
+    for buyer in buyers {
+        let (more, seen) = buyer.await.expect("the buyers end");
+        acked.extend(more);
+        answers.extend(seen);
+    }
+    let before = answers.iter().filter(|a| a.at < killed).count();
+    let after_sales = answers
+        .iter()
+        .filter(|a| a.at >= killed && a.status == 201)
+        .count();
+    let gap = longest_gap(&answers, killed, ended);
+    println!(
+        "(c) kill -9 of one NATS server of three: {before} answers before, {after_sales} sales in the {AFTER:?} after; longest stretch without a sale after the kill {gap:?}; refusals {:?}",
+        refusals(&answers)
+    );
+    assert!(
+        answers.iter().all(fault_answer),
+        "only sales, 503 and the per-user limit: {:?}",
+        refusals(&answers)
+    );
+    assert!(after_sales > 0, "the sale went on after the kill");
+    assert!(gap < GAP_MAX, "a pause of {gap:?} after the kill");
+
+    let on = [&nodes[0], &nodes[1], &nodes[2]];
+    let items = assert_acked_present(&on, "storm", &acked, STOCK).await;
+    let caught_up = assert_sql_matches(&schema, "storm", &acked, &items).await;
+    println!("(c) SQL equal to the engine {caught_up:?} after the check began");
+    for mut node in nodes {
+        let status = node.terminate().await;
+        assert_eq!(status.code(), Some(0), "{}", node.stderr());
+    }
+    schema.drop_schema().await;
+}
+
+/// The test's own NATS cluster; every server it started is stopped (by pid) when dropped.
+struct NatsCluster {
+    dir: tempfile::TempDir,
+    urls: String,
+}
+
+impl NatsCluster {
+    fn start() -> NatsCluster {
+        for offset in [0u16, 1, 2, 10, 11, 12, 20, 21, 22] {
+            let port = BASE_PORT + offset;
+            assert!(
+                std::net::TcpListener::bind(("127.0.0.1", port)).is_ok(),
+                "port {port} is in use: a NATS cluster of an earlier run of this test may still be up (look for nats-server on ports 16222-16244)"
+            );
+        }
+        let dir = tempfile::tempdir().expect("temp dir");
+        // The guard exists before the servers do: a failure from here on stops them.
+        let mut cluster = NatsCluster {
+            dir,
+            urls: String::new(),
+        };
+        cluster.urls = script("start", Some(cluster.dir.path()));
+        cluster
+    }
+
+    fn pid_file(&self, n: usize) -> PathBuf {
+        self.dir.path().join(format!("s{n}.pid"))
+    }
+
+    /// SIGKILLs server `n` and waits until its client port is closed.
+    fn kill(&mut self, n: usize) {
+        let pid = std::fs::read_to_string(self.pid_file(n))
+            .ok()
+            .map(|text| text.trim().to_owned())
+            .unwrap_or_else(|| panic!("no pid in {}", self.pid_file(n).display()));
+        let killed = Command::new("kill")
+            .args(["-KILL", &pid])
+            .status()
+            .expect("run kill");
+        assert!(killed.success(), "kill -KILL {pid}");
+        let address = std::net::SocketAddr::from(([127, 0, 0, 1], BASE_PORT + n as u16));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect_timeout(&address, Duration::from_millis(200)).is_ok() {
+            assert!(
+                Instant::now() < deadline,
+                "s{n} still answers on {address} after SIGKILL of {pid}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for NatsCluster {
+    fn drop(&mut self) {
+        let _ = Command::new(SCRIPT)
+            .arg("stop")
+            .arg(self.dir.path())
+            .env("SECKILL_NATS_BASE_PORT", BASE_PORT.to_string())
+            .stdout(Stdio::null())
+            .status();
+    }
+}
+
+/// Runs `.ci/nats-cluster <action> [dir]` on this test's ports; its stdout.
+fn script(action: &str, dir: Option<&Path>) -> String {
+    let mut command = Command::new(SCRIPT);
+    command
+        .arg(action)
+        .env("SECKILL_NATS_BASE_PORT", BASE_PORT.to_string())
+        .stderr(Stdio::inherit());
+    if let Some(dir) = dir {
+        command.arg(dir);
+    }
+    let output = command.output().expect("run .ci/nats-cluster");
+    assert!(
+        output.status.success(),
+        ".ci/nats-cluster {action} failed: {:?}",
+        output.status
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}

@@ -1,0 +1,170 @@
+//! The views between nodes (cluster plan, Q3 and step 5): every node publishes the figures
+//! of the partitions it owns, and keeps the figures the other owners publish, so that it
+//! answers the cheap refusals of every item itself (api.md: "cheap refusals ... from its
+//! own replicated view").
+//!
+//! Each owned partition's [`PartitionView`] goes out every [`PUBLISH_EVERY`] on
+//! `<prefix>.view.<node_id>`, one message a partition: whole figures, not deltas, so a lost
+//! message costs nothing but its interval, and a view is as fresh as the last message heard
+//! (the engine refuses by one for 1 s at most, see `remote_view.rs`). Core NATS, not a KV:
+//! a KV put is a replicated, fsync'd write, and these are many a second and worthless a
+//! second later.
+//!
+//! A view too large for one message (NATS's `max_payload`) goes without its buyers' sets:
+//! purchases of its sold-out items then go to the owner, which is slower but right.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use seckill_engine::{Engine, PartitionView};
+use tokio::task::JoinHandle;
+
+use super::wire::{decode_view, encode_view, ViewFrame, WIRE_VERSION};
+use crate::jetstream::ClusterError;
+
+/// How often an owner publishes its partitions' figures: ten views a second, so a view
+/// missed is replaced well inside the engine's 1 s of freshness.
+pub const PUBLISH_EVERY: Duration = Duration::from_millis(100);
+
+/// The subject node `node_id` of the deployment `prefix` publishes its views on.
+pub fn view_subject(prefix: &str, node_id: &str) -> String {
+    format!("{prefix}.view.{node_id}")
+}
+
+/// The publisher and the listener of one node. Stopped when dropped.
+#[derive(Debug)]
+pub struct GateViews {
+    publisher: JoinHandle<()>,
+    listener: JoinHandle<()>,
+}
+
+impl GateViews {
+    /// Listens to every other node's views (into `engine`), and publishes `engine`'s own as
+    /// the node `node_id`.
+    pub async fn start(
+        client: &async_nats::Client,
+        prefix: &str,
+        node_id: &str,
+        engine: Engine,
+    ) -> Result<GateViews, ClusterError> {
+        let subscription = super::subscribe_now(client, &view_subject(prefix, "*")).await?;
+        let listener = tokio::spawn(listen(subscription, node_id.to_owned(), engine.clone()));
+        let publisher = tokio::spawn(publish(
+            client.clone(),
+            view_subject(prefix, node_id),
+            node_id.to_owned(),
+            engine,
+        ));
+        Ok(GateViews {
+            publisher,
+            listener,
+        })
+    }
+}
+
+impl Drop for GateViews {
+    fn drop(&mut self) {
+        self.publisher.abort();
+        self.listener.abort();
+    }
+}
+
+/// Publishes every owned partition's figures every [`PUBLISH_EVERY`].
+async fn publish(client: async_nats::Client, subject: String, node_id: String, engine: Engine) {
+    let mut tick = tokio::time::interval(PUBLISH_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let max_payload = client.server_info().max_payload;
+        for view in engine.owned_views() {
+            let Some(payload) = fitting_payload(&node_id, view, max_payload) else {
+                continue;
+            };
+            if let Err(error) = client.publish(subject.clone(), payload.into()).await {
+                // Best effort: the next tick sends the figures again.
+                tracing::debug!(%error, "a partition view was not published");
+                break;
+            }
+            metrics::counter!("seckill_cluster_views_total", "direction" => "sent").increment(1);
+        }
+    }
+}
+
+/// `view` encoded as a frame no larger than `max_payload` bytes (without its buyers' sets
+/// if need be); `None` when even that is too large (logged: the other nodes then hand every
+/// call of the partition over, after their last view went stale).
+fn fitting_payload(node_id: &str, view: PartitionView, max_payload: usize) -> Option<Vec<u8>> {
+    let mut frame = ViewFrame {
+        version: WIRE_VERSION,
+        from: node_id.to_owned(),
+        view,
+    };
+    let payload = encode_view(&frame);
+    if payload.len() <= max_payload {
+        return Some(payload);
+    }
+    frame.view = frame.view.without_buyers();
+    let payload = encode_view(&frame);
+    if payload.len() <= max_payload {
+        return Some(payload);
+    }
+    tracing::warn!(
+        partition = frame.view.partition,
+        bytes = payload.len(),
+        max_payload,
+        "a partition's view is larger than a NATS message; it is not published"
+    );
+    None
+}
+
+/// Hands every other node's views to `engine`.
+async fn listen(mut subscription: async_nats::Subscriber, node_id: String, engine: Engine) {
+    while let Some(message) = subscription.next().await {
+        match decode_view(&message.payload) {
+            Ok(frame) if frame.from == node_id => {}
+            Ok(frame) => {
+                engine.apply_view(frame.view);
+                metrics::counter!("seckill_cluster_views_total", "direction" => "heard")
+                    .increment(1);
+            }
+            // Another wire version (a rolling upgrade) or noise: the calls of its
+            // partitions go to the owner meanwhile.
+            Err(error) => tracing::debug!(%error, "an unreadable partition view"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use seckill_engine::ItemFigures;
+
+    fn view(items: usize) -> PartitionView {
+        PartitionView {
+            partition: 1,
+            epoch: 4,
+            items: (0..items)
+                .map(|n| ItemFigures {
+                    key: n as u64,
+                    remaining: 0,
+                    sold_out: true,
+                    buyers: Some((0..1_000).collect()),
+                })
+                .collect(),
+            strikes: vec![("p".into(), "u".into(), 2)],
+        }
+    }
+
+    #[test]
+    fn a_view_too_large_for_a_message_goes_without_its_buyers_and_reads_back() {
+        let whole = fitting_payload("a", view(2), 1 << 20).expect("fits");
+        let frame = decode_view(&whole).expect("decodes");
+        assert_eq!(frame.view, view(2));
+        assert_eq!(frame.from, "a");
+        let slim = fitting_payload("a", view(2), 1_000).expect("fits without buyers");
+        let frame = decode_view(&slim).expect("decodes");
+        assert!(frame.view.items.iter().all(|item| item.buyers.is_none()));
+        assert_eq!(frame.view.strikes, view(2).strikes);
+        assert_eq!(fitting_payload("a", view(2_000), 1_000), None);
+    }
+}
