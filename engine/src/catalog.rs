@@ -19,7 +19,7 @@ use crate::model::{
     ItemRecord, ItemStats, PromotionRecord, PromotionStats, PromotionStatus, PublicItem,
     PublicPromotion,
 };
-use crate::remote_view::{buyer_fingerprint, ItemFigures, VIEW_BUYERS_MAX};
+use crate::remote_view::ItemFigures;
 
 /// An operator's change of a promotion's window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -536,29 +536,11 @@ impl ItemGate {
     }
 
     /// The item's figures for the other nodes of a cluster (read by the owner's view
-    /// publisher): the flags first (Acquire), then the buyers, so that a set said to be
-    /// whole holds every buyer up to those flags (`publish` fills it before it sets them).
+    /// publisher).
     pub fn figures(&self) -> ItemFigures {
-        let sold_out = self.is_sold_out();
-        let whole = self.buyers_complete();
-        let remaining = self.remaining.load(Ordering::Acquire);
-        let buyers = (whole && self.buyers.len() <= VIEW_BUYERS_MAX).then(|| {
-            let mut prints: Vec<u64> = self
-                .buyers
-                .iter()
-                .map(|user| buyer_fingerprint(user.key()))
-                .collect();
-            prints.sort_unstable();
-            prints.dedup();
-            prints
-        });
         ItemFigures {
             key: self.key,
-            remaining,
-            sold_out,
-            // The set was whole when the flag was read; an archive emptying it since
-            // would show an empty set, so it is read whole again after.
-            buyers: buyers.filter(|_| self.buyers_complete()),
+            remaining: self.remaining.load(Ordering::Acquire),
         }
     }
 

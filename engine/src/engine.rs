@@ -755,9 +755,9 @@ impl Engine {
         }
         let (entry, gate) = self.core().catalog.gate(promotion_id, sku)?;
         // Before the gate's refusals: a gate of a partition not owned here shows no figure
-        // to refuse by; the owner's view may, and the owner decides otherwise.
+        // to refuse by; the catalog may, and the owner decides otherwise.
         let shard = self.route(gate.key).map_err(|not_owner| {
-            self.remote_purchase_refusal(&entry, &gate, user_id)
+            self.remote_purchase_refusal(&entry, user_id)
                 .unwrap_or(not_owner)
         })?;
         if let Some(refusal) = self.purchase_refusal(&entry, &gate, user_id) {

@@ -138,9 +138,7 @@ pub use ports::{
     Ownership, PendingAppend, Ports, Recovery, StaticOwnership, SystemClock,
 };
 pub use pump::ReplyPump;
-pub use remote_view::{
-    buyer_fingerprint, ItemFigures, PartitionView, VIEW_BUYERS_MAX, VIEW_FRESH_MS,
-};
+pub use remote_view::{ItemFigures, PartitionView, VIEW_FRESH_MS};
 pub use tokens::{TokenBook, TokenRecord};
 pub use validate::{
     ITEMS_MAX, PAYMENT_TIMEOUT_S_MAX, PAYMENT_TIMEOUT_S_MIN, STOCK_MAX, TOKEN_MULTIPLIER_MAX,

@@ -517,6 +517,14 @@ pub(crate) fn adopt(core: &Core, mut part: PartitionPart) -> Result<usize> {
         return Err(Error::NotOwner { partition });
     }
     let items = part.items();
+    // What other nodes' views said of the partition goes, its strikes with it (a strike a
+    // view carried from a batch that never became durable is not in the replay); under the
+    // views' lock, so that a view being applied now cannot put them back.
+    cluster.views.forget(partition, || {
+        for entry in core.catalog.entries() {
+            entry.clear_partition(partition);
+        }
+    });
     // The replay's strikes first, as absolute figures: an expiry the adopt journals then
     // adds its own strike on top.
     for strike in &part.strikes {

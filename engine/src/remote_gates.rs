@@ -9,7 +9,7 @@ use crate::engine::Engine;
 use crate::error::Error;
 use crate::model::PublicPromotion;
 use crate::partition::{ClusterState, Standing};
-use crate::remote_view::{PartitionView, Seen};
+use crate::remote_view::{Holding, PartitionView, Seen};
 use crate::rules::{purchase_gate_refusal, token_gate_refusal};
 
 impl Engine {
@@ -19,21 +19,21 @@ impl Engine {
         let Some(cluster) = &self.core().cluster else {
             return Vec::new();
         };
+        let built_at_ms = self.now_ms();
         let mut views: BTreeMap<u32, PartitionView> = BTreeMap::new();
         for partition in cluster.standings.owned() {
             let held = cluster
                 .standings
                 .holds_lease(partition, cluster.ownership.as_ref());
             if let (true, Some(epoch)) = (held, cluster.standings.epoch(partition)) {
-                views.insert(
+                let view = PartitionView {
                     partition,
-                    PartitionView {
-                        partition,
-                        epoch,
-                        items: Vec::new(),
-                        strikes: Vec::new(),
-                    },
-                );
+                    epoch,
+                    built_at_ms,
+                    items: Vec::new(),
+                    strikes: Vec::new(),
+                };
+                views.insert(partition, view);
             }
         }
         for entry in self.core().catalog.entries() {
@@ -53,36 +53,43 @@ impl Engine {
 
     /// Takes an owner's figures for one of its partitions. Ignored for a partition that is
     /// installed here in any standing (its own shards' gates are the truth there), and by a
-    /// one-node engine. Strikes of promotions this node does not know yet are dropped: the
-    /// owner sends them again with its next view.
-    pub fn apply_view(&self, mut view: PartitionView) {
+    /// one-node engine. The strikes of a later holding replace the partition's; those of the
+    /// same holding are raised. Strikes of promotions this node does not know yet are
+    /// dropped: the owner sends them again with its next view.
+    pub fn apply_view(&self, view: PartitionView) {
         let Some(cluster) = &self.core().cluster else {
             return;
         };
         let partition = view.partition;
-        if cluster.check_partition(partition).is_err()
-            || cluster.standings.get(partition) != Standing::NotInstalled
-        {
+        if cluster.check_partition(partition).is_err() {
             return;
         }
-        let strikes = std::mem::take(&mut view.strikes);
-        if !cluster.views.apply(view, self.now_ms()) {
-            return;
-        }
-        for (promotion_id, user, count) in strikes {
-            if let Ok(entry) = self.core().catalog.entry(&promotion_id) {
-                entry.raise_strikes(partition, user, count);
+        let catalog = &self.core().catalog;
+        let still_remote = || cluster.standings.get(partition) == Standing::NotInstalled;
+        let with_strikes = |holding| {
+            if holding == Holding::New {
+                for entry in catalog.entries() {
+                    entry.clear_partition(partition);
+                }
             }
-        }
+            for (promotion_id, user, count) in &view.strikes {
+                if let Ok(entry) = catalog.entry(promotion_id) {
+                    entry.raise_strikes(partition, user.clone(), *count);
+                }
+            }
+        };
+        cluster
+            .views
+            .apply(&view, self.now_ms(), still_remote, with_strikes);
     }
 
-    /// What the view says of `gate`'s item for `user`, when this engine is a cluster node
-    /// that heard of it.
-    fn seen(&self, gate: &ItemGate, user: Option<&str>) -> Option<Seen> {
+    /// What the view says of `gate`'s item, when this engine is a cluster node that heard
+    /// of it.
+    fn seen(&self, gate: &ItemGate) -> Option<Seen> {
         let cluster: &ClusterState = self.core().cluster.as_ref()?;
         cluster
             .views
-            .seen(cluster.partition(gate.key), gate.key, user, self.now_ms())
+            .seen(cluster.partition(gate.key), gate.key, self.now_ms())
     }
 
     /// The refusal of a token for an item owned elsewhere that this node can give itself
@@ -94,27 +101,26 @@ impl Engine {
         gate: &ItemGate,
         user_id: &str,
     ) -> Option<Error> {
-        let sold_out = self.seen(gate, None).is_some_and(|seen| seen.sold_out);
+        let sold_out = self.seen(gate).is_some_and(|seen| seen.sold_out);
         token_gate_refusal(entry.status(self.now_ms()), sold_out, || {
             entry.is_banned(user_id)
         })
     }
 
     /// The refusal of a purchase for an item owned elsewhere that this node can give
-    /// itself; `None`: hand it to the owner. A shopper the view does not know to hold no
-    /// order (a possible retry) always goes to the owner.
+    /// itself: only those of a promotion not started (no order can exist to retry); `None`:
+    /// hand it to the owner. A live item's sold out is the owner's to say, since a view
+    /// cannot know of an order placed after it was built (see `remote_view.rs`).
     pub(crate) fn remote_purchase_refusal(
         &self,
         entry: &PromotionEntry,
-        gate: &ItemGate,
         user_id: &str,
     ) -> Option<Error> {
-        let seen = self.seen(gate, Some(user_id));
         purchase_gate_refusal(
             entry.status(self.now_ms()),
-            seen.is_some_and(|seen| seen.sold_out),
-            seen.is_some_and(|seen| seen.buyers_whole),
-            || seen.is_none_or(|seen| seen.holds_order),
+            false,
+            false,
+            || true,
             || entry.is_banned(user_id),
         )
     }
@@ -130,10 +136,11 @@ impl Engine {
             return view;
         };
         for (item, gate) in view.items.iter_mut().zip(&entry.gates) {
-            if cluster.check(gate.key).is_ok() {
+            // Installed here in any standing: its own gate is newer than any view heard.
+            if cluster.standings.get(cluster.partition(gate.key)) != Standing::NotInstalled {
                 continue;
             }
-            if let Some(seen) = self.seen(gate, None) {
+            if let Some(seen) = self.seen(gate) {
                 item.remaining = seen.remaining;
                 item.sold_out = seen.sold_out;
             }

@@ -4,44 +4,39 @@
 //! replicated view", and `remaining` may lag by up to one second on any node. The owner of a
 //! partition publishes its items' figures ([`PartitionView`], built by
 //! [`crate::Engine::owned_views`]) several times a second; every other node keeps the latest
-//! figures it heard of each partition here, with the time it heard them.
+//! figures it heard of each partition here.
 //!
 //! The rules that keep a view from giving an answer the owner would not:
-//! - A view counts as **fresh** for [`VIEW_FRESH_MS`] after it was heard. Only a fresh view
-//!   refuses as sold out; a stale one hands the call to the owner. So a node that stops
-//!   hearing an owner (a lost message, a dead owner) refuses by it for at most 1 s, and no
-//!   node claims sold out for more than 1 s after stock came back (the owner's next view,
-//!   at most one publish interval later, says so).
-//! - A purchase is refused only when the view carries the item's whole set of buyers (as
-//!   fingerprints) and the shopper is not in it: a buyer may be retrying a request id, and
-//!   must get the original order back from the owner.
+//! - A view counts as **fresh** for [`VIEW_FRESH_MS`] after it was built (by the owner's
+//!   clock) and after it was heard (by ours), whichever ends first: a view held up on the
+//!   way, or a node that stops hearing an owner, refuses by it for at most 1 s, and no node
+//!   claims sold out for more than 1 s after stock came back.
+//! - Only a fresh view refuses a token as sold out. A purchase of a live item is never
+//!   refused by a view: a shopper who bought a unit that came back since the view was built
+//!   may be retrying, and must get the original order from the owner (a view cannot know
+//!   of an order placed after it). Purchases are refused by the catalog (not started) and
+//!   the ban board only.
 //! - The figures of a later holding win over an earlier one's: a paused old owner's last
 //!   word, arriving late, does not replace its successor's.
-//! - Strikes travel with the view and are raised, never lowered, on the receiver's ban
-//!   board (they only grow), so a ban from another partition is seen everywhere.
+//! - Strikes travel with the view. Within one holding they are raised, never lowered (they
+//!   only grow); a later holding's strikes replace the partition's whole (a strike decided
+//!   in a batch that never became durable is gone from the new owner's replay, and must go
+//!   from every board too).
 
 use std::sync::{PoisonError, RwLock};
 
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
-use xxhash_rust::xxh3::xxh3_64;
 
-/// How long a heard view may refuse by: api.md's one second.
+/// How long a view may refuse by: api.md's one second.
 pub const VIEW_FRESH_MS: i64 = 1_000;
-/// The most buyers a view carries for one item; past it, purchases of the item go to the
-/// owner (tokens are still refused by the view). 4,096 fingerprints are 32 KiB.
-pub const VIEW_BUYERS_MAX: usize = 4_096;
 
 /// One item's figures as its owner's gate shows them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ItemFigures {
     pub key: u64,
+    /// Sold out when 0 (one figure, so the two can never disagree).
     pub remaining: u64,
-    pub sold_out: bool,
-    /// The fingerprints ([`buyer_fingerprint`]) of every user with an order on the item,
-    /// sorted, when the owner's set is whole (the item sold out, or its promotion ended)
-    /// and at most [`VIEW_BUYERS_MAX`]; `None` otherwise.
-    pub buyers: Option<Vec<u64>>,
 }
 
 /// One partition's figures, as its owner publishes them.
@@ -50,45 +45,45 @@ pub struct PartitionView {
     pub partition: u32,
     /// The epoch of the owner's holding: a later holding's view replaces an earlier one's.
     pub epoch: u64,
+    /// When the owner read these figures, by its clock.
+    pub built_at_ms: i64,
     pub items: Vec<ItemFigures>,
     /// `(promotion_id, user_id, strikes counted in this partition)`.
     pub strikes: Vec<(String, String, u32)>,
 }
 
 impl PartitionView {
-    /// The view without the buyers' fingerprints: what is sent when the whole one would not
-    /// fit a message (purchases of its sold-out items then go to the owner).
-    pub fn without_buyers(mut self) -> PartitionView {
-        for item in &mut self.items {
-            item.buyers = None;
-        }
+    /// The view without its strikes: what is sent when the whole one would not fit a
+    /// message (bans from this partition then wait for the owner's own answer).
+    pub fn without_strikes(mut self) -> PartitionView {
+        self.strikes = Vec::new();
         self
     }
 }
 
-/// A user's fingerprint in a view's buyers set. Stable across processes and builds (xxh3,
-/// like the item keys): two nodes must compute the same one.
-pub fn buyer_fingerprint(user_id: &str) -> u64 {
-    xxh3_64(user_id.as_bytes())
-}
-
-/// What a view says about one item, for a refusal.
+/// What a view says about one item.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Seen {
     pub remaining: u64,
     /// Sold out by a fresh view; false when the view is stale.
     pub sold_out: bool,
-    /// A fresh view carries the item's whole buyers set.
-    pub buyers_whole: bool,
-    /// The shopper asked about is in that set (true when there is no set: unknown).
-    pub holds_order: bool,
+}
+
+/// How a view stands to the one held before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Holding {
+    /// The same holding as the view held (or a later view of it).
+    Same,
+    /// A holding later than any heard of the partition (or the first view heard).
+    New,
 }
 
 #[derive(Debug)]
 struct Heard {
     epoch: u64,
+    built_at_ms: i64,
     heard_at_ms: i64,
-    items: FxHashMap<u64, ItemFigures>,
+    items: FxHashMap<u64, u64>,
 }
 
 /// The latest view heard of each partition this node does not own.
@@ -98,48 +93,70 @@ pub(crate) struct RemoteViews {
 }
 
 impl RemoteViews {
-    /// Keeps `view`, heard at `now_ms`, unless a later holding's view was heard already.
-    /// True when it was kept.
-    pub fn apply(&self, view: PartitionView, now_ms: i64) -> bool {
-        let mut parts = self.parts.write().unwrap_or_else(PoisonError::into_inner);
-        if parts
-            .get(&view.partition)
-            .is_some_and(|held| held.epoch > view.epoch)
-        {
-            return false;
-        }
+    /// Keeps `view`, heard at `now_ms`, unless a later holding's view was heard already or
+    /// `still_remote` (asked under the lock, so that [`RemoteViews::forget`] cannot pass it)
+    /// says the partition is installed here. `with_strikes` runs under the same lock with how
+    /// the view's holding stands; `false` when the view was dropped.
+    pub fn apply(
+        &self,
+        view: &PartitionView,
+        now_ms: i64,
+        still_remote: impl FnOnce() -> bool,
+        with_strikes: impl FnOnce(Holding),
+    ) -> bool {
         let items = view
             .items
-            .into_iter()
-            .map(|item| (item.key, item))
+            .iter()
+            .map(|item| (item.key, item.remaining))
             .collect();
-        parts.insert(
+        let mut parts = self.parts.write().unwrap_or_else(PoisonError::into_inner);
+        let held = parts.get(&view.partition).map(|held| held.epoch);
+        if held.is_some_and(|epoch| epoch > view.epoch) || !still_remote() {
+            return false;
+        }
+        let holding = if held == Some(view.epoch) {
+            Holding::Same
+        } else {
+            Holding::New
+        };
+        let replaced = parts.insert(
             view.partition,
             Heard {
                 epoch: view.epoch,
+                built_at_ms: view.built_at_ms,
                 heard_at_ms: now_ms,
                 items,
             },
         );
+        with_strikes(holding);
+        drop(parts);
+        // The old map is freed outside the lock.
+        drop(replaced);
         true
     }
 
-    /// What the view of `partition` says about the item `key` for `user` (no user: a
-    /// token or a public read, which need no buyers set); `None` when nothing was heard.
-    pub fn seen(&self, partition: u32, key: u64, user: Option<&str>, now_ms: i64) -> Option<Seen> {
+    /// Forgets what was heard of `partition` (this node is adopting it: its own figures
+    /// are the truth from now on, and after a release its own last figures are newer than
+    /// anything heard before), and runs `clear` under the lock.
+    pub fn forget(&self, partition: u32, clear: impl FnOnce()) {
+        let mut parts = self.parts.write().unwrap_or_else(PoisonError::into_inner);
+        let forgotten = parts.remove(&partition);
+        clear();
+        drop(parts);
+        drop(forgotten);
+    }
+
+    /// What the view of `partition` says about the item `key`; `None` when nothing was
+    /// heard.
+    pub fn seen(&self, partition: u32, key: u64, now_ms: i64) -> Option<Seen> {
         let parts = self.parts.read().unwrap_or_else(PoisonError::into_inner);
         let heard = parts.get(&partition)?;
-        let item = heard.items.get(&key)?;
-        let fresh = now_ms.saturating_sub(heard.heard_at_ms) < VIEW_FRESH_MS;
-        let holds_order = match (&item.buyers, user) {
-            (Some(buyers), Some(user)) => buyers.binary_search(&buyer_fingerprint(user)).is_ok(),
-            _ => true,
-        };
+        let remaining = *heard.items.get(&key)?;
+        let fresh = now_ms.saturating_sub(heard.heard_at_ms) < VIEW_FRESH_MS
+            && now_ms.saturating_sub(heard.built_at_ms) < VIEW_FRESH_MS;
         Some(Seen {
-            remaining: item.remaining,
-            sold_out: fresh && item.sold_out,
-            buyers_whole: fresh && item.buyers.is_some(),
-            holds_order,
+            remaining,
+            sold_out: fresh && remaining == 0,
         })
     }
 }
@@ -148,72 +165,75 @@ impl RemoteViews {
 mod tests {
     use super::*;
 
-    fn view(epoch: u64, remaining: u64, buyers: Option<Vec<&str>>) -> PartitionView {
+    fn view(epoch: u64, built_at_ms: i64, remaining: u64) -> PartitionView {
         PartitionView {
             partition: 2,
             epoch,
-            items: vec![ItemFigures {
-                key: 7,
-                remaining,
-                sold_out: remaining == 0,
-                buyers: buyers.map(|users| {
-                    let mut prints: Vec<u64> = users.into_iter().map(buyer_fingerprint).collect();
-                    prints.sort_unstable();
-                    prints
-                }),
-            }],
+            built_at_ms,
+            items: vec![ItemFigures { key: 7, remaining }],
             strikes: Vec::new(),
         }
     }
 
-    #[test]
-    fn a_view_refuses_for_one_second_after_it_was_heard_and_no_longer() {
-        let views = RemoteViews::default();
-        assert_eq!(
-            views.seen(2, 7, None, 0),
-            None,
-            "nothing heard: ask the owner"
-        );
-        assert!(views.apply(view(5, 0, Some(vec!["bob"])), 1_000));
-        let seen = views.seen(2, 7, Some("alice"), 1_999).expect("heard");
-        assert!(seen.sold_out && seen.buyers_whole && !seen.holds_order);
-        let stale = views.seen(2, 7, Some("alice"), 2_000).expect("heard");
-        assert!(
-            !stale.sold_out && !stale.buyers_whole,
-            "stale at 1 s: {stale:?}"
-        );
-        assert_eq!(stale.remaining, 0, "the last figure heard is still shown");
+    fn apply(views: &RemoteViews, view: PartitionView, now_ms: i64) -> Option<Holding> {
+        let mut holding = None;
+        views
+            .apply(&view, now_ms, || true, |h| holding = Some(h))
+            .then_some(holding)
+            .flatten()
     }
 
     #[test]
-    fn a_buyer_in_the_set_or_a_set_not_sent_is_handed_to_the_owner() {
+    fn a_view_refuses_for_one_second_after_it_was_built_and_heard_and_no_longer() {
         let views = RemoteViews::default();
-        views.apply(view(5, 0, Some(vec!["bob"])), 0);
-        assert!(
-            views
-                .seen(2, 7, Some("bob"), 10)
-                .expect("heard")
-                .holds_order
+        assert_eq!(views.seen(2, 7, 0), None, "nothing heard: ask the owner");
+        assert_eq!(apply(&views, view(5, 1_000, 0), 1_000), Some(Holding::New));
+        assert!(views.seen(2, 7, 1_999).expect("heard").sold_out);
+        let stale = views.seen(2, 7, 2_000).expect("heard");
+        assert_eq!(
+            stale,
+            Seen {
+                remaining: 0,
+                sold_out: false
+            },
+            "stale at 1 s"
         );
-        views.apply(view(5, 0, None), 20);
-        let seen = views.seen(2, 7, Some("alice"), 30).expect("heard");
-        assert!(seen.holds_order && !seen.buyers_whole, "{seen:?}");
+        // Built long before it arrived (held up on the way): only its rest of the second.
+        apply(&views, view(5, 1_500, 0), 2_400);
+        assert!(views.seen(2, 7, 2_499).expect("heard").sold_out);
+        assert!(!views.seen(2, 7, 2_500).expect("heard").sold_out);
     }
 
     #[test]
     fn an_earlier_holding_never_replaces_a_later_one() {
         let views = RemoteViews::default();
-        assert!(views.apply(view(9, 3, None), 0));
-        assert!(
-            !views.apply(view(8, 0, None), 10),
+        assert_eq!(apply(&views, view(9, 0, 3), 0), Some(Holding::New));
+        assert_eq!(
+            apply(&views, view(8, 10, 0), 10),
+            None,
             "the old owner's late word"
         );
-        let seen = views.seen(2, 7, None, 20).expect("heard");
-        assert_eq!((seen.remaining, seen.sold_out), (3, false));
-        assert!(
-            views.apply(view(9, 0, None), 30),
-            "the same holding moves on"
+        assert_eq!(
+            views.seen(2, 7, 20),
+            Some(Seen {
+                remaining: 3,
+                sold_out: false
+            })
         );
-        assert!(views.seen(2, 7, None, 40).expect("heard").sold_out);
+        assert_eq!(apply(&views, view(9, 30, 0), 30), Some(Holding::Same));
+        assert!(views.seen(2, 7, 40).expect("heard").sold_out);
+        assert_eq!(apply(&views, view(12, 50, 0), 50), Some(Holding::New));
+    }
+
+    #[test]
+    fn a_partition_installed_here_or_forgotten_keeps_no_view() {
+        let views = RemoteViews::default();
+        assert!(!views.apply(&view(1, 0, 0), 0, || false, |_| panic!("dropped")));
+        assert_eq!(views.seen(2, 7, 0), None);
+        apply(&views, view(1, 0, 0), 0);
+        let mut cleared = false;
+        views.forget(2, || cleared = true);
+        assert!(cleared);
+        assert_eq!(views.seen(2, 7, 10), None);
     }
 }

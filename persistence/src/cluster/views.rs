@@ -10,8 +10,9 @@
 //! a KV put is a replicated, fsync'd write, and these are many a second and worthless a
 //! second later.
 //!
-//! A view too large for one message (NATS's `max_payload`) goes without its buyers' sets:
-//! purchases of its sold-out items then go to the owner, which is slower but right.
+//! A view is a few bytes an item plus the partition's strikes. One too large for a message
+//! (NATS's `max_payload`) goes without its strikes: bans from that partition are then the
+//! owner's to give, which is slower but right.
 
 use std::time::Duration;
 
@@ -90,8 +91,8 @@ async fn publish(client: async_nats::Client, subject: String, node_id: String, e
     }
 }
 
-/// `view` encoded as a frame no larger than `max_payload` bytes (without its buyers' sets
-/// if need be); `None` when even that is too large (logged: the other nodes then hand every
+/// `view` encoded as a frame no larger than `max_payload` bytes (without its strikes if
+/// need be); `None` when even that is too large (logged: the other nodes then hand every
 /// call of the partition over, after their last view went stale).
 fn fitting_payload(node_id: &str, view: PartitionView, max_payload: usize) -> Option<Vec<u8>> {
     let mut frame = ViewFrame {
@@ -103,7 +104,7 @@ fn fitting_payload(node_id: &str, view: PartitionView, max_payload: usize) -> Op
     if payload.len() <= max_payload {
         return Some(payload);
     }
-    frame.view = frame.view.without_buyers();
+    frame.view = frame.view.without_strikes();
     let payload = encode_view(&frame);
     if payload.len() <= max_payload {
         return Some(payload);
@@ -139,32 +140,40 @@ mod tests {
     use super::*;
     use seckill_engine::ItemFigures;
 
-    fn view(items: usize) -> PartitionView {
+    fn view(items: u64, strikes: usize) -> PartitionView {
         PartitionView {
             partition: 1,
             epoch: 4,
+            built_at_ms: 1_800_000_000_000,
             items: (0..items)
                 .map(|n| ItemFigures {
-                    key: n as u64,
-                    remaining: 0,
-                    sold_out: true,
-                    buyers: Some((0..1_000).collect()),
+                    key: n.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+                    remaining: 1_000_000 - n,
                 })
                 .collect(),
-            strikes: vec![("p".into(), "u".into(), 2)],
+            strikes: (0..strikes)
+                .map(|n| ("promotion".into(), format!("user-{n:08}"), 2))
+                .collect(),
         }
     }
 
     #[test]
-    fn a_view_too_large_for_a_message_goes_without_its_buyers_and_reads_back() {
-        let whole = fitting_payload("a", view(2), 1 << 20).expect("fits");
+    fn a_view_too_large_for_a_message_goes_without_its_strikes_and_reads_back() {
+        let whole = fitting_payload("a", view(2, 3), 1 << 20).expect("fits");
         let frame = decode_view(&whole).expect("decodes");
-        assert_eq!(frame.view, view(2));
-        assert_eq!(frame.from, "a");
-        let slim = fitting_payload("a", view(2), 1_000).expect("fits without buyers");
+        assert_eq!((frame.view, frame.from.as_str()), (view(2, 3), "a"));
+        // Items with random keys: about 14 bytes each (postcard varints).
+        let items_only = encode_view(&ViewFrame {
+            version: WIRE_VERSION,
+            from: "a".into(),
+            view: view(1_000, 0),
+        });
+        assert!(items_only.len() < 16_000, "{} bytes", items_only.len());
+        let slim =
+            fitting_payload("a", view(1_000, 10_000), 100_000).expect("fits without strikes");
         let frame = decode_view(&slim).expect("decodes");
-        assert!(frame.view.items.iter().all(|item| item.buyers.is_none()));
-        assert_eq!(frame.view.strikes, view(2).strikes);
-        assert_eq!(fitting_payload("a", view(2_000), 1_000), None);
+        assert!(frame.view.strikes.is_empty());
+        assert_eq!(frame.view.items, view(1_000, 0).items);
+        assert_eq!(fitting_payload("a", view(1_000, 0), 1_000), None);
     }
 }
