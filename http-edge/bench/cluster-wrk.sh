@@ -4,11 +4,13 @@
 # another node costs (µs of CPU over both processes, and the added latency).
 #
 #   1. one node: a one-node cluster; wrk -t2 on it: the storm (purchases of a sold-out item,
-#      409 sold_out at the gate) and the accept path (purchases of a large-stock item, 201
-#      once a quorum of NATS servers has the order);
+#      409 sold_out at the gate), the token storm (tokens for it, likewise) and the accept
+#      path (purchases of a large-stock item, 201 once a quorum of NATS servers has the order);
 #   2. two nodes: a second node joins and takes half the partitions; one wrk -t1 per node at
 #      once, half the connections each. The storm's item is owned by one of them: the other
-#      refuses from the owner's view. The accept path's requests go to the items `mine-a`
+#      hands its purchases to the owner (a live item's sold out is the owner's to say, see
+#      engine/src/remote_view.rs) and refuses its tokens from the owner's view. The accept
+#      path's requests go to the items `mine-a`
 #      and `mine-b` in turn (owned by node a and node b), so each node hands half its
 #      purchases to the other, as behind a round-robin load balancer;
 #   3. the cost of handing over: wrk on node a alone with CONNECTIONS_LATENCY connections,
@@ -123,6 +125,9 @@ request = function()
   counter = counter + 1
   local path = paths[(counter % #paths) + 1]
   local user = "u" .. run .. "-" .. tid .. "-" .. counter
+  if string.sub(path, -6) == "/token" then
+    return wrk.format("POST", path, {["X-User-Id"] = user})
+  end
   return wrk.format("POST", path, {["X-User-Id"] = user, ["Content-Type"] = "application/json"},
     '{"request_id":"r' .. counter .. '"}')
 end
@@ -138,21 +143,24 @@ wrk_on() {
   awk '
     function ms(v) { if (v ~ /us$/) { sub(/us$/, "", v); return v / 1000 } if (v ~ /ms$/) { sub(/ms$/, "", v); return v } sub(/s$/, "", v); return v * 1000 }
     /^Requests\/sec:/ {r = $2} $1 == "50%" {p50 = ms($2)} $1 == "99%" {p99 = ms($2)}
-    END {printf "%s %.2f %.2f\n", r, p50, p99}' <<<"$out"
+    /Non-2xx or 3xx responses:/ {bad = $5}
+    END {printf "%s %.2f %.2f %d\n", r, p50, p99, bad}' <<<"$out"
 }
 median() { sort -g | awk '{v[NR]=$1} END { if (NR == 0) print "?"; else print v[int((NR + 1) / 2)] }'; }
 col() { awk -v c="$2" '{print $c}' "$1" | median; }
 item_path() { echo "/promotions/$promotion/items/$1/purchase"; }
+token_path() { echo "/promotions/$promotion/items/$1/token"; }
 
 # --- 1. one node
 start_node a
 curl -sf -X POST "$(url a /admin/promotions)" -H 'Authorization: Bearer bench-admin-key' \
   -H 'Content-Type: application/json' \
   -d '{"id": "'"$promotion"'", "name": "Bench", "starts_at": "2020-01-01T00:00:00Z",
-       "ends_at": "2099-01-01T00:00:00Z", "items": ['"$items"']}' >/dev/null
+       "ends_at": "2099-01-01T00:00:00Z", "require_token": false, "items": ['"$items"']}' >/dev/null
 for round in $(seq 1 "$ROUNDS"); do
   echo "one node: round $round of $ROUNDS" >&2
   wrk_on a 2 "$CONNECTIONS" "$(item_path gone)" >> "$work/one-storm.txt"
+  wrk_on a 2 "$CONNECTIONS" "$(token_path gone)" >> "$work/one-tokens.txt"
   wrk_on a 2 "$CONNECTIONS" "$(item_path plenty0)" >> "$work/one-accept.txt"
 done
 
@@ -167,8 +175,15 @@ echo "partitions: a holds $(held_by a), b holds $(held_by b)" >&2
 mine_a="" mine_b=""
 for n in $(seq 0 31); do
   before="$(forwarded a)"
-  curl -sf -o /dev/null -X POST "$(url a "$(item_path "plenty$n")")" -H "X-User-Id: probe-$n" \
-    -H 'Content-Type: application/json' -d '{"request_id":"probe"}'
+  # Until it sells (a partition may still be moving: 503 meanwhile).
+  for _ in $(seq 1 50); do
+    code="$(curl -s -o "$work/probe.out" -w '%{http_code}' -X POST "$(url a "$(item_path "plenty$n")")" \
+      -H "X-User-Id: probe-$n" -H 'Content-Type: application/json' -d '{"request_id":"probe"}' || true)"
+    [ "$code" = 201 ] && break
+    before="$(forwarded a)"
+    sleep 0.1
+  done
+  [ "$code" = 201 ] || { echo "cluster-wrk.sh: a probe purchase of plenty$n answered $code: $(cat "$work/probe.out")" >&2; exit 1; }
   if [ "$(forwarded a)" = "$before" ]; then [ -n "$mine_a" ] || mine_a="plenty$n"; else [ -n "$mine_b" ] || mine_b="plenty$n"; fi
   [ -n "$mine_a" ] && [ -n "$mine_b" ] && break
 done
@@ -184,6 +199,7 @@ both() {
 for round in $(seq 1 "$ROUNDS"); do
   echo "two nodes: round $round of $ROUNDS" >&2
   both "$work/two-storm-a.txt" "$work/two-storm-b.txt" "$(item_path gone)"
+  both "$work/two-tokens-a.txt" "$work/two-tokens-b.txt" "$(token_path gone)"
   both "$work/two-accept-a.txt" "$work/two-accept-b.txt" "$(item_path "$mine_a")" "$(item_path "$mine_b")"
   # --- 3. the cost of handing over, in the same rounds
   for kind in local handed; do
@@ -203,12 +219,18 @@ echo
 echo "seckill cluster, wrk, $DURATION runs, median of $ROUNDS rounds, $PARTITIONS partitions, 3 NATS servers (--replicas 3), $(nproc) cores shared by everything"
 printf '%-46s %10s %8s %8s\n' "scenario" "req/s" "p50 ms" "p99 ms"
 printf '%-46s %10s %8s %8s\n' "one node: sold-out storm (-t2 -c$CONNECTIONS)" "$(col "$work/one-storm.txt" 1)" "$(col "$work/one-storm.txt" 2)" "$(col "$work/one-storm.txt" 3)"
+printf '%-46s %10s %8s %8s\n' "one node: sold-out token storm" "$(col "$work/one-tokens.txt" 1)" "$(col "$work/one-tokens.txt" 2)" "$(col "$work/one-tokens.txt" 3)"
 printf '%-46s %10s %8s %8s\n' "one node: durable accept path" "$(col "$work/one-accept.txt" 1)" "$(col "$work/one-accept.txt" 2)" "$(col "$work/one-accept.txt" 3)"
 printf '%-46s %10s %8s %8s\n' "two nodes: sold-out storm (a + b, -t1 -c$half each)" "$(sum "$(col "$work/two-storm-a.txt" 1)" "$(col "$work/two-storm-b.txt" 1)")" "$(col "$work/two-storm-a.txt" 2)" "$(col "$work/two-storm-a.txt" 3)"
+printf '%-46s %10s %8s %8s\n' "two nodes: sold-out token storm (a + b)" "$(sum "$(col "$work/two-tokens-a.txt" 1)" "$(col "$work/two-tokens-b.txt" 1)")" "$(col "$work/two-tokens-a.txt" 2)" "$(col "$work/two-tokens-a.txt" 3)"
 printf '%-46s %10s %8s %8s\n' "two nodes: durable accept, half handed over" "$(sum "$(col "$work/two-accept-a.txt" 1)" "$(col "$work/two-accept-b.txt" 1)")" "$(col "$work/two-accept-a.txt" 2)" "$(col "$work/two-accept-a.txt" 3)"
 echo
 echo "a purchase handed to another node, wrk -t2 -c$CONNECTIONS_LATENCY on node a (CPU: both processes' utime + stime over the requests)"
 printf '%-46s %10s %8s %8s %10s\n' "" "req/s" "p50 ms" "p99 ms" "CPU µs/req"
-printf '%-46s %10s %8s %8s %10s\n' "decided on node a ($mine_a)" "$(col "$work/cost-local.txt" 1)" "$(col "$work/cost-local.txt" 2)" "$(col "$work/cost-local.txt" 3)" "$(col "$work/cost-local.txt" 4)"
-printf '%-46s %10s %8s %8s %10s\n' "handed to node b ($mine_b)" "$(col "$work/cost-handed.txt" 1)" "$(col "$work/cost-handed.txt" 2)" "$(col "$work/cost-handed.txt" 3)" "$(col "$work/cost-handed.txt" 4)"
+printf '%-46s %10s %8s %8s %10s\n' "decided on node a ($mine_a)" "$(col "$work/cost-local.txt" 1)" "$(col "$work/cost-local.txt" 2)" "$(col "$work/cost-local.txt" 3)" "$(col "$work/cost-local.txt" 5)"
+printf '%-46s %10s %8s %8s %10s\n' "handed to node b ($mine_b)" "$(col "$work/cost-handed.txt" 1)" "$(col "$work/cost-handed.txt" 2)" "$(col "$work/cost-handed.txt" 3)" "$(col "$work/cost-handed.txt" 5)"
 echo "calls node a handed to node b in all: $forwards"
+# What the figures measure: the storms must be refusals (non-2xx), the accept paths sales.
+for f in one-storm one-tokens one-accept two-storm-a two-storm-b two-tokens-a two-tokens-b two-accept-a two-accept-b cost-local cost-handed; do
+  printf '%s: non-2xx answers per run %s\n' "$f" "$(awk '{printf "%s ", $4}' "$work/$f.txt")"
+done

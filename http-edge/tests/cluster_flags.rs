@@ -14,13 +14,12 @@ use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
-
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
 use cluster_common::{
     assert_acked_present, assert_sql_matches, buy, deployment, env_value, fault_answer,
-    keep_buying, refusals, wait_for_view, Node, Shoppers, PROCESS_LIMIT,
+    keep_buying, longest_gap, refusals, wait_for_view, Node, Shoppers, PROCESS_LIMIT,
 };
 use common::process::{path_arg, run_to_exit};
 use common::{live_promotion, send};
@@ -416,8 +415,10 @@ async fn a_node_joining_mid_sale_and_a_node_paused_past_its_leases_lose_and_repe
         .collect();
     tokio::time::sleep(Duration::from_millis(300)).await;
     nodes[0].signal("STOP");
+    let paused = Instant::now();
     tokio::time::sleep(Duration::from_secs(pause_s)).await;
     nodes[0].signal("CONT");
+    let resumed = Instant::now();
     wait_for_view(
         &nodes[1],
         "node-a rejoins and holds partitions again",
@@ -432,10 +433,11 @@ async fn a_node_joining_mid_sale_and_a_node_paused_past_its_leases_lose_and_repe
     {
         let (more, answers) = buyer.await.expect("the buyers end");
         println!(
-            "(b) node-a paused {pause_s} s (lease TTL 3 s), then rejoined; {tag}: {} purchases, {} acknowledged, refused with {:?}",
+            "(b) node-a paused {pause_s} s (lease TTL 3 s), then rejoined; {tag}: {} purchases, {} acknowledged, refused with {:?}; longest stretch without a sale while paused {:?}",
             answers.len(),
             more.len(),
-            refusals(&answers)
+            refusals(&answers),
+            longest_gap(&answers, paused, resumed)
         );
         assert!(
             answers.iter().all(fault_answer),
@@ -618,4 +620,55 @@ async fn forwarded_calls(node: &Node) -> u64 {
         .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
         .map(|count| count as u64)
         .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_operators_on_two_nodes_never_both_get_a_sku_into_overlapping_windows() {
+    const ROUNDS: usize = 100;
+    let Some((deployment, schema, _dir)) = deployment().await else {
+        return;
+    };
+    let mut nodes = [
+        Node::start(&deployment, "node-a", 2).await,
+        Node::start(&deployment, "node-b", 2).await,
+    ];
+    let started = Instant::now();
+    for round in 0..ROUNDS {
+        let sku = format!("shared-{round}");
+        let create = |node: &Node, side: &str| {
+            node.admin(Method::POST, "/admin/promotions")
+                .json(&live_promotion(
+                    &format!("race-{round}-{side}"),
+                    &[(sku.as_str(), 5)],
+                    false,
+                ))
+        };
+        let ((status_a, body_a), (status_b, body_b)) =
+            tokio::join!(send(create(&nodes[0], "a")), send(create(&nodes[1], "b")));
+        let mut statuses = [status_a, status_b];
+        statuses.sort();
+        assert_eq!(
+            statuses,
+            [StatusCode::CREATED, StatusCode::CONFLICT],
+            "round {round}: exactly one create wins: {body_a} / {body_b}"
+        );
+        let refusal = if status_a == StatusCode::CONFLICT {
+            &body_a
+        } else {
+            &body_b
+        };
+        assert_eq!(
+            refusal["error"]["code"], "sku_in_other_promotion",
+            "{refusal}"
+        );
+    }
+    println!(
+        "(e) {ROUNDS} rounds of two creates sharing a sku on two nodes at once: one won each, in {:?}",
+        started.elapsed()
+    );
+    for node in nodes.iter_mut() {
+        let status = node.terminate().await;
+        assert_eq!(status.code(), Some(0), "{}", node.stderr());
+    }
+    schema.drop_schema().await;
 }
