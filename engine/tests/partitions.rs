@@ -1207,19 +1207,16 @@ async fn a_node_refuses_tokens_by_the_owner_s_view_for_one_second_and_leaves_pur
     let not_owner = Err(Error::NotOwner { partition: 0 });
 
     // Nothing heard yet: the owner decides, and the public view has no figure but stock.
-    assert_eq!(
-        other.engine.issue_token("q", &x, "u2").await.map(|_| ()),
-        not_owner
-    );
+    assert_eq!(token(&other, "q", &x, "u2").await, not_owner);
     hear(&owner, &other);
     assert_eq!(
-        other.engine.issue_token("q", &x, "u2").await.map(|_| ()),
+        token(&other, "q", &x, "u2").await,
         Err(Error::SoldOut),
         "a fresh view of a sold-out item refuses a token"
     );
     assert_eq!(shown(&other, "q", &x), (0, true));
     assert_eq!(
-        other.engine.issue_token("p", &a0, "u2").await.map(|_| ()),
+        token(&other, "p", &a0, "u2").await,
         not_owner,
         "an item with stock is the owner's to decide"
     );
@@ -1233,7 +1230,7 @@ async fn a_node_refuses_tokens_by_the_owner_s_view_for_one_second_and_leaves_pur
         .await
         .expect("cancelled");
     let u3 = owner.buy("q", &x, "u3", "r1").await;
-    assert!(other.engine.issue_token("q", &x, "u2").await.is_err());
+    assert!(token(&other, "q", &x, "u2").await.is_err());
     assert_eq!(
         other
             .engine
@@ -1249,15 +1246,9 @@ async fn a_node_refuses_tokens_by_the_owner_s_view_for_one_second_and_leaves_pur
     // it any more, and the public view no longer claims sold out.
     other.clock.advance_ms(600);
     hear(&owner, &other);
-    assert_eq!(
-        other.engine.issue_token("q", &x, "u2").await.map(|_| ()),
-        Err(Error::SoldOut)
-    );
+    assert_eq!(token(&other, "q", &x, "u2").await, Err(Error::SoldOut));
     other.clock.advance_ms(400);
-    assert_eq!(
-        other.engine.issue_token("q", &x, "u2").await.map(|_| ()),
-        not_owner
-    );
+    assert_eq!(token(&other, "q", &x, "u2").await, not_owner);
     assert_eq!(
         shown(&other, "q", &x),
         (0, false),
@@ -1307,11 +1298,7 @@ async fn strikes_travel_with_the_view_and_a_later_holding_s_replace_them() {
     let other = watching(&a0, &c1, &x).await;
     hear(&owner, &other);
     assert_eq!(
-        other
-            .engine
-            .issue_token("p", &c1, "striker")
-            .await
-            .map(|_| ()),
+        token(&other, "p", &c1, "striker").await,
         Err(Error::Banned),
         "three cancellations in partition 0 ban from every item of the promotion"
     );
@@ -1322,16 +1309,12 @@ async fn strikes_travel_with_the_view_and_a_later_holding_s_replace_them() {
     phantom.epoch = 7;
     phantom.strikes = vec![("p".into(), "ghost".into(), 3)];
     other.engine.apply_view(phantom.clone());
-    assert!(other.engine.issue_token("p", &c1, "ghost").await == Err(Error::Banned));
+    assert!(token(&other, "p", &c1, "ghost").await == Err(Error::Banned));
     let mut lower = phantom.clone();
     lower.strikes = vec![("p".into(), "ghost".into(), 1)];
     other.engine.apply_view(lower);
     assert_eq!(
-        other
-            .engine
-            .issue_token("p", &c1, "ghost")
-            .await
-            .map(|_| ()),
+        token(&other, "p", &c1, "ghost").await,
         Err(Error::Banned),
         "within one holding strikes only grow"
     );
@@ -1340,11 +1323,7 @@ async fn strikes_travel_with_the_view_and_a_later_holding_s_replace_them() {
     next.strikes = Vec::new();
     other.engine.apply_view(next);
     assert_eq!(
-        other
-            .engine
-            .issue_token("p", &c1, "ghost")
-            .await
-            .map(|_| ()),
+        token(&other, "p", &c1, "ghost").await,
         Err(Error::NotOwner { partition: 1 }),
         "the later holding's strikes replace the partition's"
     );
@@ -1357,28 +1336,17 @@ async fn strikes_travel_with_the_view_and_a_later_holding_s_replace_them() {
         item.remaining = 0;
     }
     owner.engine.apply_view(forged.clone());
-    assert!(owner.engine.issue_token("p", &a0, "ghost").await.is_ok());
+    assert!(token(&owner, "p", &a0, "ghost").await.is_ok());
     owner.buy("p", &a0, "u9", "r1").await;
 
     // Adopting a partition forgets what views said of it: the replay's strikes are the
     // partition's, a view's phantom ones are gone.
     other.engine.apply_view(forged);
-    assert_eq!(
-        other
-            .engine
-            .issue_token("p", &c1, "ghost")
-            .await
-            .map(|_| ()),
-        Err(Error::Banned)
-    );
+    assert_eq!(token(&other, "p", &c1, "ghost").await, Err(Error::Banned));
     other.take(&owner.log, 0).await;
-    assert!(other.engine.issue_token("p", &a0, "ghost").await.is_ok());
+    assert!(token(&other, "p", &a0, "ghost").await.is_ok());
     assert_eq!(
-        other
-            .engine
-            .issue_token("p", &a0, "striker")
-            .await
-            .map(|_| ()),
+        token(&other, "p", &a0, "striker").await,
         Err(Error::Banned),
         "the replay's strikes stay"
     );
@@ -1393,4 +1361,12 @@ fn view_of(node: &Node, partition: u32) -> seckill_engine::PartitionView {
         .into_iter()
         .find(|view| view.partition == partition)
         .expect("owned")
+}
+
+/// A token for `user` on `node`, its grant left out.
+async fn token(node: &Node, promotion_id: &str, sku: &str, user: &str) -> Result<(), Error> {
+    node.engine
+        .issue_token(promotion_id, sku, user)
+        .await
+        .map(|_| ())
 }

@@ -16,13 +16,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use reqwest::{Method, StatusCode};
-
 use cluster_common::{
-    assert_acked_present, assert_sql_matches, deployment_on, fault_answer, keep_buying,
-    longest_gap, nats_tests_on, refusals, wait_for_view, Node, Shoppers,
+    assert_acked_present, assert_sql_matches, buyer_per_node, create_storm, deployment_on,
+    fault_answer, longest_gap, nats_tests_on, refusals, wait_for_view, Node,
 };
-use common::{live_promotion, send};
 
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../.ci/nats-cluster");
 /// Clients on 16222-16224, routes on 16232-16234, monitoring on 16242-16244.
@@ -51,34 +48,14 @@ async fn the_kill_of_one_nats_server_costs_a_cluster_sale_nothing_but_latency() 
         Node::start(&deployment, "node-b", PARTITIONS).await,
         Node::start(&deployment, "node-c", PARTITIONS).await,
     ];
-    let skus: Vec<String> = (0..4).map(|n| format!("k{n}")).collect();
-    let items: Vec<(&str, u64)> = skus.iter().map(|sku| (sku.as_str(), STOCK)).collect();
-    let (status, body) = send(
-        nodes[0]
-            .admin(Method::POST, "/admin/promotions")
-            .json(&live_promotion("storm", &items, false)),
-    )
-    .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let skus = create_storm(&nodes[0], STOCK).await;
     wait_for_view(&nodes[0], "three nodes share the partitions", |view| {
         view.len() == 3 && view.iter().all(|(_, held)| *held >= 1)
     })
     .await;
 
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let buyers: Vec<_> = nodes
-        .iter()
-        .zip(["ca", "cb", "cc"])
-        .map(|(node, tag)| {
-            tokio::spawn(keep_buying(
-                vec![node.endpoint()],
-                skus.clone(),
-                stopped.clone(),
-                tag,
-                Shoppers::Shared,
-            ))
-        })
-        .collect();
+    let buyers = buyer_per_node(&nodes, &["ca", "cb", "cc"], &skus, &stopped);
     tokio::time::sleep(BEFORE).await;
     let killed = Instant::now();
     nats.kill(0);

@@ -18,8 +18,9 @@ use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
 use cluster_common::{
-    assert_acked_present, assert_sql_matches, buy, deployment, env_value, fault_answer,
-    keep_buying, longest_gap, refusals, wait_for_view, Node, Shoppers, PROCESS_LIMIT,
+    assert_acked_present, assert_sql_matches, buy, buyer_per_node, create_storm, deployment,
+    env_value, fault_answer, keep_buying, longest_gap, refusals, wait_for_view, Node, Shoppers,
+    PROCESS_LIMIT,
 };
 use common::process::{path_arg, run_to_exit};
 use common::{live_promotion, send};
@@ -355,15 +356,7 @@ async fn a_node_joining_mid_sale_and_a_node_paused_past_its_leases_lose_and_repe
         Node::start(&deployment, "node-a", PARTITIONS).await,
         Node::start(&deployment, "node-b", PARTITIONS).await,
     ];
-    let skus: Vec<String> = (0..4).map(|n| format!("k{n}")).collect();
-    let items: Vec<(&str, u64)> = skus.iter().map(|sku| (sku.as_str(), STOCK)).collect();
-    let (status, body) = send(
-        nodes[0]
-            .admin(Method::POST, "/admin/promotions")
-            .json(&live_promotion("storm", &items, false)),
-    )
-    .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let skus = create_storm(&nodes[0], STOCK).await;
 
     // (d) a third node joins while buyers buy through the first two.
     let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -400,19 +393,7 @@ async fn a_node_joining_mid_sale_and_a_node_paused_past_its_leases_lose_and_repe
     // included (those requests wait in its socket), then goes on.
     // One buyer a node: the ones of the running nodes go on while node-a's waits.
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let buyers: Vec<_> = nodes
-        .iter()
-        .zip(["ba", "bb", "bc"])
-        .map(|(node, tag)| {
-            tokio::spawn(keep_buying(
-                vec![node.endpoint()],
-                skus.clone(),
-                stopped.clone(),
-                tag,
-                Shoppers::Shared,
-            ))
-        })
-        .collect();
+    let buyers = buyer_per_node(&nodes, &["ba", "bb", "bc"], &skus, &stopped);
     tokio::time::sleep(Duration::from_millis(300)).await;
     nodes[0].signal("STOP");
     let paused = Instant::now();
@@ -502,38 +483,9 @@ async fn sold_out_everywhere(nodes: &[Node]) {
 
     // A purchase of a live item is the owner's to refuse (a view cannot know of an order
     // placed since it was built, which a retry must get back); a token, the node's own.
-    for (n, node) in nodes.iter().enumerate() {
-        for sku in skus {
-            let (status, body) = send(
-                node.client
-                    .post(node.url(&format!("/promotions/gone/items/{sku}/purchase")))
-                    .header("X-User-Id", format!("late-{n}-{sku}"))
-                    .json(&json!({"request_id": "r1"})),
-            )
-            .await;
-            assert_eq!(
-                (status, &body["error"]["code"]),
-                (StatusCode::CONFLICT, &json!("sold_out")),
-                "{sku} through node {n}"
-            );
-        }
-    }
+    refuse_everywhere(nodes, &skus, "purchase").await;
     let handed_before = join_all(nodes.iter().map(forwarded_calls)).await;
-    for (n, node) in nodes.iter().enumerate() {
-        for sku in skus {
-            let (status, body) = send(
-                node.client
-                    .post(node.url(&format!("/promotions/gone/items/{sku}/token")))
-                    .header("X-User-Id", format!("late-{n}-{sku}")),
-            )
-            .await;
-            assert_eq!(
-                (status, &body["error"]["code"]),
-                (StatusCode::CONFLICT, &json!("sold_out")),
-                "{sku} through node {n}"
-            );
-        }
-    }
+    refuse_everywhere(nodes, &skus, "token").await;
     let handed_after = join_all(nodes.iter().map(forwarded_calls)).await;
     let handed: u64 = handed_after
         .iter()
@@ -577,6 +529,27 @@ async fn sold_out_everywhere(nodes: &[Node]) {
     })
     .await;
     println!("views: stock back shown by every node {shown:?} after the cancel (api.md: 1 s); sold out {:?} before", back - sold);
+}
+
+/// A new shopper's `route` (`purchase` or `token`) of every sku of "gone" through every
+/// node answers 409 `sold_out`.
+async fn refuse_everywhere(nodes: &[Node], skus: &[&str], route: &str) {
+    for (n, node) in nodes.iter().enumerate() {
+        for sku in skus {
+            let (status, body) = send(
+                node.client
+                    .post(node.url(&format!("/promotions/gone/items/{sku}/{route}")))
+                    .header("X-User-Id", format!("late-{n}-{sku}"))
+                    .json(&json!({"request_id": "r1"})),
+            )
+            .await;
+            assert_eq!(
+                (status, &body["error"]["code"]),
+                (StatusCode::CONFLICT, &json!("sold_out")),
+                "{route} of {sku} through node {n}"
+            );
+        }
+    }
 }
 
 /// Polls every node's `GET /promotions/gone` until `check` holds for each of its items;

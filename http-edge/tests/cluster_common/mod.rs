@@ -378,15 +378,32 @@ pub struct Answer {
     pub at: Instant,
 }
 
-/// Buys `skus` of promotion "storm" through `endpoints` in turn until `stop`: every
-/// acknowledged order (201) as `(user, order)`, and the answers seen.
+/// What a buyer ends with: every acknowledged order (201) as `(user, order)`, and every
+/// answer seen.
+pub type Bought = (Vec<(String, Value)>, Vec<Answer>);
+
+/// Creates promotion "storm" through `node`: items `k0`..`k3` of `stock` units each; their
+/// skus.
+pub async fn create_storm(node: &Node, stock: u64) -> Vec<String> {
+    let skus: Vec<String> = (0..4).map(|n| format!("k{n}")).collect();
+    let items: Vec<(&str, u64)> = skus.iter().map(|sku| (sku.as_str(), stock)).collect();
+    let (status, body) = send(
+        node.admin(Method::POST, "/admin/promotions")
+            .json(&crate::common::live_promotion("storm", &items, false)),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    skus
+}
+
+/// Buys `skus` of promotion "storm" through `endpoints` in turn until `stop`.
 pub async fn keep_buying(
     endpoints: Vec<Endpoint>,
     skus: Vec<String>,
     stop: tokio::sync::watch::Receiver<bool>,
     tag: &'static str,
     shoppers: Shoppers,
-) -> (Vec<(String, Value)>, Vec<Answer>) {
+) -> Bought {
     let (mut acked, mut statuses) = (Vec::new(), Vec::new());
     let mut n = 0usize;
     while !*stop.borrow() {
@@ -586,4 +603,27 @@ pub fn longest_gap(answers: &[Answer], from: Instant, to: Instant) -> Duration {
         last = at;
     }
     gap
+}
+
+/// One buyer per node of `nodes` (tagged with `tags`, in order), each buying through its
+/// node alone from the shared pool of shoppers until `stop`.
+pub fn buyer_per_node(
+    nodes: &[Node],
+    tags: &[&'static str],
+    skus: &[String],
+    stop: &tokio::sync::watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<Bought>> {
+    nodes
+        .iter()
+        .zip(tags)
+        .map(|(node, tag)| {
+            tokio::spawn(keep_buying(
+                vec![node.endpoint()],
+                skus.to_vec(),
+                stop.clone(),
+                tag,
+                Shoppers::Shared,
+            ))
+        })
+        .collect()
 }
