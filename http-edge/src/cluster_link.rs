@@ -31,6 +31,10 @@ const OWNER_WAIT: Duration = Duration::from_secs(2);
 /// How long a forwarded call waits for the owner's answer: under the edge's request timeout
 /// (5 s by default), and past the owner's append patience (2 s) plus a frame's trip.
 const ANSWER_WAIT: Duration = Duration::from_secs(3);
+/// A holder whose view arrived this recently is running, whatever its membership record
+/// says (a JetStream write, held up during a NATS server's leader election; views travel
+/// on core NATS, ten a second).
+const HOLDER_HEARD: Duration = Duration::from_secs(1);
 /// The pause between two looks for an owner.
 const OWNER_POLL: Duration = Duration::from_millis(25);
 /// How long a starting node waits for every partition to have an owner before it says it
@@ -45,7 +49,7 @@ pub struct ClusterLink {
     server: RpcServer,
     /// Publishes this node's partitions' figures and keeps the others' (for the cheap
     /// refusals); stopped when the link is dropped.
-    _views: GateViews,
+    views: GateViews,
     tail: tokio::sync::Mutex<Option<CatalogTail>>,
     acks: Arc<CatalogAcks>,
     partitions: u32,
@@ -118,7 +122,7 @@ impl ClusterLink {
             node,
             forwarder,
             server,
-            _views: views,
+            views,
             tail: tokio::sync::Mutex::new(Some(tail)),
             acks,
             partitions,
@@ -159,8 +163,9 @@ impl ClusterLink {
     }
 
     /// The holder of the partition of item `key`, as the lease view has it, while it is
-    /// live: a dead node's lease stays until its TTL, and a call sent to it would wait out
-    /// its whole answer time for nothing (and end "unknown" when nothing was done).
+    /// live (a view of it heard within [`HOLDER_HEARD`], or its membership record
+    /// current): a dead node's lease stays until its TTL, and a call sent to it would wait
+    /// out its whole answer time for nothing (and end "unknown" when nothing was done).
     fn holder(&self, key: u64) -> Option<String> {
         let partition = partition_of(key, self.partitions);
         let holder = self
@@ -170,7 +175,10 @@ impl ClusterLink {
             .get(partition as usize)
             .cloned()
             .flatten()?;
-        (holder == self.me || self.node.registry().live().contains(&holder)).then_some(holder)
+        let live = holder == self.me
+            || self.views.heard_within(&holder, HOLDER_HEARD)
+            || self.node.registry().live().contains(&holder);
+        live.then_some(holder)
     }
 
     /// Runs `op` on the owner of item `key`: another node through the link, or this one
@@ -367,13 +375,14 @@ impl OwnerCalls for ClusterLink {
 
     fn catalog_applied(&self, seq: u64) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
         Box::pin(async move {
-            let others: Vec<String> = self
-                .node
-                .registry()
-                .live()
-                .into_iter()
-                .filter(|node| *node != self.me)
-                .collect();
+            // The live members, and any node heard from on the views lately whose
+            // membership heartbeat is held up: a node left out here could answer 404 for
+            // the promotion right after the 201.
+            let mut others: Vec<String> = self.node.registry().live();
+            others.extend(self.views.heard_from(HOLDER_HEARD));
+            others.sort_unstable();
+            others.dedup();
+            others.retain(|node| *node != self.me);
             let late = self.acks.wait_applied(seq, &others, ACK_WAIT).await;
             if !late.is_empty() {
                 tracing::warn!(

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use cluster_common::{
     assert_acked_present, assert_sql_matches, buyer_per_node, create_storm, deployment_on,
-    fault_answer, longest_gap, nats_tests_on, refusals, wait_for_view, Node,
+    longest_gap, nats_tests_on, refusals, wait_for_view, Node, Shoppers,
 };
 
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../.ci/nats-cluster");
@@ -33,6 +33,8 @@ const AFTER: Duration = Duration::from_secs(10);
 /// The longest stretch without a sale one leader election may cause (as in the journal's
 /// own NATS fault test, `persistence/tests/jetstream_faults.rs`).
 const GAP_MAX: Duration = Duration::from_secs(15);
+/// The nodes' lease TTL here: longer than an election on this machine.
+const LEASE_TTL_S: u32 = 10;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_kill_of_one_nats_server_costs_a_cluster_sale_nothing_but_latency() {
@@ -40,9 +42,13 @@ async fn the_kill_of_one_nats_server_costs_a_cluster_sale_nothing_but_latency() 
         return;
     }
     let mut nats = NatsCluster::start();
-    let Some((deployment, schema, _dir)) = deployment_on(nats.urls.clone()).await else {
+    let Some((mut deployment, schema, _dir)) = deployment_on(nats.urls.clone()).await else {
         return;
     };
+    // Leases that outlast a leader election: with 3 s (the other tests' TTL) an election
+    // slowed by this shared machine (2-6 s measured) let every lease lapse, and the cost
+    // measured was a takeover of every partition on top of the election.
+    deployment.lease_ttl_s = LEASE_TTL_S;
     let nodes = vec![
         Node::start(&deployment, "node-a", PARTITIONS).await,
         Node::start(&deployment, "node-b", PARTITIONS).await,
@@ -55,7 +61,15 @@ async fn the_kill_of_one_nats_server_costs_a_cluster_sale_nothing_but_latency() 
     .await;
 
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let buyers = buyer_per_node(&nodes, &["ca", "cb", "cc"], &skus, &stopped);
+    // A new shopper every request, so that every answer but a sale is the fault's, and a
+    // buyer per node, so that a node the fault holds up shows in its own buyer's gap.
+    let buyers = buyer_per_node(
+        &nodes,
+        &["ca", "cb", "cc"],
+        &skus,
+        &stopped,
+        Shoppers::NewEach,
+    );
     tokio::time::sleep(BEFORE).await;
     let killed = Instant::now();
     nats.kill(0);
@@ -65,8 +79,10 @@ async fn the_kill_of_one_nats_server_costs_a_cluster_sale_nothing_but_latency() 
 
     let mut acked = Vec::new();
     let mut answers = Vec::new();
+    let mut gaps = Vec::new();
     for buyer in buyers {
         let (more, seen) = buyer.await.expect("the buyers end");
+        gaps.push(longest_gap(&seen, killed, ended));
         acked.extend(more);
         answers.extend(seen);
     }
@@ -75,14 +91,26 @@ async fn the_kill_of_one_nats_server_costs_a_cluster_sale_nothing_but_latency() 
         .iter()
         .filter(|a| a.at >= killed && a.status == 201)
         .count();
-    let gap = longest_gap(&answers, killed, ended);
     println!(
-        "(c) kill -9 of one NATS server of three: {before} answers before, {after_sales} sales in the {AFTER:?} after; longest stretch without a sale after the kill {gap:?}; refusals {:?}",
+        "(c) kill -9 of one NATS server of three: {before} answers before, {after_sales} sales in the {AFTER:?} after; longest stretch without a sale after the kill through each node {gaps:?}; refusals {:?}",
         refusals(&answers)
     );
+    let gap = gaps.iter().max().copied().unwrap_or_default();
+    if gap > Duration::from_secs(5) {
+        // What the nodes saw, for whoever reads a long pause.
+        for node in &nodes {
+            for line in node
+                .stderr()
+                .lines()
+                .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+            {
+                println!("(c) {}: {line}", node.base);
+            }
+        }
+    }
     assert!(
-        answers.iter().all(fault_answer),
-        "only sales, 503 and the per-user limit: {:?}",
+        answers.iter().all(|a| matches!(a.status, 201 | 503)),
+        "only sales and 503: {:?}",
         refusals(&answers)
     );
     assert!(after_sales > 0, "the sale went on after the kill");

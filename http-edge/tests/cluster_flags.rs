@@ -393,7 +393,13 @@ async fn a_node_joining_mid_sale_and_a_node_paused_past_its_leases_lose_and_repe
     // included (those requests wait in its socket), then goes on.
     // One buyer a node: the ones of the running nodes go on while node-a's waits.
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let buyers = buyer_per_node(&nodes, &["ba", "bb", "bc"], &skus, &stopped);
+    let buyers = buyer_per_node(
+        &nodes,
+        &["ba", "bb", "bc"],
+        &skus,
+        &stopped,
+        Shoppers::Shared,
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     nodes[0].signal("STOP");
     let paused = Instant::now();
@@ -601,10 +607,15 @@ async fn two_operators_on_two_nodes_never_both_get_a_sku_into_overlapping_window
     let Some((deployment, schema, _dir)) = deployment().await else {
         return;
     };
+    const STOCK: u64 = 100_000;
     let mut nodes = [
         Node::start(&deployment, "node-a", 2).await,
         Node::start(&deployment, "node-b", 2).await,
     ];
+    // Under a running sale: a buyer on each node throughout.
+    let skus = create_storm(&nodes[0], STOCK).await;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let buyers = buyer_per_node(&nodes, &["ea", "eb"], &skus, &stopped, Shoppers::Shared);
     let started = Instant::now();
     for round in 0..ROUNDS {
         let sku = format!("shared-{round}");
@@ -635,10 +646,27 @@ async fn two_operators_on_two_nodes_never_both_get_a_sku_into_overlapping_window
             "{refusal}"
         );
     }
+    let raced = started.elapsed();
+    stop.send_replace(true);
+    let (mut acked, mut answers) = (Vec::new(), Vec::new());
+    for buyer in buyers {
+        let (more, seen) = buyer.await.expect("the buyers end");
+        acked.extend(more);
+        answers.extend(seen);
+    }
     println!(
-        "(e) {ROUNDS} rounds of two creates sharing a sku on two nodes at once: one won each, in {:?}",
-        started.elapsed()
+        "(e) {ROUNDS} rounds of two creates sharing a sku on two nodes at once: one won each, in {raced:?}; meanwhile {} purchases, {} acknowledged, refused with {:?}",
+        answers.len(),
+        acked.len(),
+        refusals(&answers)
     );
+    assert!(
+        answers.iter().all(fault_answer),
+        "only sales, 503 and the per-user limit beside the creates: {:?}",
+        refusals(&answers)
+    );
+    let items = assert_acked_present(&[&nodes[0], &nodes[1]], "storm", &acked, STOCK).await;
+    assert_sql_matches(&schema, "storm", &acked, &items).await;
     for node in nodes.iter_mut() {
         let status = node.terminate().await;
         assert_eq!(status.code(), Some(0), "{}", node.stderr());

@@ -31,6 +31,9 @@ pub struct Deployment {
     pub database_url: String,
     pub prefix: String,
     pub dir: PathBuf,
+    /// Every node's `--lease-ttl-s`: 3 by default, so that a lease left behind by a node
+    /// that died in a failed run lapses quickly instead of holding the next start.
+    pub lease_ttl_s: u32,
 }
 
 /// A `seckill` child process. Dropping it kills it (by its pid), so no path of a test,
@@ -63,9 +66,7 @@ impl Node {
             .args(["--cluster-prefix", &deployment.prefix])
             .args(["--node-id", node_id, "--advertise", &base])
             .args(["--partitions", &partitions, "--replicas", "3"])
-            // Short leases: a lease left behind by a node that died in a failed run lapses
-            // quickly instead of holding the next start for the default TTL.
-            .args(["--lease-ttl-s", "3"])
+            .args(["--lease-ttl-s", &deployment.lease_ttl_s.to_string()])
             .env("RUST_LOG", log_level)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -255,6 +256,7 @@ pub async fn deployment_on(
         database_url: schema.url.clone(),
         prefix,
         dir: dir.path().to_owned(),
+        lease_ttl_s: 3,
     };
     Some((deployment, schema, dir))
 }
@@ -606,12 +608,13 @@ pub fn longest_gap(answers: &[Answer], from: Instant, to: Instant) -> Duration {
 }
 
 /// One buyer per node of `nodes` (tagged with `tags`, in order), each buying through its
-/// node alone from the shared pool of shoppers until `stop`.
+/// node alone as `shoppers` until `stop`.
 pub fn buyer_per_node(
     nodes: &[Node],
     tags: &[&'static str],
     skus: &[String],
     stop: &tokio::sync::watch::Receiver<bool>,
+    shoppers: Shoppers,
 ) -> Vec<tokio::task::JoinHandle<Bought>> {
     nodes
         .iter()
@@ -622,7 +625,7 @@ pub fn buyer_per_node(
                 skus.to_vec(),
                 stop.clone(),
                 tag,
-                Shoppers::Shared,
+                shoppers,
             ))
         })
         .collect()

@@ -14,7 +14,9 @@
 //! (NATS's `max_payload`) goes without its strikes: bans from that partition are then the
 //! owner's to give, which is slower but right.
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use seckill_engine::{Engine, PartitionView};
@@ -32,11 +34,15 @@ pub fn view_subject(prefix: &str, node_id: &str) -> String {
     format!("{prefix}.view.{node_id}")
 }
 
+/// When each other node's last view arrived.
+type HeardFrom = Arc<Mutex<HashMap<String, Instant>>>;
+
 /// The publisher and the listener of one node. Stopped when dropped.
 #[derive(Debug)]
 pub struct GateViews {
     publisher: JoinHandle<()>,
     listener: JoinHandle<()>,
+    heard: HeardFrom,
 }
 
 impl GateViews {
@@ -49,7 +55,13 @@ impl GateViews {
         engine: Engine,
     ) -> Result<GateViews, ClusterError> {
         let subscription = super::subscribe_now(client, &view_subject(prefix, "*")).await?;
-        let listener = tokio::spawn(listen(subscription, node_id.to_owned(), engine.clone()));
+        let heard = HeardFrom::default();
+        let listener = tokio::spawn(listen(
+            subscription,
+            node_id.to_owned(),
+            engine.clone(),
+            Arc::clone(&heard),
+        ));
         let publisher = tokio::spawn(publish(
             client.clone(),
             view_subject(prefix, node_id),
@@ -59,7 +71,31 @@ impl GateViews {
         Ok(GateViews {
             publisher,
             listener,
+            heard,
         })
+    }
+
+    /// The nodes a view arrived from within `within` (running, whatever their membership
+    /// records say; see [`GateViews::heard_within`]).
+    pub fn heard_from(&self, within: Duration) -> Vec<String> {
+        self.heard
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .filter(|(_, at)| at.elapsed() < within)
+            .map(|(node, _)| node.clone())
+            .collect()
+    }
+
+    /// True when a view of `node` arrived within `within`: it runs and reaches this node
+    /// over core NATS, even while its membership heartbeat (a JetStream write) is held up,
+    /// as during a NATS server's leader election.
+    pub fn heard_within(&self, node: &str, within: Duration) -> bool {
+        self.heard
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(node)
+            .is_some_and(|at| at.elapsed() < within)
     }
 }
 
@@ -118,12 +154,18 @@ fn fitting_payload(node_id: &str, view: PartitionView, max_payload: usize) -> Op
     None
 }
 
-/// Hands every other node's views to `engine`.
-async fn listen(mut subscription: async_nats::Subscriber, node_id: String, engine: Engine) {
+/// Hands every other node's views to `engine`, noting when each node was last heard.
+async fn listen(
+    mut subscription: async_nats::Subscriber,
+    node_id: String,
+    engine: Engine,
+    heard: HeardFrom,
+) {
     while let Some(message) = subscription.next().await {
         match decode_view(&message.payload) {
             Ok(frame) if frame.from == node_id => {}
             Ok(frame) => {
+                note_heard(&heard, &frame.from);
                 engine.apply_view(frame.view);
                 metrics::counter!("seckill_cluster_views_total", "direction" => "heard")
                     .increment(1);
@@ -131,6 +173,16 @@ async fn listen(mut subscription: async_nats::Subscriber, node_id: String, engin
             // Another wire version (a rolling upgrade) or noise: the calls of its
             // partitions go to the owner meanwhile.
             Err(error) => tracing::debug!(%error, "an unreadable partition view"),
+        }
+    }
+}
+
+fn note_heard(heard: &HeardFrom, node: &str) {
+    let mut heard = heard.lock().unwrap_or_else(PoisonError::into_inner);
+    match heard.get_mut(node) {
+        Some(at) => *at = Instant::now(),
+        None => {
+            heard.insert(node.to_owned(), Instant::now());
         }
     }
 }
