@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use dashmap::{DashMap, DashSet};
-use rustc_hash::{FxBuildHasher, FxHashSet};
+use rustc_hash::{FxBuildHasher, FxHashMap, FxHashSet};
 
 use crate::error::{Error, Result};
 use crate::event::Event;
@@ -358,6 +358,21 @@ impl PromotionEntry {
         let mut strikes = self.strikes.entry(user_id).or_default();
         if strikes.count(partition) < count {
             strikes.set(partition, count);
+        }
+    }
+
+    /// Makes `partition`'s strikes exactly `counts` (`user -> count`): each listed user's
+    /// set in one step, the others' cleared. A later holding's view: no moment in between
+    /// shows a listed user without the strikes.
+    pub fn replace_partition_strikes(&self, partition: u32, counts: &FxHashMap<&str, u32>) {
+        self.strikes.retain(|user, strikes| {
+            if !counts.contains_key(user.as_str()) {
+                strikes.clear(partition);
+            }
+            !strikes.is_empty()
+        });
+        for (user, count) in counts {
+            self.set_strikes(partition, (*user).to_owned(), *count);
         }
     }
 

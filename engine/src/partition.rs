@@ -520,7 +520,7 @@ pub(crate) fn adopt(core: &Core, mut part: PartitionPart) -> Result<usize> {
     // What other nodes' views said of the partition goes, its strikes with it (a strike a
     // view carried from a batch that never became durable is not in the replay); under the
     // views' lock, so that a view being applied now cannot put them back.
-    cluster.views.forget(partition, || {
+    cluster.views.forget(partition, part.epoch, || {
         for entry in core.catalog.entries() {
             entry.clear_partition(partition);
         }

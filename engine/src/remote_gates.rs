@@ -4,7 +4,9 @@
 
 use std::collections::BTreeMap;
 
-use crate::catalog::{ItemGate, PromotionEntry};
+use rustc_hash::FxHashMap;
+
+use crate::catalog::{Catalog, ItemGate, PromotionEntry};
 use crate::engine::Engine;
 use crate::error::Error;
 use crate::model::PublicPromotion;
@@ -32,6 +34,7 @@ impl Engine {
                     built_at_ms,
                     items: Vec::new(),
                     strikes: Vec::new(),
+                    strikes_whole: true,
                 };
                 views.insert(partition, view);
             }
@@ -67,10 +70,13 @@ impl Engine {
         let catalog = &self.core().catalog;
         let still_remote = || cluster.standings.get(partition) == Standing::NotInstalled;
         let with_strikes = |holding| {
+            if !view.strikes_whole {
+                // Left out to fit a message: the board keeps what it has.
+                return;
+            }
             if holding == Holding::New {
-                for entry in catalog.entries() {
-                    entry.clear_partition(partition);
-                }
+                replace_strikes(catalog, partition, &view.strikes);
+                return;
             }
             for (promotion_id, user, count) in &view.strikes {
                 if let Ok(entry) = catalog.entry(promotion_id) {
@@ -146,5 +152,21 @@ impl Engine {
             }
         }
         view
+    }
+}
+
+/// Makes every promotion's strikes in `partition` exactly `strikes` (a later holding's).
+fn replace_strikes(catalog: &Catalog, partition: u32, strikes: &[(String, String, u32)]) {
+    let mut by_promotion: FxHashMap<&str, FxHashMap<&str, u32>> = FxHashMap::default();
+    for (promotion_id, user, count) in strikes {
+        by_promotion
+            .entry(promotion_id.as_str())
+            .or_default()
+            .insert(user.as_str(), *count);
+    }
+    let none = FxHashMap::default();
+    for entry in catalog.entries() {
+        let counts = by_promotion.get(entry.record.id.as_str()).unwrap_or(&none);
+        entry.replace_partition_strikes(partition, counts);
     }
 }

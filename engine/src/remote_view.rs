@@ -50,6 +50,9 @@ pub struct PartitionView {
     pub items: Vec<ItemFigures>,
     /// `(promotion_id, user_id, strikes counted in this partition)`.
     pub strikes: Vec<(String, String, u32)>,
+    /// `strikes` is every strike of the partition (false: they were left out to fit a
+    /// message, and the receiver keeps the strikes it has).
+    pub strikes_whole: bool,
 }
 
 impl PartitionView {
@@ -57,6 +60,7 @@ impl PartitionView {
     /// message (bans from this partition then wait for the owner's own answer).
     pub fn without_strikes(mut self) -> PartitionView {
         self.strikes = Vec::new();
+        self.strikes_whole = false;
         self
     }
 }
@@ -81,6 +85,9 @@ pub(crate) enum Holding {
 #[derive(Debug)]
 struct Heard {
     epoch: u64,
+    /// A view of this holding with its whole strikes was applied: the partition's strikes
+    /// on the board are this holding's.
+    strikes_applied: bool,
     built_at_ms: i64,
     heard_at_ms: i64,
     items: FxHashMap<u64, u64>,
@@ -109,20 +116,27 @@ impl RemoteViews {
             .iter()
             .map(|item| (item.key, item.remaining))
             .collect();
-        let mut parts = self.parts.write().unwrap_or_else(PoisonError::into_inner);
-        let held = parts.get(&view.partition).map(|held| held.epoch);
-        if held.is_some_and(|epoch| epoch > view.epoch) || !still_remote() {
+        // A view built a second ago or more refuses nothing, and its strikes may be older
+        // than what is on the board: dropped whole (a paused owner's buffered frames).
+        if now_ms.saturating_sub(view.built_at_ms) >= VIEW_FRESH_MS {
             return false;
         }
-        let holding = if held == Some(view.epoch) {
-            Holding::Same
-        } else {
-            Holding::New
-        };
+        let mut parts = self.parts.write().unwrap_or_else(PoisonError::into_inner);
+        let held = parts
+            .get(&view.partition)
+            .map(|held| (held.epoch, held.strikes_applied));
+        if held.is_some_and(|(epoch, _)| epoch > view.epoch) || !still_remote() {
+            return false;
+        }
+        // New until a view of the holding brought its whole strikes (the first may have
+        // left them out to fit a message).
+        let same = held == Some((view.epoch, true));
+        let holding = if same { Holding::Same } else { Holding::New };
         let replaced = parts.insert(
             view.partition,
             Heard {
                 epoch: view.epoch,
+                strikes_applied: same || view.strikes_whole,
                 built_at_ms: view.built_at_ms,
                 heard_at_ms: now_ms,
                 items,
@@ -135,12 +149,25 @@ impl RemoteViews {
         true
     }
 
-    /// Forgets what was heard of `partition` (this node is adopting it: its own figures
-    /// are the truth from now on, and after a release its own last figures are newer than
-    /// anything heard before), and runs `clear` under the lock.
-    pub fn forget(&self, partition: u32, clear: impl FnOnce()) {
+    /// Forgets what was heard of `partition` (this node is adopting it under holding
+    /// `epoch`: its own figures are the truth from now on, and after a release its own last
+    /// figures are newer than anything heard before), and runs `clear` under the lock. The
+    /// epoch stays as a floor: a late view of an earlier holding is never taken after.
+    pub fn forget(&self, partition: u32, epoch: u64, clear: impl FnOnce()) {
         let mut parts = self.parts.write().unwrap_or_else(PoisonError::into_inner);
-        let forgotten = parts.remove(&partition);
+        let floor = parts
+            .get(&partition)
+            .map_or(epoch, |held| held.epoch.max(epoch));
+        let forgotten = parts.insert(
+            partition,
+            Heard {
+                epoch: floor,
+                strikes_applied: false,
+                built_at_ms: i64::MIN,
+                heard_at_ms: i64::MIN,
+                items: FxHashMap::default(),
+            },
+        );
         clear();
         drop(parts);
         drop(forgotten);
@@ -172,6 +199,7 @@ mod tests {
             built_at_ms,
             items: vec![ItemFigures { key: 7, remaining }],
             strikes: Vec::new(),
+            strikes_whole: true,
         }
     }
 
@@ -202,6 +230,11 @@ mod tests {
         apply(&views, view(5, 1_500, 0), 2_400);
         assert!(views.seen(2, 7, 2_499).expect("heard").sold_out);
         assert!(!views.seen(2, 7, 2_500).expect("heard").sold_out);
+        assert_eq!(
+            apply(&views, view(5, 1_500, 3), 2_500),
+            None,
+            "a second old: dropped"
+        );
     }
 
     #[test]
@@ -232,8 +265,14 @@ mod tests {
         assert_eq!(views.seen(2, 7, 0), None);
         apply(&views, view(1, 0, 0), 0);
         let mut cleared = false;
-        views.forget(2, || cleared = true);
+        views.forget(2, 4, || cleared = true);
         assert!(cleared);
         assert_eq!(views.seen(2, 7, 10), None);
+        assert_eq!(
+            apply(&views, view(3, 10, 0), 10),
+            None,
+            "older than the adopted holding"
+        );
+        assert_eq!(apply(&views, view(5, 20, 0), 20), Some(Holding::New));
     }
 }

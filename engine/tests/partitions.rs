@@ -1321,6 +1321,14 @@ async fn strikes_travel_with_the_view_and_a_later_holding_s_replace_them() {
     let mut next = phantom.clone();
     next.epoch = 8;
     next.strikes = Vec::new();
+    next.strikes_whole = false;
+    other.engine.apply_view(next.clone());
+    assert_eq!(
+        token(&other, "p", &c1, "ghost").await,
+        Err(Error::Banned),
+        "a view that left its strikes out (to fit a message) changes no ban"
+    );
+    next.strikes_whole = true;
     other.engine.apply_view(next);
     assert_eq!(
         token(&other, "p", &c1, "ghost").await,

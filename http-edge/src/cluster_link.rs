@@ -154,6 +154,7 @@ impl ClusterLink {
     /// SIGTERM: every partition handed over (engine first, then the lease), the membership
     /// left; then the services stop. Call before the engine stops.
     pub async fn hand_over(&self) {
+        self.views.leave().await;
         let handed = self.node.hand_over_all().await;
         tracing::info!(partitions = handed, "partitions handed over");
         if let Some(tail) = self.tail.lock().await.take() {

@@ -843,7 +843,16 @@ impl NatsReader {
     /// Reads what the stream gets from now on (the stream is made, as the sink makes it,
     /// if it is not there yet).
     async fn start(url: &str, run: &str) -> NatsReader {
-        let client = async_nats::connect(url).await.expect("NATS");
+        // A server just started listens before it answers (it recovers its JetStream
+        // store first; seconds on a loaded machine): the handshake is tried again.
+        let deadline = Instant::now() + START_WAIT;
+        let client = loop {
+            match async_nats::connect(url).await {
+                Ok(client) => break client,
+                Err(error) => assert!(Instant::now() < deadline, "NATS at {url}: {error}"),
+            }
+            tokio::time::sleep(POLL).await;
+        };
         let js = async_nats::jetstream::new(client);
         let from_seq = stream_end(&js).await + 1;
         let inbox = Inbox::new(run);

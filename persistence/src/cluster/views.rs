@@ -43,6 +43,9 @@ pub struct GateViews {
     publisher: JoinHandle<()>,
     listener: JoinHandle<()>,
     heard: HeardFrom,
+    client: async_nats::Client,
+    subject: String,
+    node_id: String,
 }
 
 impl GateViews {
@@ -72,7 +75,31 @@ impl GateViews {
             publisher,
             listener,
             heard,
+            client: client.clone(),
+            subject: view_subject(prefix, node_id),
+            node_id: node_id.to_owned(),
         })
+    }
+
+    /// SIGTERM: stops publishing, and tells the other nodes that this one is leaving, so
+    /// that they stop handing it calls on its views' account at once (a call to a node
+    /// that stopped serving would wait out its answer time and end "unknown"). Best effort:
+    /// a lost message leaves them the 1 s of [`GateViews::heard_within`].
+    pub async fn leave(&self) {
+        self.publisher.abort();
+        let frame = ViewFrame {
+            version: WIRE_VERSION,
+            from: self.node_id.clone(),
+            leaving: true,
+            view: None,
+        };
+        let sent = self
+            .client
+            .publish(self.subject.clone(), encode_view(&frame).into())
+            .await;
+        if sent.is_ok() {
+            let _ = self.client.flush().await;
+        }
     }
 
     /// The nodes a view arrived from within `within` (running, whatever their membership
@@ -131,22 +158,24 @@ async fn publish(client: async_nats::Client, subject: String, node_id: String, e
 /// need be); `None` when even that is too large (logged: the other nodes then hand every
 /// call of the partition over, after their last view went stale).
 fn fitting_payload(node_id: &str, view: PartitionView, max_payload: usize) -> Option<Vec<u8>> {
+    let partition = view.partition;
     let mut frame = ViewFrame {
         version: WIRE_VERSION,
         from: node_id.to_owned(),
-        view,
+        leaving: false,
+        view: Some(view),
     };
     let payload = encode_view(&frame);
     if payload.len() <= max_payload {
         return Some(payload);
     }
-    frame.view = frame.view.without_strikes();
+    frame.view = frame.view.map(PartitionView::without_strikes);
     let payload = encode_view(&frame);
     if payload.len() <= max_payload {
         return Some(payload);
     }
     tracing::warn!(
-        partition = frame.view.partition,
+        partition,
         bytes = payload.len(),
         max_payload,
         "a partition's view is larger than a NATS message; it is not published"
@@ -164,9 +193,21 @@ async fn listen(
     while let Some(message) = subscription.next().await {
         match decode_view(&message.payload) {
             Ok(frame) if frame.from == node_id => {}
-            Ok(frame) => {
-                note_heard(&heard, &frame.from);
-                engine.apply_view(frame.view);
+            Ok(ViewFrame {
+                from,
+                leaving: true,
+                ..
+            }) => {
+                heard
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .remove(&from);
+            }
+            Ok(ViewFrame { from, view, .. }) => {
+                note_heard(&heard, &from);
+                if let Some(view) = view {
+                    engine.apply_view(view);
+                }
                 metrics::counter!("seckill_cluster_views_total", "direction" => "heard")
                     .increment(1);
             }
@@ -206,6 +247,7 @@ mod tests {
             strikes: (0..strikes)
                 .map(|n| ("promotion".into(), format!("user-{n:08}"), 2))
                 .collect(),
+            strikes_whole: true,
         }
     }
 
@@ -213,19 +255,20 @@ mod tests {
     fn a_view_too_large_for_a_message_goes_without_its_strikes_and_reads_back() {
         let whole = fitting_payload("a", view(2, 3), 1 << 20).expect("fits");
         let frame = decode_view(&whole).expect("decodes");
-        assert_eq!((frame.view, frame.from.as_str()), (view(2, 3), "a"));
+        assert_eq!((frame.view, frame.from.as_str()), (Some(view(2, 3)), "a"));
         // Items with random keys: about 14 bytes each (postcard varints).
         let items_only = encode_view(&ViewFrame {
             version: WIRE_VERSION,
             from: "a".into(),
-            view: view(1_000, 0),
+            leaving: false,
+            view: Some(view(1_000, 0)),
         });
         assert!(items_only.len() < 16_000, "{} bytes", items_only.len());
         let slim =
             fitting_payload("a", view(1_000, 10_000), 100_000).expect("fits without strikes");
-        let frame = decode_view(&slim).expect("decodes");
-        assert!(frame.view.strikes.is_empty());
-        assert_eq!(frame.view.items, view(1_000, 0).items);
+        let slim = decode_view(&slim).expect("decodes").view.expect("a view");
+        assert!(slim.strikes.is_empty() && !slim.strikes_whole);
+        assert_eq!(slim.items, view(1_000, 0).items);
         assert_eq!(fitting_payload("a", view(1_000, 0), 1_000), None);
     }
 }

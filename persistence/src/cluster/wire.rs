@@ -13,7 +13,7 @@ use seckill_engine::{
 use serde::{Deserialize, Serialize};
 
 /// The version every frame carries.
-pub const WIRE_VERSION: u8 = 2;
+pub const WIRE_VERSION: u8 = 3;
 
 /// Calls from one node to another.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -110,7 +110,10 @@ pub struct ViewFrame {
     pub version: u8,
     /// The owner's node id: a node skips its own frames.
     pub from: String,
-    pub view: PartitionView,
+    /// The node is handing its partitions over (SIGTERM) and publishes no more views:
+    /// the others stop taking it for live on its views' account at once.
+    pub leaving: bool,
+    pub view: Option<PartitionView>,
 }
 
 pub fn encode_view(frame: &ViewFrame) -> Vec<u8> {
