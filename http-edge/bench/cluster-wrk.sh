@@ -44,18 +44,10 @@ esac
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 # shellcheck source=/dev/null
 source "$root/.ci/env"
-if ! command -v wrk >/dev/null; then
-  echo "installing wrk" >&2
-  apt-get update -qq >&2
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >&2
-fi
-if [ -n "${SECKILL_BIN:-}" ]; then
-  seckill="$SECKILL_BIN"
-else
-  echo "building seckill (release)" >&2
-  (cd "$root" && cargo build --release -p seckill-http-edge --bin seckill >&2)
-  seckill="$CARGO_TARGET_DIR/release/seckill"
-fi
+# shellcheck source=/dev/null
+source "$root/http-edge/bench/lib.sh"
+need_commands wrk:wrk
+seckill="$(seckill_binary "$root")"
 
 work="$(mktemp -d)"
 declare -A node_pid node_port

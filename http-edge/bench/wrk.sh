@@ -92,20 +92,11 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 # shellcheck source=/dev/null
 source "$root/.ci/env"
 
-if ! command -v wrk >/dev/null || ! command -v nginx >/dev/null; then
-  echo "installing wrk and nginx-light" >&2
-  apt-get update -qq >&2
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx-light >&2
-fi
-
+# shellcheck source=/dev/null
+source "$root/http-edge/bench/lib.sh"
+need_commands wrk:wrk nginx:nginx-light
 # SECKILL_BIN measures a binary built elsewhere (an older commit, for a before/after).
-if [ -n "${SECKILL_BIN:-}" ]; then
-  seckill="$SECKILL_BIN"
-else
-  echo "building seckill (release)" >&2
-  (cd "$root" && cargo build --release -p seckill-http-edge --bin seckill >&2)
-  seckill="$CARGO_TARGET_DIR/release/seckill"
-fi
+seckill="$(seckill_binary "$root")"
 
 work="$(mktemp -d)"
 : > "$work/cpu.txt"

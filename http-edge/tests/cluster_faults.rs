@@ -11,17 +11,19 @@
 
 mod cluster_common;
 mod common;
+#[path = "../../persistence/tests/nats_script/mod.rs"]
+mod nats_script;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::PathBuf;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use cluster_common::{
     assert_acked_present, assert_sql_matches, buyer_per_node, create_storm, deployment_on,
     longest_gap, nats_tests_on, refusals, wait_for_view, Node, Shoppers,
 };
+use nats_script::{assert_ports_free, script, stop_quietly};
 
-const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../.ci/nats-cluster");
 /// Clients on 16222-16224, routes on 16232-16234, monitoring on 16242-16244.
 const BASE_PORT: u16 = 16222;
 const PARTITIONS: u32 = 4;
@@ -135,20 +137,14 @@ struct NatsCluster {
 
 impl NatsCluster {
     fn start() -> NatsCluster {
-        for offset in [0u16, 1, 2, 10, 11, 12, 20, 21, 22] {
-            let port = BASE_PORT + offset;
-            assert!(
-                std::net::TcpListener::bind(("127.0.0.1", port)).is_ok(),
-                "port {port} is in use: a NATS cluster of an earlier run of this test may still be up (look for nats-server on ports 16222-16244)"
-            );
-        }
+        assert_ports_free(BASE_PORT);
         let dir = tempfile::tempdir().expect("temp dir");
         // The guard exists before the servers do: a failure from here on stops them.
         let mut cluster = NatsCluster {
             dir,
             urls: String::new(),
         };
-        cluster.urls = script("start", Some(cluster.dir.path()));
+        cluster.urls = script(BASE_PORT, "start", Some(cluster.dir.path()));
         cluster
     }
 
@@ -181,30 +177,6 @@ impl NatsCluster {
 
 impl Drop for NatsCluster {
     fn drop(&mut self) {
-        let _ = Command::new(SCRIPT)
-            .arg("stop")
-            .arg(self.dir.path())
-            .env("SECKILL_NATS_BASE_PORT", BASE_PORT.to_string())
-            .stdout(Stdio::null())
-            .status();
+        stop_quietly(BASE_PORT, self.dir.path());
     }
-}
-
-/// Runs `.ci/nats-cluster <action> [dir]` on this test's ports; its stdout.
-fn script(action: &str, dir: Option<&Path>) -> String {
-    let mut command = Command::new(SCRIPT);
-    command
-        .arg(action)
-        .env("SECKILL_NATS_BASE_PORT", BASE_PORT.to_string())
-        .stderr(Stdio::inherit());
-    if let Some(dir) = dir {
-        command.arg(dir);
-    }
-    let output = command.output().expect("run .ci/nats-cluster");
-    assert!(
-        output.status.success(),
-        ".ci/nats-cluster {action} failed: {:?}",
-        output.status
-    );
-    String::from_utf8_lossy(&output.stdout).trim().to_owned()
 }

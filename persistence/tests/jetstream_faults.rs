@@ -12,21 +12,21 @@
 //! NATS tests are on and `.ci/nats-cluster bin` is installed); skipped without it.
 
 mod jetstream_common;
+mod nats_script;
 
 use std::fs::OpenOptions;
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use jetstream_common::{check_stock_and_limits, open, runtime, seed, start_engine, stop_node};
+use nats_script::{assert_ports_free, script, stop_quietly};
 use seckill_engine::{
     Engine, Error as EngineError, ItemSpec, PromotionSpec, PurchaseRequest, SystemClock,
 };
 use seckill_persistence::jetstream::ClusterOptions;
 
-const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../.ci/nats-cluster");
 /// Clients on 15222-15224, routes on 15232-15234, monitoring on 15242-15244.
 const BASE_PORT: u16 = 15222;
 const SERVERS: usize = 3;
@@ -454,8 +454,8 @@ struct Server {
 
 impl Cluster {
     fn start() -> Cluster {
-        assert_ports_free();
-        let bin = script("bin", None);
+        assert_ports_free(BASE_PORT);
+        let bin = script(BASE_PORT, "bin", None);
         let mut cluster = Cluster {
             dir: tempfile::tempdir().expect("temp dir"),
             bin,
@@ -463,7 +463,7 @@ impl Cluster {
             servers: Vec::new(),
         };
         // The guard exists before the servers do: a failure from here on stops them.
-        let urls = script("start", Some(cluster.dir.path()));
+        let urls = script(BASE_PORT, "start", Some(cluster.dir.path()));
         cluster.urls = urls.split(',').map(str::to_owned).collect();
         for n in 0..SERVERS {
             let pid = std::fs::read_to_string(cluster.pid_file(n))
@@ -561,11 +561,7 @@ impl Drop for Cluster {
                 let _ = child.wait();
             }
         }
-        let _ = Command::new(SCRIPT)
-            .arg("stop")
-            .arg(self.dir.path())
-            .stdout(Stdio::null())
-            .status();
+        stop_quietly(BASE_PORT, self.dir.path());
     }
 }
 
@@ -625,35 +621,4 @@ fn signal(pid: u32, signal: &str) {
         .status()
         .expect("run kill");
     assert!(status.success(), "kill -{signal} {pid} failed");
-}
-
-/// Runs `.ci/nats-cluster <action> [dir]` on this test's ports; its stdout.
-fn script(action: &str, dir: Option<&Path>) -> String {
-    let mut command = Command::new(SCRIPT);
-    command
-        .arg(action)
-        .env("SECKILL_NATS_BASE_PORT", BASE_PORT.to_string())
-        .stderr(Stdio::inherit());
-    if let Some(dir) = dir {
-        command.arg(dir);
-    }
-    let output = command.output().expect("run .ci/nats-cluster");
-    assert!(
-        output.status.success(),
-        ".ci/nats-cluster {action} failed: {:?}",
-        output.status
-    );
-    String::from_utf8_lossy(&output.stdout).trim().to_owned()
-}
-
-/// A cluster of an earlier run that was not stopped would answer on these ports, and this
-/// test would talk to it instead of its own.
-fn assert_ports_free() {
-    for offset in [0u16, 1, 2, 10, 11, 12, 20, 21, 22] {
-        let port = BASE_PORT + offset;
-        assert!(
-            std::net::TcpListener::bind(("127.0.0.1", port)).is_ok(),
-            "port {port} is in use: a NATS cluster of an earlier run of this test may still be up (look for nats-server on ports 15222-15244)"
-        );
-    }
 }
