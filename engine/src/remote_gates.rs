@@ -132,7 +132,9 @@ impl Engine {
     }
 
     /// `view` with the figures other nodes published for the items not decided here: the
-    /// last `remaining` heard, and `sold_out` only while that view is fresh.
+    /// last heard, stale or not. api.md: `sold_out` "never claims stock that is not there"
+    /// for longer than a second, and stock comes back only through an owner, whose next
+    /// view says so; a node that hears nothing for a while shows the last figure it had.
     pub(crate) fn with_remote_figures(
         &self,
         entry: &PromotionEntry,
@@ -148,7 +150,7 @@ impl Engine {
             }
             if let Some(seen) = self.seen(gate) {
                 item.remaining = seen.remaining;
-                item.sold_out = seen.sold_out;
+                item.sold_out = seen.remaining == 0;
             }
         }
         view

@@ -10,7 +10,9 @@
 //! - A view counts as **fresh** for [`VIEW_FRESH_MS`] after it was built (by the owner's
 //!   clock) and after it was heard (by ours), whichever ends first: a view held up on the
 //!   way, or a node that stops hearing an owner, refuses by it for at most 1 s, and no node
-//!   claims sold out for more than 1 s after stock came back.
+//!   refuses as sold out for more than 1 s after stock came back. The public view shows
+//!   the last figures heard, stale or not (api.md: `sold_out` never claims stock that is
+//!   not there).
 //! - Only a fresh view refuses a token as sold out. A purchase of a live item is never
 //!   refused by a view: a shopper who bought a unit that came back since the view was built
 //!   may be retrying, and must get the original order from the owner (a view cannot know
