@@ -609,8 +609,9 @@ impl Engine {
             .catalog
             .entries()
             .iter()
-            .map(|e| self.with_remote_figures(e, e.public_view(now_ms)))
-            .filter(|v| v.status != PromotionStatus::Ended)
+            .map(|e| (e, e.public_view(now_ms)))
+            .filter(|(_, v)| v.status != PromotionStatus::Ended)
+            .map(|(e, v)| self.with_remote_figures(e, v))
             .collect();
         views.sort_by(|a, b| a.starts_at_ms.cmp(&b.starts_at_ms).then(a.id.cmp(&b.id)));
         views

@@ -80,7 +80,7 @@ impl Engine {
             }
             for (promotion_id, user, count) in &view.strikes {
                 if let Ok(entry) = catalog.entry(promotion_id) {
-                    entry.raise_strikes(partition, user.clone(), *count);
+                    entry.raise_strikes(partition, user, *count);
                 }
             }
         };

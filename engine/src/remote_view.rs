@@ -113,16 +113,16 @@ impl RemoteViews {
         still_remote: impl FnOnce() -> bool,
         with_strikes: impl FnOnce(Holding),
     ) -> bool {
-        let items = view
-            .items
-            .iter()
-            .map(|item| (item.key, item.remaining))
-            .collect();
         // A view built a second ago or more refuses nothing, and its strikes may be older
         // than what is on the board: dropped whole (a paused owner's buffered frames).
         if now_ms.saturating_sub(view.built_at_ms) >= VIEW_FRESH_MS {
             return false;
         }
+        let items = view
+            .items
+            .iter()
+            .map(|item| (item.key, item.remaining))
+            .collect();
         let mut parts = self.parts.write().unwrap_or_else(PoisonError::into_inner);
         let held = parts
             .get(&view.partition)

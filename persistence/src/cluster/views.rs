@@ -58,6 +58,7 @@ impl GateViews {
         engine: Engine,
     ) -> Result<GateViews, ClusterError> {
         let subscription = super::subscribe_now(client, &view_subject(prefix, "*")).await?;
+        let subject = view_subject(prefix, node_id);
         let heard = HeardFrom::default();
         let listener = tokio::spawn(listen(
             subscription,
@@ -67,7 +68,7 @@ impl GateViews {
         ));
         let publisher = tokio::spawn(publish(
             client.clone(),
-            view_subject(prefix, node_id),
+            subject.clone(),
             node_id.to_owned(),
             engine,
         ));
@@ -76,7 +77,7 @@ impl GateViews {
             listener,
             heard,
             client: client.clone(),
-            subject: view_subject(prefix, node_id),
+            subject,
             node_id: node_id.to_owned(),
         })
     }
